@@ -1,0 +1,220 @@
+//! The body types that flow through the proxy.
+//!
+//! Bodies are streamed: every type here passes frames on as they come and holds at most one
+//! frame. Both directions use one boxed type so that forwarded, local and error bodies mix freely.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// Any error a body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every request and response Sluice handles.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A body with nothing in it.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Boxes any body whose error converts into [`BoxError`].
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+/// The body grew past the limit a route allows.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit.
+    pub limit: u64,
+}
+
+/// A request body that fails once more than `limit` bytes have passed, and records that it did
+/// so that the pipeline can answer 413 rather than a generic upstream error.
+pub struct LimitedBody<B> {
+    inner: B,
+    limit: u64,
+    seen: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl<B> LimitedBody<B> {
+    /// Wraps `inner`; `exceeded` is set when the limit is passed.
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+            exceeded,
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            this.seen += data.len() as u64;
+            if this.seen > this.limit {
+                this.exceeded.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(BodyTooLarge { limit: this.limit }.into())));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that counts the bytes it passes and calls `on_end` exactly once: when the
+/// last frame has gone, when it fails, or when the client goes away and it is dropped.
+pub struct ObservedBody<F: FnOnce(BodyOutcome)> {
+    inner: ProxyBody,
+    bytes: u64,
+    on_end: Option<F>,
+}
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyOutcome {
+    /// Body bytes sent.
+    pub bytes: u64,
+    /// Whether it ended normally.
+    pub complete: bool,
+}
+
+impl<F: FnOnce(BodyOutcome)> ObservedBody<F> {
+    /// Wraps `inner`.
+    pub fn new(inner: ProxyBody, on_end: F) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            on_end: Some(on_end),
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(BodyOutcome {
+                bytes: self.bytes,
+                complete,
+            });
+        }
+    }
+}
+
+impl<F: FnOnce(BodyOutcome) + Unpin> Body for ObservedBody<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(None) => this.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: FnOnce(BodyOutcome)> Drop for ObservedBody<F> {
+    fn drop(&mut self) {
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn limited_body_fails_past_limit_and_says_so() {
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 11])), 10, exceeded.clone());
+        assert!(body.collect().await.is_err());
+        assert!(exceeded.load(Ordering::Relaxed));
+
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = LimitedBody::new(Full::new(Bytes::from(vec![0u8; 10])), 10, exceeded.clone());
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
+        assert!(!exceeded.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn observed_body_reports_once() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let body = ObservedBody::new(full("hello"), move |outcome| {
+            record.lock().unwrap().push(outcome)
+        });
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].bytes, 5);
+        assert!(seen[0].complete);
+    }
+}

@@ -1,0 +1,148 @@
+//! The `sluice` command line: `run` serves a configuration, `check` only validates it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Snapshot;
+use crate::server::{Server, ShutdownOutcome};
+
+/// A reverse proxy whose routes run chains of sandboxed WebAssembly filters.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// Log level, or a full filter such as `info,sluice::access=warn`. `SLUICE_LOG` overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a configuration until SIGTERM or SIGINT.
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Worker threads (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate a configuration and exit: 0 when it would serve, 1 when not.
+    Check {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    match cli.command {
+        Command::Check { config } => match Snapshot::from_file(&config) {
+            Ok(snapshot) => {
+                println!(
+                    "{}: ok ({} listeners, {} upstreams, {} routes)",
+                    config.display(),
+                    snapshot.listeners.len(),
+                    snapshot.upstreams.len(),
+                    snapshot.routes.routes().len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, workers } => {
+            let snapshot = match Snapshot::from_file(&config) {
+                Ok(snapshot) => snapshot,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.enable_all();
+            if let Some(workers) = workers {
+                runtime.worker_threads(workers.max(1));
+            }
+            let runtime = match runtime.build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("error: cannot start the runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(snapshot))
+        }
+    }
+}
+
+async fn run(snapshot: Snapshot) -> ExitCode {
+    let server = match Server::start(snapshot).await {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = shutdown_signal().await {
+        tracing::error!(error = %error, "cannot listen for signals");
+        return ExitCode::FAILURE;
+    }
+    match server.shutdown().await {
+        ShutdownOutcome::Drained => ExitCode::SUCCESS,
+        ShutdownOutcome::Cut(_) => ExitCode::SUCCESS,
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+    Ok(())
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SLUICE_LOG")
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}

@@ -1,0 +1,607 @@
+//! Turns the configuration as written into the [`Snapshot`] the server uses, checking everything
+//! a type cannot: references between sections, patterns, addresses, combinations of keys.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::uri::Authority;
+use http::{HeaderValue, Method, StatusCode};
+use ipnet::IpNet;
+use regex::Regex;
+use toml::Spanned;
+
+use super::file::{
+    ConfigFile, HeaderCondition as WrittenHeaderCondition, RouteSection, ServerSection,
+    UpstreamSection,
+};
+use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
+use crate::routing::{
+    HeaderCondition, HeaderMatch, HostPattern, PathMatch, PathRewrite, Redirect, Route,
+    RouteAction, RouteTable,
+};
+use crate::upstream::{PoolSettings, Upstream, UpstreamServer};
+
+/// hyper refuses a smaller read buffer, and no real client sends a head that small anyway.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Compiles `file`, whose text is `source` (for error positions).
+pub(super) fn compile(file: ConfigFile, source: &str) -> Result<Snapshot, ConfigError> {
+    let cx = Compiler { source };
+    let server = cx.server(&file.server)?;
+    let admin = match &file.admin {
+        Some(admin) => Some(cx.socket_addr(&admin.bind, "admin.bind")?),
+        None => None,
+    };
+
+    if file.listener.is_empty() {
+        return Err(cx.error(None, "listener", "at least one [[listener]] is required"));
+    }
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    for (index, listener) in file.listener.iter().enumerate() {
+        let key = format!("listener[{index}]");
+        let bind = cx.socket_addr(&listener.get_ref().bind, &format!("{key}.bind"))?;
+        let name: Arc<str> = listener
+            .get_ref()
+            .name
+            .clone()
+            .unwrap_or_else(|| bind.to_string())
+            .into();
+        if !listener_names.insert(name.clone()) {
+            return Err(cx.error(
+                Some(listener.span()),
+                &key,
+                format!("listener name {name:?} is used twice"),
+            ));
+        }
+        listeners.push(ListenerSpec { name, bind });
+    }
+
+    let mut upstreams = BTreeMap::new();
+    for (name, upstream) in &file.upstream {
+        upstreams.insert(name.clone(), Arc::new(cx.upstream(name, upstream)?));
+    }
+
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (index, route) in file.route.iter().enumerate() {
+        let compiled = cx.route(index, route, &server, &upstreams)?;
+        if !route_names.insert(compiled.name.clone()) {
+            return Err(cx.error(
+                Some(route.span()),
+                &format!("route[{index}].name"),
+                format!("route name {:?} is used twice", compiled.name),
+            ));
+        }
+        routes.push(Arc::new(compiled));
+    }
+
+    Ok(Snapshot {
+        server,
+        admin,
+        listeners,
+        upstreams,
+        routes: RouteTable::new(routes),
+        source: None,
+    })
+}
+
+struct Compiler<'a> {
+    source: &'a str,
+}
+
+impl Compiler<'_> {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::at(self.source, span, key, message)
+    }
+
+    fn spanned_error<T>(
+        &self,
+        value: &Spanned<T>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        self.error(Some(value.span()), key, message)
+    }
+
+    fn socket_addr(&self, written: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        written.get_ref().parse().map_err(|_| {
+            self.spanned_error(
+                written,
+                key,
+                format!(
+                    "{:?} is not an address of the form \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                    written.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn server(&self, section: &ServerSection) -> Result<ServerSettings, ConfigError> {
+        if section.max_connections == 0 {
+            return Err(self.error(None, "server.max_connections", "must be at least 1"));
+        }
+        if section.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(self.error(
+                None,
+                "server.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            ));
+        }
+        if section.max_headers == 0 {
+            return Err(self.error(None, "server.max_headers", "must be at least 1"));
+        }
+        let mut trusted_proxies = Vec::new();
+        for (index, written) in section.trusted_proxies.iter().enumerate() {
+            let text = written.get_ref();
+            let net = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    self.spanned_error(
+                        written,
+                        &format!("server.trusted_proxies[{index}]"),
+                        format!(
+                            "{text:?} is not an IP address or CIDR range such as \"10.0.0.0/8\""
+                        ),
+                    )
+                })?;
+            trusted_proxies.push(net);
+        }
+        let mut hide_headers = Vec::new();
+        for (index, name) in section.hide_headers.iter().enumerate() {
+            let header = HeaderName::try_from(name.as_str()).map_err(|_| {
+                self.error(
+                    None,
+                    &format!("server.hide_headers[{index}]"),
+                    format!("{name:?} is not a header name"),
+                )
+            })?;
+            hide_headers.push(header);
+        }
+        let via_name = HeaderValue::try_from(format!("1.1 {}", section.via_name))
+            .map_err(|_| self.error(None, "server.via_name", "must be printable text"))?;
+        Ok(ServerSettings {
+            max_connections: section.max_connections,
+            max_header_bytes: section.max_header_bytes,
+            max_headers: section.max_headers,
+            max_body_bytes: section.max_body_bytes,
+            header_read_timeout: section.header_read_timeout.0,
+            idle_timeout: section.idle_timeout.0,
+            shutdown_timeout: section.shutdown_timeout.0,
+            trusted_proxies,
+            hide_headers,
+            via_name,
+        })
+    }
+
+    fn upstream(
+        &self,
+        name: &str,
+        section: &Spanned<UpstreamSection>,
+    ) -> Result<Upstream, ConfigError> {
+        let key = format!("upstream.{name}");
+        let upstream = section.get_ref();
+        if upstream.servers.is_empty() {
+            return Err(self.spanned_error(
+                section,
+                &format!("{key}.servers"),
+                "an upstream needs at least one server",
+            ));
+        }
+        let mut servers = Vec::new();
+        for (index, server) in upstream.servers.iter().enumerate() {
+            let entry = server.get_ref();
+            let authority = entry
+                .addr
+                .get_ref()
+                .parse::<Authority>()
+                .ok()
+                .filter(|authority| {
+                    authority.port_u16().is_some() && !authority.as_str().contains('@')
+                })
+                .ok_or_else(|| {
+                    self.spanned_error(
+                        &entry.addr,
+                        &format!("{key}.servers[{index}].addr"),
+                        format!(
+                            "{:?} is not a server address of the form \"host:port\"",
+                            entry.addr.get_ref()
+                        ),
+                    )
+                })?;
+            if entry.weight == 0 {
+                return Err(self.spanned_error(
+                    server,
+                    &format!("{key}.servers[{index}].weight"),
+                    "must be at least 1",
+                ));
+            }
+            servers.push(UpstreamServer {
+                authority,
+                weight: entry.weight,
+            });
+        }
+        let pool = PoolSettings {
+            connect_timeout: upstream.connect_timeout.0,
+            idle_timeout: upstream.pool_idle_timeout.0,
+            max_idle_per_server: upstream.pool_max_idle_per_server,
+        };
+        Ok(Upstream::new(name, servers, pool))
+    }
+
+    fn route(
+        &self,
+        index: usize,
+        written: &Spanned<RouteSection>,
+        server: &ServerSettings,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ) -> Result<Route, ConfigError> {
+        let key = format!("route[{index}]");
+        let route = written.get_ref();
+        let name: Arc<str> = route
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route-{}", index + 1))
+            .into();
+
+        let mut hosts = Vec::new();
+        if let Some(written_hosts) = &route.host {
+            for (host_index, host) in written_hosts.get_ref().0.iter().enumerate() {
+                let pattern = HostPattern::parse(host).map_err(|message| {
+                    self.spanned_error(written_hosts, &format!("{key}.host[{host_index}]"), message)
+                })?;
+                hosts.push(pattern);
+            }
+        }
+
+        let path = self.path_match(&key, route)?;
+
+        let mut methods = Vec::new();
+        for (method_index, method) in route.methods.iter().enumerate() {
+            let text = method.get_ref();
+            let parsed =
+                Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    self.spanned_error(
+                        method,
+                        &format!("{key}.methods[{method_index}]"),
+                        format!("{text:?} is not a method"),
+                    )
+                })?;
+            methods.push(parsed);
+        }
+
+        let mut headers = Vec::new();
+        for (header_index, condition) in route.headers.iter().enumerate() {
+            headers.push(self.header_match(&format!("{key}.headers[{header_index}]"), condition)?);
+        }
+
+        let rewrite = self.path_rewrite(&key, route)?;
+
+        let action = match (&route.upstream, &route.redirect) {
+            (Some(_), Some(redirect)) => {
+                return Err(self.spanned_error(
+                    redirect,
+                    &format!("{key}.redirect"),
+                    "a route has either `upstream` or `redirect`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.spanned_error(
+                    written,
+                    &key,
+                    "a route needs `upstream` or `redirect`",
+                ));
+            }
+            (Some(upstream_name), None) => {
+                let upstream = upstreams.get(upstream_name.get_ref()).ok_or_else(|| {
+                    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                    self.spanned_error(
+                        upstream_name,
+                        &format!("{key}.upstream"),
+                        format!(
+                            "no upstream named {:?} (defined: {})",
+                            upstream_name.get_ref(),
+                            list_or_none(&known)
+                        ),
+                    )
+                })?;
+                if route.timeout.0.is_zero() {
+                    return Err(self.error(
+                        None,
+                        &format!("{key}.timeout"),
+                        "must be more than zero",
+                    ));
+                }
+                RouteAction::Forward {
+                    upstream: upstream.clone(),
+                    rewrite,
+                    timeout: route.timeout.0,
+                    preserve_host: route.preserve_host,
+                }
+            }
+            (None, Some(redirect)) => {
+                let section = redirect.get_ref();
+                let status = StatusCode::from_u16(section.status)
+                    .ok()
+                    .filter(|status| matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308))
+                    .ok_or_else(|| {
+                        self.spanned_error(
+                            redirect,
+                            &format!("{key}.redirect.status"),
+                            "must be 301, 302, 303, 307 or 308",
+                        )
+                    })?;
+                if let Some(scheme) = &section.scheme
+                    && scheme != "http"
+                    && scheme != "https"
+                {
+                    return Err(self.spanned_error(
+                        redirect,
+                        &format!("{key}.redirect.scheme"),
+                        "must be \"http\" or \"https\"",
+                    ));
+                }
+                if let Some(host) = &section.host
+                    && host.parse::<Authority>().is_err()
+                {
+                    return Err(self.spanned_error(
+                        redirect,
+                        &format!("{key}.redirect.host"),
+                        format!("{host:?} is not a host"),
+                    ));
+                }
+                if let Some(path) = &section.path
+                    && !path.starts_with('/')
+                {
+                    return Err(self.spanned_error(
+                        redirect,
+                        &format!("{key}.redirect.path"),
+                        "must start with \"/\"",
+                    ));
+                }
+                RouteAction::Redirect(Redirect {
+                    status,
+                    scheme: section.scheme.clone(),
+                    host: section.host.clone(),
+                    path: section.path.clone(),
+                    rewrite,
+                    keep_query: section.keep_query,
+                })
+            }
+        };
+
+        Ok(Route {
+            name,
+            hosts,
+            path,
+            methods,
+            headers,
+            action,
+            max_body_bytes: route.max_body_bytes.unwrap_or(server.max_body_bytes),
+        })
+    }
+
+    fn path_match(&self, key: &str, route: &RouteSection) -> Result<PathMatch, ConfigError> {
+        let given = [&route.path, &route.path_prefix, &route.path_regex]
+            .iter()
+            .filter(|path| path.is_some())
+            .count();
+        if given > 1 {
+            let second = route
+                .path_regex
+                .as_ref()
+                .or(route.path_prefix.as_ref())
+                .expect("two are set");
+            return Err(self.spanned_error(
+                second,
+                key,
+                "use only one of `path`, `path_prefix` and `path_regex`",
+            ));
+        }
+        let must_be_absolute = |written: &Spanned<String>, field: &str| {
+            if written.get_ref().starts_with('/') {
+                Ok(written.get_ref().clone())
+            } else {
+                Err(self.spanned_error(written, &format!("{key}.{field}"), "must start with \"/\""))
+            }
+        };
+        if let Some(path) = &route.path {
+            return Ok(PathMatch::Exact(must_be_absolute(path, "path")?));
+        }
+        if let Some(prefix) = &route.path_prefix {
+            return Ok(PathMatch::Prefix(must_be_absolute(prefix, "path_prefix")?));
+        }
+        if let Some(pattern) = &route.path_regex {
+            let regex = Regex::new(pattern.get_ref()).map_err(|err| {
+                self.spanned_error(
+                    pattern,
+                    &format!("{key}.path_regex"),
+                    format!("invalid regular expression: {err}"),
+                )
+            })?;
+            return Ok(PathMatch::Regex(regex));
+        }
+        Ok(PathMatch::Any)
+    }
+
+    fn path_rewrite(&self, key: &str, route: &RouteSection) -> Result<PathRewrite, ConfigError> {
+        let replacement = match (&route.rewrite_prefix, route.strip_prefix) {
+            (Some(rewrite), true) => {
+                return Err(self.spanned_error(
+                    rewrite,
+                    &format!("{key}.rewrite_prefix"),
+                    "use either `strip_prefix` or `rewrite_prefix`, not both",
+                ));
+            }
+            (Some(rewrite), false) => {
+                if !rewrite.get_ref().starts_with('/') {
+                    return Err(self.spanned_error(
+                        rewrite,
+                        &format!("{key}.rewrite_prefix"),
+                        "must start with \"/\"",
+                    ));
+                }
+                rewrite.get_ref().clone()
+            }
+            (None, true) => String::new(),
+            (None, false) => return Ok(PathRewrite::None),
+        };
+        let Some(prefix) = &route.path_prefix else {
+            let field = if route.strip_prefix {
+                "strip_prefix"
+            } else {
+                "rewrite_prefix"
+            };
+            return Err(self.error(
+                None,
+                &format!("{key}.{field}"),
+                "needs a `path_prefix` to replace",
+            ));
+        };
+        Ok(PathRewrite::Prefix {
+            prefix: prefix.get_ref().clone(),
+            replacement,
+        })
+    }
+
+    fn header_match(
+        &self,
+        key: &str,
+        written: &Spanned<WrittenHeaderCondition>,
+    ) -> Result<HeaderMatch, ConfigError> {
+        let condition = written.get_ref();
+        let name = HeaderName::try_from(condition.name.get_ref().as_str()).map_err(|_| {
+            self.spanned_error(
+                &condition.name,
+                &format!("{key}.name"),
+                format!("{:?} is not a header name", condition.name.get_ref()),
+            )
+        })?;
+        let condition = match (&condition.value, &condition.regex, condition.present) {
+            (Some(value), None, None) => HeaderCondition::Equals(value.clone()),
+            (None, Some(pattern), None) => {
+                HeaderCondition::Regex(Regex::new(pattern.get_ref()).map_err(|err| {
+                    self.spanned_error(
+                        pattern,
+                        &format!("{key}.regex"),
+                        format!("invalid regular expression: {err}"),
+                    )
+                })?)
+            }
+            (None, None, Some(true)) => HeaderCondition::Present,
+            (None, None, Some(false)) => HeaderCondition::Absent,
+            _ => {
+                return Err(self.spanned_error(
+                    written,
+                    key,
+                    "a header condition needs exactly one of `value`, `regex` and `present`",
+                ));
+            }
+        };
+        Ok(HeaderMatch { name, condition })
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{ addr = \"127.0.0.1:9\" }]\n";
+
+    fn compile_err(extra: &str) -> ConfigError {
+        Snapshot::from_toml(&format!("{BASE}{extra}")).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn minimal_config_compiles() {
+        let snapshot =
+            Snapshot::from_toml(&format!("{BASE}[[route]]\nupstream = \"app\"\n")).unwrap();
+        assert_eq!(snapshot.routes.routes().len(), 1);
+        assert_eq!(&*snapshot.routes.routes()[0].name, "route-1");
+    }
+
+    #[test]
+    fn unknown_upstream_points_at_its_value() {
+        let error = compile_err("[[route]]\nupstream = \"nope\"\n");
+        assert_eq!(error.key, "route[0].upstream");
+        assert_eq!(error.position, Some((6, 12)));
+        assert!(error.message.contains("defined: app"), "{error}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_path() {
+        let error = compile_err("[[route]]\nupstream = \"app\"\ncolour = \"red\"\n");
+        assert_eq!(error.key, "route[0].colour");
+        assert_eq!(error.position, Some((7, 1)));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (extra, key) in [
+            (
+                "[[route]]\nupstream = \"app\"\npath_regex = \"(\"\n",
+                "route[0].path_regex",
+            ),
+            (
+                "[[route]]\nupstream = \"app\"\npath = \"relative\"\n",
+                "route[0].path",
+            ),
+            (
+                "[[route]]\nupstream = \"app\"\nstrip_prefix = true\n",
+                "route[0].strip_prefix",
+            ),
+            (
+                "[[route]]\nredirect = { status = 200 }\n",
+                "route[0].redirect.status",
+            ),
+            (
+                "[[route]]\nupstream = \"app\"\nhost = \"a.*.com\"\n",
+                "route[0].host[0]",
+            ),
+            (
+                "[[route]]\nupstream = \"app\"\nheaders = [{ name = \"x\" }]\n",
+                "route[0].headers[0]",
+            ),
+            (
+                "[[route]]\nupstream = \"app\"\ntimeout = \"soon\"\n",
+                "route[0].timeout",
+            ),
+            (
+                "[upstream.bad]\nservers = [{ addr = \"no-port\" }]\n",
+                "upstream.bad.servers[0].addr",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+                "server.trusted_proxies[0]",
+            ),
+        ] {
+            let error = compile_err(extra);
+            assert_eq!(error.key, key, "{error}");
+        }
+    }
+
+    #[test]
+    fn duplicate_route_names_are_refused() {
+        let error = compile_err(
+            "[[route]]\nname = \"a\"\nupstream = \"app\"\n[[route]]\nname = \"a\"\nupstream = \"app\"\n",
+        );
+        assert!(error.message.contains("used twice"), "{error}");
+    }
+}

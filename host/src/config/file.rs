@@ -1,0 +1,305 @@
+//! The configuration exactly as written in TOML.
+//!
+//! These types mirror the file one to one: every table and key a user can write is a field here,
+//! unknown keys are refused (`deny_unknown_fields`), and values that a later step must point back
+//! to keep their place in the file (`Spanned`). Nothing here is validated beyond its type; the
+//! compile step in [`super::compile`] turns a [`ConfigFile`] into the immutable
+//! [`Snapshot`](super::Snapshot) that the server uses.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Limits and behaviour shared by every listener.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// The admin listener (`/metrics`, `/healthz`); absent means no admin listener.
+    pub admin: Option<AdminSection>,
+    /// Where Sluice accepts client connections.
+    #[serde(default)]
+    pub listener: Vec<Spanned<ListenerSection>>,
+    /// Named groups of origin servers, keyed by name.
+    #[serde(default)]
+    pub upstream: BTreeMap<String, Spanned<UpstreamSection>>,
+    /// Routes, in file order; file order breaks ties between equally specific routes.
+    #[serde(default)]
+    pub route: Vec<Spanned<RouteSection>>,
+}
+
+/// `[server]`: connection limits, timeouts and header policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Most client connections open at once across all listeners; further clients wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line plus headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body in bytes unless a route says otherwise; larger gets 413.
+    pub max_body_bytes: u64,
+    /// How long a client may take to send a complete request head.
+    pub header_read_timeout: HumanDuration,
+    /// How long a keep-alive connection may sit with no request in flight.
+    pub idle_timeout: HumanDuration,
+    /// How long in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_timeout: HumanDuration,
+    /// Peers whose X-Forwarded-* and X-Request-Id headers are believed.
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Response headers removed before the response reaches the client.
+    pub hide_headers: Vec<String>,
+    /// The name this proxy gives itself in `Via`.
+    pub via_name: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: 100 * 1024 * 1024,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            shutdown_timeout: HumanDuration(Duration::from_secs(30)),
+            trusted_proxies: Vec::new(),
+            hide_headers: vec!["server".into(), "x-powered-by".into()],
+            via_name: "sluice".into(),
+        }
+    }
+}
+
+/// `[admin]`: the operator's listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address to listen on; loopback unless you mean otherwise.
+    #[serde(default = "default_admin_bind")]
+    pub bind: Spanned<String>,
+}
+
+fn default_admin_bind() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9901".to_owned())
+}
+
+/// `[[listener]]`: one address Sluice accepts clients on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// Name used in logs and metrics; defaults to the bind address.
+    pub name: Option<String>,
+    /// `host:port` to listen on; port 0 picks a free port.
+    pub bind: Spanned<String>,
+}
+
+/// `[upstream.NAME]`: a group of origin servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// The servers; at least one.
+    pub servers: Vec<Spanned<ServerEntry>>,
+    /// How long to wait for a TCP connection to a server.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: HumanDuration,
+    /// Most idle pooled connections kept per server.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_server: usize,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_pool_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(90))
+}
+fn default_pool_max_idle() -> usize {
+    256
+}
+
+/// One origin server of an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    /// `host:port` of the server.
+    pub addr: Spanned<String>,
+    /// Share of requests relative to the other servers.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `[[route]]`: which requests it takes and what it does with them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Name used in logs and metrics; defaults to `route-N` (its position, from 1).
+    pub name: Option<String>,
+    /// Hosts matched exactly (`api.example.com`) or by wildcard (`*.example.com`); absent
+    /// matches any host.
+    pub host: Option<Spanned<OneOrMany<String>>>,
+    /// Path matched exactly.
+    pub path: Option<Spanned<String>>,
+    /// Path matched by prefix, on segment boundaries unless it ends in `/`.
+    pub path_prefix: Option<Spanned<String>>,
+    /// Path matched by regular expression (whole path; anchor it yourself if you need to).
+    pub path_regex: Option<Spanned<String>>,
+    /// Methods accepted; absent means any.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Header conditions, all of which must hold.
+    #[serde(default)]
+    pub headers: Vec<Spanned<HeaderCondition>>,
+    /// The upstream that serves the route.
+    pub upstream: Option<Spanned<String>>,
+    /// Redirect instead of forwarding.
+    pub redirect: Option<Spanned<RedirectSection>>,
+    /// Remove the matched `path_prefix` before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the matched `path_prefix` with this before forwarding.
+    pub rewrite_prefix: Option<Spanned<String>>,
+    /// How long to wait for the upstream's response headers.
+    #[serde(default = "default_route_timeout")]
+    pub timeout: HumanDuration,
+    /// Largest request body on this route; defaults to `server.max_body_bytes`.
+    pub max_body_bytes: Option<u64>,
+    /// Keep the client's Host header when forwarding (otherwise the server address is sent).
+    #[serde(default = "default_true")]
+    pub preserve_host: bool,
+}
+
+fn default_route_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A condition on one request header.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderCondition {
+    /// Header name (case-insensitive).
+    pub name: Spanned<String>,
+    /// Exact value required.
+    pub value: Option<String>,
+    /// Regular expression the value must match.
+    pub regex: Option<Spanned<String>>,
+    /// `true`: the header must be present; `false`: it must be absent.
+    pub present: Option<bool>,
+}
+
+/// `redirect = { ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSection {
+    /// Status: 301, 302, 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+    /// Scheme of the target; defaults to the request's.
+    pub scheme: Option<String>,
+    /// Host (and optional port) of the target; defaults to the request's.
+    pub host: Option<String>,
+    /// Path of the target; defaults to the request's path after any prefix rewrite.
+    pub path: Option<String>,
+    /// Keep the query string.
+    #[serde(default = "default_true")]
+    pub keep_query: bool,
+}
+
+fn default_redirect_status() -> u16 {
+    301
+}
+
+/// A value written either once or as a list.
+#[derive(Debug)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMany<String> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+        impl<'de> Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany<String>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(OneOrMany(vec![value.to_owned()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut values = Vec::new();
+                while let Some(value) = seq.next_element()? {
+                    values.push(value);
+                }
+                Ok(OneOrMany(values))
+            }
+        }
+        deserializer.deserialize_any(OneOrManyVisitor)
+    }
+}
+
+/// A duration written as text: `"250ms"`, `"5s"`, `"2m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"500ms\", \"5s\" or \"2m\"")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                humantime::parse_duration(value)
+                    .map(HumanDuration)
+                    .map_err(|err| E::custom(format!("invalid duration {value:?}: {err}")))
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_text() {
+        let section: ServerSection =
+            toml::from_str("idle_timeout = \"1m 30s\"\nheader_read_timeout = \"250ms\"").unwrap();
+        assert_eq!(section.idle_timeout.0, Duration::from_secs(90));
+        assert_eq!(section.header_read_timeout.0, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn host_is_one_or_many() {
+        let one: RouteSection = toml::from_str("host = \"a.example\"").unwrap();
+        assert_eq!(one.host.unwrap().get_ref().0.len(), 1);
+        let many: RouteSection = toml::from_str("host = [\"a.example\", \"*.b.example\"]").unwrap();
+        assert_eq!(many.host.unwrap().get_ref().0.len(), 2);
+        let bad = toml::from_str::<RouteSection>("host = 3").unwrap_err();
+        assert!(bad.to_string().contains("a string or a list"), "{bad}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Configuration: the TOML file as written ([`file`]), compiled once into an immutable
+//! [`Snapshot`] that every request reads.
+
+mod compile;
+mod error;
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::header::HeaderName;
+use ipnet::IpNet;
+
+pub use error::ConfigError;
+
+use crate::routing::RouteTable;
+use crate::upstream::Upstream;
+
+/// The whole compiled configuration. A request loads it once and finishes on it, whatever
+/// reloads happen meanwhile.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Limits and header policy shared by all listeners.
+    pub server: ServerSettings,
+    /// The admin listener's address, when there is one.
+    pub admin: Option<SocketAddr>,
+    /// Client listeners.
+    pub listeners: Vec<ListenerSpec>,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The routes.
+    pub routes: RouteTable,
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Largest request head in bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Default largest request body.
+    pub max_body_bytes: u64,
+    /// Time allowed for a complete request head.
+    pub header_read_timeout: Duration,
+    /// Time a connection may sit with nothing in flight.
+    pub idle_timeout: Duration,
+    /// Time in-flight requests get after a shutdown signal.
+    pub shutdown_timeout: Duration,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Response headers removed before the client sees them.
+    pub hide_headers: Vec<HeaderName>,
+    /// This proxy's `Via` entry, such as `1.1 sluice`, without the protocol version.
+    pub via_name: HeaderValue,
+}
+
+/// A client listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Name for logs and metrics.
+    pub name: Arc<str>,
+    /// Where it listens.
+    pub bind: SocketAddr,
+}
+
+impl Snapshot {
+    /// Reads and compiles a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::at(
+                "",
+                None,
+                "",
+                format!("cannot read the configuration: {err}"),
+            )
+            .in_file(path)
+        })?;
+        let mut snapshot = Self::from_toml(&source).map_err(|err| err.in_file(path))?;
+        snapshot.source = Some(path.to_owned());
+        Ok(snapshot)
+    }
+
+    /// Compiles configuration text.
+    pub fn from_toml(source: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::parse(source)
+            .map_err(|err| ConfigError::at(source, err.span(), "", err.message().to_owned()))?;
+        let file: file::ConfigFile =
+            serde_path_to_error::deserialize(deserializer).map_err(|err| {
+                // `Spanned` shows up in the path as a private field; users never wrote it.
+                let key = err
+                    .path()
+                    .to_string()
+                    .replace(".$__serde_spanned_private_value", "");
+                let inner = err.into_inner();
+                ConfigError::at(
+                    source,
+                    inner.span(),
+                    if key == "." { String::new() } else { key },
+                    inner.message().to_owned(),
+                )
+            })?;
+        compile::compile(file, source)
+    }
+}

@@ -1,0 +1,152 @@
+//! Every way a request can fail, and the one place failures become responses.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{self, ProxyBody};
+
+/// Which side of the proxy a failure belongs to; it decides the status class and whom the log
+/// line should alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we will not serve.
+    Client,
+    /// The upstream could not be reached or did not answer in time.
+    Upstream,
+    /// Sluice itself failed.
+    Internal,
+}
+
+/// Why a request got an error response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route takes the request.
+    #[error("no route matches the request")]
+    NoRoute,
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// A method a reverse proxy does not serve (CONNECT).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body is larger than the route allows.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The route's limit.
+        limit: u64,
+    },
+    /// No connection could be made to the chosen server.
+    #[error("cannot connect to {server}: {reason}")]
+    UpstreamConnect {
+        /// The server's address.
+        server: String,
+        /// What the connector said.
+        reason: String,
+    },
+    /// The upstream sent no response headers within the route's timeout.
+    #[error("no response from {server} within {timeout_ms} ms")]
+    UpstreamTimeout {
+        /// The server's address.
+        server: String,
+        /// The route's timeout.
+        timeout_ms: u128,
+    },
+    /// The exchange with the upstream failed after connecting.
+    #[error("request to {server} failed: {reason}")]
+    UpstreamFailed {
+        /// The server's address.
+        server: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Sluice could not build the upstream request.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whose failure it is.
+    pub fn side(&self) -> Side {
+        match self {
+            Self::NoRoute
+            | Self::BadRequest(_)
+            | Self::MethodNotAllowed
+            | Self::BodyTooLarge { .. } => Side::Client,
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. } => Side::Upstream,
+            Self::Internal(_) => Side::Internal,
+        }
+    }
+
+    /// A short name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::BadRequest(_) => "bad_request",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::UpstreamConnect { .. } => "upstream_connect",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The response for `error`: the status, its reason and the request id, in plain text so that a
+/// user can quote it to whoever reads the logs. Details of upstreams stay in the log.
+pub fn error_response(error: &ProxyError, request_id: &str) -> Response<ProxyBody> {
+    local_response(error.status(), request_id)
+}
+
+/// A short plain-text response naming the status and the request id.
+pub fn local_response(status: StatusCode, request_id: &str) -> Response<ProxyBody> {
+    let text = format!(
+        "{} {}\nrequest id: {request_id}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_body_names_status_and_request_id() {
+        let error = ProxyError::UpstreamTimeout {
+            server: "10.0.0.1:80".into(),
+            timeout_ms: 5,
+        };
+        let response = error_response(&error, "abc123");
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(text, "504 Gateway Timeout\nrequest id: abc123\n");
+        assert_eq!(error.side(), Side::Upstream);
+    }
+}

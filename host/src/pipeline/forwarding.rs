@@ -1,0 +1,258 @@
+//! Header hygiene on the way to the upstream and back: hop-by-hop headers, the X-Forwarded-*
+//! family, `Via`, and the headers that would reveal the backend.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::ServerSettings;
+
+/// Headers that describe one connection, never the message (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// The request id header, set on the upstream request and on the response.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// The protocol a request asks to switch to (`Upgrade`), when it properly asks for one.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if connection_says_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// What the forwarding headers need to know about the client side.
+pub struct ClientSide<'a> {
+    /// The peer's address.
+    pub peer: IpAddr,
+    /// `http` or `https`, as the client connected.
+    pub scheme: &'static str,
+    /// The host the client asked for, port included, as received.
+    pub host: Option<&'a str>,
+}
+
+/// Rewrites request headers for the upstream: drops hop-by-hop headers, then sets
+/// X-Forwarded-For/-Proto/-Host and `Via`. Incoming forwarding headers are kept (and added to)
+/// only when the peer is a trusted proxy; from anyone else they could be forged, so they are
+/// replaced.
+pub fn prepare_upstream_request(
+    headers: &mut HeaderMap,
+    client: &ClientSide<'_>,
+    settings: &ServerSettings,
+) {
+    let upgrade = requested_upgrade(headers);
+    remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+
+    let trusted = settings
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&client.peer));
+    let peer = client.peer.to_string();
+    let forwarded_for = match headers
+        .get(X_FORWARDED_FOR)
+        .filter(|_| trusted)
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {peer}"),
+        None => peer,
+    };
+    set_text(headers, X_FORWARDED_FOR, &forwarded_for);
+    if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
+    }
+    if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
+        match client.host {
+            Some(host) => set_text(headers, X_FORWARDED_HOST, host),
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !trusted {
+        headers.remove(FORWARDED);
+    }
+    append_via(headers, &settings.via_name);
+}
+
+/// Rewrites response headers for the client: drops hop-by-hop headers (except on a protocol
+/// switch, which needs `Connection` and `Upgrade`), hides backend-revealing headers, adds `Via`.
+pub fn prepare_client_response(
+    headers: &mut HeaderMap,
+    switching_protocols: bool,
+    settings: &ServerSettings,
+) {
+    if switching_protocols {
+        let upgrade = headers.get(header::UPGRADE).cloned();
+        remove_hop_by_hop(headers);
+        if let Some(protocol) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+    } else {
+        remove_hop_by_hop(headers);
+    }
+    for name in &settings.hide_headers {
+        headers.remove(name);
+    }
+    append_via(headers, &settings.via_name);
+}
+
+fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    // One combined value keeps the chain readable and in order.
+    let combined = match headers
+        .get(header::VIA)
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(earlier) => {
+            HeaderValue::try_from(format!("{earlier}, {}", via.to_str().unwrap_or("sluice"))).ok()
+        }
+        None => None,
+    };
+    headers.insert(header::VIA, combined.unwrap_or_else(|| via.clone()));
+}
+
+fn set_text(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::try_from(value) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        Err(_) => {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Snapshot;
+
+    fn settings(trusted: &str) -> ServerSettings {
+        let toml = format!(
+            "[server]\ntrusted_proxies = [{trusted}]\n[[listener]]\nbind = \"127.0.0.1:0\"\n"
+        );
+        Snapshot::from_toml(&toml).unwrap().server
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (HeaderName::try_from(*name).unwrap(), value.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("accept"));
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let client = ClientSide {
+            peer: "192.0.2.7".parse().unwrap(),
+            scheme: "http",
+            host: Some("example.com"),
+        };
+        prepare_upstream_request(&mut map, &client, &settings("\"10.0.0.0/8\""));
+        assert_eq!(map["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(map["x-forwarded-proto"], "http");
+        assert_eq!(map["x-forwarded-host"], "example.com");
+        assert!(!map.contains_key("forwarded"));
+        assert_eq!(map["via"], "1.1 sluice");
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_extended() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("via", "1.1 edge"),
+        ]);
+        let client = ClientSide {
+            peer: "10.1.2.3".parse().unwrap(),
+            scheme: "http",
+            host: Some("example.com"),
+        };
+        prepare_upstream_request(&mut map, &client, &settings("\"10.0.0.0/8\""));
+        assert_eq!(map["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["via"], "1.1 edge, 1.1 sluice");
+    }
+
+    #[test]
+    fn upgrade_survives_hygiene() {
+        let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let client = ClientSide {
+            peer: "127.0.0.1".parse().unwrap(),
+            scheme: "http",
+            host: None,
+        };
+        prepare_upstream_request(&mut map, &client, &settings(""));
+        assert_eq!(map["connection"], "upgrade");
+        assert_eq!(map["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn backend_headers_are_hidden() {
+        let mut map = headers(&[
+            ("server", "gunicorn"),
+            ("x-powered-by", "PHP"),
+            ("content-type", "text/plain"),
+        ]);
+        prepare_client_response(&mut map, false, &settings(""));
+        assert!(!map.contains_key("server"));
+        assert!(!map.contains_key("x-powered-by"));
+        assert!(map.contains_key("content-type"));
+    }
+}

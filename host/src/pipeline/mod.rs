@@ -1,0 +1,505 @@
+//! One request's journey: snapshot, request id, route, forward (or redirect), response hygiene,
+//! then the access log line and metrics once the response body has gone.
+
+mod errors;
+pub mod forwarding;
+mod request_id;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use errors::{ProxyError, Side, error_response, local_response};
+pub use request_id::{new_request_id, request_id};
+
+use crate::admin::metrics::{ErrorLabels, Metrics, Name, RequestLabels, RouteLabels};
+use crate::body::{self, BodyOutcome, LimitedBody, ObservedBody, ProxyBody};
+use crate::config::Snapshot;
+use crate::routing::{RequestFacts, Route, RouteAction, normalize_host};
+use crate::server::ConnectionActivity;
+use forwarding::{ClientSide, X_REQUEST_ID};
+
+/// What the pipeline knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// In-flight and idle tracking for the connection.
+    pub activity: Arc<ConnectionActivity>,
+}
+
+/// Tunnels (upgraded connections) outlive their request; they are tracked so that shutdown can
+/// wait for them and, past its deadline, cut them.
+#[derive(Debug, Clone, Default)]
+pub struct Tunnels {
+    /// Every open tunnel.
+    pub tracker: TaskTracker,
+    /// Cancelled when open tunnels must close now.
+    pub close_now: CancellationToken,
+}
+
+/// The request handler shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    tunnels: Tunnels,
+}
+
+/// What the access log and metrics record about a request, filled in along the way.
+struct Outcome {
+    request_id: String,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    server: Option<String>,
+    error: Option<ProxyError>,
+}
+
+impl Proxy {
+    /// A handler serving whatever snapshot `snapshot` holds when each request starts.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>, tunnels: Tunnels) -> Self {
+        Self {
+            snapshot,
+            metrics,
+            tunnels,
+        }
+    }
+
+    /// Serves one request to completion of its response head; the body streams afterwards.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        connection: &ConnectionInfo,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let in_flight = connection.activity.request_started();
+        let snapshot = self.snapshot.load_full();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let mut outcome = Outcome {
+            request_id: request_id(request.headers()),
+            route: None,
+            upstream: None,
+            server: None,
+            error: None,
+        };
+
+        let mut response = match self
+            .route_and_forward(&snapshot, request, connection, &mut outcome)
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                let response = error_response(&error, &outcome.request_id);
+                outcome.error = Some(error);
+                response
+            }
+        };
+        if let Ok(id) = HeaderValue::try_from(outcome.request_id.as_str()) {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+
+        let status = response.status();
+        let metrics = self.metrics.clone();
+        let peer = connection.peer;
+        let (parts, body) = response.into_parts();
+        let observed = ObservedBody::new(body, move |end: BodyOutcome| {
+            drop(in_flight);
+            record(
+                &metrics, &outcome, &method, &path, status, peer, started, end,
+            );
+        });
+        Response::from_parts(parts, body::boxed(observed))
+    }
+
+    async fn route_and_forward(
+        &self,
+        snapshot: &Snapshot,
+        mut request: Request<Incoming>,
+        connection: &ConnectionInfo,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if request.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        let authority = request_authority(&request)?;
+        let host = authority.as_deref().map(normalize_host).unwrap_or_default();
+        let path =
+            normalize_path(request.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))?;
+        let query = request.uri().query().map(str::to_owned);
+
+        let facts = RequestFacts {
+            host: &host,
+            path: &path,
+            method: request.method(),
+            headers: request.headers(),
+        };
+        let route = snapshot
+            .routes
+            .match_request(&facts)
+            .ok_or(ProxyError::NoRoute)?
+            .clone();
+        outcome.route = Some(route.name.clone());
+
+        let (upstream, rewrite, timeout, preserve_host) = match &route.action {
+            RouteAction::Redirect(redirect) => {
+                let host_for_location = authority.as_deref().unwrap_or("localhost");
+                let location = redirect.location(
+                    connection.scheme,
+                    host_for_location,
+                    &path,
+                    query.as_deref(),
+                );
+                return Ok(redirect_response(redirect.status, &location));
+            }
+            RouteAction::Forward {
+                upstream,
+                rewrite,
+                timeout,
+                preserve_host,
+            } => (upstream, rewrite, *timeout, *preserve_host),
+        };
+        outcome.upstream = Some(upstream.name.clone());
+
+        let declared_length = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared_length.is_some_and(|length| length > route.max_body_bytes) {
+            return Err(ProxyError::BodyTooLarge {
+                limit: route.max_body_bytes,
+            });
+        }
+
+        let client_upgrade = forwarding::requested_upgrade(request.headers())
+            .filter(|_| request.version() == Version::HTTP_11)
+            .map(|_| hyper::upgrade::on(&mut request));
+
+        let server = upstream.pick_server();
+        let server_name = server.authority.to_string();
+        outcome.server = Some(server_name.clone());
+        let path_and_query = PathAndQuery::try_from(rewrite.apply(&path, query.as_deref()))
+            .map_err(|_| ProxyError::BadRequest("invalid path after rewrite"))?;
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(server.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|err| ProxyError::Internal(err.to_string()))?;
+
+        let (mut parts, incoming) = request.into_parts();
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let client_side = ClientSide {
+            peer: connection.peer.ip(),
+            scheme: connection.scheme,
+            host: authority.as_deref(),
+        };
+        forwarding::prepare_upstream_request(&mut parts.headers, &client_side, &snapshot.server);
+        let host_header = match (&authority, preserve_host) {
+            (Some(authority), true) => HeaderValue::try_from(authority.as_str()).ok(),
+            _ => HeaderValue::try_from(server.authority.as_str()).ok(),
+        };
+        if let Some(host_header) = host_header {
+            parts.headers.insert(header::HOST, host_header);
+        }
+        if let Ok(id) = HeaderValue::try_from(outcome.request_id.as_str()) {
+            parts.headers.insert(X_REQUEST_ID, id);
+        }
+
+        let too_large = Arc::new(AtomicBool::new(false));
+        let body = body::boxed(LimitedBody::new(
+            incoming,
+            route.max_body_bytes,
+            too_large.clone(),
+        ));
+        let upstream_request = Request::from_parts(parts, body);
+
+        let mut response = match tokio::time::timeout(
+            timeout,
+            upstream.client().request(upstream_request),
+        )
+        .await
+        {
+            Err(_elapsed) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    server: server_name,
+                    timeout_ms: timeout.as_millis(),
+                });
+            }
+            Ok(Err(_)) if too_large.load(Ordering::Relaxed) => {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: route.max_body_bytes,
+                });
+            }
+            Ok(Err(err)) if err.is_connect() => {
+                return Err(ProxyError::UpstreamConnect {
+                    server: server_name,
+                    reason: error_chain(&err),
+                });
+            }
+            Ok(Err(err)) => {
+                return Err(ProxyError::UpstreamFailed {
+                    server: server_name,
+                    reason: error_chain(&err),
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            match client_upgrade {
+                Some(client_upgrade) => self.open_tunnel(
+                    client_upgrade,
+                    hyper::upgrade::on(&mut response),
+                    &route,
+                    outcome,
+                ),
+                None => {
+                    return Err(ProxyError::UpstreamFailed {
+                        server: server_name,
+                        reason: "switched protocols without being asked to".into(),
+                    });
+                }
+            }
+        }
+        forwarding::prepare_client_response(response.headers_mut(), switching, &snapshot.server);
+        Ok(response.map(body::boxed))
+    }
+
+    /// Once both sides have switched protocols, copies bytes both ways until either side closes.
+    fn open_tunnel(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        route: &Route,
+        outcome: &Outcome,
+    ) {
+        let close_now = self.tunnels.close_now.clone();
+        let route = route.name.clone();
+        let request_id = outcome.request_id.clone();
+        self.tunnels.tracker.spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(both) => both,
+                Err(err) => {
+                    tracing::warn!(route = %route, request_id = %request_id, error = %err, "protocol switch failed");
+                    return;
+                }
+            };
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    if let Err(err) = copied {
+                        tracing::debug!(route = %route, request_id = %request_id, error = %err, "tunnel closed with an error");
+                    }
+                }
+                () = close_now.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// The host the client asked for, with port: the URI's authority (HTTP/2, absolute-form) or the
+/// Host header. HTTP/1.1 requires one (RFC 9112 section 3.2).
+fn request_authority(request: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    if let Some(authority) = request.uri().authority() {
+        return Ok(Some(authority.as_str().to_owned()));
+    }
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+        (Some(host), None) => {
+            let host = host
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+            if host.parse::<http::uri::Authority>().is_err() {
+                return Err(ProxyError::BadRequest("invalid Host header"));
+            }
+            Ok(Some(host.to_owned()))
+        }
+        (None, _) if request.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("missing Host header"))
+        }
+        (None, _) => Ok(None),
+    }
+}
+
+/// Resolves `.` and `..` segments (RFC 3986 section 5.2.4) so that routes cannot be bypassed with
+/// `/public/../admin`. `None` for a path that is not absolute or climbs above the root.
+fn normalize_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    if !path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Some(path.to_owned());
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path[1..].split('/') {
+        trailing_slash = false;
+        match segment {
+            "." => trailing_slash = true,
+            ".." => {
+                segments.pop()?;
+                trailing_slash = true;
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normalized = format!("/{}", segments.join("/"));
+    if trailing_slash && !normalized.ends_with('/') {
+        normalized.push('/');
+    }
+    Some(normalized)
+}
+
+fn redirect_response(status: StatusCode, location: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = status;
+    match HeaderValue::try_from(location) {
+        Ok(location) => {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    response
+}
+
+/// The error and its causes on one line: hyper's outer errors alone ("client error (Connect)")
+/// say too little to act on.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Writes the access log line and the request's metrics.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    metrics: &Metrics,
+    outcome: &Outcome,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    peer: SocketAddr,
+    started: Instant,
+    end: BodyOutcome,
+) {
+    let elapsed = started.elapsed();
+    let route = Name(outcome.route.clone().unwrap_or_else(|| Arc::from("")));
+    let upstream = Name(outcome.upstream.clone().unwrap_or_else(|| Arc::from("")));
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            upstream: upstream.clone(),
+            code: status.as_u16(),
+        })
+        .inc();
+    metrics
+        .request_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+            upstream,
+        })
+        .observe(elapsed.as_secs_f64());
+
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let route_name = outcome.route.as_deref().unwrap_or("");
+    let upstream_name = outcome.upstream.as_deref().unwrap_or("");
+    let server = outcome.server.as_deref().unwrap_or("");
+    match &outcome.error {
+        None => tracing::event!(
+            target: "sluice::access",
+            tracing::Level::INFO,
+            http.request.method = %method,
+            url.path = path,
+            http.response.status_code = status.as_u16(),
+            http.response.body.size = end.bytes,
+            complete = end.complete,
+            duration_ms,
+            route = route_name,
+            upstream = upstream_name,
+            server.address = server,
+            client.address = %peer.ip(),
+            request_id = %outcome.request_id,
+            "request"
+        ),
+        Some(error) => {
+            metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    route,
+                    kind: error.kind(),
+                })
+                .inc();
+            let side = match error.side() {
+                Side::Client => "client",
+                Side::Upstream => "upstream",
+                Side::Internal => "internal",
+            };
+            tracing::event!(
+                target: "sluice::access",
+                tracing::Level::INFO,
+                http.request.method = %method,
+                url.path = path,
+                http.response.status_code = status.as_u16(),
+                http.response.body.size = end.bytes,
+                complete = end.complete,
+                duration_ms,
+                route = route_name,
+                upstream = upstream_name,
+                server.address = server,
+                client.address = %peer.ip(),
+                request_id = %outcome.request_id,
+                error.kind = error.kind(),
+                error.side = side,
+                error.message = %error,
+                "request failed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_resolved() {
+        assert_eq!(normalize_path("/a/b").as_deref(), Some("/a/b"));
+        assert_eq!(
+            normalize_path("/public/../admin").as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(normalize_path("/a/./b/").as_deref(), Some("/a/b/"));
+        assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(normalize_path("/..").as_deref(), None);
+        assert_eq!(normalize_path("*"), None);
+    }
+}

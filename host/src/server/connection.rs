@@ -1,0 +1,151 @@
+//! One client connection: HTTP/1.1 or HTTP/2 (prior knowledge) served by hyper, with the idle
+//! timeout and graceful shutdown that hyper leaves to its user.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerSettings;
+use crate::pipeline::{ConnectionInfo, Proxy};
+
+/// In-flight requests and the last time the count changed, for the idle timeout.
+#[derive(Debug)]
+pub struct ConnectionActivity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` at which the connection last had activity.
+    last_active_ms: AtomicU64,
+}
+
+/// Held while a request is in flight; dropping it marks the request done.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnectionActivity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionActivity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Marks a request as started; it counts until the returned guard is dropped.
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(now, Ordering::Release);
+    }
+
+    /// Resolves once nothing has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last_active =
+                self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
+            let busy = self.in_flight.load(Ordering::Acquire) > 0;
+            if !busy && last_active.elapsed() >= idle {
+                return;
+            }
+            let next_check = if busy {
+                Instant::now() + idle
+            } else {
+                last_active + idle
+            };
+            tokio::time::sleep_until(next_check.into()).await;
+        }
+    }
+}
+
+/// hyper's connection builder with Sluice's limits applied; built once per listener.
+pub(super) fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes)
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Serves `stream` until the client closes, it idles out, or shutdown drains it; `close_now`
+/// cuts it off without draining.
+pub(super) async fn serve(
+    stream: TcpStream,
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Proxy,
+    info: ConnectionInfo,
+    idle_timeout: Duration,
+    drain: CancellationToken,
+    close_now: CancellationToken,
+) {
+    let activity = info.activity.clone();
+    let info = Arc::new(info);
+    let service = service_fn(move |request| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "client connection ended with an error");
+                }
+                return;
+            }
+            () = drain.cancelled(), if !draining => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            () = activity.idle_for(idle_timeout), if !draining => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+            () = close_now.cancelled() => return,
+        }
+    }
+}
+
+impl ConnectionInfo {
+    /// Connection facts for a newly accepted client.
+    pub(super) fn accepted(
+        peer: std::net::SocketAddr,
+        listener: Arc<str>,
+        scheme: &'static str,
+    ) -> Self {
+        Self {
+            peer,
+            listener,
+            scheme,
+            activity: ConnectionActivity::new(),
+        }
+    }
+}

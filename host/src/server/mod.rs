@@ -1,0 +1,253 @@
+//! Listeners and the life of the whole server: bind, accept within the connection limit, serve,
+//! and shut down gracefully (stop accepting, drain in-flight requests, cut what is left at the
+//! deadline).
+
+mod connection;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use connection::{ConnectionActivity, InFlight};
+
+use crate::admin::{
+    self,
+    metrics::{ListenerLabels, Metrics, Name},
+};
+use crate::config::Snapshot;
+use crate::pipeline::{ConnectionInfo, Proxy, Tunnels};
+
+/// A running Sluice: its listeners, admin endpoint and connections.
+#[derive(Debug)]
+pub struct Server {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    listeners: Vec<(Arc<str>, SocketAddr)>,
+    admin: Option<SocketAddr>,
+    connections: TaskTracker,
+    tunnels: Tunnels,
+    /// Stops accept loops and asks every connection to finish its requests and close.
+    drain: CancellationToken,
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// Every connection finished within the deadline.
+    Drained,
+    /// The deadline passed; this many connections and tunnels were cut.
+    Cut(usize),
+}
+
+impl Server {
+    /// Binds every listener of `snapshot` (and its admin listener) and starts serving.
+    pub async fn start(snapshot: Snapshot) -> io::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let current = snapshot.load_full();
+        let drain = CancellationToken::new();
+        let tunnels = Tunnels::default();
+        let connections = TaskTracker::new();
+        let proxy = Proxy::new(snapshot.clone(), metrics.clone(), tunnels.clone());
+        let limit = Arc::new(Semaphore::new(current.server.max_connections));
+
+        let mut listeners = Vec::new();
+        for spec in &current.listeners {
+            let listener = bind(spec.bind)?;
+            let local = listener.local_addr()?;
+            tracing::info!(listener = %spec.name, address = %local, "listening");
+            listeners.push((spec.name.clone(), local));
+            tokio::spawn(accept_loop(AcceptLoop {
+                listener,
+                name: spec.name.clone(),
+                proxy: proxy.clone(),
+                snapshot: snapshot.clone(),
+                metrics: metrics.clone(),
+                limit: limit.clone(),
+                connections: connections.clone(),
+                drain: drain.clone(),
+                close_now: tunnels.close_now.clone(),
+            }));
+        }
+
+        let admin = match current.admin {
+            Some(bind_addr) => {
+                let listener = bind(bind_addr)?;
+                let local = listener.local_addr()?;
+                tracing::info!(address = %local, "admin listening");
+                tokio::spawn(admin::serve(listener, metrics.clone(), drain.clone()));
+                Some(local)
+            }
+            None => None,
+        };
+
+        Ok(Self {
+            snapshot,
+            metrics,
+            listeners,
+            admin,
+            connections,
+            tunnels,
+            drain,
+        })
+    }
+
+    /// The address a listener is bound to (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(listener, _)| &**listener == name)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// Every listener's name and bound address, in configured order.
+    pub fn listener_addrs(&self) -> &[(Arc<str>, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The configuration now being served.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to the configured shutdown timeout,
+    /// then cuts whatever is left.
+    pub async fn shutdown(self) -> ShutdownOutcome {
+        let deadline = self.snapshot.load().server.shutdown_timeout;
+        self.shutdown_within(deadline).await
+    }
+
+    /// [`Server::shutdown`] with an explicit deadline.
+    pub async fn shutdown_within(self, deadline: Duration) -> ShutdownOutcome {
+        tracing::info!(
+            deadline_ms = deadline.as_millis() as u64,
+            "shutting down: draining connections"
+        );
+        self.drain.cancel();
+        self.connections.close();
+        self.tunnels.tracker.close();
+        let drained = tokio::time::timeout(deadline, async {
+            self.connections.wait().await;
+            self.tunnels.tracker.wait().await;
+        })
+        .await;
+        match drained {
+            Ok(()) => {
+                tracing::info!("all connections drained");
+                ShutdownOutcome::Drained
+            }
+            Err(_) => {
+                let left = self.connections.len() + self.tunnels.tracker.len();
+                tracing::warn!(
+                    connections = left,
+                    "shutdown deadline passed: closing the remaining connections"
+                );
+                self.tunnels.close_now.cancel();
+                self.connections.wait().await;
+                self.tunnels.tracker.wait().await;
+                ShutdownOutcome::Cut(left)
+            }
+        }
+    }
+}
+
+/// Binds with SO_REUSEADDR so a restart does not wait out TIME_WAIT.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket
+        .bind(addr)
+        .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
+    socket.listen(1024)
+}
+
+struct AcceptLoop {
+    listener: TcpListener,
+    name: Arc<str>,
+    proxy: Proxy,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    metrics: Arc<Metrics>,
+    limit: Arc<Semaphore>,
+    connections: TaskTracker,
+    drain: CancellationToken,
+    close_now: CancellationToken,
+}
+
+async fn accept_loop(accept: AcceptLoop) {
+    let labels = ListenerLabels {
+        listener: Name(accept.name.clone()),
+    };
+    let active = accept
+        .metrics
+        .active_connections
+        .get_or_create(&labels)
+        .clone();
+    let accepted = accept.metrics.connections.get_or_create(&labels).clone();
+    loop {
+        // Over the limit, stop accepting: new clients wait in the kernel's queue rather than
+        // being accepted and starved.
+        let permit = tokio::select! {
+            () = accept.drain.cancelled() => return,
+            permit = accept.limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = accept.drain.cancelled() => return,
+            accepted = accept.listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::error!(listener = %accept.name, error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        accepted.inc();
+        active.inc();
+        let (builder, idle_timeout) = {
+            let snapshot = accept.snapshot.load();
+            (
+                connection::connection_builder(&snapshot.server),
+                snapshot.server.idle_timeout,
+            )
+        };
+        let info = ConnectionInfo::accepted(peer, accept.name.clone(), "http");
+        let (proxy, drain, close_now, active) = (
+            accept.proxy.clone(),
+            accept.drain.clone(),
+            accept.close_now.clone(),
+            active.clone(),
+        );
+        accept.connections.spawn(async move {
+            connection::serve(stream, builder, proxy, info, idle_timeout, drain, close_now).await;
+            active.dec();
+            drop(permit);
+        });
+    }
+}
