@@ -1,1 +1,282 @@
+//! The end-to-end harness: origins served in-process on port 0, a Sluice started from a TOML
+//! literal on port 0, and clients that speak HTTP/1.1, h2c and raw bytes.
+//!
+//! Every test builds its own world (origin -> proxy -> client), so tests never share ports or
+//! state and run in parallel.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sluice::body::{self, ProxyBody};
+use sluice::config::Snapshot;
+use sluice::server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A boxed future answering one origin request.
+pub type OriginFuture = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
+
+/// An origin server running in the test process.
+pub struct Origin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Origin {
+    /// Serves HTTP/1.1 and h2c on a free loopback port, answering with `handler`.
+    pub async fn start<F>(handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> OriginFuture + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin address");
+        let handler = Arc::new(handler);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let answer = handler(request);
+                        async move { Ok::<_, Infallible>(answer.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// An origin that answers with a JSON description of the request it got (see [`Echo`]),
+    /// naming itself `name` and adding `Server` and `X-Powered-By` headers to be hidden.
+    pub async fn echo(name: &'static str) -> Self {
+        Self::start(move |request| Box::pin(echo_answer(name, request))).await
+    }
+}
+
+async fn echo_answer(name: &'static str, request: Request<Incoming>) -> Response<ProxyBody> {
+    let (parts, incoming) = request.into_parts();
+    let body_bytes = incoming
+        .collect()
+        .await
+        .map(|body| body.to_bytes().len())
+        .unwrap_or(0);
+    let mut headers = serde_json::Map::new();
+    for (key, value) in &parts.headers {
+        let entry = headers
+            .entry(key.as_str().to_owned())
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let serde_json::Value::Array(values) = entry {
+            values.push(
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into(),
+            );
+        }
+    }
+    let description = serde_json::json!({
+        "origin": name,
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_bytes": body_bytes,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("server", "test-origin/1.0")
+        .header("x-powered-by", "tests")
+        .header("keep-alive", "timeout=5")
+        .header("connection", "x-origin-private")
+        .header("x-origin-private", "hop-by-hop")
+        .body(body::full(description.to_string()))
+        .expect("valid echo response")
+}
+
+/// What an echo origin saw.
+#[derive(Debug)]
+pub struct Echo(pub serde_json::Value);
+
+impl Echo {
+    /// Parses an echo origin's answer.
+    pub fn parse(body: &[u8]) -> Self {
+        Self(
+            serde_json::from_slice(body).unwrap_or_else(|err| {
+                panic!("not an echo: {err}: {}", String::from_utf8_lossy(body))
+            }),
+        )
+    }
+    /// The origin's name.
+    pub fn origin(&self) -> &str {
+        self.0["origin"].as_str().unwrap_or_default()
+    }
+    /// The request URI as the origin saw it (path and query).
+    pub fn uri(&self) -> &str {
+        self.0["uri"].as_str().unwrap_or_default()
+    }
+    /// All values of a request header as the origin saw them.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.0["headers"][name]
+            .as_array()
+            .map(|values| {
+                values
+                    .iter()
+                    .filter_map(|value| value.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    /// The single value of a request header, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values = self.header_values(name);
+        assert!(
+            values.len() <= 1,
+            "{name} sent {} times: {values:?}",
+            values.len()
+        );
+        values.into_iter().next()
+    }
+}
+
+/// A Sluice started in-process from a TOML literal.
+pub struct TestProxy {
+    /// The first listener's address.
+    pub addr: SocketAddr,
+    /// The admin listener's address, if configured.
+    pub admin: Option<SocketAddr>,
+    server: Option<Server>,
+}
+
+impl TestProxy {
+    /// Compiles `config` and starts serving it; listeners should bind port 0.
+    pub async fn start(config: &str) -> Self {
+        init_test_logging();
+        let snapshot = Snapshot::from_toml(config)
+            .unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
+        let server = Server::start(snapshot).await.expect("start sluice");
+        let addr = server.listener_addrs()[0].1;
+        Self {
+            addr,
+            admin: server.admin_addr(),
+            server: Some(server),
+        }
+    }
+
+    /// The running server, for shutdown and metrics.
+    pub fn take_server(&mut self) -> Server {
+        self.server.take().expect("server already taken")
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Logs go to the test's captured output, at debug for Sluice, once per process.
+pub fn init_test_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("sluice=debug")
+        .with_test_writer()
+        .try_init();
+}
+
+/// A client speaking HTTP/1.1 with keep-alive.
+pub fn http1_client() -> Client<HttpConnector, ProxyBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A client speaking HTTP/2 over cleartext with prior knowledge.
+pub fn h2c_client() -> Client<HttpConnector, ProxyBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// A collected response.
+#[derive(Debug)]
+pub struct Collected {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Collected {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The body as an echo origin's description.
+    pub fn echo(&self) -> Echo {
+        Echo::parse(&self.body)
+    }
+}
+
+/// Sends `request` and collects the whole response.
+pub async fn send(
+    client: &Client<HttpConnector, ProxyBody>,
+    request: Request<ProxyBody>,
+) -> Collected {
+    let response = client
+        .request(request)
+        .await
+        .expect("request through sluice");
+    let (parts, incoming) = response.into_parts();
+    let body = incoming.collect().await.expect("response body").to_bytes();
+    Collected {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET `path` from `proxy` with the given Host header.
+pub async fn get(proxy: &TestProxy, host: &str, path: &str) -> Collected {
+    let request = Request::get(proxy.url(path))
+        .header("host", host)
+        .body(body::empty())
+        .expect("valid request");
+    send(&http1_client(), request).await
+}
+
+/// Writes `raw` to a new connection and reads until the server closes it.
+pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(raw).await.expect("write request");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A full-bytes request body.
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
