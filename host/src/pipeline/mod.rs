@@ -89,6 +89,7 @@ impl Proxy {
         let in_flight = connection.activity.request_started();
         let snapshot = self.snapshot.load_full();
         let method = request.method().clone();
+        let version = request.version();
         let path = request.uri().path().to_owned();
         let mut outcome = Outcome {
             request_id: request_id(request.headers()),
@@ -104,7 +105,11 @@ impl Proxy {
         {
             Ok(response) => response,
             Err(error) => {
-                let response = error_response(&error, &outcome.request_id);
+                let mut response = error_response(&error, &outcome.request_id);
+                // After a malformed request the connection's framing cannot be trusted: close it.
+                if matches!(error, ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed) && version < Version::HTTP_2 {
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 outcome.error = Some(error);
                 response
             }
