@@ -18,19 +18,23 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    /// An error at `span` (byte offsets into `source`) under `key`.
+    /// An error at `span` (byte offsets into `source`) under `key`. Without a span, the key path
+    /// is looked up in the source (or its nearest written parent), so that every error has a
+    /// position wherever the file can give one.
     pub(crate) fn at(
         source: &str,
         span: Option<Range<usize>>,
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
+        let key = key.into();
+        let span = span
+            .filter(|span| span.end > 0)
+            .or_else(|| locate(source, &key));
         Self {
             file: None,
-            key: key.into(),
-            position: span
-                .filter(|span| span.end > 0)
-                .map(|span| line_and_column(source, span.start)),
+            position: span.map(|span| line_and_column(source, span.start)),
+            key,
             message: message.into(),
         }
     }
@@ -58,6 +62,44 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The span of the value at `key` (`route[2].headers[0].name`), or of its nearest written parent.
+fn locate(source: &str, key: &str) -> Option<Range<usize>> {
+    let document = toml::de::DeTable::parse(source).ok()?;
+    let mut steps = Vec::new();
+    for part in key.split('.').filter(|part| !part.is_empty()) {
+        let (name, indices) = part
+            .split_once('[')
+            .map_or((part, ""), |(name, rest)| (name, rest));
+        steps.push(Step::Key(name));
+        for index in indices.split('[') {
+            if let Ok(index) = index.trim_end_matches(']').parse::<usize>() {
+                steps.push(Step::Index(index));
+            }
+        }
+    }
+    let mut found = None;
+    let mut current: &toml::de::DeValue<'_> = &toml::de::DeValue::Table(document.get_ref().clone());
+    for step in steps {
+        let next = match (step, current) {
+            (Step::Key(name), toml::de::DeValue::Table(table)) => table
+                .iter()
+                .find(|(written, _)| written.get_ref() == name)
+                .map(|(_, value)| value),
+            (Step::Index(index), toml::de::DeValue::Array(array)) => array.get(index),
+            _ => None,
+        };
+        let Some(next) = next else { break };
+        found = Some(next.span());
+        current = next.get_ref();
+    }
+    found
+}
+
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
 /// 1-based line and column (in characters) of byte offset `offset` in `source`.
 fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
@@ -76,6 +118,17 @@ mod tests {
         let source = "a = 1\nbb = \"x\"\n";
         assert_eq!(line_and_column(source, 0), (1, 1));
         assert_eq!(line_and_column(source, 11), (2, 6));
+    }
+
+    #[test]
+    fn keys_are_located_in_the_source() {
+        let source = "[server]\nmax_connections = 0\n\n[[route]]\nname = \"a\"\n[[route]]\nheaders = [{ name = \"x\" }, { name = \"y\" }]\n";
+        let at = |key: &str| ConfigError::at(source, None, key, "").position;
+        assert_eq!(at("server.max_connections"), Some((2, 19)));
+        assert_eq!(at("route[1].headers[1].name"), Some((7, 37)));
+        // A key that is not written falls back to its nearest written parent.
+        assert_eq!(at("route[0].timeout").map(|(line, _)| line), Some(5));
+        assert_eq!(at("listener"), None);
     }
 
     #[test]

@@ -107,8 +107,14 @@ impl Proxy {
             Err(error) => {
                 let mut response = error_response(&error, &outcome.request_id);
                 // After a malformed request the connection's framing cannot be trusted: close it.
-                if matches!(error, ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed) && version < Version::HTTP_2 {
-                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                if matches!(
+                    error,
+                    ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed
+                ) && version < Version::HTTP_2
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 outcome.error = Some(error);
                 response
