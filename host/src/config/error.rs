@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(at("server.max_connections"), Some((2, 19)));
         assert_eq!(at("route[1].headers[1].name"), Some((7, 37)));
         // A key that is not written falls back to its nearest written parent.
-        assert_eq!(at("route[0].timeout").map(|(line, _)| line), Some(5));
+        assert_eq!(at("route[0].timeout").map(|(line, _)| line), Some(4));
         assert_eq!(at("listener"), None);
     }
 
