@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -32,6 +33,7 @@ pub type OriginFuture = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>
 pub struct Origin {
     /// Where it listens.
     pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,11 +52,14 @@ impl Origin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
         let handler = Arc::new(handler);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let handler = handler.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
@@ -67,7 +72,16 @@ impl Origin {
                 });
             }
         });
-        Self { addr, task }
+        Self {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// How many connections it has accepted.
+    pub fn connections_accepted(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// An origin that answers with a JSON description of the request it got (see [`Echo`]),

@@ -8,6 +8,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use sluice::body;
 use sluice_tests::{Origin, TestProxy, get, h2c_client, http1_client, send};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -297,4 +298,42 @@ async fn admin_serves_metrics_and_health() {
         metrics.contains("sluice_connections_total{listener=\"public\"} "),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&one_route(&origin, "")).await;
+    // Fresh client connections each time: only the proxy's pool can explain a single origin
+    // connection.
+    for _ in 0..10 {
+        assert_eq!(get(&proxy, "a", "/").await.status, 200);
+    }
+    assert_eq!(origin.connections_accepted(), 1);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&one_route(&origin, "max_connections = 1")).await;
+    let request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+
+    let mut first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    let mut buffer = [0u8; 4096];
+    let read = first.read(&mut buffer).await.unwrap();
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 200 OK"));
+
+    // The first connection is still open, so the second is not accepted and gets no answer.
+    let mut second = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buffer)).await;
+    assert!(
+        waited.is_err(),
+        "second connection was served while the first held the only slot"
+    );
+
+    drop(first);
+    let read = second.read(&mut buffer).await.unwrap();
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 200 OK"));
 }
