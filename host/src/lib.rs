@@ -14,5 +14,6 @@ pub mod cli;
 pub mod config;
 pub mod pipeline;
 pub mod routing;
+pub mod runtime;
 pub mod server;
 pub mod upstream;

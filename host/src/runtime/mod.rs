@@ -1,0 +1,156 @@
+//! The filter runtime: one wasmtime [`Engine`] for the process, compiled plugins, warm instance
+//! pools, host capabilities and the limits that keep each tenant's filters to what they were
+//! granted.
+//!
+//! - The engine uses the component model, async calls (a filter waiting on a callout or yielding
+//!   at its CPU tick never blocks a worker thread), epoch interruption and the pooling allocator.
+//! - Compiled components are cached on disk by wasmtime, keyed by the component's bytes and the
+//!   engine's settings, so a restart does not recompile.
+//! - Each filter in a route is a [`FilterPool`]: an `InstancePre` and a bounded pool of warm,
+//!   configured instances. A trapped or over-limit instance is thrown away, never reused.
+
+mod bindings;
+mod host;
+pub mod kv;
+mod plugin;
+mod pool;
+mod tenant;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use host::{CallContext, HostServices};
+pub use plugin::{Plugin, PluginError, WIT_PACKAGE, WIT_VERSION};
+pub use pool::{
+    BodyOutcome, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec, HeadOutcome,
+    Isolation, RequestHead,
+};
+pub use tenant::Tenant;
+
+pub use bindings::sluice::filter::types::Phases;
+
+use host::FilterState;
+
+/// How often the epoch advances: the granularity of CPU deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Instances the pooling allocator keeps slots for across all filters.
+const POOLED_INSTANCES: u32 = 1000;
+
+/// The engine, its linker and the services host calls reach; one per process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<FilterState>,
+    services: Arc<HostServices>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cache_dir", &self.cache_dir).finish_non_exhaustive()
+    }
+}
+
+/// The runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the filter runtime: {0}")]
+pub struct RuntimeError(String);
+
+impl Runtime {
+    /// The process's runtime, started on first use with the compiled-component cache in
+    /// `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
+    pub fn shared() -> Result<Arc<Self>, RuntimeError> {
+        static SHARED: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Runtime::new(default_cache_dir()).map(Arc::new).map_err(|err| err.0))
+            .clone()
+            .map_err(RuntimeError)
+    }
+
+    /// A runtime caching compiled components in `cache_dir` (none: no disk cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, RuntimeError> {
+        let fail = |what: &str, err: wasmtime::Error| RuntimeError(format!("{what}: {err:#}"));
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Function names in traps, so a failure log says where the guest was.
+        config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+        if let Some(dir) = &cache_dir {
+            let mut cache_config = wasmtime::CacheConfig::new();
+            cache_config.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache_config).map_err(|err| fail("compiled-component cache", err))?;
+            config.cache(Some(cache));
+        }
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(POOLED_INSTANCES)
+            .total_core_instances(POOLED_INSTANCES * 4)
+            .total_memories(POOLED_INSTANCES * 2)
+            .total_tables(POOLED_INSTANCES * 4)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(32)
+            .max_component_instance_size(4 << 20)
+            .max_core_instance_size(4 << 20)
+            .max_memory_size(tenant::MAX_MEMORY_BYTES);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling.clone()));
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(err) => {
+                // Some hosts limit virtual memory below what the pool reserves: serve anyway,
+                // allocating each instance on demand.
+                tracing::warn!(error = %err, "pooling allocator unavailable; allocating instances on demand");
+                config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+                Engine::new(&config).map_err(|err| fail("engine", err))?
+            }
+        };
+        let linker = host::linker(&engine).map_err(|err| fail("linker", err))?;
+        start_epoch_ticker(&engine);
+        Ok(Self { engine, linker, services: Arc::new(HostServices::default()), cache_dir })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The services host calls reach (key-value store, metrics, callout upstreams).
+    pub fn services(&self) -> &Arc<HostServices> {
+        &self.services
+    }
+
+    /// Where compiled components are cached.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache_dir.as_deref()
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("sluice"))
+}
+
+/// Advances the engine's epoch every tick, on a thread of its own so that a busy async runtime
+/// cannot delay deadlines. It holds only a weak handle: it ends when the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    });
+    if let Err(err) = spawned {
+        tracing::error!(error = %err, "cannot start the epoch thread: filter CPU deadlines will not fire");
+    }
+}

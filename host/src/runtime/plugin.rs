@@ -1,0 +1,148 @@
+//! A plugin: a compiled component checked against the `sluice:filter` world, with its imports
+//! resolved once so that instances start cheaply.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::Component;
+
+use super::bindings::PluginPre;
+use super::host::FilterState;
+use super::Runtime;
+
+/// The WIT package this host implements.
+pub const WIT_PACKAGE: &str = "sluice:filter";
+/// Its version.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// A plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The bytes are not a valid component.
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    /// The component targets another version of the interface.
+    #[error("built for {found}; this Sluice serves {WIT_PACKAGE}@{WIT_VERSION}: rebuild the plugin against this version")]
+    IncompatibleWorld {
+        /// The interface version it was built for.
+        found: String,
+    },
+    /// The component does not fit the world (missing export, unknown import).
+    #[error("does not implement the {WIT_PACKAGE} world: {0}")]
+    WorldMismatch(String),
+}
+
+/// A loaded plugin, shared by every route filter that uses it.
+pub struct Plugin {
+    /// Name from the configuration.
+    pub name: Arc<str>,
+    /// `sha256:` digest of the component's bytes.
+    pub digest: String,
+    /// Imports resolved, ready to instantiate.
+    pub(crate) pre: PluginPre<FilterState>,
+    /// Whether the component imports WASI (then each instance gets a WASI context).
+    pub(crate) uses_wasi: bool,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("digest", &self.digest).finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Loads a component file.
+    pub fn load_file(runtime: &Runtime, name: &str, path: &Path) -> Result<Self, PluginError> {
+        let bytes = std::fs::read(path)
+            .map_err(|err| PluginError::Read { path: path.display().to_string(), reason: err.to_string() })?;
+        Self::load(runtime, name, &bytes)
+    }
+
+    /// Compiles (or takes from the cache) and checks a component.
+    pub fn load(runtime: &Runtime, name: &str, bytes: &[u8]) -> Result<Self, PluginError> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        // A component's preamble has layer 1 where a core module's has 0.
+        if bytes.starts_with(b"\0asm") && bytes.get(6..8) == Some(&[0, 0]) {
+            return Err(PluginError::Invalid(
+                "this is a core module, not a component: build it with `sluice plugin build`".into(),
+            ));
+        }
+        let component = Component::new(runtime.engine(), bytes).map_err(|err| PluginError::Invalid(format!("{err:#}")))?;
+        let uses_wasi = check_world(runtime, &component)?;
+        let instance_pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
+        let pre = PluginPre::new(instance_pre).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
+        Ok(Self { name: name.into(), digest, pre, uses_wasi })
+    }
+}
+
+/// Checks the component's `sluice:filter` imports and exports against this host's version and
+/// says whether it imports WASI.
+fn check_world(runtime: &Runtime, component: &Component) -> Result<bool, PluginError> {
+    let ty = component.component_type();
+    let engine = runtime.engine();
+    let mut uses_wasi = false;
+    let names = ty.imports(engine).map(|(name, item)| (name, item, false)).chain(ty.exports(engine).map(|(name, item)| (name, item, true)));
+    let mut exports_filter = false;
+    for (name, item, is_export) in names {
+        if name.starts_with("wasi:") {
+            uses_wasi = true;
+            continue;
+        }
+        let Some(rest) = name.strip_prefix(WIT_PACKAGE).and_then(|rest| rest.strip_prefix('/')) else {
+            if !is_export {
+                return Err(PluginError::WorldMismatch(format!("imports {name}, which Sluice does not provide")));
+            }
+            continue;
+        };
+        let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        if !compatible(version) {
+            return Err(PluginError::IncompatibleWorld { found: format!("{WIT_PACKAGE}@{version}") });
+        }
+        if is_export && interface == "filter" && matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            exports_filter = true;
+        }
+    }
+    if !exports_filter {
+        return Err(PluginError::WorldMismatch(format!("it does not export {WIT_PACKAGE}/filter")));
+    }
+    Ok(uses_wasi)
+}
+
+/// Semver compatibility with [`WIT_VERSION`]: for 0.x the minor version must match.
+fn compatible(version: &str) -> bool {
+    let mut ours = WIT_VERSION.split('.');
+    let mut theirs = version.split('.');
+    let (our_major, our_minor) = (ours.next(), ours.next());
+    let (their_major, their_minor) = (theirs.next(), theirs.next());
+    if our_major != their_major {
+        return false;
+    }
+    our_major != Some("0") || our_minor == their_minor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compatible;
+
+    #[test]
+    fn versions_follow_semver() {
+        assert!(compatible("0.1.0"));
+        assert!(compatible("0.1.7"));
+        assert!(!compatible("0.2.0"));
+        assert!(!compatible("1.0.0"));
+        assert!(!compatible(""));
+    }
+}

@@ -1,0 +1,489 @@
+//! One filter of one route: its plugin, config and tenant, a bounded pool of warm configured
+//! instances, and the calls into them with their CPU deadline and failure classification.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::component::Resource;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::cli::AsyncStdoutStream;
+
+use super::bindings::Plugin as Filter;
+use super::bindings::sluice::filter::types::{self as wit, Phases};
+use super::host::{
+    CallContext, CpuLimitExceeded, FilterState, MemoryLimitExceeded, RequestHandle, RequestSlot, ResponseHandle,
+    ResponseSlot,
+};
+use super::plugin::Plugin;
+use super::tenant::Tenant;
+use super::{EPOCH_TICK, Runtime};
+use crate::body::{self, ProxyBody};
+
+/// How long a request waits for a free instance when the tenant's instance limit is reached.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a failing filter does to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer with an error (500; 503 when no instance is free).
+    FailClosed,
+    /// Skip the filter for this request and go on.
+    FailOpen,
+}
+
+/// How instances are shared between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Warm instances are reused by later requests (one request at a time).
+    Instance,
+    /// Every request gets a fresh instance, thrown away afterwards.
+    Request,
+}
+
+/// A filter as configured on a route.
+#[derive(Debug, Clone)]
+pub struct FilterSpec {
+    /// The route's name.
+    pub route: Arc<str>,
+    /// The filter's name (its plugin's name).
+    pub name: Arc<str>,
+    /// The plugin.
+    pub plugin: Arc<Plugin>,
+    /// The route's config for it, as JSON.
+    pub config: String,
+    /// What a failure does.
+    pub on_error: FailurePolicy,
+    /// Instance sharing.
+    pub isolation: Isolation,
+    /// Whose grants apply.
+    pub tenant: Arc<Tenant>,
+}
+
+/// Why a filter failed a request.
+#[derive(Debug, thiserror::Error)]
+#[error("filter {filter} on route {route}: {kind}")]
+pub struct FilterError {
+    /// The route.
+    pub route: Arc<str>,
+    /// The filter.
+    pub filter: Arc<str>,
+    /// What happened.
+    pub kind: FilterErrorKind,
+    /// The guest's last error-level log line during the call (a panic message, usually).
+    pub guest_message: Option<String>,
+}
+
+/// The kinds of filter failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterErrorKind {
+    /// The guest trapped; the text has the backtrace with function names.
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call ran past the tenant's CPU grant.
+    #[error("{0}")]
+    CpuLimit(String),
+    /// The guest tried to grow memory past the tenant's grant.
+    #[error("{0}")]
+    MemoryLimit(String),
+    /// The filter refused its config.
+    #[error("config refused: {0}")]
+    ConfigRefused(String),
+    /// The filter answered with something the host cannot send.
+    #[error("invalid answer: {0}")]
+    InvalidAnswer(String),
+    /// No instance became free in time.
+    #[error("no free instance (the tenant's limit is {0} per filter)")]
+    Busy(usize),
+}
+
+impl FilterError {
+    /// The status a fail-closed request gets.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            FilterErrorKind::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short name for metrics labels.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            FilterErrorKind::Trap(_) => "trap",
+            FilterErrorKind::CpuLimit(_) => "cpu_limit",
+            FilterErrorKind::MemoryLimit(_) => "memory_limit",
+            FilterErrorKind::ConfigRefused(_) => "config_refused",
+            FilterErrorKind::InvalidAnswer(_) => "invalid_answer",
+            FilterErrorKind::Busy(_) => "busy",
+        }
+    }
+}
+
+/// What a header phase decided.
+#[derive(Debug)]
+pub enum HeadOutcome {
+    /// Go on.
+    Continue,
+    /// Answer with this instead.
+    Respond(Response<ProxyBody>),
+}
+
+/// What a body phase decided.
+#[derive(Debug)]
+pub enum BodyOutcome {
+    /// The chunk passes unchanged.
+    Pass,
+    /// These bytes pass instead.
+    Replace(Bytes),
+    /// Answer with this instead.
+    Respond(Response<ProxyBody>),
+}
+
+struct Instance {
+    store: Store<FilterState>,
+    filter: Filter,
+}
+
+/// A route filter's instances.
+pub struct FilterPool {
+    /// The filter as configured.
+    pub spec: FilterSpec,
+    runtime: Arc<Runtime>,
+    phases: Phases,
+    idle: Mutex<Vec<Instance>>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for FilterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterPool").field("spec", &self.spec).field("phases", &self.phases).finish_non_exhaustive()
+    }
+}
+
+impl FilterPool {
+    /// Starts one instance and configures it, which checks the route's config against the
+    /// filter; that instance becomes the first warm one.
+    pub async fn prepare(runtime: Arc<Runtime>, spec: FilterSpec) -> Result<Arc<Self>, FilterError> {
+        let permits = Arc::new(Semaphore::new(spec.tenant.max_instances.max(1)));
+        let (instance, phases) = instantiate(&runtime, &spec).await?;
+        let idle = if spec.isolation == Isolation::Instance { vec![instance] } else { Vec::new() };
+        Ok(Arc::new(Self { spec, runtime, phases, idle: Mutex::new(idle), permits }))
+    }
+
+    /// The phases the filter takes part in.
+    pub fn phases(&self) -> Phases {
+        self.phases
+    }
+
+    /// An instance for one request: a warm one, or a new one within the tenant's limit.
+    pub async fn checkout(self: &Arc<Self>, context: CallContext) -> Result<FilterInstance, FilterError> {
+        let permit = match tokio::time::timeout(CHECKOUT_TIMEOUT, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(self.error(FilterErrorKind::Busy(self.spec.tenant.max_instances), None)),
+        };
+        let warm = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let mut instance = match warm {
+            Some(instance) => instance,
+            None => instantiate(&self.runtime, &self.spec).await?.0,
+        };
+        instance.store.data_mut().call = Some(context);
+        Ok(FilterInstance { pool: self.clone(), instance: Some(instance), poisoned: false, _permit: permit })
+    }
+
+    fn error(&self, kind: FilterErrorKind, guest_message: Option<String>) -> FilterError {
+        FilterError { route: self.spec.route.clone(), filter: self.spec.name.clone(), kind, guest_message }
+    }
+}
+
+/// Creates and configures an instance; the phases come from its `configure`.
+async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, Phases), FilterError> {
+    let fail = |kind, guest_message| FilterError { route: spec.route.clone(), filter: spec.name.clone(), kind, guest_message };
+    let wasi = spec.plugin.uses_wasi.then(|| {
+        let stream = |stream_name: &'static str| {
+            AsyncStdoutStream::new(8192, GuestOutput { route: spec.route.clone(), filter: spec.name.clone(), stream_name })
+        };
+        // Nothing ambient: no files, no environment, no sockets.
+        WasiCtxBuilder::new()
+            .stdout(stream("stdout"))
+            .stderr(stream("stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build()
+    });
+    let state = FilterState::new(runtime.services.clone(), &spec.tenant, wasi);
+    let mut store = Store::new(runtime.engine(), state);
+    store.limiter(|state| state);
+    let limit_ticks = ticks_for(spec.tenant.cpu_per_call);
+    let limit_ms = spec.tenant.cpu_per_call.as_millis();
+    store.epoch_deadline_callback(move |mut context| {
+        let state = context.data_mut();
+        state.cpu_ticks += 1;
+        if state.cpu_ticks > limit_ticks {
+            return Err(wasmtime::Error::new(CpuLimitExceeded { limit_ms }));
+        }
+        // Let other tasks run on this thread, then carry on.
+        Ok(UpdateDeadline::Yield(1))
+    });
+    start_call(&mut store);
+    let filter = match spec.plugin.pre.instantiate_async(&mut store).await {
+        Ok(filter) => filter,
+        Err(err) => return Err(fail(classify(&err), store.data_mut().guest_error.take())),
+    };
+    start_call(&mut store);
+    let configured = filter.sluice_filter_filter().call_configure(&mut store, &spec.config).await;
+    match configured {
+        Ok(Ok(phases)) => Ok((Instance { store, filter }, phases)),
+        Ok(Err(refusal)) => Err(fail(FilterErrorKind::ConfigRefused(refusal), None)),
+        Err(err) => Err(fail(classify(&err), store.data_mut().guest_error.take())),
+    }
+}
+
+fn ticks_for(limit: Duration) -> u64 {
+    // One tick of slack: the first tick may land just after the call starts.
+    u64::try_from(limit.as_nanos() / EPOCH_TICK.as_nanos()).unwrap_or(u64::MAX).max(1) + 1
+}
+
+fn start_call(store: &mut Store<FilterState>) {
+    let state = store.data_mut();
+    state.cpu_ticks = 0;
+    state.guest_error = None;
+    store.set_epoch_deadline(1);
+}
+
+fn classify(error: &wasmtime::Error) -> FilterErrorKind {
+    if let Some(cpu) = error.downcast_ref::<CpuLimitExceeded>() {
+        return FilterErrorKind::CpuLimit(cpu.to_string());
+    }
+    if let Some(memory) = error.downcast_ref::<MemoryLimitExceeded>() {
+        return FilterErrorKind::MemoryLimit(memory.to_string());
+    }
+    // `{:?}` keeps the guest backtrace with function names.
+    FilterErrorKind::Trap(format!("{error:?}"))
+}
+
+/// One instance checked out for one request. Dropping it returns a healthy instance to the pool
+/// (unless the route isolates requests); a failed one is thrown away.
+pub struct FilterInstance {
+    pool: Arc<FilterPool>,
+    instance: Option<Instance>,
+    poisoned: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for FilterInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterInstance").field("filter", &self.pool.spec.name).finish_non_exhaustive()
+    }
+}
+
+impl Drop for FilterInstance {
+    fn drop(&mut self) {
+        let Some(mut instance) = self.instance.take() else { return };
+        if self.poisoned || self.pool.spec.isolation == Isolation::Request {
+            return;
+        }
+        let state = instance.store.data_mut();
+        state.call = None;
+        state.request = None;
+        state.response = None;
+        self.pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(instance);
+    }
+}
+
+/// A request head lent to filters, with what they set on it besides headers.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// The head.
+    pub parts: http::request::Parts,
+    /// The cache key a filter chose.
+    pub cache_key: Option<String>,
+}
+
+fn empty_request_parts() -> http::request::Parts {
+    http::Request::new(()).into_parts().0
+}
+
+fn empty_response_parts() -> http::response::Parts {
+    Response::new(()).into_parts().0
+}
+
+impl FilterInstance {
+    /// The filter's pool (and so its spec and phases).
+    pub fn pool(&self) -> &Arc<FilterPool> {
+        &self.pool
+    }
+
+    /// Lends the heads to the store, runs `call`, and takes them back whatever happened.
+    async fn with_heads<R>(
+        &mut self,
+        request: &mut RequestHead,
+        request_writable: bool,
+        response: Option<(&mut http::response::Parts, bool)>,
+        call: impl AsyncFnOnce(&mut Store<FilterState>, &Filter, Resource<RequestHandle>, Option<Resource<ResponseHandle>>) -> wasmtime::Result<R>,
+    ) -> Result<R, FilterError> {
+        let instance = self.instance.as_mut().expect("a checked-out instance is present until dropped");
+        let state = instance.store.data_mut();
+        state.request = Some(RequestSlot {
+            parts: std::mem::replace(&mut request.parts, empty_request_parts()),
+            writable: request_writable,
+            cache_key: request.cache_key.take(),
+        });
+        let mut response_parts = None;
+        if let Some((parts, writable)) = response {
+            state.response = Some(ResponseSlot { parts: std::mem::replace(parts, empty_response_parts()), writable });
+            response_parts = Some(parts);
+        }
+        let handles = state.new_request_handle().and_then(|request_handle| {
+            let response_handle = if state.response.is_some() { Some(state.new_response_handle()?) } else { None };
+            Ok((request_handle, response_handle))
+        });
+        start_call(&mut instance.store);
+        let result = match handles {
+            Ok((request_handle, response_handle)) => {
+                let request_rep = Resource::<RequestHandle>::new_own(request_handle.rep());
+                let response_rep = response_handle.as_ref().map(|handle| Resource::<ResponseHandle>::new_own(handle.rep()));
+                let result = call(&mut instance.store, &instance.filter, request_handle, response_handle).await;
+                instance.store.data_mut().drop_handles(request_rep, response_rep);
+                result
+            }
+            Err(err) => Err(err),
+        };
+        let state = instance.store.data_mut();
+        if let Some(slot) = state.request.take() {
+            request.parts = slot.parts;
+            request.cache_key = slot.cache_key;
+        }
+        if let (Some(parts), Some(slot)) = (response_parts, state.response.take()) {
+            *parts = slot.parts;
+        }
+        result.map_err(|err| {
+            self.poisoned = true;
+            let guest_message = instance.store.data_mut().guest_error.take();
+            self.pool.error(classify(&err), guest_message)
+        })
+    }
+
+    /// `on-request`.
+    pub async fn on_request(&mut self, request: &mut RequestHead) -> Result<HeadOutcome, FilterError> {
+        let decision = self
+            .with_heads(request, true, None, async |store, filter, request_handle, _| {
+                filter.sluice_filter_filter().call_on_request(store, request_handle).await
+            })
+            .await?;
+        self.head_outcome(decision)
+    }
+
+    /// `on-request-body` with the whole body.
+    pub async fn on_request_body(&mut self, request: &mut RequestHead, body: Bytes) -> Result<BodyOutcome, FilterError> {
+        let action = self
+            .with_heads(request, true, None, async |store, filter, request_handle, _| {
+                filter.sluice_filter_filter().call_on_request_body(store, request_handle, &body, true).await
+            })
+            .await?;
+        self.body_outcome(action)
+    }
+
+    /// `on-response`; the request head is read-only by now.
+    pub async fn on_response(
+        &mut self,
+        request: &mut RequestHead,
+        response: &mut http::response::Parts,
+    ) -> Result<HeadOutcome, FilterError> {
+        let decision = self
+            .with_heads(request, false, Some((response, true)), async |store, filter, request_handle, response_handle| {
+                let response_handle = response_handle.expect("a response handle was made");
+                filter.sluice_filter_filter().call_on_response(store, request_handle, response_handle).await
+            })
+            .await?;
+        self.head_outcome(decision)
+    }
+
+    /// `on-response-body` with one chunk (`head_writable`: the head has not been sent yet, as
+    /// with a buffered body).
+    pub async fn on_response_body(
+        &mut self,
+        request: &mut RequestHead,
+        response: &mut http::response::Parts,
+        head_writable: bool,
+        chunk: Bytes,
+        end_of_stream: bool,
+    ) -> Result<BodyOutcome, FilterError> {
+        let action = self
+            .with_heads(request, false, Some((response, head_writable)), async |store, filter, request_handle, response_handle| {
+                let response_handle = response_handle.expect("a response handle was made");
+                filter
+                    .sluice_filter_filter()
+                    .call_on_response_body(store, request_handle, response_handle, &chunk, end_of_stream)
+                    .await
+            })
+            .await?;
+        self.body_outcome(action)
+    }
+
+    fn head_outcome(&mut self, decision: wit::Decision) -> Result<HeadOutcome, FilterError> {
+        match decision {
+            wit::Decision::Continue => Ok(HeadOutcome::Continue),
+            wit::Decision::Respond(local) => Ok(HeadOutcome::Respond(self.local_response(local)?)),
+        }
+    }
+
+    fn body_outcome(&mut self, action: wit::BodyAction) -> Result<BodyOutcome, FilterError> {
+        match action {
+            wit::BodyAction::Pass => Ok(BodyOutcome::Pass),
+            wit::BodyAction::Replace(bytes) => Ok(BodyOutcome::Replace(Bytes::from(bytes))),
+            wit::BodyAction::Respond(local) => Ok(BodyOutcome::Respond(self.local_response(local)?)),
+        }
+    }
+
+    fn local_response(&mut self, local: wit::LocalResponse) -> Result<Response<ProxyBody>, FilterError> {
+        let invalid = |message: String| self.pool.error(FilterErrorKind::InvalidAnswer(message), None);
+        let status = StatusCode::from_u16(local.status)
+            .ok()
+            .filter(|status| (200..600).contains(&status.as_u16()))
+            .ok_or_else(|| invalid(format!("status {} is not 200 to 599", local.status)))?;
+        let mut response = Response::new(body::full(Bytes::from(local.body)));
+        *response.status_mut() = status;
+        for (name, value) in local.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("invalid header name {name:?}")))?;
+            let value = HeaderValue::from_bytes(&value).map_err(|_| invalid(format!("invalid value for header {name}")))?;
+            if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+                continue;
+            }
+            response.headers_mut().append(name, value);
+        }
+        Ok(response)
+    }
+}
+
+/// Where a guest's WASI stdout and stderr go: the log, a line per write.
+struct GuestOutput {
+    route: Arc<str>,
+    filter: Arc<str>,
+    stream_name: &'static str,
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end();
+        if !text.is_empty() {
+            tracing::info!(target: "sluice::filter", route = %self.route, filter = %self.filter, stream = self.stream_name, "{text}");
+        }
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
