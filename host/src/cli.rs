@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Snapshot;
+use crate::packages;
 use crate::server::{Server, ShutdownOutcome};
 
 /// A reverse proxy whose routes run chains of sandboxed WebAssembly filters.
@@ -51,6 +52,31 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Create and build filter plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `sluice plugin ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Scaffold a Rust filter crate in a new folder NAME.
+    New {
+        /// The plugin's name (lower case, digits, dashes).
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build a filter crate into a component and print its path.
+    Build {
+        /// The crate's folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Cargo's target directory (default: the crate's target/).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -74,6 +100,30 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plugin(PluginCommand::New { name, dir }) => match packages::new_plugin(&dir, &name) {
+            Ok(created) => {
+                println!("created {}", created.display());
+                println!("build it with: sluice plugin build {}", created.display());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Plugin(PluginCommand::Build { dir, target_dir }) => {
+            let options = packages::BuildOptions { target_dir, quiet: false };
+            match packages::build_plugin(&dir, &options) {
+                Ok(component) => {
+                    println!("{}", component.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config, workers } => {
             let snapshot = match Snapshot::from_file(&config) {
                 Ok(snapshot) => snapshot,

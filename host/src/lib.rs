@@ -12,6 +12,7 @@ pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod packages;
 pub mod pipeline;
 pub mod routing;
 pub mod runtime;

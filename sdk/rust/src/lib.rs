@@ -109,7 +109,7 @@ macro_rules! export_filter {
                 }
             }
 
-            $crate::__export_bindings!(SluiceFilterExport with_types_in $crate::bindings);
+            $crate::bindings::__export_bindings!(SluiceFilterExport with_types_in $crate::bindings);
         };
     };
 }

@@ -1,0 +1,210 @@
+//! `sluice plugin build`: a filter crate to a checked component.
+//!
+//! The crate is compiled for `wasm32-unknown-unknown` with whichever toolchain is here: rustup's
+//! (when that target is installed), or Debian's `rustc-web` with its library source, building the
+//! standard library for the target (`-Zbuild-std`). The core module is turned into a component
+//! with `wit-component` and checked against the world this Sluice serves. Cargo's own fingerprints
+//! make a second build of an unchanged crate take well under a second.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::runtime::{Plugin, Runtime};
+
+const TARGET: &str = "wasm32-unknown-unknown";
+
+/// Why a plugin did not build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// No Cargo.toml, or one without a package name.
+    #[error("{0}")]
+    NotACrate(String),
+    /// No toolchain that can target Wasm.
+    #[error(
+        "no Rust toolchain here can build for {TARGET}: run `rustup target add {TARGET}`, or on Debian \
+         `apt-get install rustc-web cargo-web rust-web-src lld-22` (tests/run.sh and \
+         examples/quickstart/run.sh install these when missing)"
+    )]
+    NoToolchain,
+    /// Cargo failed.
+    #[error("cargo build failed for {crate_dir}{output}")]
+    Cargo {
+        /// The crate.
+        crate_dir: String,
+        /// Cargo's output when it was captured.
+        output: String,
+    },
+    /// The module could not be made into a component.
+    #[error("cannot make a component of {module}: {reason}")]
+    Componentize {
+        /// The core module.
+        module: String,
+        /// Why.
+        reason: String,
+    },
+    /// The component does not fit the world.
+    #[error("the built component is not a valid plugin: {0}")]
+    Invalid(String),
+    /// Reading or writing files failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// How to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Cargo's target directory; default: the crate's own `target/`.
+    pub target_dir: Option<PathBuf>,
+    /// Capture cargo's output (shown only on failure) instead of passing it through.
+    pub quiet: bool,
+}
+
+/// Which toolchain builds Wasm here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Toolchain {
+    /// rustup's, with the target's standard library installed.
+    Rustup,
+    /// Debian's `rustc-web`, building the standard library from source.
+    DebianBuildStd,
+}
+
+/// Builds the filter crate in `crate_dir` and returns the path of its component.
+pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError> {
+    let crate_dir = &crate_dir
+        .canonicalize()
+        .map_err(|err| BuildError::NotACrate(format!("{}: {err}", crate_dir.display())))?;
+    let manifest = crate_dir.join("Cargo.toml");
+    let name = package_name(&manifest)?;
+    let toolchain = find_toolchain().ok_or(BuildError::NoToolchain)?;
+    // Cargo runs in the crate's folder: a relative target directory means relative to here.
+    let target_dir = match &options.target_dir {
+        Some(dir) if dir.is_relative() => std::env::current_dir().map_err(|err| BuildError::Io(err.to_string()))?.join(dir),
+        Some(dir) => dir.clone(),
+        None => crate_dir.join("target"),
+    };
+
+    let mut cargo = cargo_command(&toolchain);
+    cargo
+        .current_dir(crate_dir)
+        .arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg(TARGET)
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir);
+    if toolchain == Toolchain::DebianBuildStd {
+        cargo.arg("-Zbuild-std=std,panic_abort");
+    }
+    let output = if options.quiet {
+        cargo.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
+    } else {
+        cargo.stdout(Stdio::inherit()).stderr(Stdio::inherit()).output()
+    }
+    .map_err(|err| BuildError::Io(format!("cannot run cargo: {err}")))?;
+    if !output.status.success() {
+        let captured = String::from_utf8_lossy(&output.stderr);
+        return Err(BuildError::Cargo {
+            crate_dir: crate_dir.display().to_string(),
+            output: if captured.is_empty() { String::new() } else { format!(":\n{captured}") },
+        });
+    }
+
+    let module_path = target_dir.join(TARGET).join("release").join(format!("{}.wasm", name.replace('-', "_")));
+    let module = std::fs::read(&module_path)
+        .map_err(|err| BuildError::Io(format!("cannot read {}: {err} (is the crate a cdylib?)", module_path.display())))?;
+    let component = componentize(&module)
+        .map_err(|reason| BuildError::Componentize { module: module_path.display().to_string(), reason })?;
+
+    let runtime = Runtime::shared().map_err(|err| BuildError::Invalid(err.to_string()))?;
+    Plugin::load(&runtime, &name, &component).map_err(|err| BuildError::Invalid(err.to_string()))?;
+
+    let out_dir = target_dir.join("sluice");
+    std::fs::create_dir_all(&out_dir).map_err(|err| BuildError::Io(format!("cannot create {}: {err}", out_dir.display())))?;
+    let out_path = out_dir.join(format!("{name}.wasm"));
+    write_if_changed(&out_path, &component)?;
+    Ok(out_path)
+}
+
+/// Turns a core module carrying its WIT in a custom section (as wit-bindgen leaves it) into a
+/// component.
+pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .map_err(|err| format!("{err:#}"))
+}
+
+/// Replaces `path` atomically, and only when the bytes differ, so concurrent builds of one plugin
+/// never see a half-written file and unchanged plugins keep their timestamps.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    if std::fs::read(path).is_ok_and(|existing| existing == bytes) {
+        return Ok(());
+    }
+    let temporary = path.with_extension(format!("wasm.{}.tmp", std::process::id()));
+    std::fs::write(&temporary, bytes)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|err| BuildError::Io(format!("cannot write {}: {err}", path.display())))
+}
+
+fn package_name(manifest: &Path) -> Result<String, BuildError> {
+    let text = std::fs::read_to_string(manifest)
+        .map_err(|err| BuildError::NotACrate(format!("cannot read {}: {err}", manifest.display())))?;
+    let parsed: toml::Table =
+        toml::from_str(&text).map_err(|err| BuildError::NotACrate(format!("{}: {err}", manifest.display())))?;
+    parsed
+        .get("package")
+        .and_then(|package| package.get("name"))
+        .and_then(|name| name.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| BuildError::NotACrate(format!("{} has no [package] name", manifest.display())))
+}
+
+fn find_toolchain() -> Option<Toolchain> {
+    if rustup_has_target() {
+        return Some(Toolchain::Rustup);
+    }
+    let debian_source = Path::new("/usr/lib/rustlib/src/rust/library");
+    let debian_ready = Path::new("/usr/bin/cargo").exists() && debian_source.exists() && Path::new("/usr/bin/rust-lld").exists();
+    debian_ready.then_some(Toolchain::DebianBuildStd)
+}
+
+fn rustup_has_target() -> bool {
+    let Ok(output) = clean_command("rustc").args(["--print", "sysroot"]).output() else { return false };
+    if !output.status.success() {
+        return false;
+    }
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    sysroot.join("lib/rustlib").join(TARGET).join("lib").exists()
+}
+
+fn cargo_command(toolchain: &Toolchain) -> Command {
+    match toolchain {
+        Toolchain::Rustup => clean_command("cargo"),
+        Toolchain::DebianBuildStd => {
+            let mut command = clean_command("/usr/bin/cargo");
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut with_usr_bin = OsString::from("/usr/bin:");
+            with_usr_bin.push(path);
+            command.env("PATH", with_usr_bin).env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1");
+            command
+        }
+    }
+}
+
+/// A command without the variables an outer cargo sets (a leaked `RUSTC` or `CARGO_*` would point
+/// the inner build at the wrong toolchain or target).
+fn clean_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        let leaks = key_text.starts_with("CARGO_") && key_text != "CARGO_HOME"
+            || matches!(&*key_text, "RUSTC" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTFLAGS" | "RUSTDOC" | "RUSTUP_TOOLCHAIN" | "CARGO");
+        if leaks {
+            command.env_remove(&key);
+        }
+    }
+    command
+}
