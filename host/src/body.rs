@@ -10,34 +10,32 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
 /// Any error a body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every request and response Sluice handles.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A body with nothing in it.
 pub fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Boxes any body whose error converts into [`BoxError`].
 pub fn boxed<B>(body: B) -> ProxyBody
 where
-    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed()
+    body.map_err(Into::into).boxed_unsync()
 }
 
 /// The body grew past the limit a route allows.
@@ -60,12 +58,7 @@ pub struct LimitedBody<B> {
 impl<B> LimitedBody<B> {
     /// Wraps `inner`; `exceeded` is set when the limit is passed.
     pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
-        Self {
-            inner,
-            limit,
-            seen: 0,
-            exceeded,
-        }
+        Self { inner, limit, seen: 0, exceeded }
     }
 }
 
@@ -77,10 +70,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
@@ -127,19 +117,12 @@ pub struct BodyOutcome {
 impl<F: FnOnce(BodyOutcome)> ObservedBody<F> {
     /// Wraps `inner`.
     pub fn new(inner: ProxyBody, on_end: F) -> Self {
-        Self {
-            inner,
-            bytes: 0,
-            on_end: Some(on_end),
-        }
+        Self { inner, bytes: 0, on_end: Some(on_end) }
     }
 
     fn finish(&mut self, complete: bool) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(BodyOutcome {
-                bytes: self.bytes,
-                complete,
-            });
+            on_end(BodyOutcome { bytes: self.bytes, complete });
         }
     }
 }
@@ -148,10 +131,7 @@ impl<F: FnOnce(BodyOutcome) + Unpin> Body for ObservedBody<F> {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -208,9 +188,7 @@ mod tests {
     async fn observed_body_reports_once() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        let body = ObservedBody::new(full("hello"), move |outcome| {
-            record.lock().unwrap().push(outcome)
-        });
+        let body = ObservedBody::new(full("hello"), move |outcome| record.lock().unwrap().push(outcome));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1);

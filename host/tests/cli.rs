@@ -35,17 +35,10 @@ fn check_points_at_the_line_of_a_bad_value() {
         "[[listener]]\nbind = \"127.0.0.1:0\"\n\n[upstream.app]\nservers = [{ addr = \"127.0.0.1:3000\" }]\n\n\
          [[route]]\nupstream = \"app\"\ntimeout = \"soon\"\n",
     );
-    let output = sluice()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = sluice().args(["check", "--config"]).arg(&path).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let expected = format!(
-        "error: {}:9:11: `route[0].timeout`: invalid duration \"soon\"",
-        path.display()
-    );
+    let expected = format!("error: {}:9:11: `route[0].timeout`: invalid duration \"soon\"", path.display());
     assert!(stderr.starts_with(&expected), "{stderr}");
 }
 
@@ -55,34 +48,17 @@ fn check_names_a_dangling_reference() {
         "dangling",
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[[route]]\npath_prefix = \"/\"\nupstream = \"missing\"\n",
     );
-    let output = sluice()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = sluice().args(["check", "--config"]).arg(&path).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(":5:12: `route[0].upstream`: no upstream named \"missing\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains(":5:12: `route[0].upstream`: no upstream named \"missing\""), "{stderr}");
 }
 
 #[test]
 fn check_accepts_the_quickstart() {
-    let quickstart = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/quickstart/sluice.toml"
-    );
-    let output = sluice()
-        .args(["check", "--config", quickstart])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart/sluice.toml");
+    let output = sluice().args(["check", "--config", quickstart]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
@@ -128,14 +104,10 @@ async fn sigterm_drains_an_in_flight_request() {
             async move {
                 let _ = arrived.send(());
                 release.notified().await;
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                    "finished",
-                ))))
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from("finished"))))
             }
         });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
     });
 
     let path = write_config(
@@ -146,12 +118,7 @@ async fn sigterm_drains_an_in_flight_request() {
         ),
     );
     let mut child = KillOnDrop(
-        sluice()
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(&path)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+        sluice().args(["run", "--log-format", "json", "--config"]).arg(&path).stderr(Stdio::piped()).spawn().unwrap(),
     );
     let stderr = child.0.stderr.take().unwrap();
     let (log_tx, mut log_rx) = mpsc::unbounded_channel();
@@ -166,32 +133,17 @@ async fn sigterm_drains_an_in_flight_request() {
     let listening = tokio::task::block_in_place(|| wait_for_log(&mut lines, "listening"));
     let proxy_addr = listening["address"].as_str().unwrap().to_owned();
 
-    let client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let request = hyper::Request::get(format!("http://{proxy_addr}/slow"))
-        .body(Empty::new())
-        .unwrap();
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = hyper::Request::get(format!("http://{proxy_addr}/slow")).body(Empty::new()).unwrap();
     let in_flight = tokio::spawn(async move {
-        let response = client
-            .request(request)
-            .await
-            .expect("response despite shutdown");
+        let response = client.request(request).await.expect("response despite shutdown");
         let status = response.status();
-        (
-            status,
-            response.into_body().collect().await.unwrap().to_bytes(),
-        )
+        (status, response.into_body().collect().await.unwrap().to_bytes())
     });
     arrived.recv().await.expect("request reached the origin");
 
     let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     tokio::task::block_in_place(|| wait_for_log(&mut lines, "shutting down: draining connections"));
     release.notify_one();
 

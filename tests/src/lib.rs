@@ -72,11 +72,7 @@ impl Origin {
                 });
             }
         });
-        Self {
-            addr,
-            connections,
-            task,
-        }
+        Self { addr, connections, task }
     }
 
     /// How many connections it has accepted.
@@ -93,22 +89,12 @@ impl Origin {
 
 async fn echo_answer(name: &'static str, request: Request<Incoming>) -> Response<ProxyBody> {
     let (parts, incoming) = request.into_parts();
-    let body_bytes = incoming
-        .collect()
-        .await
-        .map(|body| body.to_bytes().len())
-        .unwrap_or(0);
+    let body_bytes = incoming.collect().await.map(|body| body.to_bytes().len()).unwrap_or(0);
     let mut headers = serde_json::Map::new();
     for (key, value) in &parts.headers {
-        let entry = headers
-            .entry(key.as_str().to_owned())
-            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        let entry = headers.entry(key.as_str().to_owned()).or_insert_with(|| serde_json::Value::Array(Vec::new()));
         if let serde_json::Value::Array(values) = entry {
-            values.push(
-                String::from_utf8_lossy(value.as_bytes())
-                    .into_owned()
-                    .into(),
-            );
+            values.push(String::from_utf8_lossy(value.as_bytes()).into_owned().into());
         }
     }
     let description = serde_json::json!({
@@ -138,9 +124,8 @@ impl Echo {
     /// Parses an echo origin's answer.
     pub fn parse(body: &[u8]) -> Self {
         Self(
-            serde_json::from_slice(body).unwrap_or_else(|err| {
-                panic!("not an echo: {err}: {}", String::from_utf8_lossy(body))
-            }),
+            serde_json::from_slice(body)
+                .unwrap_or_else(|err| panic!("not an echo: {err}: {}", String::from_utf8_lossy(body))),
         )
     }
     /// The origin's name.
@@ -155,22 +140,13 @@ impl Echo {
     pub fn header_values(&self, name: &str) -> Vec<String> {
         self.0["headers"][name]
             .as_array()
-            .map(|values| {
-                values
-                    .iter()
-                    .filter_map(|value| value.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|values| values.iter().filter_map(|value| value.as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     }
     /// The single value of a request header, if present.
     pub fn header(&self, name: &str) -> Option<String> {
         let values = self.header_values(name);
-        assert!(
-            values.len() <= 1,
-            "{name} sent {} times: {values:?}",
-            values.len()
-        );
+        assert!(values.len() <= 1, "{name} sent {} times: {values:?}", values.len());
         values.into_iter().next()
     }
 }
@@ -188,15 +164,10 @@ impl TestProxy {
     /// Compiles `config` and starts serving it; listeners should bind port 0.
     pub async fn start(config: &str) -> Self {
         init_test_logging();
-        let snapshot = Snapshot::from_toml(config)
-            .unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
+        let snapshot = Snapshot::from_toml(config).unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
         let server = Server::start(snapshot).await.expect("start sluice");
         let addr = server.listener_addrs()[0].1;
-        Self {
-            addr,
-            admin: server.admin_addr(),
-            server: Some(server),
-        }
+        Self { addr, admin: server.admin_addr(), server: Some(server) }
     }
 
     /// The running server, for shutdown and metrics.
@@ -212,10 +183,7 @@ impl TestProxy {
 
 /// Logs go to the test's captured output, at debug for Sluice, once per process.
 pub fn init_test_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("sluice=debug")
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter("sluice=debug").with_test_writer().try_init();
 }
 
 /// A client speaking HTTP/1.1 with keep-alive.
@@ -225,9 +193,7 @@ pub fn http1_client() -> Client<HttpConnector, ProxyBody> {
 
 /// A client speaking HTTP/2 over cleartext with prior knowledge.
 pub fn h2c_client() -> Client<HttpConnector, ProxyBody> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new())
+    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
 }
 
 /// A collected response.
@@ -253,29 +219,16 @@ impl Collected {
 }
 
 /// Sends `request` and collects the whole response.
-pub async fn send(
-    client: &Client<HttpConnector, ProxyBody>,
-    request: Request<ProxyBody>,
-) -> Collected {
-    let response = client
-        .request(request)
-        .await
-        .expect("request through sluice");
+pub async fn send(client: &Client<HttpConnector, ProxyBody>, request: Request<ProxyBody>) -> Collected {
+    let response = client.request(request).await.expect("request through sluice");
     let (parts, incoming) = response.into_parts();
     let body = incoming.collect().await.expect("response body").to_bytes();
-    Collected {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Collected { status: parts.status, headers: parts.headers, body }
 }
 
 /// GET `path` from `proxy` with the given Host header.
 pub async fn get(proxy: &TestProxy, host: &str, path: &str) -> Collected {
-    let request = Request::get(proxy.url(path))
-        .header("host", host)
-        .body(body::empty())
-        .expect("valid request");
+    let request = Request::get(proxy.url(path)).header("host", host).body(body::empty()).expect("valid request");
     send(&http1_client(), request).await
 }
 
@@ -290,7 +243,5 @@ pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
 
 /// A full-bytes request body.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }

@@ -22,10 +22,7 @@ async fn precedence_proxy() -> (TestProxy, Vec<Origin>) {
     let mut upstreams = String::new();
     for name in names {
         let origin = Origin::echo(name).await;
-        upstreams.push_str(&format!(
-            "[upstream.{name}]\nservers = [{{ addr = \"{}\" }}]\n",
-            origin.addr
-        ));
+        upstreams.push_str(&format!("[upstream.{name}]\nservers = [{{ addr = \"{}\" }}]\n", origin.addr));
         origins.push(origin);
     }
     // Written least specific first, so that file order cannot be what makes the cases pass.
@@ -100,76 +97,16 @@ async fn most_specific_route_wins() {
     let (proxy, _origins) = precedence_proxy().await;
     let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
         // method, host, path, headers, expected route
-        (
-            "GET",
-            "api.example.com",
-            "/v1/users/me",
-            &[],
-            "exact-host-exact-path",
-        ),
-        (
-            "GET",
-            "api2.example.com:8080",
-            "/v1/users/me",
-            &[],
-            "exact-host-exact-path",
-        ),
-        (
-            "GET",
-            "api.example.com",
-            "/v1/users/42",
-            &[],
-            "exact-host-regex",
-        ),
-        (
-            "GET",
-            "api.example.com",
-            "/v1/users/abc",
-            &[],
-            "exact-host-long-prefix",
-        ),
-        (
-            "GET",
-            "api.example.com",
-            "/v1/users",
-            &[],
-            "exact-host-long-prefix",
-        ),
-        (
-            "GET",
-            "api.example.com",
-            "/v1/usersx",
-            &[],
-            "exact-host-prefix",
-        ),
-        (
-            "GET",
-            "api.example.com",
-            "/v1/orders",
-            &[],
-            "exact-host-prefix",
-        ),
-        (
-            "POST",
-            "api.example.com",
-            "/v1/orders",
-            &[],
-            "exact-host-post",
-        ),
-        (
-            "GET",
-            "api.example.com",
-            "/v1/orders",
-            &[("x-canary", "1")],
-            "exact-host-header",
-        ),
-        (
-            "GET",
-            "api.example.com",
-            "/v1/orders",
-            &[("x-canary", "0")],
-            "exact-host-prefix",
-        ),
+        ("GET", "api.example.com", "/v1/users/me", &[], "exact-host-exact-path"),
+        ("GET", "api2.example.com:8080", "/v1/users/me", &[], "exact-host-exact-path"),
+        ("GET", "api.example.com", "/v1/users/42", &[], "exact-host-regex"),
+        ("GET", "api.example.com", "/v1/users/abc", &[], "exact-host-long-prefix"),
+        ("GET", "api.example.com", "/v1/users", &[], "exact-host-long-prefix"),
+        ("GET", "api.example.com", "/v1/usersx", &[], "exact-host-prefix"),
+        ("GET", "api.example.com", "/v1/orders", &[], "exact-host-prefix"),
+        ("POST", "api.example.com", "/v1/orders", &[], "exact-host-post"),
+        ("GET", "api.example.com", "/v1/orders", &[("x-canary", "1")], "exact-host-header"),
+        ("GET", "api.example.com", "/v1/orders", &[("x-canary", "0")], "exact-host-prefix"),
         // Nothing on the exact host takes /v2: falls through to the wildcard.
         ("GET", "api.example.com", "/v2", &[], "wildcard"),
         ("GET", "www.example.com", "/", &[], "wildcard"),
@@ -178,38 +115,20 @@ async fn most_specific_route_wins() {
         ("GET", "WWW.Example.COM.", "/", &[], "wildcard"),
         // A wildcard does not take the bare domain.
         ("GET", "example.com", "/", &[], "catch-all"),
-        (
-            "GET",
-            "other.test",
-            "/static/app.js",
-            &[],
-            "any-host-prefix",
-        ),
+        ("GET", "other.test", "/static/app.js", &[], "any-host-prefix"),
         ("GET", "other.test", "/staticx", &[], "catch-all"),
         // Dot segments are resolved before matching.
         ("GET", "other.test", "/static/../private", &[], "catch-all"),
     ];
     let client = http1_client();
     for (method, host, path, headers, expected) in cases {
-        let mut request = Request::builder()
-            .method(*method)
-            .uri(proxy.url(path))
-            .header("host", *host);
+        let mut request = Request::builder().method(*method).uri(proxy.url(path)).header("host", *host);
         for (name, value) in *headers {
             request = request.header(*name, *value);
         }
         let response = send(&client, request.body(body::empty()).unwrap()).await;
-        assert_eq!(
-            response.status,
-            200,
-            "{method} {host}{path}: {}",
-            response.text()
-        );
-        assert_eq!(
-            response.echo().origin(),
-            *expected,
-            "{method} {host}{path} {headers:?}"
-        );
+        assert_eq!(response.status, 200, "{method} {host}{path}: {}", response.text());
+        assert_eq!(response.echo().origin(), *expected, "{method} {host}{path} {headers:?}");
     }
 }
 
@@ -224,10 +143,7 @@ async fn unmatched_requests_get_404_with_request_id() {
     .await;
     let response = get(&proxy, "elsewhere.test", "/").await;
     assert_eq!(response.status, 404);
-    let request_id = response.headers["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let request_id = response.headers["x-request-id"].to_str().unwrap().to_owned();
     assert!(response.text().contains(&request_id), "{}", response.text());
 }
 
@@ -287,12 +203,7 @@ redirect = { path = "/", keep_query = false }
     .await;
     for (host, path, status, location) in [
         ("old.test", "/a/b?c=1", 308, "http://new.test/a/b?c=1"),
-        (
-            "site.test:8080",
-            "/docs/intro",
-            302,
-            "https://site.test:8080/manual/intro",
-        ),
+        ("site.test:8080", "/docs/intro", 302, "https://site.test:8080/manual/intro"),
         ("site.test", "/home?utm=x", 301, "http://site.test/"),
     ] {
         let response = get(&proxy, host, path).await;

@@ -41,14 +41,7 @@ async fn shutdown_lets_in_flight_request_finish() {
     let mut proxy = TestProxy::start(&config(&origin)).await;
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move {
-        send(
-            &http1_client(),
-            Request::get(url)
-                .header("host", "a")
-                .body(body::empty())
-                .unwrap(),
-        )
-        .await
+        send(&http1_client(), Request::get(url).header("host", "a").body(body::empty()).unwrap()).await
     });
     arrived.recv().await.expect("request reached the origin");
 
@@ -73,24 +66,11 @@ async fn shutdown_cuts_what_outlives_the_deadline() {
     let mut proxy = TestProxy::start(&config(&origin)).await;
     let url = proxy.url("/forever");
     let in_flight = tokio::spawn(async move {
-        http1_client()
-            .request(
-                Request::get(url)
-                    .header("host", "a")
-                    .body(body::empty())
-                    .unwrap(),
-            )
-            .await
+        http1_client().request(Request::get(url).header("host", "a").body(body::empty()).unwrap()).await
     });
     arrived.recv().await.expect("request reached the origin");
 
-    let outcome = proxy
-        .take_server()
-        .shutdown_within(Duration::from_millis(100))
-        .await;
+    let outcome = proxy.take_server().shutdown_within(Duration::from_millis(100)).await;
     assert_eq!(outcome, ShutdownOutcome::Cut(1));
-    assert!(
-        in_flight.await.unwrap().is_err(),
-        "the cut request must fail, not hang"
-    );
+    assert!(in_flight.await.unwrap().is_err(), "the cut request must fail, not hang");
 }

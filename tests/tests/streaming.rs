@@ -52,9 +52,7 @@ fn hundred_megabytes() -> sluice::body::ProxyBody {
 }
 
 /// Reads a body frame by frame, counting bytes without keeping them.
-async fn drain(
-    mut body: impl hyper::body::Body<Data = Bytes, Error = impl std::fmt::Debug> + Unpin,
-) -> usize {
+async fn drain(mut body: impl hyper::body::Body<Data = Bytes, Error = impl std::fmt::Debug> + Unpin) -> usize {
     let mut total = 0;
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.expect("body frame").into_data() {
@@ -93,34 +91,19 @@ async fn hundred_megabytes_stream_both_ways_in_bounded_memory() {
 
     // Download.
     let baseline = reset_peak();
-    let response = client
-        .request(
-            Request::get(proxy.url("/big"))
-                .body(sluice::body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = client.request(Request::get(proxy.url("/big")).body(sluice::body::empty()).unwrap()).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(drain(response.into_body()).await, CHUNK * CHUNKS);
     let growth = PEAK.load(Ordering::Relaxed) - baseline;
-    assert!(
-        growth < HEAP_BUDGET,
-        "download grew the heap by {growth} bytes"
-    );
+    assert!(growth < HEAP_BUDGET, "download grew the heap by {growth} bytes");
 
     // Upload, chunked.
     let baseline = reset_peak();
-    let request = Request::post(proxy.url("/upload"))
-        .body(hundred_megabytes())
-        .unwrap();
+    let request = Request::post(proxy.url("/upload")).body(hundred_megabytes()).unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     let received = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(received, (CHUNK * CHUNKS).to_string());
     let growth = PEAK.load(Ordering::Relaxed) - baseline;
-    assert!(
-        growth < HEAP_BUDGET,
-        "upload grew the heap by {growth} bytes"
-    );
+    assert!(growth < HEAP_BUDGET, "upload grew the heap by {growth} bytes");
 }

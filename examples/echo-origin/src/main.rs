@@ -30,41 +30,24 @@ struct Args {
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let listener = TcpListener::bind(args.listen).await?;
-    eprintln!(
-        "echo-origin {} listening on {}",
-        args.name,
-        listener.local_addr()?
-    );
+    eprintln!("echo-origin {} listening on {}", args.name, listener.local_addr()?);
     let name: &'static str = Box::leak(args.name.into_boxed_str());
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
             let service = service_fn(move |request| echo(name, request));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
 async fn echo(name: &str, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = request.into_parts();
-    let body_bytes = body
-        .collect()
-        .await
-        .map(|collected| collected.to_bytes().len())
-        .unwrap_or(0);
+    let body_bytes = body.collect().await.map(|collected| collected.to_bytes().len()).unwrap_or(0);
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
         .iter()
-        .map(|(key, value)| {
-            (
-                key.to_string(),
-                String::from_utf8_lossy(value.as_bytes())
-                    .into_owned()
-                    .into(),
-            )
-        })
+        .map(|(key, value)| (key.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned().into()))
         .collect();
     let description = serde_json::json!({
         "origin": name,
@@ -76,12 +59,7 @@ async fn echo(name: &str, request: Request<Incoming>) -> Result<Response<Full<By
     let mut text = serde_json::to_string_pretty(&description).unwrap_or_default();
     text.push('\n');
     let mut response = Response::new(Full::new(Bytes::from(text)));
-    response.headers_mut().insert(
-        "content-type",
-        "application/json".parse().expect("static value"),
-    );
-    response
-        .headers_mut()
-        .insert("server", "echo-origin".parse().expect("static value"));
+    response.headers_mut().insert("content-type", "application/json".parse().expect("static value"));
+    response.headers_mut().insert("server", "echo-origin".parse().expect("static value"));
     Ok(response)
 }

@@ -98,9 +98,7 @@ impl Metrics {
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             // 0.5 ms to about 32 s: proxy overhead at the bottom, slow origins at the top.
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0005, 2.0, 17,
-            ))
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 17))
         });
         registry.register(
             "http_request_duration_seconds",
@@ -108,31 +106,12 @@ impl Metrics {
             request_duration.clone(),
         );
         let active_connections = Family::default();
-        registry.register(
-            "connections_active",
-            "Client connections open now",
-            active_connections.clone(),
-        );
+        registry.register("connections_active", "Client connections open now", active_connections.clone());
         let connections = Family::default();
-        registry.register(
-            "connections",
-            "Client connections accepted",
-            connections.clone(),
-        );
+        registry.register("connections", "Client connections accepted", connections.clone());
         let errors = Family::default();
-        registry.register(
-            "proxy_errors",
-            "Requests answered with a proxy-made error",
-            errors.clone(),
-        );
-        Self {
-            registry,
-            requests,
-            request_duration,
-            active_connections,
-            connections,
-            errors,
-        }
+        registry.register("proxy_errors", "Requests answered with a proxy-made error", errors.clone());
+        Self { registry, requests, request_duration, active_connections, connections, errors }
     }
 
     /// The registry in Prometheus text format.
@@ -156,30 +135,13 @@ mod tests {
         let route = Name("api".into());
         metrics
             .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                upstream: Name("app".into()),
-                code: 200,
-            })
+            .get_or_create(&RequestLabels { route: route.clone(), upstream: Name("app".into()), code: 200 })
             .inc();
-        metrics
-            .request_duration
-            .get_or_create(&RouteLabels {
-                route,
-                upstream: Name("app".into()),
-            })
-            .observe(0.002);
+        metrics.request_duration.get_or_create(&RouteLabels { route, upstream: Name("app".into()) }).observe(0.002);
         let text = metrics.encode();
+        assert!(text.contains("sluice_http_requests_total{route=\"api\",upstream=\"app\",code=\"200\"} 1"), "{text}");
         assert!(
-            text.contains(
-                "sluice_http_requests_total{route=\"api\",upstream=\"app\",code=\"200\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "sluice_http_request_duration_seconds_count{route=\"api\",upstream=\"app\"} 1"
-            ),
+            text.contains("sluice_http_request_duration_seconds_count{route=\"api\",upstream=\"app\"} 1"),
             "{text}"
         );
     }

@@ -37,9 +37,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, drain: Cancella
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
             });
-            if let Err(err) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            if let Err(err) =
+                auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await
             {
                 tracing::debug!(error = %err, "admin connection ended with an error");
             }
@@ -49,31 +48,17 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, drain: Cancella
 
 fn answer(request: &Request<Incoming>, metrics: &Metrics) -> Response<ProxyBody> {
     let (status, content_type, text) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        (&Method::GET, "/healthz") => (
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            "ok\n".to_owned(),
-        ),
-        (_, "/metrics" | "/healthz") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "method not allowed\n".to_owned(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found\n".to_owned(),
-        ),
+        (&Method::GET, "/metrics") => {
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+        }
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
+        (_, "/metrics" | "/healthz") => {
+            (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "method not allowed\n".to_owned())
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_owned()),
     };
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }

@@ -13,23 +13,31 @@ use ipnet::IpNet;
 use regex::Regex;
 use toml::Spanned;
 
+use std::path::Path;
+
 use super::file::{
-    ConfigFile, HeaderCondition as WrittenHeaderCondition, RouteSection, ServerSection,
-    UpstreamSection,
+    ConfigFile, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError, PluginSection, RouteSection,
+    ServerSection, TenantSection, UpstreamSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
+use crate::packages::{self, BuildOptions};
 use crate::routing::{
-    HeaderCondition, HeaderMatch, HostPattern, PathMatch, PathRewrite, Redirect, Route,
-    RouteAction, RouteTable,
+    HeaderCondition, HeaderMatch, HostPattern, PathMatch, PathRewrite, Redirect, Route, RouteAction, RouteTable,
 };
+use crate::runtime::kv::KvQuota;
+use crate::runtime::{FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
 use crate::upstream::{PoolSettings, Upstream, UpstreamServer};
+
+/// The most memory a tenant may grant one instance (the pooling allocator's slot size).
+const MAX_TENANT_MEMORY: usize = 1 << 30;
 
 /// hyper refuses a smaller read buffer, and no real client sends a head that small anyway.
 const MIN_HEADER_BYTES: usize = 8192;
 
-/// Compiles `file`, whose text is `source` (for error positions).
-pub(super) fn compile(file: ConfigFile, source: &str) -> Result<Snapshot, ConfigError> {
-    let cx = Compiler { source };
+/// Compiles `file`, whose text is `source` (for error positions); relative plugin paths are
+/// taken from `base_dir`.
+pub(super) fn compile(file: ConfigFile, source: &str, base_dir: &Path) -> Result<Snapshot, ConfigError> {
+    let cx = Compiler { source, base_dir };
     let server = cx.server(&file.server)?;
     let admin = match &file.admin {
         Some(admin) => Some(cx.socket_addr(&admin.bind, "admin.bind")?),
@@ -44,18 +52,9 @@ pub(super) fn compile(file: ConfigFile, source: &str) -> Result<Snapshot, Config
     for (index, listener) in file.listener.iter().enumerate() {
         let key = format!("listener[{index}]");
         let bind = cx.socket_addr(&listener.get_ref().bind, &format!("{key}.bind"))?;
-        let name: Arc<str> = listener
-            .get_ref()
-            .name
-            .clone()
-            .unwrap_or_else(|| bind.to_string())
-            .into();
+        let name: Arc<str> = listener.get_ref().name.clone().unwrap_or_else(|| bind.to_string()).into();
         if !listener_names.insert(name.clone()) {
-            return Err(cx.error(
-                Some(listener.span()),
-                &key,
-                format!("listener name {name:?} is used twice"),
-            ));
+            return Err(cx.error(Some(listener.span()), &key, format!("listener name {name:?} is used twice")));
         }
         listeners.push(ListenerSpec { name, bind });
     }
@@ -65,10 +64,20 @@ pub(super) fn compile(file: ConfigFile, source: &str) -> Result<Snapshot, Config
         upstreams.insert(name.clone(), Arc::new(cx.upstream(name, upstream)?));
     }
 
+    let mut tenants = BTreeMap::new();
+    for (name, tenant) in &file.tenant {
+        tenants.insert(name.clone(), Arc::new(cx.tenant(name, tenant, &upstreams)?));
+    }
+    let mut plugins = BTreeMap::new();
+    for (name, plugin) in &file.plugin {
+        plugins.insert(name.clone(), cx.plugin(name, plugin)?);
+    }
+    let defaults = Defaults { server: &server, upstreams: &upstreams, tenants: &tenants, plugins: &plugins };
+
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (index, route) in file.route.iter().enumerate() {
-        let compiled = cx.route(index, route, &server, &upstreams)?;
+        let compiled = cx.route(index, route, &defaults)?;
         if !route_names.insert(compiled.name.clone()) {
             return Err(cx.error(
                 Some(route.span()),
@@ -83,7 +92,7 @@ pub(super) fn compile(file: ConfigFile, source: &str) -> Result<Snapshot, Config
         server,
         admin,
         listeners,
-        upstreams,
+        upstreams: Arc::new(upstreams),
         routes: RouteTable::new(routes),
         source: None,
     })
@@ -91,24 +100,23 @@ pub(super) fn compile(file: ConfigFile, source: &str) -> Result<Snapshot, Config
 
 struct Compiler<'a> {
     source: &'a str,
+    base_dir: &'a Path,
+}
+
+/// What routes refer to, compiled before them.
+struct Defaults<'a> {
+    server: &'a ServerSettings,
+    upstreams: &'a BTreeMap<String, Arc<Upstream>>,
+    tenants: &'a BTreeMap<String, Arc<Tenant>>,
+    plugins: &'a BTreeMap<String, Arc<Plugin>>,
 }
 
 impl Compiler<'_> {
-    fn error(
-        &self,
-        span: Option<Range<usize>>,
-        key: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    fn error(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::at(self.source, span, key, message)
     }
 
-    fn spanned_error<T>(
-        &self,
-        value: &Spanned<T>,
-        key: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    fn spanned_error<T>(&self, value: &Spanned<T>, key: &str, message: impl Into<String>) -> ConfigError {
         self.error(Some(value.span()), key, message)
     }
 
@@ -117,10 +125,7 @@ impl Compiler<'_> {
             self.spanned_error(
                 written,
                 key,
-                format!(
-                    "{:?} is not an address of the form \"127.0.0.1:8080\" or \"[::1]:8080\"",
-                    written.get_ref()
-                ),
+                format!("{:?} is not an address of the form \"127.0.0.1:8080\" or \"[::1]:8080\"", written.get_ref()),
             )
         })
     }
@@ -130,11 +135,7 @@ impl Compiler<'_> {
             return Err(self.error(None, "server.max_connections", "must be at least 1"));
         }
         if section.max_header_bytes < MIN_HEADER_BYTES {
-            return Err(self.error(
-                None,
-                "server.max_header_bytes",
-                format!("must be at least {MIN_HEADER_BYTES}"),
-            ));
+            return Err(self.error(None, "server.max_header_bytes", format!("must be at least {MIN_HEADER_BYTES}")));
         }
         if section.max_headers == 0 {
             return Err(self.error(None, "server.max_headers", "must be at least 1"));
@@ -142,28 +143,19 @@ impl Compiler<'_> {
         let mut trusted_proxies = Vec::new();
         for (index, written) in section.trusted_proxies.iter().enumerate() {
             let text = written.get_ref();
-            let net = text
-                .parse::<IpNet>()
-                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    self.spanned_error(
-                        written,
-                        &format!("server.trusted_proxies[{index}]"),
-                        format!(
-                            "{text:?} is not an IP address or CIDR range such as \"10.0.0.0/8\""
-                        ),
-                    )
-                })?;
+            let net = text.parse::<IpNet>().or_else(|_| text.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+                self.spanned_error(
+                    written,
+                    &format!("server.trusted_proxies[{index}]"),
+                    format!("{text:?} is not an IP address or CIDR range such as \"10.0.0.0/8\""),
+                )
+            })?;
             trusted_proxies.push(net);
         }
         let mut hide_headers = Vec::new();
         for (index, name) in section.hide_headers.iter().enumerate() {
             let header = HeaderName::try_from(name.as_str()).map_err(|_| {
-                self.error(
-                    None,
-                    &format!("server.hide_headers[{index}]"),
-                    format!("{name:?} is not a header name"),
-                )
+                self.error(None, &format!("server.hide_headers[{index}]"), format!("{name:?} is not a header name"))
             })?;
             hide_headers.push(header);
         }
@@ -183,11 +175,7 @@ impl Compiler<'_> {
         })
     }
 
-    fn upstream(
-        &self,
-        name: &str,
-        section: &Spanned<UpstreamSection>,
-    ) -> Result<Upstream, ConfigError> {
+    fn upstream(&self, name: &str, section: &Spanned<UpstreamSection>) -> Result<Upstream, ConfigError> {
         let key = format!("upstream.{name}");
         let upstream = section.get_ref();
         if upstream.servers.is_empty() {
@@ -205,17 +193,12 @@ impl Compiler<'_> {
                 .get_ref()
                 .parse::<Authority>()
                 .ok()
-                .filter(|authority| {
-                    authority.port_u16().is_some() && !authority.as_str().contains('@')
-                })
+                .filter(|authority| authority.port_u16().is_some() && !authority.as_str().contains('@'))
                 .ok_or_else(|| {
                     self.spanned_error(
                         &entry.addr,
                         &format!("{key}.servers[{index}].addr"),
-                        format!(
-                            "{:?} is not a server address of the form \"host:port\"",
-                            entry.addr.get_ref()
-                        ),
+                        format!("{:?} is not a server address of the form \"host:port\"", entry.addr.get_ref()),
                     )
                 })?;
             if entry.weight == 0 {
@@ -225,10 +208,7 @@ impl Compiler<'_> {
                     "must be at least 1",
                 ));
             }
-            servers.push(UpstreamServer {
-                authority,
-                weight: entry.weight,
-            });
+            servers.push(UpstreamServer { authority, weight: entry.weight });
         }
         let pool = PoolSettings {
             connect_timeout: upstream.connect_timeout.0,
@@ -238,20 +218,75 @@ impl Compiler<'_> {
         Ok(Upstream::new(name, servers, pool))
     }
 
+    fn tenant(
+        &self,
+        name: &str,
+        written: &Spanned<TenantSection>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ) -> Result<Tenant, ConfigError> {
+        let key = format!("tenant.{name}");
+        let section = written.get_ref();
+        let memory_bytes = section.memory_mb.saturating_mul(1 << 20);
+        if memory_bytes == 0 || memory_bytes > MAX_TENANT_MEMORY {
+            return Err(self.error(
+                None,
+                &format!("{key}.memory_mb"),
+                format!("must be 1 to {}", MAX_TENANT_MEMORY >> 20),
+            ));
+        }
+        if section.cpu_ms_per_call == 0 {
+            return Err(self.error(None, &format!("{key}.cpu_ms_per_call"), "must be at least 1"));
+        }
+        if section.max_instances == 0 {
+            return Err(self.error(None, &format!("{key}.max_instances"), "must be at least 1"));
+        }
+        let mut callouts = std::collections::BTreeSet::new();
+        for (index, upstream) in section.callouts.iter().enumerate() {
+            if !upstreams.contains_key(upstream.get_ref()) {
+                return Err(self.spanned_error(
+                    upstream,
+                    &format!("{key}.callouts[{index}]"),
+                    format!("no upstream named {:?}", upstream.get_ref()),
+                ));
+            }
+            callouts.insert(upstream.get_ref().clone());
+        }
+        Ok(Tenant {
+            name: name.into(),
+            memory_bytes,
+            cpu_per_call: std::time::Duration::from_millis(section.cpu_ms_per_call),
+            max_instances: section.max_instances,
+            callouts,
+            kv: KvQuota { max_keys: section.kv_max_keys, max_bytes: section.kv_max_bytes },
+        })
+    }
+
+    fn plugin(&self, name: &str, written: &Spanned<PluginSection>) -> Result<Arc<Plugin>, ConfigError> {
+        let key = format!("plugin.{name}.source");
+        let source = &written.get_ref().source;
+        let path = self.base_dir.join(source.get_ref());
+        let runtime = Runtime::shared().map_err(|err| self.spanned_error(source, &key, err.to_string()))?;
+        let component = if path.is_dir() {
+            let options = BuildOptions { target_dir: None, quiet: true };
+            packages::build_plugin(&path, &options).map_err(|err| self.spanned_error(source, &key, err.to_string()))?
+        } else {
+            path
+        };
+        Plugin::load_file(&runtime, name, &component)
+            .map(Arc::new)
+            .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")))
+    }
+
     fn route(
         &self,
         index: usize,
         written: &Spanned<RouteSection>,
-        server: &ServerSettings,
-        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        defaults: &Defaults<'_>,
     ) -> Result<Route, ConfigError> {
+        let (server, upstreams) = (defaults.server, defaults.upstreams);
         let key = format!("route[{index}]");
         let route = written.get_ref();
-        let name: Arc<str> = route
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("route-{}", index + 1))
-            .into();
+        let name: Arc<str> = route.name.clone().unwrap_or_else(|| format!("route-{}", index + 1)).into();
 
         let mut hosts = Vec::new();
         if let Some(written_hosts) = &route.host {
@@ -268,14 +303,13 @@ impl Compiler<'_> {
         let mut methods = Vec::new();
         for (method_index, method) in route.methods.iter().enumerate() {
             let text = method.get_ref();
-            let parsed =
-                Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                    self.spanned_error(
-                        method,
-                        &format!("{key}.methods[{method_index}]"),
-                        format!("{text:?} is not a method"),
-                    )
-                })?;
+            let parsed = Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                self.spanned_error(
+                    method,
+                    &format!("{key}.methods[{method_index}]"),
+                    format!("{text:?} is not a method"),
+                )
+            })?;
             methods.push(parsed);
         }
 
@@ -295,11 +329,7 @@ impl Compiler<'_> {
                 ));
             }
             (None, None) => {
-                return Err(self.spanned_error(
-                    written,
-                    &key,
-                    "a route needs `upstream` or `redirect`",
-                ));
+                return Err(self.spanned_error(written, &key, "a route needs `upstream` or `redirect`"));
             }
             (Some(upstream_name), None) => {
                 let upstream = upstreams.get(upstream_name.get_ref()).ok_or_else(|| {
@@ -307,19 +337,11 @@ impl Compiler<'_> {
                     self.spanned_error(
                         upstream_name,
                         &format!("{key}.upstream"),
-                        format!(
-                            "no upstream named {:?} (defined: {})",
-                            upstream_name.get_ref(),
-                            list_or_none(&known)
-                        ),
+                        format!("no upstream named {:?} (defined: {})", upstream_name.get_ref(), list_or_none(&known)),
                     )
                 })?;
                 if route.timeout.0.is_zero() {
-                    return Err(self.error(
-                        None,
-                        &format!("{key}.timeout"),
-                        "must be more than zero",
-                    ));
+                    return Err(self.error(None, &format!("{key}.timeout"), "must be more than zero"));
                 }
                 RouteAction::Forward {
                     upstream: upstream.clone(),
@@ -362,11 +384,7 @@ impl Compiler<'_> {
                 if let Some(path) = &section.path
                     && !path.starts_with('/')
                 {
-                    return Err(self.spanned_error(
-                        redirect,
-                        &format!("{key}.redirect.path"),
-                        "must start with \"/\"",
-                    ));
+                    return Err(self.spanned_error(redirect, &format!("{key}.redirect.path"), "must start with \"/\""));
                 }
                 RouteAction::Redirect(Redirect {
                     status,
@@ -379,6 +397,58 @@ impl Compiler<'_> {
             }
         };
 
+        let tenant = match &route.tenant {
+            Some(tenant) => defaults.tenants.get(tenant.get_ref()).cloned().ok_or_else(|| {
+                let known: Vec<&str> = defaults.tenants.keys().map(String::as_str).collect();
+                self.spanned_error(
+                    tenant,
+                    &format!("{key}.tenant"),
+                    format!("no tenant named {:?} (defined: {})", tenant.get_ref(), list_or_none(&known)),
+                )
+            })?,
+            None => Arc::new(Tenant::default_tenant()),
+        };
+
+        let mut filters = Vec::new();
+        for (filter_index, entry) in route.filters.iter().enumerate() {
+            let filter_key = format!("{key}.filters[{filter_index}]");
+            let written_filter = entry.get_ref();
+            let plugin = defaults.plugins.get(written_filter.plugin.get_ref()).cloned().ok_or_else(|| {
+                let known: Vec<&str> = defaults.plugins.keys().map(String::as_str).collect();
+                self.spanned_error(
+                    &written_filter.plugin,
+                    &format!("{filter_key}.plugin"),
+                    format!(
+                        "no plugin named {:?} (defined: {})",
+                        written_filter.plugin.get_ref(),
+                        list_or_none(&known)
+                    ),
+                )
+            })?;
+            let config = match &written_filter.config {
+                Some(value) => serde_json::to_string(value)
+                    .map_err(|err| self.spanned_error(entry, &format!("{filter_key}.config"), err.to_string()))?,
+                None => "null".to_owned(),
+            };
+            let spec = FilterSpec {
+                route: name.clone(),
+                name: plugin.name.clone(),
+                plugin,
+                config,
+                on_error: match written_filter.on_error {
+                    OnError::FailClosed => FailurePolicy::FailClosed,
+                    OnError::FailOpen => FailurePolicy::FailOpen,
+                },
+                isolation: match written_filter.isolation {
+                    IsolationSetting::Instance => Isolation::Instance,
+                    IsolationSetting::Request => Isolation::Request,
+                },
+                tenant: tenant.clone(),
+            };
+            let position = ConfigError::at(self.source, Some(entry.span()), "", "").position;
+            filters.push(RouteFilter::new(spec, filter_key, position));
+        }
+
         Ok(Route {
             name,
             hosts,
@@ -387,25 +457,17 @@ impl Compiler<'_> {
             headers,
             action,
             max_body_bytes: route.max_body_bytes.unwrap_or(server.max_body_bytes),
+            tenant,
+            filters,
+            max_filter_body_bytes: route.max_filter_body_bytes,
         })
     }
 
     fn path_match(&self, key: &str, route: &RouteSection) -> Result<PathMatch, ConfigError> {
-        let given = [&route.path, &route.path_prefix, &route.path_regex]
-            .iter()
-            .filter(|path| path.is_some())
-            .count();
+        let given = [&route.path, &route.path_prefix, &route.path_regex].iter().filter(|path| path.is_some()).count();
         if given > 1 {
-            let second = route
-                .path_regex
-                .as_ref()
-                .or(route.path_prefix.as_ref())
-                .expect("two are set");
-            return Err(self.spanned_error(
-                second,
-                key,
-                "use only one of `path`, `path_prefix` and `path_regex`",
-            ));
+            let second = route.path_regex.as_ref().or(route.path_prefix.as_ref()).expect("two are set");
+            return Err(self.spanned_error(second, key, "use only one of `path`, `path_prefix` and `path_regex`"));
         }
         let must_be_absolute = |written: &Spanned<String>, field: &str| {
             if written.get_ref().starts_with('/') {
@@ -422,11 +484,7 @@ impl Compiler<'_> {
         }
         if let Some(pattern) = &route.path_regex {
             let regex = Regex::new(pattern.get_ref()).map_err(|err| {
-                self.spanned_error(
-                    pattern,
-                    &format!("{key}.path_regex"),
-                    format!("invalid regular expression: {err}"),
-                )
+                self.spanned_error(pattern, &format!("{key}.path_regex"), format!("invalid regular expression: {err}"))
             })?;
             return Ok(PathMatch::Regex(regex));
         }
@@ -444,11 +502,7 @@ impl Compiler<'_> {
             }
             (Some(rewrite), false) => {
                 if !rewrite.get_ref().starts_with('/') {
-                    return Err(self.spanned_error(
-                        rewrite,
-                        &format!("{key}.rewrite_prefix"),
-                        "must start with \"/\"",
-                    ));
+                    return Err(self.spanned_error(rewrite, &format!("{key}.rewrite_prefix"), "must start with \"/\""));
                 }
                 rewrite.get_ref().clone()
             }
@@ -456,28 +510,13 @@ impl Compiler<'_> {
             (None, false) => return Ok(PathRewrite::None),
         };
         let Some(prefix) = &route.path_prefix else {
-            let field = if route.strip_prefix {
-                "strip_prefix"
-            } else {
-                "rewrite_prefix"
-            };
-            return Err(self.error(
-                None,
-                &format!("{key}.{field}"),
-                "needs a `path_prefix` to replace",
-            ));
+            let field = if route.strip_prefix { "strip_prefix" } else { "rewrite_prefix" };
+            return Err(self.error(None, &format!("{key}.{field}"), "needs a `path_prefix` to replace"));
         };
-        Ok(PathRewrite::Prefix {
-            prefix: prefix.get_ref().clone(),
-            replacement,
-        })
+        Ok(PathRewrite::Prefix { prefix: prefix.get_ref().clone(), replacement })
     }
 
-    fn header_match(
-        &self,
-        key: &str,
-        written: &Spanned<WrittenHeaderCondition>,
-    ) -> Result<HeaderMatch, ConfigError> {
+    fn header_match(&self, key: &str, written: &Spanned<WrittenHeaderCondition>) -> Result<HeaderMatch, ConfigError> {
         let condition = written.get_ref();
         let name = HeaderName::try_from(condition.name.get_ref().as_str()).map_err(|_| {
             self.spanned_error(
@@ -488,15 +527,9 @@ impl Compiler<'_> {
         })?;
         let condition = match (&condition.value, &condition.regex, condition.present) {
             (Some(value), None, None) => HeaderCondition::Equals(value.clone()),
-            (None, Some(pattern), None) => {
-                HeaderCondition::Regex(Regex::new(pattern.get_ref()).map_err(|err| {
-                    self.spanned_error(
-                        pattern,
-                        &format!("{key}.regex"),
-                        format!("invalid regular expression: {err}"),
-                    )
-                })?)
-            }
+            (None, Some(pattern), None) => HeaderCondition::Regex(Regex::new(pattern.get_ref()).map_err(|err| {
+                self.spanned_error(pattern, &format!("{key}.regex"), format!("invalid regular expression: {err}"))
+            })?),
             (None, None, Some(true)) => HeaderCondition::Present,
             (None, None, Some(false)) => HeaderCondition::Absent,
             _ => {
@@ -512,11 +545,7 @@ impl Compiler<'_> {
 }
 
 fn list_or_none(names: &[&str]) -> String {
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
-    }
+    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
 }
 
 #[cfg(test)]
@@ -531,8 +560,7 @@ mod tests {
 
     #[test]
     fn minimal_config_compiles() {
-        let snapshot =
-            Snapshot::from_toml(&format!("{BASE}[[route]]\nupstream = \"app\"\n")).unwrap();
+        let snapshot = Snapshot::from_toml(&format!("{BASE}[[route]]\nupstream = \"app\"\n")).unwrap();
         assert_eq!(snapshot.routes.routes().len(), 1);
         assert_eq!(&*snapshot.routes.routes()[0].name, "route-1");
     }
@@ -555,42 +583,15 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         for (extra, key) in [
-            (
-                "[[route]]\nupstream = \"app\"\npath_regex = \"(\"\n",
-                "route[0].path_regex",
-            ),
-            (
-                "[[route]]\nupstream = \"app\"\npath = \"relative\"\n",
-                "route[0].path",
-            ),
-            (
-                "[[route]]\nupstream = \"app\"\nstrip_prefix = true\n",
-                "route[0].strip_prefix",
-            ),
-            (
-                "[[route]]\nredirect = { status = 200 }\n",
-                "route[0].redirect.status",
-            ),
-            (
-                "[[route]]\nupstream = \"app\"\nhost = \"a.*.com\"\n",
-                "route[0].host[0]",
-            ),
-            (
-                "[[route]]\nupstream = \"app\"\nheaders = [{ name = \"x\" }]\n",
-                "route[0].headers[0]",
-            ),
-            (
-                "[[route]]\nupstream = \"app\"\ntimeout = \"soon\"\n",
-                "route[0].timeout",
-            ),
-            (
-                "[upstream.bad]\nservers = [{ addr = \"no-port\" }]\n",
-                "upstream.bad.servers[0].addr",
-            ),
-            (
-                "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
-                "server.trusted_proxies[0]",
-            ),
+            ("[[route]]\nupstream = \"app\"\npath_regex = \"(\"\n", "route[0].path_regex"),
+            ("[[route]]\nupstream = \"app\"\npath = \"relative\"\n", "route[0].path"),
+            ("[[route]]\nupstream = \"app\"\nstrip_prefix = true\n", "route[0].strip_prefix"),
+            ("[[route]]\nredirect = { status = 200 }\n", "route[0].redirect.status"),
+            ("[[route]]\nupstream = \"app\"\nhost = \"a.*.com\"\n", "route[0].host[0]"),
+            ("[[route]]\nupstream = \"app\"\nheaders = [{ name = \"x\" }]\n", "route[0].headers[0]"),
+            ("[[route]]\nupstream = \"app\"\ntimeout = \"soon\"\n", "route[0].timeout"),
+            ("[upstream.bad]\nservers = [{ addr = \"no-port\" }]\n", "upstream.bad.servers[0].addr"),
+            ("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "server.trusted_proxies[0]"),
         ] {
             let error = compile_err(extra);
             assert_eq!(error.key, key, "{error}");
@@ -599,9 +600,8 @@ mod tests {
 
     #[test]
     fn duplicate_route_names_are_refused() {
-        let error = compile_err(
-            "[[route]]\nname = \"a\"\nupstream = \"app\"\n[[route]]\nname = \"a\"\nupstream = \"app\"\n",
-        );
+        let error =
+            compile_err("[[route]]\nname = \"a\"\nupstream = \"app\"\n[[route]]\nname = \"a\"\nupstream = \"app\"\n");
         assert!(error.message.contains("used twice"), "{error}");
     }
 }

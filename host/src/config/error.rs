@@ -28,9 +28,7 @@ impl ConfigError {
         message: impl Into<String>,
     ) -> Self {
         let key = key.into();
-        let span = span
-            .filter(|span| span.end > 0)
-            .or_else(|| locate(source, &key));
+        let span = span.filter(|span| span.end > 0).or_else(|| locate(source, &key));
         Self {
             file: None,
             position: span.map(|span| line_and_column(source, span.start)),
@@ -67,9 +65,7 @@ fn locate(source: &str, key: &str) -> Option<Range<usize>> {
     let document = toml::de::DeTable::parse(source).ok()?;
     let mut steps = Vec::new();
     for part in key.split('.').filter(|part| !part.is_empty()) {
-        let (name, indices) = part
-            .split_once('[')
-            .map_or((part, ""), |(name, rest)| (name, rest));
+        let (name, indices) = part.split_once('[').map_or((part, ""), |(name, rest)| (name, rest));
         steps.push(Step::Key(name));
         for index in indices.split('[') {
             if let Ok(index) = index.trim_end_matches(']').parse::<usize>() {
@@ -81,10 +77,9 @@ fn locate(source: &str, key: &str) -> Option<Range<usize>> {
     let mut current: &toml::de::DeValue<'_> = &toml::de::DeValue::Table(document.get_ref().clone());
     for step in steps {
         let next = match (step, current) {
-            (Step::Key(name), toml::de::DeValue::Table(table)) => table
-                .iter()
-                .find(|(written, _)| written.get_ref() == name)
-                .map(|(_, value)| value),
+            (Step::Key(name), toml::de::DeValue::Table(table)) => {
+                table.iter().find(|(written, _)| written.get_ref() == name).map(|(_, value)| value)
+            }
             (Step::Index(index), toml::de::DeValue::Array(array)) => array.get(index),
             _ => None,
         };
@@ -133,8 +128,8 @@ mod tests {
 
     #[test]
     fn display_names_file_line_key_and_message() {
-        let error = ConfigError::at("a = 1\nb = 2\n", Some(10..11), "b", "must be a string")
-            .in_file(Path::new("sluice.toml"));
+        let error =
+            ConfigError::at("a = 1\nb = 2\n", Some(10..11), "b", "must be a string").in_file(Path::new("sluice.toml"));
         assert_eq!(error.to_string(), "sluice.toml:2:5: `b`: must be a string");
     }
 }

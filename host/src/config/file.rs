@@ -32,6 +32,99 @@ pub struct ConfigFile {
     /// Routes, in file order; file order breaks ties between equally specific routes.
     #[serde(default)]
     pub route: Vec<Spanned<RouteSection>>,
+    /// Tenants and what their filters are granted, keyed by name.
+    #[serde(default)]
+    pub tenant: BTreeMap<String, Spanned<TenantSection>>,
+    /// Filter plugins, keyed by name.
+    #[serde(default)]
+    pub plugin: BTreeMap<String, Spanned<PluginSection>>,
+}
+
+/// `[tenant.NAME]`: what a tenant's filters may use.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSection {
+    /// Linear memory one filter instance may grow to, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: usize,
+    /// Guest execution time one filter call may take, in milliseconds.
+    #[serde(default = "default_cpu_ms")]
+    pub cpu_ms_per_call: u64,
+    /// Most instances of one filter alive at once.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: usize,
+    /// Upstreams the tenant's filters may call out to.
+    #[serde(default)]
+    pub callouts: Vec<Spanned<String>>,
+    /// Most key-value keys.
+    #[serde(default = "default_kv_max_keys")]
+    pub kv_max_keys: usize,
+    /// Most key-value bytes (keys and values).
+    #[serde(default = "default_kv_max_bytes")]
+    pub kv_max_bytes: usize,
+}
+
+fn default_memory_mb() -> usize {
+    64
+}
+fn default_cpu_ms() -> u64 {
+    50
+}
+fn default_max_instances() -> usize {
+    64
+}
+fn default_kv_max_keys() -> usize {
+    100_000
+}
+fn default_kv_max_bytes() -> usize {
+    64 << 20
+}
+
+/// `[plugin.NAME]`: where a filter plugin comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    /// A component file (`.wasm`), or a filter crate's folder (built on load), relative to the
+    /// configuration file.
+    pub source: Spanned<String>,
+}
+
+/// One entry of a route's `filters`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterEntry {
+    /// The plugin (a key of `[plugin]`).
+    pub plugin: Spanned<String>,
+    /// The filter's config, handed to it as JSON.
+    pub config: Option<toml::Value>,
+    /// `fail-closed` (default) or `fail-open`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// `instance` (default: warm instances reused) or `request` (a fresh instance per request).
+    #[serde(default)]
+    pub isolation: IsolationSetting,
+}
+
+/// What a failing filter does.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Answer with an error.
+    #[default]
+    FailClosed,
+    /// Skip the filter.
+    FailOpen,
+}
+
+/// How instances are shared.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationSetting {
+    /// Warm instances serve request after request.
+    #[default]
+    Instance,
+    /// A fresh instance per request.
+    Request,
 }
 
 /// `[server]`: connection limits, timeouts and header policy.
@@ -181,6 +274,18 @@ pub struct RouteSection {
     /// Keep the client's Host header when forwarding (otherwise the server address is sent).
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    /// The tenant the route belongs to; its grants apply to the route's filters.
+    pub tenant: Option<Spanned<String>>,
+    /// The filter chain, in request order.
+    #[serde(default)]
+    pub filters: Vec<Spanned<FilterEntry>>,
+    /// Largest body a filter gets buffered whole (request bodies, buffered response bodies).
+    #[serde(default = "default_filter_body_bytes")]
+    pub max_filter_body_bytes: usize,
+}
+
+fn default_filter_body_bytes() -> usize {
+    1 << 20
 }
 
 fn default_route_timeout() -> HumanDuration {

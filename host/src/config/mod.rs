@@ -18,6 +18,7 @@ use ipnet::IpNet;
 pub use error::ConfigError;
 
 use crate::routing::RouteTable;
+use crate::runtime::Runtime;
 use crate::upstream::Upstream;
 
 /// The whole compiled configuration. A request loads it once and finishes on it, whatever
@@ -30,8 +31,8 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     /// Client listeners.
     pub listeners: Vec<ListenerSpec>,
-    /// Upstreams by name.
-    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Upstreams by name (shared with filter callouts).
+    pub upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
     /// The routes.
     pub routes: RouteTable,
     /// The file it came from, if any.
@@ -76,38 +77,56 @@ impl Snapshot {
     /// Reads and compiles a configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let source = std::fs::read_to_string(path).map_err(|err| {
-            ConfigError::at(
-                "",
-                None,
-                "",
-                format!("cannot read the configuration: {err}"),
-            )
-            .in_file(path)
+            ConfigError::at("", None, "", format!("cannot read the configuration: {err}")).in_file(path)
         })?;
-        let mut snapshot = Self::from_toml(&source).map_err(|err| err.in_file(path))?;
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        let mut snapshot = Self::compile(&source, base_dir).map_err(|err| err.in_file(path))?;
         snapshot.source = Some(path.to_owned());
         Ok(snapshot)
     }
 
-    /// Compiles configuration text.
+    /// Compiles configuration text; relative plugin paths are taken from the current directory.
     pub fn from_toml(source: &str) -> Result<Self, ConfigError> {
+        Self::compile(source, Path::new("."))
+    }
+
+    fn compile(source: &str, base_dir: &Path) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::parse(source)
             .map_err(|err| ConfigError::at(source, err.span(), "", err.message().to_owned()))?;
-        let file: file::ConfigFile =
-            serde_path_to_error::deserialize(deserializer).map_err(|err| {
-                // `Spanned` shows up in the path as a private field; users never wrote it.
-                let key = err
-                    .path()
-                    .to_string()
-                    .replace(".$__serde_spanned_private_value", "");
-                let inner = err.into_inner();
-                ConfigError::at(
-                    source,
-                    inner.span(),
-                    if key == "." { String::new() } else { key },
-                    inner.message().to_owned(),
-                )
-            })?;
-        compile::compile(file, source)
+        let file: file::ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            // `Spanned` shows up in the path as a private field; users never wrote it.
+            let key = err.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let inner = err.into_inner();
+            ConfigError::at(
+                source,
+                inner.span(),
+                if key == "." { String::new() } else { key },
+                inner.message().to_owned(),
+            )
+        })?;
+        compile::compile(file, source, base_dir)
+    }
+
+    /// Starts and configures the first instance of every route filter, which checks each
+    /// filter's config against its plugin. Call once before serving.
+    pub async fn prepare_filters(&self) -> Result<(), ConfigError> {
+        let runtime = Runtime::shared().map_err(|err| ConfigError::at("", None, "", err.to_string()))?;
+        for route in self.routes.routes() {
+            for filter in &route.filters {
+                if let Err(error) = filter.prepare(&runtime).await {
+                    let mut message = format!("filter {}: {}", filter.spec.name, error.kind);
+                    if let Some(guest) = &error.guest_message {
+                        message.push_str(&format!(" ({guest})"));
+                    }
+                    return Err(ConfigError {
+                        file: self.source.clone(),
+                        key: filter.key.clone(),
+                        position: filter.position,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }

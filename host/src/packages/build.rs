@@ -71,15 +71,16 @@ enum Toolchain {
 
 /// Builds the filter crate in `crate_dir` and returns the path of its component.
 pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError> {
-    let crate_dir = &crate_dir
-        .canonicalize()
-        .map_err(|err| BuildError::NotACrate(format!("{}: {err}", crate_dir.display())))?;
+    let crate_dir =
+        &crate_dir.canonicalize().map_err(|err| BuildError::NotACrate(format!("{}: {err}", crate_dir.display())))?;
     let manifest = crate_dir.join("Cargo.toml");
     let name = package_name(&manifest)?;
     let toolchain = find_toolchain().ok_or(BuildError::NoToolchain)?;
     // Cargo runs in the crate's folder: a relative target directory means relative to here.
     let target_dir = match &options.target_dir {
-        Some(dir) if dir.is_relative() => std::env::current_dir().map_err(|err| BuildError::Io(err.to_string()))?.join(dir),
+        Some(dir) if dir.is_relative() => {
+            std::env::current_dir().map_err(|err| BuildError::Io(err.to_string()))?.join(dir)
+        }
         Some(dir) => dir.clone(),
         None => crate_dir.join("target"),
     };
@@ -113,8 +114,9 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
     }
 
     let module_path = target_dir.join(TARGET).join("release").join(format!("{}.wasm", name.replace('-', "_")));
-    let module = std::fs::read(&module_path)
-        .map_err(|err| BuildError::Io(format!("cannot read {}: {err} (is the crate a cdylib?)", module_path.display())))?;
+    let module = std::fs::read(&module_path).map_err(|err| {
+        BuildError::Io(format!("cannot read {}: {err} (is the crate a cdylib?)", module_path.display()))
+    })?;
     let component = componentize(&module)
         .map_err(|reason| BuildError::Componentize { module: module_path.display().to_string(), reason })?;
 
@@ -122,7 +124,8 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
     Plugin::load(&runtime, &name, &component).map_err(|err| BuildError::Invalid(err.to_string()))?;
 
     let out_dir = target_dir.join("sluice");
-    std::fs::create_dir_all(&out_dir).map_err(|err| BuildError::Io(format!("cannot create {}: {err}", out_dir.display())))?;
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|err| BuildError::Io(format!("cannot create {}: {err}", out_dir.display())))?;
     let out_path = out_dir.join(format!("{name}.wasm"));
     write_if_changed(&out_path, &component)?;
     Ok(out_path)
@@ -167,7 +170,8 @@ fn find_toolchain() -> Option<Toolchain> {
         return Some(Toolchain::Rustup);
     }
     let debian_source = Path::new("/usr/lib/rustlib/src/rust/library");
-    let debian_ready = Path::new("/usr/bin/cargo").exists() && debian_source.exists() && Path::new("/usr/bin/rust-lld").exists();
+    let debian_ready =
+        Path::new("/usr/bin/cargo").exists() && debian_source.exists() && Path::new("/usr/bin/rust-lld").exists();
     debian_ready.then_some(Toolchain::DebianBuildStd)
 }
 
@@ -201,7 +205,16 @@ fn clean_command(program: &str) -> Command {
     for (key, _) in std::env::vars_os() {
         let key_text = key.to_string_lossy();
         let leaks = key_text.starts_with("CARGO_") && key_text != "CARGO_HOME"
-            || matches!(&*key_text, "RUSTC" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTFLAGS" | "RUSTDOC" | "RUSTUP_TOOLCHAIN" | "CARGO");
+            || matches!(
+                &*key_text,
+                "RUSTC"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "RUSTFLAGS"
+                    | "RUSTDOC"
+                    | "RUSTUP_TOOLCHAIN"
+                    | "CARGO"
+            );
         if leaks {
             command.env_remove(&key);
         }

@@ -130,10 +130,7 @@ export_filter!({type_name});
 "#
             ),
         ),
-        (
-            ".gitignore",
-            "/target\n".to_owned(),
-        ),
+        (".gitignore", "/target\n".to_owned()),
     ];
     for (relative, contents) in files {
         let path = dir.join(relative);

@@ -13,6 +13,9 @@ pub enum Side {
     Client,
     /// The upstream could not be reached or did not answer in time.
     Upstream,
+    /// A filter failed (trapped, ran out of time or memory, answered nonsense) and its policy
+    /// is fail-closed.
+    Filter,
     /// Sluice itself failed.
     Internal,
 }
@@ -59,6 +62,9 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// A fail-closed filter failed.
+    #[error(transparent)]
+    Filter(#[from] crate::runtime::FilterError),
     /// Sluice could not build the upstream request.
     #[error("internal error: {0}")]
     Internal(String),
@@ -74,6 +80,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Filter(error) => error.status(),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,13 +88,9 @@ impl ProxyError {
     /// Whose failure it is.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoRoute
-            | Self::BadRequest(_)
-            | Self::MethodNotAllowed
-            | Self::BodyTooLarge { .. } => Side::Client,
-            Self::UpstreamConnect { .. }
-            | Self::UpstreamTimeout { .. }
-            | Self::UpstreamFailed { .. } => Side::Upstream,
+            Self::NoRoute | Self::BadRequest(_) | Self::MethodNotAllowed | Self::BodyTooLarge { .. } => Side::Client,
+            Self::UpstreamConnect { .. } | Self::UpstreamTimeout { .. } | Self::UpstreamFailed { .. } => Side::Upstream,
+            Self::Filter(_) => Side::Filter,
             Self::Internal(_) => Side::Internal,
         }
     }
@@ -102,6 +105,7 @@ impl ProxyError {
             Self::UpstreamConnect { .. } => "upstream_connect",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::Filter(_) => "filter",
             Self::Internal(_) => "internal",
         }
     }
@@ -115,20 +119,11 @@ pub fn error_response(error: &ProxyError, request_id: &str) -> Response<ProxyBod
 
 /// A short plain-text response naming the status and the request id.
 pub fn local_response(status: StatusCode, request_id: &str) -> Response<ProxyBody> {
-    let text = format!(
-        "{} {}\nrequest id: {request_id}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
+    let text = format!("{} {}\nrequest id: {request_id}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -139,10 +134,7 @@ mod tests {
 
     #[tokio::test]
     async fn error_body_names_status_and_request_id() {
-        let error = ProxyError::UpstreamTimeout {
-            server: "10.0.0.1:80".into(),
-            timeout_ms: 5,
-        };
+        let error = ProxyError::UpstreamTimeout { server: "10.0.0.1:80".into(), timeout_ms: 5 };
         let response = error_response(&error, "abc123");
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         let text = response.into_body().collect().await.unwrap().to_bytes();

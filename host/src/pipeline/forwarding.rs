@@ -47,11 +47,7 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if connection_says_upgrade {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    if connection_says_upgrade { headers.get(header::UPGRADE).cloned() } else { None }
 }
 
 /// What the forwarding headers need to know about the client side.
@@ -68,11 +64,7 @@ pub struct ClientSide<'a> {
 /// X-Forwarded-For/-Proto/-Host and `Via`. Incoming forwarding headers are kept (and added to)
 /// only when the peer is a trusted proxy; from anyone else they could be forged, so they are
 /// replaced.
-pub fn prepare_upstream_request(
-    headers: &mut HeaderMap,
-    client: &ClientSide<'_>,
-    settings: &ServerSettings,
-) {
+pub fn prepare_upstream_request(headers: &mut HeaderMap, client: &ClientSide<'_>, settings: &ServerSettings) {
     let upgrade = requested_upgrade(headers);
     remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
@@ -80,16 +72,9 @@ pub fn prepare_upstream_request(
         headers.insert(header::UPGRADE, protocol);
     }
 
-    let trusted = settings
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&client.peer));
+    let trusted = settings.trusted_proxies.iter().any(|net| net.contains(&client.peer));
     let peer = client.peer.to_string();
-    let forwarded_for = match headers
-        .get(X_FORWARDED_FOR)
-        .filter(|_| trusted)
-        .and_then(|value| value.to_str().ok())
-    {
+    let forwarded_for = match headers.get(X_FORWARDED_FOR).filter(|_| trusted).and_then(|value| value.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {peer}"),
         None => peer,
     };
@@ -113,11 +98,7 @@ pub fn prepare_upstream_request(
 
 /// Rewrites response headers for the client: drops hop-by-hop headers (except on a protocol
 /// switch, which needs `Connection` and `Upgrade`), hides backend-revealing headers, adds `Via`.
-pub fn prepare_client_response(
-    headers: &mut HeaderMap,
-    switching_protocols: bool,
-    settings: &ServerSettings,
-) {
+pub fn prepare_client_response(headers: &mut HeaderMap, switching_protocols: bool, settings: &ServerSettings) {
     if switching_protocols {
         let upgrade = headers.get(header::UPGRADE).cloned();
         remove_hop_by_hop(headers);
@@ -136,13 +117,8 @@ pub fn prepare_client_response(
 
 fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
     // One combined value keeps the chain readable and in order.
-    let combined = match headers
-        .get(header::VIA)
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(earlier) => {
-            HeaderValue::try_from(format!("{earlier}, {}", via.to_str().unwrap_or("sluice"))).ok()
-        }
+    let combined = match headers.get(header::VIA).and_then(|value| value.to_str().ok()) {
+        Some(earlier) => HeaderValue::try_from(format!("{earlier}, {}", via.to_str().unwrap_or("sluice"))).ok(),
         None => None,
     };
     headers.insert(header::VIA, combined.unwrap_or_else(|| via.clone()));
@@ -165,17 +141,12 @@ mod tests {
     use crate::config::Snapshot;
 
     fn settings(trusted: &str) -> ServerSettings {
-        let toml = format!(
-            "[server]\ntrusted_proxies = [{trusted}]\n[[listener]]\nbind = \"127.0.0.1:0\"\n"
-        );
+        let toml = format!("[server]\ntrusted_proxies = [{trusted}]\n[[listener]]\nbind = \"127.0.0.1:0\"\n");
         Snapshot::from_toml(&toml).unwrap().server
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(name, value)| (HeaderName::try_from(*name).unwrap(), value.parse().unwrap()))
-            .collect()
+        pairs.iter().map(|(name, value)| (HeaderName::try_from(*name).unwrap(), value.parse().unwrap())).collect()
     }
 
     #[test]
@@ -194,16 +165,9 @@ mod tests {
 
     #[test]
     fn untrusted_forwarding_headers_are_replaced() {
-        let mut map = headers(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-proto", "https"),
-            ("forwarded", "for=6.6.6.6"),
-        ]);
-        let client = ClientSide {
-            peer: "192.0.2.7".parse().unwrap(),
-            scheme: "http",
-            host: Some("example.com"),
-        };
+        let mut map =
+            headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"), ("forwarded", "for=6.6.6.6")]);
+        let client = ClientSide { peer: "192.0.2.7".parse().unwrap(), scheme: "http", host: Some("example.com") };
         prepare_upstream_request(&mut map, &client, &settings("\"10.0.0.0/8\""));
         assert_eq!(map["x-forwarded-for"], "192.0.2.7");
         assert_eq!(map["x-forwarded-proto"], "http");
@@ -214,16 +178,9 @@ mod tests {
 
     #[test]
     fn trusted_forwarding_headers_are_extended() {
-        let mut map = headers(&[
-            ("x-forwarded-for", "203.0.113.9"),
-            ("x-forwarded-proto", "https"),
-            ("via", "1.1 edge"),
-        ]);
-        let client = ClientSide {
-            peer: "10.1.2.3".parse().unwrap(),
-            scheme: "http",
-            host: Some("example.com"),
-        };
+        let mut map =
+            headers(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https"), ("via", "1.1 edge")]);
+        let client = ClientSide { peer: "10.1.2.3".parse().unwrap(), scheme: "http", host: Some("example.com") };
         prepare_upstream_request(&mut map, &client, &settings("\"10.0.0.0/8\""));
         assert_eq!(map["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(map["x-forwarded-proto"], "https");
@@ -233,11 +190,7 @@ mod tests {
     #[test]
     fn upgrade_survives_hygiene() {
         let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        let client = ClientSide {
-            peer: "127.0.0.1".parse().unwrap(),
-            scheme: "http",
-            host: None,
-        };
+        let client = ClientSide { peer: "127.0.0.1".parse().unwrap(), scheme: "http", host: None };
         prepare_upstream_request(&mut map, &client, &settings(""));
         assert_eq!(map["connection"], "upgrade");
         assert_eq!(map["upgrade"], "websocket");
@@ -245,11 +198,7 @@ mod tests {
 
     #[test]
     fn backend_headers_are_hidden() {
-        let mut map = headers(&[
-            ("server", "gunicorn"),
-            ("x-powered-by", "PHP"),
-            ("content-type", "text/plain"),
-        ]);
+        let mut map = headers(&[("server", "gunicorn"), ("x-powered-by", "PHP"), ("content-type", "text/plain")]);
         prepare_client_response(&mut map, false, &settings(""));
         assert!(!map.contains_key("server"));
         assert!(!map.contains_key("x-powered-by"));

@@ -2,6 +2,7 @@
 //! then the access log line and metrics once the response body has gone.
 
 mod errors;
+mod filters;
 pub mod forwarding;
 mod request_id;
 
@@ -26,7 +27,9 @@ use crate::admin::metrics::{ErrorLabels, Metrics, Name, RequestLabels, RouteLabe
 use crate::body::{self, BodyOutcome, LimitedBody, ObservedBody, ProxyBody};
 use crate::config::Snapshot;
 use crate::routing::{RequestFacts, Route, RouteAction, normalize_host};
+use crate::runtime::{CallContext, HeadOutcome, Phases, RequestHead};
 use crate::server::ConnectionActivity;
+use filters::{ChainBody, FilterChain};
 use forwarding::{ClientSide, X_REQUEST_ID};
 
 /// What the pipeline knows about the connection a request came on.
@@ -72,19 +75,11 @@ struct Outcome {
 impl Proxy {
     /// A handler serving whatever snapshot `snapshot` holds when each request starts.
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>, tunnels: Tunnels) -> Self {
-        Self {
-            snapshot,
-            metrics,
-            tunnels,
-        }
+        Self { snapshot, metrics, tunnels }
     }
 
     /// Serves one request to completion of its response head; the body streams afterwards.
-    pub async fn handle(
-        &self,
-        request: Request<Incoming>,
-        connection: &ConnectionInfo,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(self, request: Request<Incoming>, connection: Arc<ConnectionInfo>) -> Response<ProxyBody> {
         let started = Instant::now();
         let in_flight = connection.activity.request_started();
         let snapshot = self.snapshot.load_full();
@@ -99,22 +94,15 @@ impl Proxy {
             error: None,
         };
 
-        let mut response = match self
-            .route_and_forward(&snapshot, request, connection, &mut outcome)
-            .await
-        {
+        let mut response = match self.route_and_forward(&snapshot, request, &connection, &mut outcome).await {
             Ok(response) => response,
             Err(error) => {
                 let mut response = error_response(&error, &outcome.request_id);
                 // After a malformed request the connection's framing cannot be trusted: close it.
-                if matches!(
-                    error,
-                    ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed
-                ) && version < Version::HTTP_2
+                if matches!(error, ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed)
+                    && version < Version::HTTP_2
                 {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 outcome.error = Some(error);
                 response
@@ -130,9 +118,7 @@ impl Proxy {
         let (parts, body) = response.into_parts();
         let observed = ObservedBody::new(body, move |end: BodyOutcome| {
             drop(in_flight);
-            record(
-                &metrics, &outcome, &method, &path, status, peer, started, end,
-            );
+            record(&metrics, &outcome, &method, &path, status, peer, started, end);
         });
         Response::from_parts(parts, body::boxed(observed))
     }
@@ -149,42 +135,12 @@ impl Proxy {
         }
         let authority = request_authority(&request)?;
         let host = authority.as_deref().map(normalize_host).unwrap_or_default();
-        let path =
-            normalize_path(request.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))?;
+        let path = normalize_path(request.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))?;
         let query = request.uri().query().map(str::to_owned);
 
-        let facts = RequestFacts {
-            host: &host,
-            path: &path,
-            method: request.method(),
-            headers: request.headers(),
-        };
-        let route = snapshot
-            .routes
-            .match_request(&facts)
-            .ok_or(ProxyError::NoRoute)?
-            .clone();
+        let facts = RequestFacts { host: &host, path: &path, method: request.method(), headers: request.headers() };
+        let route = snapshot.routes.match_request(&facts).ok_or(ProxyError::NoRoute)?.clone();
         outcome.route = Some(route.name.clone());
-
-        let (upstream, rewrite, timeout, preserve_host) = match &route.action {
-            RouteAction::Redirect(redirect) => {
-                let host_for_location = authority.as_deref().unwrap_or("localhost");
-                let location = redirect.location(
-                    connection.scheme,
-                    host_for_location,
-                    &path,
-                    query.as_deref(),
-                );
-                return Ok(redirect_response(redirect.status, &location));
-            }
-            RouteAction::Forward {
-                upstream,
-                rewrite,
-                timeout,
-                preserve_host,
-            } => (upstream, rewrite, *timeout, *preserve_host),
-        };
-        outcome.upstream = Some(upstream.name.clone());
 
         let declared_length = request
             .headers()
@@ -192,19 +148,80 @@ impl Proxy {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
         if declared_length.is_some_and(|length| length > route.max_body_bytes) {
-            return Err(ProxyError::BodyTooLarge {
-                limit: route.max_body_bytes,
-            });
+            return Err(ProxyError::BodyTooLarge { limit: route.max_body_bytes });
         }
 
         let client_upgrade = forwarding::requested_upgrade(request.headers())
             .filter(|_| request.version() == Version::HTTP_11)
             .map(|_| hyper::upgrade::on(&mut request));
 
+        let (mut parts, incoming) = request.into_parts();
+        // Filters and the upstream see the path that routing saw.
+        if parts.uri.path() != path {
+            let with_query = match &query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            let mut uri_parts = std::mem::take(&mut parts.uri).into_parts();
+            uri_parts.path_and_query =
+                Some(PathAndQuery::try_from(with_query).map_err(|_| ProxyError::BadRequest("invalid path"))?);
+            parts.uri = Uri::from_parts(uri_parts).map_err(|_| ProxyError::BadRequest("invalid path"))?;
+        }
+        let mut head = RequestHead { parts, cache_key: None };
+        let too_large = Arc::new(AtomicBool::new(false));
+        let mut body = body::boxed(LimitedBody::new(incoming, route.max_body_bytes, too_large.clone()));
+
+        let mut chain = None;
+        if !route.filters.is_empty() {
+            let context = CallContext {
+                route: route.name.clone(),
+                filter: Arc::from(""),
+                tenant: route.tenant.clone(),
+                request_id: Arc::from(outcome.request_id.as_str()),
+                client_ip: connection.peer.ip(),
+                upstreams: snapshot.upstreams.clone(),
+            };
+            let mut filters = FilterChain::checkout(&route, &context).await?;
+            if let HeadOutcome::Respond(response) = filters.on_request(&mut head).await? {
+                return Ok(response);
+            }
+            if filters.wants(Phases::REQUEST_BODY) {
+                let bytes = match filters::collect_limited(body, route.max_filter_body_bytes).await {
+                    Ok(Some(bytes)) => bytes,
+                    Ok(None) => return Err(ProxyError::BodyTooLarge { limit: route.max_filter_body_bytes as u64 }),
+                    Err(_) if too_large.load(Ordering::Relaxed) => {
+                        return Err(ProxyError::BodyTooLarge { limit: route.max_body_bytes });
+                    }
+                    Err(_) => return Err(ProxyError::BadRequest("the request body could not be read")),
+                };
+                match filters.on_request_body(&mut head, bytes).await? {
+                    ChainBody::Respond(response) => return Ok(response),
+                    ChainBody::Body(bytes) => {
+                        filters::set_content_length(&mut head.parts.headers, bytes.len());
+                        body = body::full(bytes);
+                    }
+                }
+            }
+            chain = Some(filters);
+        }
+
+        let (upstream, rewrite, timeout, preserve_host) = match &route.action {
+            RouteAction::Redirect(redirect) => {
+                let host_for_location = authority.as_deref().unwrap_or("localhost");
+                let location = redirect.location(connection.scheme, host_for_location, &path, query.as_deref());
+                return Ok(redirect_response(redirect.status, &location));
+            }
+            RouteAction::Forward { upstream, rewrite, timeout, preserve_host } => {
+                (upstream, rewrite, *timeout, *preserve_host)
+            }
+        };
+        outcome.upstream = Some(upstream.name.clone());
+
         let server = upstream.pick_server();
         let server_name = server.authority.to_string();
         outcome.server = Some(server_name.clone());
-        let path_and_query = PathAndQuery::try_from(rewrite.apply(&path, query.as_deref()))
+        let upstream_path = head.parts.uri.path().to_owned();
+        let path_and_query = PathAndQuery::try_from(rewrite.apply(&upstream_path, head.parts.uri.query()))
             .map_err(|_| ProxyError::BadRequest("invalid path after rewrite"))?;
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -213,14 +230,18 @@ impl Proxy {
             .build()
             .map_err(|err| ProxyError::Internal(err.to_string()))?;
 
-        let (mut parts, incoming) = request.into_parts();
+        // Response phases read the request head, which goes upstream: keep a copy, only if asked.
+        let response_phases = Phases::RESPONSE_HEADERS | Phases::RESPONSE_BODY;
+        let head_for_response = chain
+            .as_ref()
+            .filter(|chain| chain.wants(Phases::RESPONSE_HEADERS) || chain.wants(Phases::RESPONSE_BODY))
+            .map(|_| filters::copy_request_head(&head));
+        let _ = response_phases;
+        let mut parts = head.parts;
         parts.uri = uri;
         parts.version = Version::HTTP_11;
-        let client_side = ClientSide {
-            peer: connection.peer.ip(),
-            scheme: connection.scheme,
-            host: authority.as_deref(),
-        };
+        let client_side =
+            ClientSide { peer: connection.peer.ip(), scheme: connection.scheme, host: authority.as_deref() };
         forwarding::prepare_upstream_request(&mut parts.headers, &client_side, &snapshot.server);
         let host_header = match (&authority, preserve_host) {
             (Some(authority), true) => HeaderValue::try_from(authority.as_str()).ok(),
@@ -232,43 +253,20 @@ impl Proxy {
         if let Ok(id) = HeaderValue::try_from(outcome.request_id.as_str()) {
             parts.headers.insert(X_REQUEST_ID, id);
         }
-
-        let too_large = Arc::new(AtomicBool::new(false));
-        let body = body::boxed(LimitedBody::new(
-            incoming,
-            route.max_body_bytes,
-            too_large.clone(),
-        ));
         let upstream_request = Request::from_parts(parts, body);
 
-        let mut response = match tokio::time::timeout(
-            timeout,
-            upstream.client().request(upstream_request),
-        )
-        .await
-        {
+        let mut response = match tokio::time::timeout(timeout, upstream.client().request(upstream_request)).await {
             Err(_elapsed) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    server: server_name,
-                    timeout_ms: timeout.as_millis(),
-                });
+                return Err(ProxyError::UpstreamTimeout { server: server_name, timeout_ms: timeout.as_millis() });
             }
             Ok(Err(_)) if too_large.load(Ordering::Relaxed) => {
-                return Err(ProxyError::BodyTooLarge {
-                    limit: route.max_body_bytes,
-                });
+                return Err(ProxyError::BodyTooLarge { limit: route.max_body_bytes });
             }
             Ok(Err(err)) if err.is_connect() => {
-                return Err(ProxyError::UpstreamConnect {
-                    server: server_name,
-                    reason: error_chain(&err),
-                });
+                return Err(ProxyError::UpstreamConnect { server: server_name, reason: error_chain(&err) });
             }
             Ok(Err(err)) => {
-                return Err(ProxyError::UpstreamFailed {
-                    server: server_name,
-                    reason: error_chain(&err),
-                });
+                return Err(ProxyError::UpstreamFailed { server: server_name, reason: error_chain(&err) });
             }
             Ok(Ok(response)) => response,
         };
@@ -276,12 +274,9 @@ impl Proxy {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             match client_upgrade {
-                Some(client_upgrade) => self.open_tunnel(
-                    client_upgrade,
-                    hyper::upgrade::on(&mut response),
-                    &route,
-                    outcome,
-                ),
+                Some(client_upgrade) => {
+                    self.open_tunnel(client_upgrade, hyper::upgrade::on(&mut response), &route, outcome)
+                }
                 None => {
                     return Err(ProxyError::UpstreamFailed {
                         server: server_name,
@@ -291,7 +286,44 @@ impl Proxy {
             }
         }
         forwarding::prepare_client_response(response.headers_mut(), switching, &snapshot.server);
-        Ok(response.map(body::boxed))
+        let (Some(mut chain), Some(mut request_head)) = (chain, head_for_response) else {
+            return Ok(response.map(body::boxed));
+        };
+        let (mut response_parts, upstream_body) = response.into_parts();
+        if let HeadOutcome::Respond(local) = chain.on_response(&mut request_head, &mut response_parts).await? {
+            return Ok(local);
+        }
+        let mut body = body::boxed(upstream_body);
+        if chain.wants_buffered_response_body() {
+            let bytes = match filters::collect_limited(body, route.max_filter_body_bytes).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => {
+                    return Err(ProxyError::UpstreamFailed {
+                        server: server_name,
+                        reason: format!(
+                            "response body exceeds the filter body limit of {} bytes",
+                            route.max_filter_body_bytes
+                        ),
+                    });
+                }
+                Err(error) => {
+                    return Err(ProxyError::UpstreamFailed { server: server_name, reason: error.to_string() });
+                }
+            };
+            match chain.on_response_body_buffered(&mut request_head, &mut response_parts, bytes).await? {
+                ChainBody::Respond(local) => return Ok(local),
+                ChainBody::Body(bytes) => {
+                    filters::set_content_length(&mut response_parts.headers, bytes.len());
+                    body = body::full(bytes);
+                }
+            }
+        } else if chain.wants(Phases::RESPONSE_BODY) {
+            // Filters may change the body's length as it streams.
+            response_parts.headers.remove(header::CONTENT_LENGTH);
+            let response_head = filters::copy_response_head(&response_parts);
+            body = chain.stream_response_body(request_head, response_head, body);
+        }
+        Ok(Response::from_parts(response_parts, body))
     }
 
     /// Once both sides have switched protocols, copies bytes both ways until either side closes.
@@ -337,17 +369,13 @@ fn request_authority(request: &Request<Incoming>) -> Result<Option<String>, Prox
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
         (Some(host), None) => {
-            let host = host
-                .to_str()
-                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+            let host = host.to_str().map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
             if host.parse::<http::uri::Authority>().is_err() {
                 return Err(ProxyError::BadRequest("invalid Host header"));
             }
             Ok(Some(host.to_owned()))
         }
-        (None, _) if request.version() == Version::HTTP_11 => {
-            Err(ProxyError::BadRequest("missing Host header"))
-        }
+        (None, _) if request.version() == Version::HTTP_11 => Err(ProxyError::BadRequest("missing Host header")),
         (None, _) => Ok(None),
     }
 }
@@ -358,10 +386,7 @@ fn normalize_path(path: &str) -> Option<String> {
     if !path.starts_with('/') {
         return None;
     }
-    if !path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
+    if !path.split('/').any(|segment| segment == "." || segment == "..") {
         return Some(path.to_owned());
     }
     let mut segments: Vec<&str> = Vec::new();
@@ -426,18 +451,11 @@ fn record(
     let upstream = Name(outcome.upstream.clone().unwrap_or_else(|| Arc::from("")));
     metrics
         .requests
-        .get_or_create(&RequestLabels {
-            route: route.clone(),
-            upstream: upstream.clone(),
-            code: status.as_u16(),
-        })
+        .get_or_create(&RequestLabels { route: route.clone(), upstream: upstream.clone(), code: status.as_u16() })
         .inc();
     metrics
         .request_duration
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-            upstream,
-        })
+        .get_or_create(&RouteLabels { route: route.clone(), upstream })
         .observe(elapsed.as_secs_f64());
 
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
@@ -462,16 +480,11 @@ fn record(
             "request"
         ),
         Some(error) => {
-            metrics
-                .errors
-                .get_or_create(&ErrorLabels {
-                    route,
-                    kind: error.kind(),
-                })
-                .inc();
+            metrics.errors.get_or_create(&ErrorLabels { route, kind: error.kind() }).inc();
             let side = match error.side() {
                 Side::Client => "client",
                 Side::Upstream => "upstream",
+                Side::Filter => "filter",
                 Side::Internal => "internal",
             };
             tracing::event!(
@@ -504,10 +517,7 @@ mod tests {
     #[test]
     fn dot_segments_are_resolved() {
         assert_eq!(normalize_path("/a/b").as_deref(), Some("/a/b"));
-        assert_eq!(
-            normalize_path("/public/../admin").as_deref(),
-            Some("/admin")
-        );
+        assert_eq!(normalize_path("/public/../admin").as_deref(), Some("/admin"));
         assert_eq!(normalize_path("/a/./b/").as_deref(), Some("/a/b/"));
         assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
         assert_eq!(normalize_path("/..").as_deref(), None);

@@ -13,9 +13,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(X_REQUEST_ID)
         .and_then(|value| value.to_str().ok())
-        .filter(|id| {
-            !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|byte| byte.is_ascii_graphic())
-        })
+        .filter(|id| !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|byte| byte.is_ascii_graphic()))
         .map_or_else(new_request_id, str::to_owned)
 }
 

@@ -19,9 +19,7 @@ impl HostPattern {
         let lower = written.trim_end_matches('.').to_ascii_lowercase();
         if let Some(suffix) = lower.strip_prefix("*.") {
             if suffix.is_empty() || suffix.contains('*') {
-                return Err(format!(
-                    "invalid wildcard host {written:?}: use the form \"*.example.com\""
-                ));
+                return Err(format!("invalid wildcard host {written:?}: use the form \"*.example.com\""));
             }
             return Ok(Self::Wildcard(suffix.to_owned()));
         }
@@ -31,9 +29,7 @@ impl HostPattern {
             ));
         }
         if lower.contains(':') && !lower.starts_with('[') {
-            return Err(format!(
-                "invalid host {written:?}: routes match hosts without a port"
-            ));
+            return Err(format!("invalid host {written:?}: routes match hosts without a port"));
         }
         Ok(Self::Exact(lower))
     }
@@ -113,12 +109,8 @@ impl HeaderMatch {
         match &self.condition {
             HeaderCondition::Present => values.next().is_some(),
             HeaderCondition::Absent => values.next().is_none(),
-            HeaderCondition::Equals(expected) => {
-                values.any(|value| value.as_bytes() == expected.as_bytes())
-            }
-            HeaderCondition::Regex(regex) => {
-                values.any(|value| value.to_str().is_ok_and(|text| regex.is_match(text)))
-            }
+            HeaderCondition::Equals(expected) => values.any(|value| value.as_bytes() == expected.as_bytes()),
+            HeaderCondition::Regex(regex) => values.any(|value| value.to_str().is_ok_and(|text| regex.is_match(text))),
         }
     }
 }
@@ -139,14 +131,8 @@ mod tests {
 
     #[test]
     fn host_patterns_parse() {
-        assert_eq!(
-            HostPattern::parse("API.example.com").unwrap(),
-            HostPattern::Exact("api.example.com".into())
-        );
-        assert_eq!(
-            HostPattern::parse("*.example.com").unwrap(),
-            HostPattern::Wildcard("example.com".into())
-        );
+        assert_eq!(HostPattern::parse("API.example.com").unwrap(), HostPattern::Exact("api.example.com".into()));
+        assert_eq!(HostPattern::parse("*.example.com").unwrap(), HostPattern::Wildcard("example.com".into()));
         assert!(HostPattern::parse("a.*.com").is_err());
         assert!(HostPattern::parse("*.").is_err());
         assert!(HostPattern::parse("example.com:80").is_err());
@@ -158,13 +144,7 @@ mod tests {
         headers.append("x-env", "blue".parse().unwrap());
         headers.append("x-env", "canary".parse().unwrap());
         let name = HeaderName::from_static("x-env");
-        let check = |condition| {
-            HeaderMatch {
-                name: name.clone(),
-                condition,
-            }
-            .matches(&headers)
-        };
+        let check = |condition| HeaderMatch { name: name.clone(), condition }.matches(&headers);
         assert!(check(HeaderCondition::Equals("canary".into())));
         assert!(!check(HeaderCondition::Equals("green".into())));
         assert!(check(HeaderCondition::Regex(Regex::new("^can").unwrap())));

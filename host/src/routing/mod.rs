@@ -50,10 +50,7 @@ pub struct RequestFacts<'a> {
 impl RouteTable {
     /// Builds the table from routes in file order.
     pub fn new(routes: Vec<Arc<Route>>) -> Self {
-        let mut table = Self {
-            routes,
-            ..Self::default()
-        };
+        let mut table = Self { routes, ..Self::default() };
         for (index, route) in table.routes.iter().enumerate() {
             if route.hosts.is_empty() {
                 table.any_host.push(index);
@@ -61,9 +58,7 @@ impl RouteTable {
             for host in &route.hosts {
                 let bucket = match host {
                     HostPattern::Exact(name) => table.exact_hosts.entry(name.clone()).or_default(),
-                    HostPattern::Wildcard(suffix) => {
-                        table.wildcard_hosts.entry(suffix.clone()).or_default()
-                    }
+                    HostPattern::Wildcard(suffix) => table.wildcard_hosts.entry(suffix.clone()).or_default(),
                 };
                 bucket.push(index);
             }
@@ -81,17 +76,9 @@ impl RouteTable {
 
     /// The most specific route whose conditions all hold for the request, if any.
     pub fn match_request(&self, facts: &RequestFacts<'_>) -> Option<&Arc<Route>> {
-        let first_match = |indices: &[usize]| {
-            indices
-                .iter()
-                .map(|&index| &self.routes[index])
-                .find(|route| route.matches(facts))
-        };
-        if let Some(route) = self
-            .exact_hosts
-            .get(facts.host)
-            .and_then(|indices| first_match(indices))
-        {
+        let first_match =
+            |indices: &[usize]| indices.iter().map(|&index| &self.routes[index]).find(|route| route.matches(facts));
+        if let Some(route) = self.exact_hosts.get(facts.host).and_then(|indices| first_match(indices)) {
             return Some(route);
         }
         if !self.wildcard_hosts.is_empty() {
@@ -99,11 +86,7 @@ impl RouteTable {
             let mut rest = facts.host;
             while let Some(dot) = rest.find('.') {
                 rest = &rest[dot + 1..];
-                if let Some(route) = self
-                    .wildcard_hosts
-                    .get(rest)
-                    .and_then(|indices| first_match(indices))
-                {
+                if let Some(route) = self.wildcard_hosts.get(rest).and_then(|indices| first_match(indices)) {
                     return Some(route);
                 }
             }
@@ -121,13 +104,9 @@ impl RouteTable {
 pub fn normalize_host(authority: &str) -> String {
     let host = if authority.starts_with('[') {
         // IPv6 literal: keep the brackets, drop the port.
-        authority
-            .find(']')
-            .map_or(authority, |end| &authority[..=end])
+        authority.find(']').map_or(authority, |end| &authority[..=end])
     } else {
-        authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _port)| host)
+        authority.rsplit_once(':').map_or(authority, |(host, _port)| host)
     };
     host.trim_end_matches('.').to_ascii_lowercase()
 }

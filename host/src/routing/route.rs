@@ -7,6 +7,7 @@ use http::{Method, StatusCode};
 
 use super::RequestFacts;
 use super::matcher::{HeaderMatch, HostPattern, PathMatch, prefix_matches};
+use crate::runtime::{RouteFilter, Tenant};
 use crate::upstream::Upstream;
 
 /// A route, ready to serve.
@@ -26,6 +27,12 @@ pub struct Route {
     pub action: RouteAction,
     /// Largest request body accepted.
     pub max_body_bytes: u64,
+    /// The tenant whose grants apply to the route's filters.
+    pub tenant: Arc<Tenant>,
+    /// The filter chain, in request order.
+    pub filters: Vec<RouteFilter>,
+    /// Largest body a filter gets buffered whole.
+    pub max_filter_body_bytes: usize,
 }
 
 /// What a route does with a request it takes.
@@ -65,10 +72,7 @@ impl PathRewrite {
     pub fn apply(&self, path: &str, query: Option<&str>) -> String {
         let path = match self {
             Self::None => path.to_owned(),
-            Self::Prefix {
-                prefix,
-                replacement,
-            } if prefix_matches(prefix, path) => {
+            Self::Prefix { prefix, replacement } if prefix_matches(prefix, path) => {
                 let rest = &path[prefix.len()..];
                 // Keep exactly one slash at the seam: "/v2" + "/users", "/v2/" + "users".
                 let mut joined = replacement.trim_end_matches('/').to_owned();
@@ -126,10 +130,7 @@ impl Route {
     pub(crate) fn matches(&self, facts: &RequestFacts<'_>) -> bool {
         self.path.matches(facts.path)
             && (self.methods.is_empty() || self.methods.contains(facts.method))
-            && self
-                .headers
-                .iter()
-                .all(|header| header.matches(facts.headers))
+            && self.headers.iter().all(|header| header.matches(facts.headers))
     }
 
     /// Path rank, then the number of other conditions: larger is more specific.
@@ -144,25 +145,16 @@ mod tests {
     use super::*;
 
     fn prefix(prefix: &str, replacement: &str) -> PathRewrite {
-        PathRewrite::Prefix {
-            prefix: prefix.into(),
-            replacement: replacement.into(),
-        }
+        PathRewrite::Prefix { prefix: prefix.into(), replacement: replacement.into() }
     }
 
     #[test]
     fn prefix_rewrites() {
-        assert_eq!(
-            prefix("/api", "").apply("/api/users", Some("a=1")),
-            "/users?a=1"
-        );
+        assert_eq!(prefix("/api", "").apply("/api/users", Some("a=1")), "/users?a=1");
         assert_eq!(prefix("/api", "").apply("/api", None), "/");
         assert_eq!(prefix("/api/", "").apply("/api/users", None), "/users");
         assert_eq!(prefix("/api", "/v2").apply("/api/users", None), "/v2/users");
-        assert_eq!(
-            prefix("/api", "/v2/").apply("/api/users", None),
-            "/v2/users"
-        );
+        assert_eq!(prefix("/api", "/v2/").apply("/api/users", None), "/v2/users");
         assert_eq!(prefix("/api", "/v2").apply("/api", None), "/v2/");
         assert_eq!(PathRewrite::None.apply("/x", Some("q")), "/x?q");
     }
@@ -177,18 +169,8 @@ mod tests {
             rewrite: PathRewrite::None,
             keep_query: true,
         };
-        assert_eq!(
-            redirect.location("http", "example.com", "/a", Some("b=1")),
-            "https://example.com/a?b=1"
-        );
-        let fixed = Redirect {
-            path: Some("/new".into()),
-            keep_query: false,
-            ..redirect
-        };
-        assert_eq!(
-            fixed.location("http", "example.com", "/a", Some("b=1")),
-            "https://example.com/new"
-        );
+        assert_eq!(redirect.location("http", "example.com", "/a", Some("b=1")), "https://example.com/a?b=1");
+        let fixed = Redirect { path: Some("/new".into()), keep_query: false, ..redirect };
+        assert_eq!(fixed.location("http", "example.com", "/a", Some("b=1")), "https://example.com/new");
     }
 }

@@ -21,8 +21,8 @@ use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::sluice::filter::{callout, clock, http as wit_http, kv, log, metrics, random, types};
 use super::bindings::Plugin as Filter;
+use super::bindings::sluice::filter::{callout, clock, http as wit_http, kv, log, metrics, random, types};
 use super::kv::{KvError, KvStore};
 use super::tenant::Tenant;
 use crate::body;
@@ -161,7 +161,11 @@ impl FilterState {
         Ok(self.table.push(ResponseHandle)?)
     }
 
-    pub(crate) fn drop_handles(&mut self, request: Resource<RequestHandle>, response: Option<Resource<ResponseHandle>>) {
+    pub(crate) fn drop_handles(
+        &mut self,
+        request: Resource<RequestHandle>,
+        response: Option<Resource<ResponseHandle>>,
+    ) {
         let _ = self.table.delete(request);
         if let Some(response) = response {
             let _ = self.table.delete(response);
@@ -183,7 +187,11 @@ impl FilterState {
 
     fn writable_response(&mut self) -> wasmtime::Result<Result<&mut ResponseSlot, String>> {
         let slot = self.response_slot()?;
-        Ok(if slot.writable { Ok(slot) } else { Err("the response head has already been sent to the client".to_owned()) })
+        Ok(if slot.writable {
+            Ok(slot)
+        } else {
+            Err("the response head has already been sent to the client".to_owned())
+        })
     }
 
     fn context(&self) -> wasmtime::Result<&CallContext> {
@@ -284,7 +292,8 @@ impl wit_http::HostRequest for FilterState {
 
     fn set_method(&mut self, _: Resource<RequestHandle>, method: String) -> wasmtime::Result<Result<(), String>> {
         Ok(self.writable_request()?.and_then(|slot| {
-            slot.parts.method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))?;
+            slot.parts.method =
+                Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))?;
             Ok(())
         }))
     }
@@ -294,12 +303,17 @@ impl wit_http::HostRequest for FilterState {
         Ok(uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()))
     }
 
-    fn set_path_with_query(&mut self, _: Resource<RequestHandle>, value: String) -> wasmtime::Result<Result<(), String>> {
+    fn set_path_with_query(
+        &mut self,
+        _: Resource<RequestHandle>,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
         Ok(self.writable_request()?.and_then(|slot| {
             if !value.starts_with('/') {
                 return Err("the path must start with /".to_owned());
             }
-            let path_and_query = PathAndQuery::try_from(value.as_str()).map_err(|_| format!("invalid path {value:?}"))?;
+            let path_and_query =
+                PathAndQuery::try_from(value.as_str()).map_err(|_| format!("invalid path {value:?}"))?;
             let mut uri_parts = std::mem::take(&mut slot.parts.uri).into_parts();
             uri_parts.path_and_query = Some(path_and_query);
             slot.parts.uri = Uri::from_parts(uri_parts).map_err(|err| err.to_string())?;
@@ -309,11 +323,10 @@ impl wit_http::HostRequest for FilterState {
 
     fn authority(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
         let parts = &self.request_slot()?.parts;
-        let authority = parts
-            .uri
-            .authority()
-            .map(|authority| authority.as_str().to_owned())
-            .or_else(|| parts.headers.get(http::header::HOST).and_then(|host| host.to_str().ok()).map(str::to_owned));
+        let authority =
+            parts.uri.authority().map(|authority| authority.as_str().to_owned()).or_else(|| {
+                parts.headers.get(http::header::HOST).and_then(|host| host.to_str().ok()).map(str::to_owned)
+            });
         Ok(authority.unwrap_or_default())
     }
 
@@ -329,11 +342,21 @@ impl wit_http::HostRequest for FilterState {
         Ok(header_list(&self.request_slot()?.parts.headers))
     }
 
-    fn set_header(&mut self, _: Resource<RequestHandle>, name: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+    fn set_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
         Ok(self.writable_request()?.and_then(|slot| set_header(&mut slot.parts.headers, &name, &value, false)))
     }
 
-    fn append_header(&mut self, _: Resource<RequestHandle>, name: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+    fn append_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
         Ok(self.writable_request()?.and_then(|slot| set_header(&mut slot.parts.headers, &name, &value, true)))
     }
 
@@ -394,11 +417,21 @@ impl wit_http::HostResponse for FilterState {
         Ok(header_list(&self.response_slot()?.parts.headers))
     }
 
-    fn set_header(&mut self, _: Resource<ResponseHandle>, name: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
         Ok(self.writable_response()?.and_then(|slot| set_header(&mut slot.parts.headers, &name, &value, false)))
     }
 
-    fn append_header(&mut self, _: Resource<ResponseHandle>, name: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
         Ok(self.writable_response()?.and_then(|slot| set_header(&mut slot.parts.headers, &name, &value, true)))
     }
 
@@ -418,7 +451,8 @@ impl wit_http::HostResponse for FilterState {
 impl log::Host for FilterState {
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
         let context = self.context()?;
-        let (route, filter, tenant, request_id) = (&context.route, &context.filter, &context.tenant.name, &context.request_id);
+        let (route, filter, tenant, request_id) =
+            (&context.route, &context.filter, &context.tenant.name, &context.request_id);
         macro_rules! guest_log {
             ($level:expr) => {
                 tracing::event!(target: "sluice::filter", $level, route = %route, filter = %filter, tenant = %tenant, request_id = %request_id, "{message}")
@@ -512,9 +546,13 @@ impl callout::Host for FilterState {
     }
 }
 
-async fn send_callout(upstream: &Upstream, request: callout::CalloutRequest) -> Result<callout::CalloutResponse, String> {
+async fn send_callout(
+    upstream: &Upstream,
+    request: callout::CalloutRequest,
+) -> Result<callout::CalloutResponse, String> {
     let server = upstream.pick_server();
-    let method = Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
+    let method =
+        Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
     let uri = Uri::builder()
         .scheme("http")
         .authority(server.authority.clone())
@@ -527,7 +565,11 @@ async fn send_callout(upstream: &Upstream, request: callout::CalloutRequest) -> 
         builder = builder.header(name, value);
     }
     let outgoing = builder.body(body::full(Bytes::from(request.body))).map_err(|err| err.to_string())?;
-    let timeout = if request.timeout_ms == 0 { CALLOUT_DEFAULT_TIMEOUT } else { Duration::from_millis(u64::from(request.timeout_ms)) };
+    let timeout = if request.timeout_ms == 0 {
+        CALLOUT_DEFAULT_TIMEOUT
+    } else {
+        Duration::from_millis(u64::from(request.timeout_ms))
+    };
     let exchange = async {
         let response = upstream.client().request(outgoing).await.map_err(|err| format!("{err}"))?;
         let (parts, incoming) = response.into_parts();

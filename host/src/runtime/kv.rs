@@ -60,7 +60,14 @@ impl Namespace {
         }
     }
 
-    fn put(&mut self, key: &str, value: Vec<u8>, expires: Option<Instant>, quota: KvQuota, now: Instant) -> Result<(), KvError> {
+    fn put(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        expires: Option<Instant>,
+        quota: KvQuota,
+        now: Instant,
+    ) -> Result<(), KvError> {
         let old_size = self.entries.get(key).map_or(0, |entry| key.len() + entry.value.len());
         let new_size = key.len() + value.len();
         let is_new = old_size == 0 && !self.entries.contains_key(key);

@@ -27,7 +27,7 @@ pub use host::{CallContext, HostServices};
 pub use plugin::{Plugin, PluginError, WIT_PACKAGE, WIT_VERSION};
 pub use pool::{
     BodyOutcome, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec, HeadOutcome,
-    Isolation, RequestHead,
+    Isolation, RequestHead, RouteFilter,
 };
 pub use tenant::Tenant;
 

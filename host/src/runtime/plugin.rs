@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::ComponentItem;
 use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
 
+use super::Runtime;
 use super::bindings::PluginPre;
 use super::host::FilterState;
-use super::Runtime;
 
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "sluice:filter";
@@ -32,7 +32,9 @@ pub enum PluginError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
     /// The component targets another version of the interface.
-    #[error("built for {found}; this Sluice serves {WIT_PACKAGE}@{WIT_VERSION}: rebuild the plugin against this version")]
+    #[error(
+        "built for {found}; this Sluice serves {WIT_PACKAGE}@{WIT_VERSION}: rebuild the plugin against this version"
+    )]
     IncompatibleWorld {
         /// The interface version it was built for.
         found: String,
@@ -77,12 +79,11 @@ impl Plugin {
                 "this is a core module, not a component: build it with `sluice plugin build`".into(),
             ));
         }
-        let component = Component::new(runtime.engine(), bytes).map_err(|err| PluginError::Invalid(format!("{err:#}")))?;
+        let component =
+            Component::new(runtime.engine(), bytes).map_err(|err| PluginError::Invalid(format!("{err:#}")))?;
         let uses_wasi = check_world(runtime, &component)?;
-        let instance_pre = runtime
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
+        let instance_pre =
+            runtime.linker.instantiate_pre(&component).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
         let pre = PluginPre::new(instance_pre).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
         Ok(Self { name: name.into(), digest, pre, uses_wasi })
     }
@@ -94,7 +95,10 @@ fn check_world(runtime: &Runtime, component: &Component) -> Result<bool, PluginE
     let ty = component.component_type();
     let engine = runtime.engine();
     let mut uses_wasi = false;
-    let names = ty.imports(engine).map(|(name, item)| (name, item, false)).chain(ty.exports(engine).map(|(name, item)| (name, item, true)));
+    let names = ty
+        .imports(engine)
+        .map(|(name, item)| (name, item, false))
+        .chain(ty.exports(engine).map(|(name, item)| (name, item, true)));
     let mut exports_filter = false;
     for (name, item, is_export) in names {
         if name.starts_with("wasi:") {

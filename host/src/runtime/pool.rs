@@ -203,10 +203,14 @@ impl FilterPool {
 
 /// Creates and configures an instance; the phases come from its `configure`.
 async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, Phases), FilterError> {
-    let fail = |kind, guest_message| FilterError { route: spec.route.clone(), filter: spec.name.clone(), kind, guest_message };
+    let fail =
+        |kind, guest_message| FilterError { route: spec.route.clone(), filter: spec.name.clone(), kind, guest_message };
     let wasi = spec.plugin.uses_wasi.then(|| {
         let stream = |stream_name: &'static str| {
-            AsyncStdoutStream::new(8192, GuestOutput { route: spec.route.clone(), filter: spec.name.clone(), stream_name })
+            AsyncStdoutStream::new(
+                8192,
+                GuestOutput { route: spec.route.clone(), filter: spec.name.clone(), stream_name },
+            )
         };
         // Nothing ambient: no files, no environment, no sockets.
         WasiCtxBuilder::new()
@@ -320,14 +324,14 @@ impl FilterInstance {
         &self.pool
     }
 
-    /// Lends the heads to the store, runs `call`, and takes them back whatever happened.
-    async fn with_heads<R>(
+    /// Lends the heads to the store, makes `call`, and takes them back whatever happened.
+    async fn with_heads(
         &mut self,
         request: &mut RequestHead,
         request_writable: bool,
         response: Option<(&mut http::response::Parts, bool)>,
-        call: impl AsyncFnOnce(&mut Store<FilterState>, &Filter, Resource<RequestHandle>, Option<Resource<ResponseHandle>>) -> wasmtime::Result<R>,
-    ) -> Result<R, FilterError> {
+        call: PhaseCall,
+    ) -> Result<PhaseAnswer, FilterError> {
         let instance = self.instance.as_mut().expect("a checked-out instance is present until dropped");
         let state = instance.store.data_mut();
         state.request = Some(RequestSlot {
@@ -340,21 +344,8 @@ impl FilterInstance {
             state.response = Some(ResponseSlot { parts: std::mem::replace(parts, empty_response_parts()), writable });
             response_parts = Some(parts);
         }
-        let handles = state.new_request_handle().and_then(|request_handle| {
-            let response_handle = if state.response.is_some() { Some(state.new_response_handle()?) } else { None };
-            Ok((request_handle, response_handle))
-        });
         start_call(&mut instance.store);
-        let result = match handles {
-            Ok((request_handle, response_handle)) => {
-                let request_rep = Resource::<RequestHandle>::new_own(request_handle.rep());
-                let response_rep = response_handle.as_ref().map(|handle| Resource::<ResponseHandle>::new_own(handle.rep()));
-                let result = call(&mut instance.store, &instance.filter, request_handle, response_handle).await;
-                instance.store.data_mut().drop_handles(request_rep, response_rep);
-                result
-            }
-            Err(err) => Err(err),
-        };
+        let result = call_phase(&mut instance.store, &instance.filter, call).await;
         let state = instance.store.data_mut();
         if let Some(slot) = state.request.take() {
             request.parts = slot.parts;
@@ -372,22 +363,22 @@ impl FilterInstance {
 
     /// `on-request`.
     pub async fn on_request(&mut self, request: &mut RequestHead) -> Result<HeadOutcome, FilterError> {
-        let decision = self
-            .with_heads(request, true, None, async |store, filter, request_handle, _| {
-                filter.sluice_filter_filter().call_on_request(store, request_handle).await
-            })
-            .await?;
-        self.head_outcome(decision)
+        match self.with_heads(request, true, None, PhaseCall::Request).await? {
+            PhaseAnswer::Decision(decision) => self.head_outcome(decision),
+            PhaseAnswer::Action(_) => unreachable!("on-request answers with a decision"),
+        }
     }
 
     /// `on-request-body` with the whole body.
-    pub async fn on_request_body(&mut self, request: &mut RequestHead, body: Bytes) -> Result<BodyOutcome, FilterError> {
-        let action = self
-            .with_heads(request, true, None, async |store, filter, request_handle, _| {
-                filter.sluice_filter_filter().call_on_request_body(store, request_handle, &body, true).await
-            })
-            .await?;
-        self.body_outcome(action)
+    pub async fn on_request_body(
+        &mut self,
+        request: &mut RequestHead,
+        body: Bytes,
+    ) -> Result<BodyOutcome, FilterError> {
+        match self.with_heads(request, true, None, PhaseCall::RequestBody(body)).await? {
+            PhaseAnswer::Action(action) => self.body_outcome(action),
+            PhaseAnswer::Decision(_) => unreachable!("on-request-body answers with a body action"),
+        }
     }
 
     /// `on-response`; the request head is read-only by now.
@@ -396,13 +387,10 @@ impl FilterInstance {
         request: &mut RequestHead,
         response: &mut http::response::Parts,
     ) -> Result<HeadOutcome, FilterError> {
-        let decision = self
-            .with_heads(request, false, Some((response, true)), async |store, filter, request_handle, response_handle| {
-                let response_handle = response_handle.expect("a response handle was made");
-                filter.sluice_filter_filter().call_on_response(store, request_handle, response_handle).await
-            })
-            .await?;
-        self.head_outcome(decision)
+        match self.with_heads(request, false, Some((response, true)), PhaseCall::Response).await? {
+            PhaseAnswer::Decision(decision) => self.head_outcome(decision),
+            PhaseAnswer::Action(_) => unreachable!("on-response answers with a decision"),
+        }
     }
 
     /// `on-response-body` with one chunk (`head_writable`: the head has not been sent yet, as
@@ -415,16 +403,11 @@ impl FilterInstance {
         chunk: Bytes,
         end_of_stream: bool,
     ) -> Result<BodyOutcome, FilterError> {
-        let action = self
-            .with_heads(request, false, Some((response, head_writable)), async |store, filter, request_handle, response_handle| {
-                let response_handle = response_handle.expect("a response handle was made");
-                filter
-                    .sluice_filter_filter()
-                    .call_on_response_body(store, request_handle, response_handle, &chunk, end_of_stream)
-                    .await
-            })
-            .await?;
-        self.body_outcome(action)
+        let call = PhaseCall::ResponseBody(chunk, end_of_stream);
+        match self.with_heads(request, false, Some((response, head_writable)), call).await? {
+            PhaseAnswer::Action(action) => self.body_outcome(action),
+            PhaseAnswer::Decision(_) => unreachable!("on-response-body answers with a body action"),
+        }
     }
 
     fn head_outcome(&mut self, decision: wit::Decision) -> Result<HeadOutcome, FilterError> {
@@ -451,8 +434,10 @@ impl FilterInstance {
         let mut response = Response::new(body::full(Bytes::from(local.body)));
         *response.status_mut() = status;
         for (name, value) in local.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid(format!("invalid header name {name:?}")))?;
-            let value = HeaderValue::from_bytes(&value).map_err(|_| invalid(format!("invalid value for header {name}")))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
+            let value =
+                HeaderValue::from_bytes(&value).map_err(|_| invalid(format!("invalid value for header {name}")))?;
             if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
                 continue;
             }
@@ -460,6 +445,50 @@ impl FilterInstance {
         }
         Ok(response)
     }
+}
+
+/// Which export to call.
+enum PhaseCall {
+    Request,
+    RequestBody(Bytes),
+    Response,
+    ResponseBody(Bytes, bool),
+}
+
+/// What the export answered.
+enum PhaseAnswer {
+    Decision(wit::Decision),
+    Action(wit::BodyAction),
+}
+
+/// Makes handles for the lent heads, calls the export, and drops the handles.
+async fn call_phase(store: &mut Store<FilterState>, filter: &Filter, call: PhaseCall) -> wasmtime::Result<PhaseAnswer> {
+    let state = store.data_mut();
+    let request = state.new_request_handle()?;
+    let response = if state.response.is_some() { Some(state.new_response_handle()?) } else { None };
+    let request_rep = request.rep();
+    let response_rep = response.as_ref().map(Resource::rep);
+    let exports = filter.sluice_filter_filter();
+    let answer = match (call, response) {
+        (PhaseCall::Request, _) => exports.call_on_request(&mut *store, request).await.map(PhaseAnswer::Decision),
+        (PhaseCall::RequestBody(body), _) => {
+            exports.call_on_request_body(&mut *store, request, &body, true).await.map(PhaseAnswer::Action)
+        }
+        (PhaseCall::Response, Some(response)) => {
+            exports.call_on_response(&mut *store, request, response).await.map(PhaseAnswer::Decision)
+        }
+        (PhaseCall::ResponseBody(chunk, end), Some(response)) => {
+            exports.call_on_response_body(&mut *store, request, response, &chunk, end).await.map(PhaseAnswer::Action)
+        }
+        (PhaseCall::Response | PhaseCall::ResponseBody(..), None) => {
+            Err(wasmtime::Error::msg("a response phase needs the response head"))
+        }
+    };
+    store.data_mut().drop_handles(
+        Resource::<RequestHandle>::new_own(request_rep),
+        response_rep.map(Resource::<ResponseHandle>::new_own),
+    );
+    answer
 }
 
 /// Where a guest's WASI stdout and stderr go: the log, a line per write.
@@ -485,5 +514,38 @@ impl tokio::io::AsyncWrite for GuestOutput {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A filter in a route's chain: its spec from the configuration, and its pool once prepared.
+#[derive(Debug)]
+pub struct RouteFilter {
+    /// The filter as configured.
+    pub spec: FilterSpec,
+    /// Where it is written (`route[2].filters[0]`), for errors found when preparing it.
+    pub key: String,
+    /// Its line and column in the configuration file.
+    pub position: Option<(usize, usize)>,
+    pool: std::sync::OnceLock<Arc<FilterPool>>,
+}
+
+impl RouteFilter {
+    /// A filter not yet prepared.
+    pub fn new(spec: FilterSpec, key: String, position: Option<(usize, usize)>) -> Self {
+        Self { spec, key, position, pool: std::sync::OnceLock::new() }
+    }
+
+    /// Starts its first instance and configures it (see [`FilterPool::prepare`]).
+    pub async fn prepare(&self, runtime: &Arc<Runtime>) -> Result<(), FilterError> {
+        if self.pool.get().is_none() {
+            let pool = FilterPool::prepare(runtime.clone(), self.spec.clone()).await?;
+            let _ = self.pool.set(pool);
+        }
+        Ok(())
+    }
+
+    /// Its pool, once prepared.
+    pub fn pool(&self) -> Option<&Arc<FilterPool>> {
+        self.pool.get()
     }
 }

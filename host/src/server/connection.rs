@@ -37,11 +37,7 @@ impl Drop for InFlight {
 
 impl ConnectionActivity {
     fn new() -> Arc<Self> {
-        Arc::new(Self {
-            opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_active_ms: AtomicU64::new(0),
-        })
+        Arc::new(Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_active_ms: AtomicU64::new(0) })
     }
 
     /// Marks a request as started; it counts until the returned guard is dropped.
@@ -59,17 +55,12 @@ impl ConnectionActivity {
     /// Resolves once nothing has been in flight for `idle`.
     async fn idle_for(&self, idle: Duration) {
         loop {
-            let last_active =
-                self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
+            let last_active = self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
             let busy = self.in_flight.load(Ordering::Acquire) > 0;
             if !busy && last_active.elapsed() >= idle {
                 return;
             }
-            let next_check = if busy {
-                Instant::now() + idle
-            } else {
-                last_active + idle
-            };
+            let next_check = if busy { Instant::now() + idle } else { last_active + idle };
             tokio::time::sleep_until(next_check.into()).await;
         }
     }
@@ -108,7 +99,7 @@ pub(super) async fn serve(
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
+        async move { Ok::<_, Infallible>(proxy.handle(request, info).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -136,16 +127,7 @@ pub(super) async fn serve(
 
 impl ConnectionInfo {
     /// Connection facts for a newly accepted client.
-    pub(super) fn accepted(
-        peer: std::net::SocketAddr,
-        listener: Arc<str>,
-        scheme: &'static str,
-    ) -> Self {
-        Self {
-            peer,
-            listener,
-            scheme,
-            activity: ConnectionActivity::new(),
-        }
+    pub(super) fn accepted(peer: std::net::SocketAddr, listener: Arc<str>, scheme: &'static str) -> Self {
+        Self { peer, listener, scheme, activity: ConnectionActivity::new() }
     }
 }

@@ -88,23 +88,12 @@ impl Server {
             None => None,
         };
 
-        Ok(Self {
-            snapshot,
-            metrics,
-            listeners,
-            admin,
-            connections,
-            tunnels,
-            drain,
-        })
+        Ok(Self { snapshot, metrics, listeners, admin, connections, tunnels, drain })
     }
 
     /// The address a listener is bound to (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(listener, _)| &**listener == name)
-            .map(|(_, addr)| *addr)
+        self.listeners.iter().find(|(listener, _)| &**listener == name).map(|(_, addr)| *addr)
     }
 
     /// Every listener's name and bound address, in configured order.
@@ -136,10 +125,7 @@ impl Server {
 
     /// [`Server::shutdown`] with an explicit deadline.
     pub async fn shutdown_within(self, deadline: Duration) -> ShutdownOutcome {
-        tracing::info!(
-            deadline_ms = deadline.as_millis() as u64,
-            "shutting down: draining connections"
-        );
+        tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down: draining connections");
         self.drain.cancel();
         self.connections.close();
         self.tunnels.tracker.close();
@@ -155,10 +141,7 @@ impl Server {
             }
             Err(_) => {
                 let left = self.connections.len() + self.tunnels.tracker.len();
-                tracing::warn!(
-                    connections = left,
-                    "shutdown deadline passed: closing the remaining connections"
-                );
+                tracing::warn!(connections = left, "shutdown deadline passed: closing the remaining connections");
                 self.tunnels.close_now.cancel();
                 self.connections.wait().await;
                 self.tunnels.tracker.wait().await;
@@ -170,16 +153,10 @@ impl Server {
 
 /// Binds with SO_REUSEADDR so a restart does not wait out TIME_WAIT.
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
-    socket
-        .bind(addr)
-        .map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
+    socket.bind(addr).map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
     socket.listen(1024)
 }
 
@@ -196,14 +173,8 @@ struct AcceptLoop {
 }
 
 async fn accept_loop(accept: AcceptLoop) {
-    let labels = ListenerLabels {
-        listener: Name(accept.name.clone()),
-    };
-    let active = accept
-        .metrics
-        .active_connections
-        .get_or_create(&labels)
-        .clone();
+    let labels = ListenerLabels { listener: Name(accept.name.clone()) };
+    let active = accept.metrics.active_connections.get_or_create(&labels).clone();
     let accepted = accept.metrics.connections.get_or_create(&labels).clone();
     loop {
         // Over the limit, stop accepting: new clients wait in the kernel's queue rather than
@@ -232,18 +203,11 @@ async fn accept_loop(accept: AcceptLoop) {
         active.inc();
         let (builder, idle_timeout) = {
             let snapshot = accept.snapshot.load();
-            (
-                connection::connection_builder(&snapshot.server),
-                snapshot.server.idle_timeout,
-            )
+            (connection::connection_builder(&snapshot.server), snapshot.server.idle_timeout)
         };
         let info = ConnectionInfo::accepted(peer, accept.name.clone(), "http");
-        let (proxy, drain, close_now, active) = (
-            accept.proxy.clone(),
-            accept.drain.clone(),
-            accept.close_now.clone(),
-            active.clone(),
-        );
+        let (proxy, drain, close_now, active) =
+            (accept.proxy.clone(), accept.drain.clone(), accept.close_now.clone(), active.clone());
         accept.connections.spawn(async move {
             connection::serve(stream, builder, proxy, info, idle_timeout, drain, close_now).await;
             active.dec();

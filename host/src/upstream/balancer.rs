@@ -26,16 +26,9 @@ impl WeightedRoundRobin {
         let even = weights.iter().all(|&weight| weight == weights[0]);
         let weights: Vec<i64> = weights.into_iter().map(i64::from).collect();
         let total = weights.iter().sum();
-        let mode = if even {
-            Mode::Even(AtomicUsize::new(0))
-        } else {
-            Mode::Smooth(Mutex::new(vec![0; weights.len()]))
-        };
-        Self {
-            weights,
-            total,
-            mode,
-        }
+        let mode =
+            if even { Mode::Even(AtomicUsize::new(0)) } else { Mode::Smooth(Mutex::new(vec![0; weights.len()])) };
+        Self { weights, total, mode }
     }
 
     /// Index of the next server.
@@ -43,9 +36,7 @@ impl WeightedRoundRobin {
         match &self.mode {
             Mode::Even(counter) => counter.fetch_add(1, Ordering::Relaxed) % self.weights.len(),
             Mode::Smooth(current) => {
-                let mut current = current
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut current = current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let mut best = 0;
                 for (index, weight) in self.weights.iter().enumerate() {
                     current[index] += weight;

@@ -46,10 +46,7 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("name", &self.name)
-            .field("servers", &self.servers)
-            .finish_non_exhaustive()
+        f.debug_struct("Upstream").field("name", &self.name).field("servers", &self.servers).finish_non_exhaustive()
     }
 }
 
@@ -67,14 +64,8 @@ impl Upstream {
             // Header case and order are the client's business; keep what the origin sent.
             .http1_preserve_header_case(false)
             .build(connector);
-        let balancer =
-            WeightedRoundRobin::new(servers.iter().map(|server| server.weight).collect());
-        Self {
-            name: name.into(),
-            servers,
-            balancer,
-            client,
-        }
+        let balancer = WeightedRoundRobin::new(servers.iter().map(|server| server.weight).collect());
+        Self { name: name.into(), servers, balancer, client }
     }
 
     /// The server for the next request.

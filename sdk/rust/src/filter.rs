@@ -65,7 +65,13 @@ pub trait Filter: Sized + 'static {
 
     /// A response body chunk (with [`Phases::RESPONSE_BODY`]), or the whole body (with
     /// [`Phases::BUFFER_RESPONSE_BODY`] too). Default: pass.
-    fn on_response_body(&mut self, request: &Request, response: &Response, body: Vec<u8>, end_of_stream: bool) -> BodyAction {
+    fn on_response_body(
+        &mut self,
+        request: &Request,
+        response: &Response,
+        body: Vec<u8>,
+        end_of_stream: bool,
+    ) -> BodyAction {
         let _ = (request, response, body, end_of_stream);
         BodyAction::Pass
     }

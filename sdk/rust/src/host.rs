@@ -31,8 +31,8 @@ pub mod log {
 pub mod kv {
     use std::time::Duration;
 
-    pub use crate::bindings::sluice::filter::kv::KvError;
     use crate::bindings::sluice::filter::kv as host;
+    pub use crate::bindings::sluice::filter::kv::KvError;
 
     fn millis(ttl: Option<Duration>) -> u64 {
         ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
@@ -81,8 +81,8 @@ pub mod metrics {
 
 /// HTTP requests to upstreams the tenant was granted.
 pub mod callout {
-    pub use crate::bindings::sluice::filter::callout::{CalloutError, CalloutRequest, CalloutResponse};
     use crate::bindings::sluice::filter::callout as host;
+    pub use crate::bindings::sluice::filter::callout::{CalloutError, CalloutRequest, CalloutResponse};
 
     /// A GET of `path_with_query` with no headers and the host's default timeout.
     pub fn get(upstream: &str, path_with_query: &str) -> Result<CalloutResponse, CalloutError> {

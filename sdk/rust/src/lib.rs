@@ -48,8 +48,8 @@ pub mod bindings {
 }
 
 mod filter;
-mod http;
 pub mod host;
+mod http;
 
 pub use filter::{BodyAction, Decision, Filter, Phases};
 pub use host::{callout, clock, kv, log, metrics, random};
@@ -78,7 +78,9 @@ macro_rules! export_filter {
             pub struct SluiceFilterExport;
 
             impl $crate::bindings::exports::sluice::filter::filter::Guest for SluiceFilterExport {
-                fn configure(config: ::std::string::String) -> ::std::result::Result<$crate::Phases, ::std::string::String> {
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<$crate::Phases, ::std::string::String> {
                     $crate::__private::dispatch::configure::<$filter>(config)
                 }
                 fn on_request(
@@ -107,7 +109,7 @@ macro_rules! export_filter {
                 ) -> $crate::bindings::sluice::filter::types::BodyAction {
                     $crate::__private::dispatch::on_response_body::<$filter>(request, response, body, end_of_stream)
                 }
-            }
+    }
 
             $crate::bindings::__export_bindings!(SluiceFilterExport with_types_in $crate::bindings);
         };

@@ -1,0 +1,323 @@
+//! A route's filter chain for one request: request phases in chain order, response phases in
+//! reverse, body phases only for the filters that asked, and each failure handled by its filter's
+//! policy (fail-closed ends the request with an error, fail-open skips the filter).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+
+use crate::body::{self, BoxError, ProxyBody};
+use crate::routing::Route;
+use crate::runtime::{
+    BodyOutcome, CallContext, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, HeadOutcome, Phases,
+    RequestHead,
+};
+
+/// One filter's place in the chain for this request.
+struct Link {
+    instance: Option<FilterInstance>,
+    phases: Phases,
+    policy: FailurePolicy,
+}
+
+/// The checked-out instances of a route's filters for one request.
+pub(crate) struct FilterChain {
+    links: Vec<Link>,
+    request_id: Arc<str>,
+}
+
+/// How a body phase ended for the chain.
+pub(crate) enum ChainBody {
+    /// The body to pass on.
+    Body(Bytes),
+    /// A filter answered instead.
+    Respond(Response<ProxyBody>),
+}
+
+impl FilterChain {
+    /// Checks out an instance of every filter of `route`. A filter that cannot get one fails by
+    /// its policy.
+    pub(crate) async fn checkout(route: &Route, context: &CallContext) -> Result<Self, FilterError> {
+        let mut links = Vec::with_capacity(route.filters.len());
+        for filter in &route.filters {
+            let Some(pool) = filter.pool() else {
+                return Err(FilterError {
+                    route: route.name.clone(),
+                    filter: filter.spec.name.clone(),
+                    kind: FilterErrorKind::Trap("the filter was never prepared".into()),
+                    guest_message: None,
+                });
+            };
+            let mut filter_context = context.clone();
+            filter_context.filter = filter.spec.name.clone();
+            let policy = filter.spec.on_error;
+            match pool.checkout(filter_context).await {
+                Ok(instance) => links.push(Link { instance: Some(instance), phases: pool.phases(), policy }),
+                Err(error) => {
+                    log_failure(&error, &filter.spec.tenant.name, &context.request_id, policy);
+                    if policy == FailurePolicy::FailClosed {
+                        return Err(error);
+                    }
+                    links.push(Link { instance: None, phases: Phases::empty(), policy });
+                }
+            }
+        }
+        Ok(Self { links, request_id: context.request_id.clone() })
+    }
+
+    /// Whether any live filter takes part in `phase`.
+    pub(crate) fn wants(&self, phase: Phases) -> bool {
+        self.links.iter().any(|link| link.instance.is_some() && link.phases.contains(phase))
+    }
+
+    /// Handles a failed call by the filter's policy: fail-open drops the filter for the rest of
+    /// the request, fail-closed ends the request.
+    fn failed(&mut self, index: usize, error: FilterError) -> Result<(), FilterError> {
+        let link = &mut self.links[index];
+        let tenant =
+            link.instance.as_ref().map(|instance| instance.pool().spec.tenant.name.clone()).unwrap_or_default();
+        log_failure(&error, &tenant, &self.request_id, link.policy);
+        link.instance = None;
+        match link.policy {
+            FailurePolicy::FailOpen => Ok(()),
+            FailurePolicy::FailClosed => Err(error),
+        }
+    }
+
+    /// The request head, through every filter in chain order.
+    pub(crate) async fn on_request(&mut self, head: &mut RequestHead) -> Result<HeadOutcome, FilterError> {
+        for index in 0..self.links.len() {
+            let link = &mut self.links[index];
+            let Some(instance) = link.instance.as_mut().filter(|_| link.phases.contains(Phases::REQUEST_HEADERS))
+            else {
+                continue;
+            };
+            match instance.on_request(head).await {
+                Ok(HeadOutcome::Continue) => {}
+                Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
+                Err(error) => self.failed(index, error)?,
+            }
+        }
+        Ok(HeadOutcome::Continue)
+    }
+
+    /// The whole request body, through every filter that asked for it, in chain order.
+    pub(crate) async fn on_request_body(
+        &mut self,
+        head: &mut RequestHead,
+        mut body: Bytes,
+    ) -> Result<ChainBody, FilterError> {
+        for index in 0..self.links.len() {
+            let link = &mut self.links[index];
+            let Some(instance) = link.instance.as_mut().filter(|_| link.phases.contains(Phases::REQUEST_BODY)) else {
+                continue;
+            };
+            match instance.on_request_body(head, body.clone()).await {
+                Ok(BodyOutcome::Pass) => {}
+                Ok(BodyOutcome::Replace(replacement)) => body = replacement,
+                Ok(BodyOutcome::Respond(response)) => return Ok(ChainBody::Respond(response)),
+                Err(error) => self.failed(index, error)?,
+            }
+        }
+        Ok(ChainBody::Body(body))
+    }
+
+    /// The response head, through every filter in reverse chain order.
+    pub(crate) async fn on_response(
+        &mut self,
+        head: &mut RequestHead,
+        response: &mut http::response::Parts,
+    ) -> Result<HeadOutcome, FilterError> {
+        for index in (0..self.links.len()).rev() {
+            let link = &mut self.links[index];
+            let Some(instance) = link.instance.as_mut().filter(|_| link.phases.contains(Phases::RESPONSE_HEADERS))
+            else {
+                continue;
+            };
+            match instance.on_response(head, response).await {
+                Ok(HeadOutcome::Continue) => {}
+                Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
+                Err(error) => self.failed(index, error)?,
+            }
+        }
+        Ok(HeadOutcome::Continue)
+    }
+
+    /// Whether some filter wants the response body buffered whole.
+    pub(crate) fn wants_buffered_response_body(&self) -> bool {
+        self.wants(Phases::RESPONSE_BODY | Phases::BUFFER_RESPONSE_BODY)
+    }
+
+    /// The whole response body (head still writable), through the body filters in reverse order.
+    pub(crate) async fn on_response_body_buffered(
+        &mut self,
+        head: &mut RequestHead,
+        response: &mut http::response::Parts,
+        mut body: Bytes,
+    ) -> Result<ChainBody, FilterError> {
+        for index in (0..self.links.len()).rev() {
+            let link = &mut self.links[index];
+            let Some(instance) = link.instance.as_mut().filter(|_| link.phases.contains(Phases::RESPONSE_BODY)) else {
+                continue;
+            };
+            match instance.on_response_body(head, response, true, body.clone(), true).await {
+                Ok(BodyOutcome::Pass) => {}
+                Ok(BodyOutcome::Replace(replacement)) => body = replacement,
+                Ok(BodyOutcome::Respond(local)) => return Ok(ChainBody::Respond(local)),
+                Err(error) => self.failed(index, error)?,
+            }
+        }
+        Ok(ChainBody::Body(body))
+    }
+
+    /// One streamed response chunk through the body filters in reverse order. The head has gone
+    /// to the client, so a filter can no longer answer instead: that counts as a failure.
+    async fn on_response_chunk(
+        &mut self,
+        head: &mut RequestHead,
+        response: &mut http::response::Parts,
+        mut chunk: Bytes,
+        end_of_stream: bool,
+    ) -> Result<Bytes, FilterError> {
+        for index in (0..self.links.len()).rev() {
+            let link = &mut self.links[index];
+            let Some(instance) = link.instance.as_mut().filter(|_| link.phases.contains(Phases::RESPONSE_BODY)) else {
+                continue;
+            };
+            let outcome = instance.on_response_body(head, response, false, chunk.clone(), end_of_stream).await;
+            match outcome {
+                Ok(BodyOutcome::Pass) => {}
+                Ok(BodyOutcome::Replace(replacement)) => chunk = replacement,
+                Ok(BodyOutcome::Respond(_)) => {
+                    let pool = instance.pool().clone();
+                    let error = FilterError {
+                        route: pool.spec.route.clone(),
+                        filter: pool.spec.name.clone(),
+                        kind: FilterErrorKind::InvalidAnswer(
+                            "answered from a streamed response body, after the head was sent".into(),
+                        ),
+                        guest_message: None,
+                    };
+                    self.failed(index, error)?;
+                }
+                Err(error) => self.failed(index, error)?,
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// The response body streamed through the body filters, chunk by chunk; after the last
+    /// chunk each filter is called once more with `end_of_stream` so it can flush what it held.
+    pub(crate) fn stream_response_body(
+        self,
+        head: RequestHead,
+        response: http::response::Parts,
+        body: ProxyBody,
+    ) -> ProxyBody {
+        let state = StreamState { chain: self, head, response, body, done: false };
+        let stream = futures_util::stream::unfold(state, next_chunk);
+        body::boxed(StreamBody::new(stream))
+    }
+}
+
+/// What a streamed response body carries between chunks.
+struct StreamState {
+    chain: FilterChain,
+    head: RequestHead,
+    response: http::response::Parts,
+    body: ProxyBody,
+    done: bool,
+}
+
+/// Reads the next upstream chunk and passes it through the body filters.
+async fn next_chunk(mut state: StreamState) -> Option<(Result<Frame<Bytes>, BoxError>, StreamState)> {
+    if state.done {
+        return None;
+    }
+    loop {
+        let (chunk, end) = match state.body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => (data, false),
+                // Trailers are not passed through filters; drop them.
+                Err(_) => continue,
+            },
+            Some(Err(error)) => {
+                state.done = true;
+                return Some((Err(error), state));
+            }
+            None => (Bytes::new(), true),
+        };
+        let filtered = state.chain.on_response_chunk(&mut state.head, &mut state.response, chunk, end).await;
+        state.done = end;
+        match filtered {
+            Ok(data) if data.is_empty() && !end => continue,
+            Ok(data) => return Some((Ok(Frame::data(data)), state)),
+            Err(error) => {
+                state.done = true;
+                return Some((Err(Box::new(error) as BoxError), state));
+            }
+        }
+    }
+}
+
+fn log_failure(error: &FilterError, tenant: &str, request_id: &str, policy: FailurePolicy) {
+    let policy = match policy {
+        FailurePolicy::FailClosed => "fail-closed",
+        FailurePolicy::FailOpen => "fail-open",
+    };
+    tracing::error!(
+        target: "sluice::filter",
+        route = %error.route,
+        filter = %error.filter,
+        tenant = tenant,
+        request_id = request_id,
+        policy,
+        error.kind = error.kind_name(),
+        guest_message = error.guest_message.as_deref().unwrap_or(""),
+        "filter failed: {}", error.kind
+    );
+}
+
+/// Collects a body up to `limit` bytes; `None` past it.
+pub(crate) async fn collect_limited(mut body: ProxyBody, limit: usize) -> Result<Option<Bytes>, BoxError> {
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if collected.len() + data.len() > limit {
+                return Ok(None);
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(collected.freeze()))
+}
+
+/// Sets `Content-Length` for a body the host now holds whole.
+pub(crate) fn set_content_length(headers: &mut http::HeaderMap, length: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+}
+
+/// A copy of the request head for the response phases, made only when some filter has them
+/// (the original goes upstream).
+pub(crate) fn copy_request_head(head: &RequestHead) -> RequestHead {
+    let mut copy = Request::new(());
+    *copy.method_mut() = head.parts.method.clone();
+    *copy.uri_mut() = head.parts.uri.clone();
+    *copy.version_mut() = head.parts.version;
+    *copy.headers_mut() = head.parts.headers.clone();
+    RequestHead { parts: copy.into_parts().0, cache_key: head.cache_key.clone() }
+}
+
+/// A copy of the response head for streamed body phases.
+pub(crate) fn copy_response_head(parts: &http::response::Parts) -> http::response::Parts {
+    let mut copy = Response::new(());
+    *copy.status_mut() = parts.status;
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    copy.into_parts().0
+}
