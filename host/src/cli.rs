@@ -84,7 +84,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
     match cli.command {
-        Command::Check { config } => match Snapshot::from_file(&config) {
+        Command::Check { config } => match Snapshot::from_file(&config).and_then(|snapshot| {
+            // Configuring every filter checks its config against its plugin.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|err| {
+                crate::config::ConfigError { file: None, key: String::new(), position: None, message: err.to_string() }
+            })?;
+            runtime.block_on(snapshot.prepare_filters())?;
+            Ok(snapshot)
+        }) {
             Ok(snapshot) => {
                 println!(
                     "{}: ok ({} listeners, {} upstreams, {} routes)",

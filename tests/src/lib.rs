@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -21,7 +21,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use sluice::body::{self, ProxyBody};
+use std::path::{Path, PathBuf};
+
 use sluice::config::Snapshot;
+use sluice::packages::{BuildOptions, build_plugin};
 use sluice::server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -151,6 +154,19 @@ impl Echo {
     }
 }
 
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_owned()
+}
+
+/// Builds the filter crate at `relative` (from the repository root) with `sluice plugin build`'s
+/// code, into a target folder shared by every test so that unchanged plugins are not rebuilt,
+/// and returns the component's path.
+pub fn plugin(relative: &str) -> PathBuf {
+    let options = BuildOptions { target_dir: Some(repo_root().join("target/plugins")), quiet: true };
+    build_plugin(&repo_root().join(relative), &options).unwrap_or_else(|err| panic!("building {relative}: {err}"))
+}
+
 /// A Sluice started in-process from a TOML literal.
 pub struct TestProxy {
     /// The first listener's address.
@@ -243,5 +259,5 @@ pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
 
 /// A full-bytes request body.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    body::full(bytes)
 }

@@ -71,7 +71,7 @@ async fn streamed_oversized_body_is_413() {
     let (proxy, _origin) = proxy_with("max_body_bytes = 100000", "").await;
     // Chunked, so the size is only known once too much has arrived.
     let chunks = (0..20).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; 10_000]))));
-    let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+    let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync();
     let request = Request::post(proxy.url("/upload")).header("host", "a").body(body).unwrap();
     let response = send(&http1_client(), request).await;
     assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", response.text());

@@ -48,7 +48,7 @@ const HEAP_BUDGET: usize = 16 * 1024 * 1024;
 
 fn hundred_megabytes() -> sluice::body::ProxyBody {
     let chunks = (0..CHUNKS).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from_static(&ZEROS))));
-    StreamBody::new(futures_util::stream::iter(chunks)).boxed()
+    StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync()
 }
 
 /// Reads a body frame by frame, counting bytes without keeping them.

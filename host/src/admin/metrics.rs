@@ -114,6 +114,14 @@ impl Metrics {
         Self { registry, requests, request_duration, active_connections, connections, errors }
     }
 
+    /// Adds the figures filters write through the `metrics` host interface.
+    pub fn register_filter_metrics(&mut self, services: &crate::runtime::HostServices) {
+        self.registry.register("filter_counter", "Counters written by filters", services.counters.clone());
+        self.registry.register("filter_gauge", "Gauges written by filters", services.gauges.clone());
+        self.registry.register("filter_histogram", "Histograms written by filters", services.histograms.clone());
+        self.registry.register("filter_failures", "Filter calls that failed", services.failures.clone());
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();

@@ -269,6 +269,15 @@ fn log_failure(error: &FilterError, tenant: &str, request_id: &str, policy: Fail
         FailurePolicy::FailClosed => "fail-closed",
         FailurePolicy::FailOpen => "fail-open",
     };
+    if let Ok(runtime) = crate::runtime::Runtime::shared() {
+        let labels = vec![
+            ("route".to_owned(), error.route.to_string()),
+            ("filter".to_owned(), error.filter.to_string()),
+            ("tenant".to_owned(), tenant.to_owned()),
+            ("kind".to_owned(), error.kind_name().to_owned()),
+        ];
+        runtime.services().failures.get_or_create(&labels).inc();
+    }
     tracing::error!(
         target: "sluice::filter",
         route = %error.route,

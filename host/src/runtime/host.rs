@@ -55,6 +55,8 @@ pub struct HostServices {
     pub gauges: Family<PluginMetricLabels, Gauge>,
     /// Histograms written by filters (`sluice_filter_histogram`).
     pub histograms: Family<PluginMetricLabels, Histogram, fn() -> Histogram>,
+    /// Failed filter calls by route, filter, tenant and kind (`sluice_filter_failures_total`).
+    pub failures: Family<PluginMetricLabels, Counter>,
 }
 
 impl Default for HostServices {
@@ -66,6 +68,7 @@ impl Default for HostServices {
             histograms: Family::new_with_constructor(|| {
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 4.0, 12))
             }),
+            failures: Family::default(),
         }
     }
 }

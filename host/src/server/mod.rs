@@ -49,7 +49,14 @@ pub enum ShutdownOutcome {
 impl Server {
     /// Binds every listener of `snapshot` (and its admin listener) and starts serving.
     pub async fn start(snapshot: Snapshot) -> io::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
+        // Every filter's first instance starts now, so that a config its plugin refuses fails the
+        // start rather than the first request.
+        snapshot.prepare_filters().await.map_err(|err| io::Error::other(err.to_string()))?;
+        let mut metrics = Metrics::new();
+        if let Ok(runtime) = crate::runtime::Runtime::shared() {
+            metrics.register_filter_metrics(runtime.services());
+        }
+        let metrics = Arc::new(metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let current = snapshot.load_full();
         let drain = CancellationToken::new();

@@ -123,6 +123,8 @@ pub mod dispatch {
 
     /// `configure`: deserialise the config, build the filter, report its phases.
     pub fn configure<F: Filter>(config: String) -> Result<Phases, String> {
+        // A panic becomes a trap; say why first, so the host's failure log carries the message.
+        std::panic::set_hook(Box::new(|info| crate::host::log::error(&format!("panic: {info}"))));
         let parsed: F::Config = match serde_json::from_str(&config) {
             Ok(parsed) => parsed,
             // A route without config sends `null`; a config struct whose fields all have

@@ -109,9 +109,9 @@ macro_rules! export_filter {
                 ) -> $crate::bindings::sluice::filter::types::BodyAction {
                     $crate::__private::dispatch::on_response_body::<$filter>(request, response, body, end_of_stream)
                 }
-    }
+            }
 
-            $crate::bindings::__export_bindings!(SluiceFilterExport with_types_in $crate::bindings);
+    $crate::bindings::__export_bindings!(SluiceFilterExport with_types_in $crate::bindings);
         };
     };
 }

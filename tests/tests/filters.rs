@@ -1,0 +1,291 @@
+//! Filter chains through a running proxy, with real components built from this repository.
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use sluice::body;
+use sluice_tests::{Origin, TestProxy, get, http1_client, plugin, send};
+
+/// An origin that answers with the request body it got, in three chunks.
+async fn body_echo_origin() -> Origin {
+    Origin::start(|request| {
+        Box::pin(async move {
+            let status = request.headers().get("x-want-status").and_then(|v| v.to_str().ok()?.parse().ok());
+            let received = request.into_body().collect().await.map(|body| body.to_bytes()).unwrap_or_default();
+            let text = if received.is_empty() { bytes::Bytes::from_static(b"one two three") } else { received };
+            let chunks: Vec<Result<hyper::body::Frame<bytes::Bytes>, sluice::body::BoxError>> = text
+                .chunks(text.len().div_ceil(3).max(1))
+                .map(|chunk| Ok(hyper::body::Frame::data(bytes::Bytes::copy_from_slice(chunk))))
+                .collect();
+            let mut response =
+                Response::new(body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(chunks))));
+            *response.status_mut() = StatusCode::from_u16(status.unwrap_or(200)).unwrap();
+            response
+        })
+    })
+    .await
+}
+
+fn probe_config(origin: &Origin, routes: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[upstream.app]
+servers = [{{ addr = "{origin}" }}]
+[plugin.probe]
+source = "{probe}"
+{routes}
+"#,
+        origin = origin.addr,
+        probe = plugin("tests/plugins/probe").display(),
+    )
+}
+
+#[tokio::test]
+async fn request_phase_runs_in_order_and_response_phase_in_reverse() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        r#"
+[[route]]
+upstream = "app"
+filters = [
+  { plugin = "probe", config = { tag = "first" } },
+  { plugin = "probe", config = { tag = "second" } },
+]
+"#,
+    ))
+    .await;
+    let response = get(&proxy, "a", "/").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echo().header_values("x-chain"), vec!["first", "second"]);
+    let order: Vec<&str> = response.headers.get_all("x-chain-response").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(order, vec!["second", "first"]);
+    // In the response phase the request head can be read but not changed.
+    assert_eq!(response.headers["x-first-saw-request-readonly"], "true");
+}
+
+#[tokio::test]
+async fn a_local_response_ends_the_chain_before_the_upstream() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        r#"
+[[route]]
+upstream = "app"
+filters = [
+  { plugin = "probe", config = { tag = "guard", deny_path = "/admin" } },
+  { plugin = "probe", config = { tag = "never", deny_path = "/admin" } },
+]
+"#,
+    ))
+    .await;
+    let response = get(&proxy, "a", "/admin").await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert_eq!(response.text(), "denied by guard\n");
+    assert!(response.headers.contains_key("x-request-id"));
+    assert_eq!(origin.connections_accepted(), 0, "the upstream saw a denied request");
+
+    assert_eq!(get(&proxy, "a", "/public").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_response_phase_can_replace_the_response() {
+    let origin = body_echo_origin().await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { tag = \"p\", replace_status = 503 } }]\n",
+    ))
+    .await;
+    let request = Request::get(proxy.url("/")).header("x-want-status", "503").body(body::empty()).unwrap();
+    let response = send(&http1_client(), request).await;
+    assert_eq!(response.status.as_u16(), 418);
+    assert_eq!(response.text(), "replaced by p\n");
+}
+
+#[tokio::test]
+async fn filters_can_rewrite_the_path() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { tag = \"p\", rewrite_path = \"/old\" } }]\n",
+    ))
+    .await;
+    assert_eq!(get(&proxy, "a", "/old?q=1").await.echo().uri(), "/rewritten");
+}
+
+#[tokio::test]
+async fn request_bodies_are_buffered_for_filters_that_ask() {
+    let origin = body_echo_origin().await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        r#"
+[[route]]
+upstream = "app"
+max_filter_body_bytes = 64
+filters = [{ plugin = "probe", config = { tag = "p", upper_request_body = true, deny_body = "DROP TABLE" } }]
+"#,
+    ))
+    .await;
+    let client = http1_client();
+    let post = |text: &'static str| Request::post(proxy.url("/")).body(sluice_tests::full(text)).unwrap();
+
+    let response = send(&client, post("hello filters")).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "HELLO FILTERS");
+
+    let response = send(&client, post("x DROP TABLE y")).await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST);
+    assert_eq!(response.text(), "body refused by p\n");
+
+    // Past the filter body limit the client gets 413.
+    let response = send(&client, post("this body is longer than sixty-four bytes, which is the limit set")).await;
+    assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn response_bodies_stream_chunk_by_chunk_through_filters() {
+    let origin = body_echo_origin().await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { tag = \"p\", upper_response_body = true } }]\n",
+    ))
+    .await;
+    let response = get(&proxy, "a", "/").await;
+    assert_eq!(response.status, 200);
+    // The origin sent three chunks; the filter counted them and flushed at the end.
+    assert_eq!(response.text(), "ONE TWO THREE[3 chunks]");
+}
+
+#[tokio::test]
+async fn buffered_response_bodies_let_filters_change_the_head() {
+    let origin = body_echo_origin().await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { tag = \"p\", append_response_body = \"!\" } }]\n",
+    ))
+    .await;
+    let response = get(&proxy, "a", "/").await;
+    assert_eq!(response.text(), "one two three!");
+    assert_eq!(response.headers["x-buffered"], "yes");
+    assert_eq!(response.headers["content-length"], "14");
+}
+
+#[tokio::test]
+async fn one_plugin_serves_many_routes_with_their_own_configs() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        r#"
+[[route]]
+path_prefix = "/a"
+upstream = "app"
+filters = [{ plugin = "probe", config = { tag = "alpha" } }]
+[[route]]
+path_prefix = "/b"
+upstream = "app"
+filters = [{ plugin = "probe", config = { tag = "beta", deny_path = "/b/no" } }]
+"#,
+    ))
+    .await;
+    assert_eq!(get(&proxy, "a", "/a").await.echo().header_values("x-chain"), vec!["alpha"]);
+    assert_eq!(get(&proxy, "a", "/b").await.echo().header_values("x-chain"), vec!["beta"]);
+    assert_eq!(get(&proxy, "a", "/b/no").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(get(&proxy, "a", "/a/no").await.status, 200);
+}
+
+#[tokio::test]
+async fn warm_instances_are_reused_unless_requests_are_isolated() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        r#"
+[[route]]
+path_prefix = "/warm"
+upstream = "app"
+filters = [{ plugin = "probe", config = { tag = "warm" } }]
+[[route]]
+path_prefix = "/isolated"
+upstream = "app"
+filters = [{ plugin = "probe", config = { tag = "isolated" }, isolation = "request" }]
+"#,
+    ))
+    .await;
+    let mut warm = Vec::new();
+    let mut isolated = Vec::new();
+    for _ in 0..3 {
+        warm.push(get(&proxy, "a", "/warm").await.echo().header("x-warm-instance-requests").unwrap());
+        isolated.push(get(&proxy, "a", "/isolated").await.echo().header("x-isolated-instance-requests").unwrap());
+    }
+    assert_eq!(warm, vec!["1", "2", "3"]);
+    assert_eq!(isolated, vec!["1", "1", "1"]);
+}
+
+#[tokio::test]
+async fn key_value_state_is_namespaced_per_tenant() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&probe_config(
+        &origin,
+        r#"
+[tenant.acme]
+[tenant.globex]
+[[route]]
+path_prefix = "/acme"
+tenant = "acme"
+upstream = "app"
+filters = [{ plugin = "probe", config = { tag = "a", count = true } }]
+[[route]]
+path_prefix = "/globex"
+tenant = "globex"
+upstream = "app"
+filters = [{ plugin = "probe", config = { tag = "g", count = true } }]
+"#,
+    ))
+    .await;
+    let count = |path: &'static str| {
+        let proxy = &proxy;
+        async move { get(proxy, "a", path).await.echo().header("x-count").unwrap() }
+    };
+    assert_eq!(count("/acme").await, "1");
+    assert_eq!(count("/acme").await, "2");
+    assert_eq!(count("/globex").await, "1");
+    assert_eq!(count("/acme").await, "3");
+}
+
+#[tokio::test]
+async fn the_hello_filter_example_runs() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n\
+         [plugin.hello]\nsource = \"{}\"\n[[route]]\nupstream = \"app\"\nfilters = [{{ plugin = \"hello\" }}]\n",
+        origin.addr,
+        plugin("examples/hello-filter").display()
+    ))
+    .await;
+    assert_eq!(get(&proxy, "a", "/").await.echo().header("x-hello").as_deref(), Some("from a Wasm filter"));
+}
+
+#[tokio::test]
+async fn a_config_the_filter_refuses_stops_the_start_naming_route_and_filter() {
+    let origin = Origin::echo("app").await;
+    let config = probe_config(
+        &origin,
+        "[[route]]\nname = \"picky\"\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { refuse = true } }]\n",
+    );
+    let snapshot = sluice::config::Snapshot::from_toml(&config).unwrap();
+    let error = snapshot.prepare_filters().await.expect_err("the filter refuses its config");
+    assert_eq!(error.key, "route[0].filters[0]");
+    assert!(error.message.contains("filter probe: config refused: refused on purpose"), "{error}");
+    assert!(error.position.is_some());
+}
+
+#[tokio::test]
+async fn unknown_config_keys_are_refused_by_the_sdk() {
+    let origin = Origin::echo("app").await;
+    let config = probe_config(
+        &origin,
+        "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { colour = \"red\" } }]\n",
+    );
+    let error = sluice::config::Snapshot::from_toml(&config).unwrap().prepare_filters().await.unwrap_err();
+    assert!(error.message.contains("unknown field `colour`"), "{error}");
+}
