@@ -1,0 +1,179 @@
+//! Hostile filters fail only their own request, by their policy, with a log line naming route,
+//! filter and request id, while requests on other routes keep succeeding.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use http::StatusCode;
+use sluice_tests::{Collected, Origin, TestProxy, get, plugin};
+
+/// Log lines of this test process, as JSON, for assertions on what was logged.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs() -> &'static CapturedLogs {
+    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = CapturedLogs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter("sluice=info")
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    })
+}
+
+/// The failure log line for `request_id`.
+fn failure_line(request_id: &str) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["request_id"] == request_id && event["error.kind"].is_string())
+        .unwrap_or_else(|| panic!("no filter failure logged for {request_id}:\n{text}"))
+}
+
+async fn hostile_proxy(origin: &Origin) -> TestProxy {
+    logs();
+    let route = |name: &str, mode: &str, extra: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\ntenant = \"attacker\"\nupstream = \"app\"\n\
+             filters = [{{ plugin = \"hostile\", config = {{ mode = \"{mode}\", upstream = \"secret\" }}{extra} }}]\n"
+        )
+    };
+    let routes = [
+        route("loop", "loop", ""),
+        route("memory", "memory", ""),
+        route("trap", "trap", ""),
+        route("bad-header", "bad-header", ""),
+        route("callout", "callout", ""),
+        route("loop-open", "loop", ", on_error = \"fail-open\""),
+        "[[route]]\nname = \"good\"\npath_prefix = \"/good\"\ntenant = \"victim\"\nupstream = \"app\"\n\
+         filters = [{ plugin = \"hostile\", config = { mode = \"none\" } }]\n"
+            .to_owned(),
+    ];
+    TestProxy::start(&format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[upstream.app]
+servers = [{{ addr = "{origin}" }}]
+[upstream.secret]
+servers = [{{ addr = "{origin}" }}]
+[tenant.attacker]
+memory_mb = 16
+cpu_ms_per_call = 20
+[tenant.victim]
+callouts = ["secret"]
+[plugin.hostile]
+source = "{hostile}"
+{routes}
+"#,
+        origin = origin.addr,
+        hostile = plugin("tests/plugins/hostile").display(),
+        routes = routes.concat(),
+    ))
+    .await
+}
+
+fn request_id(response: &Collected) -> String {
+    response.headers["x-request-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_filters_fail_only_their_own_requests() {
+    let origin = Origin::echo("app").await;
+    let proxy = Arc::new(hostile_proxy(&origin).await);
+
+    // Good traffic runs alongside the attacks for their whole duration.
+    let good = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..50 {
+                statuses.push(get(&proxy, "a", "/good").await.status);
+            }
+            statuses
+        })
+    };
+    let attacks = ["/loop", "/memory", "/trap"].map(|path| {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { get(&proxy, "a", path).await })
+    });
+
+    for (attack, expected_kind) in attacks.into_iter().zip(["cpu_limit", "memory_limit", "trap"]) {
+        let response = attack.await.unwrap();
+        assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR, "{expected_kind}: {}", response.text());
+        let id = request_id(&response);
+        assert!(response.text().contains(&id));
+        let line = failure_line(&id);
+        assert_eq!(line["error.kind"], expected_kind, "{line}");
+        assert_eq!(line["filter"], "hostile");
+        assert_eq!(line["tenant"], "attacker");
+        assert_eq!(line["policy"], "fail-closed");
+        assert!(line["route"].is_string());
+    }
+    let good = good.await.unwrap();
+    assert!(good.iter().all(|status| *status == StatusCode::OK), "{good:?}");
+
+    // The trap's log line carries the guest's panic message and a backtrace with function names.
+    let trap = get(&proxy, "a", "/trap").await;
+    let line = failure_line(&request_id(&trap));
+    assert!(line["guest_message"].as_str().unwrap().contains("hostile filter gave up on purpose"), "{line}");
+    assert!(line["message"].as_str().unwrap().contains("on_request"), "{line}");
+
+    // Broken instances were thrown away: the routes still answer, and fail again the same way.
+    assert_eq!(get(&proxy, "a", "/loop").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(get(&proxy, "a", "/good").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn fail_open_skips_the_failing_filter() {
+    let origin = Origin::echo("app").await;
+    let proxy = hostile_proxy(&origin).await;
+    let response = get(&proxy, "a", "/loop-open").await;
+    assert_eq!(response.status, StatusCode::OK);
+    let line = failure_line(&request_id(&response));
+    assert_eq!(line["policy"], "fail-open");
+    assert_eq!(line["error.kind"], "cpu_limit");
+}
+
+#[tokio::test]
+async fn invalid_headers_from_a_guest_are_refused() {
+    let origin = Origin::echo("app").await;
+    let proxy = hostile_proxy(&origin).await;
+    let response = get(&proxy, "a", "/bad-header").await;
+    assert_eq!(response.status, StatusCode::OK);
+    let echo = response.echo();
+    assert_eq!(echo.header("x-refused-name").as_deref(), Some("invalid header name \"bad header name\""));
+    assert_eq!(echo.header("x-refused-value").as_deref(), Some("invalid value for header x-bad-value"));
+    assert_eq!(echo.header("x-refused-framing").as_deref(), Some("header content-length is managed by the host"));
+    assert_eq!(echo.header("x-bad-value"), None);
+}
+
+#[tokio::test]
+async fn callouts_to_upstreams_not_granted_are_refused() {
+    let origin = Origin::echo("app").await;
+    let proxy = hostile_proxy(&origin).await;
+    let response = get(&proxy, "a", "/callout").await;
+    assert_eq!(response.status, StatusCode::FORBIDDEN);
+    assert!(
+        response.text().contains("NotGranted(\"tenant attacker may not call upstream \\\"secret\\\"\")"),
+        "{}",
+        response.text()
+    );
+    // The origin never saw the callout.
+    assert_eq!(origin.connections_accepted(), 0);
+}
