@@ -1,0 +1,146 @@
+//! The filter runtime called directly, without sockets: every phase and decision, limits, and the
+//! checks made when a plugin loads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice::runtime::{
+    BodyOutcome, CallContext, FailurePolicy, FilterPool, FilterSpec, HeadOutcome, Isolation, Plugin, PluginError,
+    RequestHead, Runtime, Tenant,
+};
+use sluice_tests::plugin;
+
+async fn probe_pool(config: &str) -> Arc<FilterPool> {
+    let runtime = Runtime::shared().unwrap();
+    let probe = Plugin::load_file(&runtime, "probe", &plugin("tests/plugins/probe")).unwrap();
+    let spec = FilterSpec {
+        route: "direct".into(),
+        name: "probe".into(),
+        plugin: Arc::new(probe),
+        config: config.to_owned(),
+        on_error: FailurePolicy::FailClosed,
+        isolation: Isolation::Instance,
+        tenant: Arc::new(Tenant::default_tenant()),
+    };
+    FilterPool::prepare(runtime, spec).await.unwrap()
+}
+
+fn context() -> CallContext {
+    CallContext {
+        route: "direct".into(),
+        filter: "probe".into(),
+        tenant: Arc::new(Tenant::default_tenant()),
+        request_id: "req-1".into(),
+        client_ip: "192.0.2.1".parse().unwrap(),
+        upstreams: Arc::new(BTreeMap::new()),
+    }
+}
+
+fn request(path: &str) -> RequestHead {
+    let parts = http::Request::get(path).header("host", "example.test").body(()).unwrap().into_parts().0;
+    RequestHead { parts, cache_key: None }
+}
+
+fn response(status: u16) -> http::response::Parts {
+    http::Response::builder().status(status).body(()).unwrap().into_parts().0
+}
+
+#[tokio::test]
+async fn request_phase_continues_or_answers() {
+    let pool = probe_pool(r#"{"tag":"t","deny_path":"/deny"}"#).await;
+    let mut instance = pool.checkout(context()).await.unwrap();
+
+    let mut head = request("/ok");
+    assert!(matches!(instance.on_request(&mut head).await.unwrap(), HeadOutcome::Continue));
+    assert_eq!(head.parts.headers["x-chain"], "t");
+    assert_eq!(head.parts.headers["host"], "example.test", "the head comes back whole");
+
+    let mut head = request("/deny");
+    match instance.on_request(&mut head).await.unwrap() {
+        HeadOutcome::Respond(response) => assert_eq!(response.status(), 403),
+        HeadOutcome::Continue => panic!("expected a local response"),
+    }
+}
+
+#[tokio::test]
+async fn request_body_phase_replaces_or_answers() {
+    let pool = probe_pool(r#"{"tag":"t","upper_request_body":true,"deny_body":"evil"}"#).await;
+    let mut instance = pool.checkout(context()).await.unwrap();
+    let mut head = request("/");
+    match instance.on_request_body(&mut head, Bytes::from_static(b"hello")).await.unwrap() {
+        BodyOutcome::Replace(bytes) => assert_eq!(bytes, "HELLO"),
+        other => panic!("expected a replacement, got {other:?}"),
+    }
+    // The head is still writable in the buffered request body phase.
+    assert_eq!(head.parts.headers["x-request-body-bytes"], "5");
+    assert!(matches!(
+        instance.on_request_body(&mut head, Bytes::from_static(b"so evil")).await.unwrap(),
+        BodyOutcome::Respond(_)
+    ));
+}
+
+#[tokio::test]
+async fn response_phases_continue_replace_or_answer() {
+    let pool = probe_pool(r#"{"tag":"t","replace_status":500,"upper_response_body":true}"#).await;
+    let mut instance = pool.checkout(context()).await.unwrap();
+    let mut head = request("/");
+
+    let mut parts = response(200);
+    assert!(matches!(instance.on_response(&mut head, &mut parts).await.unwrap(), HeadOutcome::Continue));
+    assert_eq!(parts.headers["x-chain-response"], "t");
+    assert_eq!(parts.headers["x-t-saw-request-readonly"], "true");
+
+    let mut failed = response(500);
+    assert!(matches!(instance.on_response(&mut head, &mut failed).await.unwrap(), HeadOutcome::Respond(_)));
+
+    let chunk = instance.on_response_body(&mut head, &mut parts, false, Bytes::from_static(b"abc"), false).await;
+    assert!(matches!(chunk.unwrap(), BodyOutcome::Replace(bytes) if bytes == "ABC"));
+    let last = instance.on_response_body(&mut head, &mut parts, false, Bytes::new(), true).await;
+    assert!(matches!(last.unwrap(), BodyOutcome::Replace(bytes) if bytes == "[1 chunks]"));
+}
+
+#[tokio::test]
+async fn buffered_response_body_phase_may_change_the_head() {
+    let pool = probe_pool(r#"{"tag":"t","append_response_body":"?"}"#).await;
+    let mut instance = pool.checkout(context()).await.unwrap();
+    let mut head = request("/");
+    let mut parts = response(200);
+    let outcome = instance.on_response_body(&mut head, &mut parts, true, Bytes::from_static(b"body"), true).await;
+    assert!(matches!(outcome.unwrap(), BodyOutcome::Replace(bytes) if bytes == "body?"));
+    assert_eq!(parts.headers["x-buffered"], "yes");
+}
+
+#[tokio::test]
+async fn a_core_module_is_refused_with_a_hint() {
+    let runtime = Runtime::shared().unwrap();
+    // The smallest valid core module: the preamble alone.
+    let error = Plugin::load(&runtime, "core", b"\0asm\x01\0\0\0").unwrap_err();
+    assert!(error.to_string().contains("core module, not a component"), "{error}");
+}
+
+/// A component for the same world at another version of the package.
+fn component_for_version(version: &str) -> Vec<u8> {
+    let wit = std::fs::read_to_string(sluice_tests::repo_root().join("wit/filter.wit"))
+        .unwrap()
+        .replace("package sluice:filter@0.1.0;", &format!("package sluice:filter@{version};"));
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve.push_str("filter.wit", &wit).unwrap();
+    let world = resolve.select_world(&[package], Some("plugin")).unwrap();
+    let mut module = wit_component::dummy_module(&resolve, world, wit_parser::ManglingAndAbi::Standard32);
+    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8).unwrap();
+    wit_component::ComponentEncoder::default().module(&module).unwrap().encode().unwrap()
+}
+
+#[tokio::test]
+async fn a_plugin_for_another_world_version_is_refused_saying_so() {
+    let runtime = Runtime::shared().unwrap();
+    let error = Plugin::load(&runtime, "future", &component_for_version("0.2.0")).unwrap_err();
+    assert!(matches!(error, PluginError::IncompatibleWorld { .. }), "{error}");
+    assert_eq!(
+        error.to_string(),
+        "built for sluice:filter@0.2.0; this Sluice serves sluice:filter@0.1.0: rebuild the plugin against this version"
+    );
+    // A patch release of the same version is compatible.
+    assert!(Plugin::load(&runtime, "patch", &component_for_version("0.1.3")).is_ok());
+}
