@@ -11,8 +11,18 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+sdk/rust/install-toolchain.sh
+
 say "Building the workspace and its tests"
 cargo build --workspace --all-targets --locked
+
+# The tests load real filters built from this repository. Building them once here (into a
+# target folder the tests share) keeps the parallel tests from all waiting on the first build.
+say "Building the filter plugins the tests use"
+export SLUICE_PLUGIN_TARGET_DIR="$PWD/target/plugins"
+for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile; do
+  target/debug/sluice plugin build "$plugin" >/dev/null
+done
 
 if cargo nextest --version >/dev/null 2>&1; then
   say "Running the test suite (cargo nextest)"

@@ -11,10 +11,12 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+sdk/rust/install-toolchain.sh
+
 say "Building sluice and the example origin"
 cargo build --quiet -p sluice -p echo-origin
 
-say "Checking examples/quickstart/sluice.toml"
+say "Checking examples/quickstart/sluice.toml (this builds its filters; the first time takes a minute or two)"
 target/debug/sluice check --config examples/quickstart/sluice.toml
 
 pids=()

@@ -54,7 +54,8 @@ pub enum BuildError {
 /// How to build.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    /// Cargo's target directory; default: the crate's own `target/`.
+    /// Cargo's target directory; default: `$SLUICE_PLUGIN_TARGET_DIR`, else the crate's own
+    /// `target/`.
     pub target_dir: Option<PathBuf>,
     /// Capture cargo's output (shown only on failure) instead of passing it through.
     pub quiet: bool,
@@ -77,11 +78,11 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
     let name = package_name(&manifest)?;
     let toolchain = find_toolchain().ok_or(BuildError::NoToolchain)?;
     // Cargo runs in the crate's folder: a relative target directory means relative to here.
-    let target_dir = match &options.target_dir {
+    let target_dir = match options.target_dir.clone().or_else(|| std::env::var_os("SLUICE_PLUGIN_TARGET_DIR").map(PathBuf::from)) {
         Some(dir) if dir.is_relative() => {
             std::env::current_dir().map_err(|err| BuildError::Io(err.to_string()))?.join(dir)
         }
-        Some(dir) => dir.clone(),
+        Some(dir) => dir,
         None => crate_dir.join("target"),
     };
 
