@@ -1,0 +1,89 @@
+//! The cost of calling a filter: a warm on-request call (the steady state), a response-phase
+//! call, and a request served by a fresh instance (`isolation = "request"`).
+//!
+//! Run: `cargo bench -p sluice-benches --bench filter_calls`
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sluice::runtime::{
+    CallContext, FailurePolicy, FilterPool, FilterSpec, Isolation, Plugin, RequestHead, Runtime, Tenant,
+};
+
+fn context() -> CallContext {
+    CallContext {
+        route: "bench".into(),
+        filter: "hello".into(),
+        tenant: Arc::new(Tenant::default_tenant()),
+        request_id: "bench".into(),
+        client_ip: "192.0.2.1".parse().unwrap(),
+        upstreams: Arc::new(BTreeMap::new()),
+    }
+}
+
+/// A request head with ten headers, as a browser would send.
+fn request_with_ten_headers() -> RequestHead {
+    let mut builder = http::Request::get("/products/42?ref=home").header("host", "shop.example");
+    for (name, value) in [
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/140.0"),
+        ("accept", "text/html,application/xhtml+xml"),
+        ("accept-language", "en-GB,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        ("cookie", "session=0123456789abcdef; theme=dark"),
+        ("referer", "https://shop.example/"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-request-id", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("cache-control", "no-cache"),
+    ] {
+        builder = builder.header(name, value);
+    }
+    RequestHead { parts: builder.body(()).unwrap().into_parts().0, cache_key: None }
+}
+
+fn pool(runtime: &tokio::runtime::Runtime, relative: &str, isolation: Isolation) -> Arc<FilterPool> {
+    let sluice_runtime = Runtime::shared().unwrap();
+    let plugin = Plugin::load_file(&sluice_runtime, "bench", &sluice_benches::plugin(relative)).unwrap();
+    let spec = FilterSpec {
+        route: "bench".into(),
+        name: "bench".into(),
+        plugin: Arc::new(plugin),
+        config: "null".into(),
+        on_error: FailurePolicy::FailClosed,
+        isolation,
+        tenant: Arc::new(Tenant::default_tenant()),
+    };
+    runtime.block_on(FilterPool::prepare(sluice_runtime, spec)).unwrap()
+}
+
+fn filter_calls(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let warm = pool(&runtime, "examples/hello-filter", Isolation::Instance);
+    let mut instance = runtime.block_on(warm.checkout(context())).unwrap();
+    let mut head = request_with_ten_headers();
+    c.bench_function("warm on-request, 10 headers (hello-filter)", |b| {
+        b.iter(|| runtime.block_on(instance.on_request(&mut head)).unwrap())
+    });
+
+    let probe = pool(&runtime, "tests/plugins/probe", Isolation::Instance);
+    let mut probe_instance = runtime.block_on(probe.checkout(context())).unwrap();
+    let mut response = http::Response::new(()).into_parts().0;
+    c.bench_function("warm on-response (probe)", |b| {
+        b.iter(|| runtime.block_on(probe_instance.on_response(&mut head, &mut response)).unwrap())
+    });
+    drop(probe_instance);
+
+    let fresh = pool(&runtime, "examples/hello-filter", Isolation::Request);
+    c.bench_function("fresh instance: instantiate + configure + on-request (hello-filter)", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let mut instance = fresh.checkout(context()).await.unwrap();
+                instance.on_request(&mut head).await.unwrap()
+            })
+        })
+    });
+}
+
+criterion_group!(benches, filter_calls);
+criterion_main!(benches);
