@@ -154,3 +154,62 @@ async fn sigterm_drains_an_in_flight_request() {
     let exit = tokio::task::block_in_place(|| child.0.wait()).unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn plugin_new_scaffolds_a_filter_that_builds() {
+    let parent = std::env::temp_dir().join(format!("sluice-cli-{}-scaffold", std::process::id()));
+    let _ = std::fs::remove_dir_all(&parent);
+    std::fs::create_dir_all(&parent).unwrap();
+    let created = sluice().args(["plugin", "new", "edge-guard", "--dir"]).arg(&parent).output().unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(parent.join("edge-guard/src/lib.rs").exists());
+
+    // Share the repository's plugin build folder so the Wasm standard library is built once.
+    let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins");
+    let built =
+        sluice().args(["plugin", "build", "--target-dir", target]).arg(parent.join("edge-guard")).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let component = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
+    assert!(component.ends_with("sluice/edge-guard.wasm"), "{component:?}");
+
+    // The scaffold's default config is valid: `check` configures an instance with it.
+    let path = write_config(
+        "scaffold",
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"127.0.0.1:3000\" }}]\n\
+             [plugin.guard]\nsource = \"{}\"\n[[route]]\nupstream = \"app\"\nfilters = [{{ plugin = \"guard\" }}]\n",
+            component.display()
+        ),
+    );
+    let output = sluice().args(["check", "--config"]).arg(&path).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Scaffolding over an existing folder is refused.
+    let again = sluice().args(["plugin", "new", "edge-guard", "--dir"]).arg(&parent).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
+#[test]
+fn check_reports_a_filter_config_the_plugin_refuses() {
+    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/plugins/probe");
+    let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins");
+    let built = sluice().args(["plugin", "build", "--target-dir", target, probe]).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let component = String::from_utf8_lossy(&built.stdout).trim().to_owned();
+    let path = write_config(
+        "refused",
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"127.0.0.1:3000\" }}]\n\
+             [plugin.probe]\nsource = \"{component}\"\n[[route]]\nupstream = \"app\"\n\
+             filters = [{{ plugin = \"probe\", config = {{ refuse = true }} }}]\n"
+        ),
+    );
+    let output = sluice().args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(":9:12: `route[0].filters[0]`: filter probe: config refused: refused on purpose"),
+        "{stderr}"
+    );
+}

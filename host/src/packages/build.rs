@@ -78,13 +78,14 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
     let name = package_name(&manifest)?;
     let toolchain = find_toolchain().ok_or(BuildError::NoToolchain)?;
     // Cargo runs in the crate's folder: a relative target directory means relative to here.
-    let target_dir = match options.target_dir.clone().or_else(|| std::env::var_os("SLUICE_PLUGIN_TARGET_DIR").map(PathBuf::from)) {
-        Some(dir) if dir.is_relative() => {
-            std::env::current_dir().map_err(|err| BuildError::Io(err.to_string()))?.join(dir)
-        }
-        Some(dir) => dir,
-        None => crate_dir.join("target"),
-    };
+    let target_dir =
+        match options.target_dir.clone().or_else(|| std::env::var_os("SLUICE_PLUGIN_TARGET_DIR").map(PathBuf::from)) {
+            Some(dir) if dir.is_relative() => {
+                std::env::current_dir().map_err(|err| BuildError::Io(err.to_string()))?.join(dir)
+            }
+            Some(dir) => dir,
+            None => crate_dir.join("target"),
+        };
 
     let mut cargo = cargo_command(&toolchain);
     cargo
