@@ -25,6 +25,8 @@ for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile; d
 done
 
 if cargo nextest --version >/dev/null 2>&1; then
+  say "Running the documentation examples (cargo test --doc)"
+  cargo test --workspace --doc --locked
   say "Running the test suite (cargo nextest)"
   cargo nextest run --workspace --locked --no-fail-fast
 else

@@ -144,3 +144,33 @@ async fn a_plugin_for_another_world_version_is_refused_saying_so() {
     // A patch release of the same version is compatible.
     assert!(Plugin::load(&runtime, "patch", &component_for_version("0.1.3")).is_ok());
 }
+
+#[tokio::test]
+async fn compiled_components_are_cached_on_disk() {
+    let cache = std::env::temp_dir().join(format!("sluice-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let component = std::fs::read(plugin("tests/plugins/probe")).unwrap();
+    let runtime = Runtime::new(Some(cache.clone())).unwrap();
+    Plugin::load(&runtime, "probe", &component).unwrap();
+    let cached_files = walk(&cache);
+    assert!(!cached_files.is_empty(), "nothing was written to the compiled-component cache");
+    // A second engine with the same settings finds the artifact instead of writing another.
+    let again = Runtime::new(Some(cache.clone())).unwrap();
+    Plugin::load(&again, "probe", &component).unwrap();
+    assert_eq!(walk(&cache), cached_files);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else if !path.to_string_lossy().contains("stats") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}

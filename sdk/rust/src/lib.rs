@@ -70,6 +70,19 @@ pub mod __private {
 /// sluice_sdk::export_filter!(NotAFilter);
 /// # fn main() {}
 /// ```
+///
+/// ```compile_fail
+/// use sluice_sdk::{Filter, Request};
+/// struct WrongPhase;
+/// impl Filter for WrongPhase {
+///     type Config = ();
+///     fn new(_config: ()) -> Result<Self, String> { Ok(WrongPhase) }
+///     // A phase must return a `Decision`.
+///     fn on_request(&mut self, request: &Request) -> bool { true }
+/// }
+/// sluice_sdk::export_filter!(WrongPhase);
+/// # fn main() {}
+/// ```
 #[macro_export]
 macro_rules! export_filter {
     ($filter:ty) => {
