@@ -462,52 +462,37 @@ fn record(
     let route_name = outcome.route.as_deref().unwrap_or("");
     let upstream_name = outcome.upstream.as_deref().unwrap_or("");
     let server = outcome.server.as_deref().unwrap_or("");
-    match &outcome.error {
-        None => tracing::event!(
-            target: "sluice::access",
-            tracing::Level::INFO,
-            http.request.method = %method,
-            url.path = path,
-            http.response.status_code = status.as_u16(),
-            http.response.body.size = end.bytes,
-            complete = end.complete,
-            duration_ms,
-            route = route_name,
-            upstream = upstream_name,
-            server.address = server,
-            client.address = %peer.ip(),
-            request_id = %outcome.request_id,
-            "request"
-        ),
-        Some(error) => {
-            metrics.errors.get_or_create(&ErrorLabels { route, kind: error.kind() }).inc();
-            let side = match error.side() {
-                Side::Client => "client",
-                Side::Upstream => "upstream",
-                Side::Filter => "filter",
-                Side::Internal => "internal",
-            };
-            tracing::event!(
-                target: "sluice::access",
-                tracing::Level::INFO,
-                http.request.method = %method,
-                url.path = path,
-                http.response.status_code = status.as_u16(),
-                http.response.body.size = end.bytes,
-                complete = end.complete,
-                duration_ms,
-                route = route_name,
-                upstream = upstream_name,
-                server.address = server,
-                client.address = %peer.ip(),
-                request_id = %outcome.request_id,
-                error.kind = error.kind(),
-                error.side = side,
-                error.message = %error,
-                "request failed"
-            );
-        }
+    let error = outcome.error.as_ref();
+    if let Some(error) = error {
+        metrics.errors.get_or_create(&ErrorLabels { route, kind: error.kind() }).inc();
     }
+    let side = error.map(|error| match error.side() {
+        Side::Client => "client",
+        Side::Upstream => "upstream",
+        Side::Filter => "filter",
+        Side::Internal => "internal",
+    });
+    // `None` fields are left out of the event: successful requests carry no error fields.
+    tracing::event!(
+        target: "sluice::access",
+        tracing::Level::INFO,
+        http.request.method = %method,
+        url.path = path,
+        http.response.status_code = status.as_u16(),
+        http.response.body.size = end.bytes,
+        complete = end.complete,
+        duration_ms,
+        route = route_name,
+        upstream = upstream_name,
+        server.address = server,
+        client.address = %peer.ip(),
+        request_id = %outcome.request_id,
+        error.kind = error.map(ProxyError::kind),
+        error.side = side,
+        error.message = error.map(tracing::field::display),
+        "{}",
+        if error.is_some() { "request failed" } else { "request" }
+    );
 }
 
 #[cfg(test)]
