@@ -227,6 +227,8 @@ async fn key_value_state_is_namespaced_per_tenant() {
     let proxy = TestProxy::start(&probe_config(
         &origin,
         r#"
+[admin]
+bind = "127.0.0.1:0"
 [tenant.acme]
 [tenant.globex]
 [[route]]
@@ -250,6 +252,18 @@ filters = [{ plugin = "probe", config = { tag = "g", count = true } }]
     assert_eq!(count("/acme").await, "2");
     assert_eq!(count("/globex").await, "1");
     assert_eq!(count("/acme").await, "3");
+
+    // What filters count through the metrics host call shows up on /metrics, by tenant.
+    let admin = proxy.admin.unwrap();
+    let metrics = send(&http1_client(), Request::get(format!("http://{admin}/metrics")).body(body::empty()).unwrap())
+        .await
+        .text();
+    assert!(
+        metrics.contains(
+            "sluice_filter_counter_total{tenant=\"acme\",plugin=\"probe\",name=\"probe_requests\",tag=\"a\"} 3"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -60,6 +60,9 @@ async fn hostile_proxy(origin: &Origin) -> TestProxy {
         route("bad-header", "bad-header", ""),
         route("callout", "callout", ""),
         route("loop-open", "loop", ", on_error = \"fail-open\""),
+        "[[route]]\nname = \"callout-granted\"\npath_prefix = \"/callout-granted\"\ntenant = \"victim\"\nupstream = \"app\"\n\
+         filters = [{ plugin = \"hostile\", config = { mode = \"callout\", upstream = \"secret\" } }]\n"
+            .to_owned(),
         "[[route]]\nname = \"good\"\npath_prefix = \"/good\"\ntenant = \"victim\"\nupstream = \"app\"\n\
          filters = [{ plugin = \"hostile\", config = { mode = \"none\" } }]\n"
             .to_owned(),
@@ -176,4 +179,14 @@ async fn callouts_to_upstreams_not_granted_are_refused() {
     );
     // The origin never saw the callout.
     assert_eq!(origin.connections_accepted(), 0);
+}
+
+#[tokio::test]
+async fn callouts_to_granted_upstreams_are_answered() {
+    let origin = Origin::echo("app").await;
+    let proxy = hostile_proxy(&origin).await;
+    let response = get(&proxy, "a", "/callout-granted").await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    // The filter answered with the upstream's reply to its callout.
+    assert_eq!(response.echo().uri(), "/secret");
 }

@@ -2,7 +2,7 @@
 //! it was configured for, so tests can see order, phases and decisions from the outside.
 
 use serde::Deserialize;
-use sluice_sdk::{BodyAction, Decision, Filter, LocalResponse, Phases, Request, Response, export_filter, kv};
+use sluice_sdk::{BodyAction, Decision, Filter, LocalResponse, Phases, Request, Response, export_filter, kv, metrics};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -78,6 +78,7 @@ impl Filter for Probe {
         if self.config.count {
             let count = kv::increment("requests", 1, None).unwrap_or(-1);
             let _ = request.set_header("x-count", count.to_string());
+            metrics::counter_add("probe_requests", &[("tag", &self.config.tag)], 1);
         }
         Decision::Continue
     }
