@@ -174,3 +174,21 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files.sort();
     files
 }
+
+/// A warm instance serves request after request: nothing a call lends the guest may outlive the
+/// call (wasmtime caps a store at 100,000 live handles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_instance_serves_more_calls_than_the_handle_limit() {
+    let pool = probe_pool(r#"{"tag":"t"}"#).await;
+    let mut instance = pool.checkout(context()).await.unwrap();
+    let mut head = request("/");
+    let mut parts = response(200);
+    for call in 0..60_000 {
+        let outcome = instance.on_request(&mut head).await;
+        assert!(outcome.is_ok(), "request call {call}: {outcome:?}");
+        let outcome = instance.on_response(&mut head, &mut parts).await;
+        assert!(outcome.is_ok(), "response call {call}: {outcome:?}");
+        head.parts.headers.clear();
+        parts.headers.clear();
+    }
+}

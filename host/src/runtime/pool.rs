@@ -464,10 +464,13 @@ enum PhaseAnswer {
 /// Makes handles for the lent heads, calls the export, and drops the handles.
 async fn call_phase(store: &mut Store<FilterState>, filter: &Filter, call: PhaseCall) -> wasmtime::Result<PhaseAnswer> {
     let state = store.data_mut();
-    let request = state.new_request_handle()?;
-    let response = if state.response.is_some() { Some(state.new_response_handle()?) } else { None };
-    let request_rep = request.rep();
-    let response_rep = response.as_ref().map(Resource::rep);
+    let request_rep = state.new_request_handle()?.rep();
+    let response_rep = if state.response.is_some() { Some(state.new_response_handle()?.rep()) } else { None };
+    // The exports take `borrow<..>`: lend borrowed handles. An owned handle would be moved into
+    // the guest's table for good, and a warm instance would run out of handles after about
+    // 100,000 calls.
+    let request = Resource::<RequestHandle>::new_borrow(request_rep);
+    let response = response_rep.map(Resource::<ResponseHandle>::new_borrow);
     let exports = filter.sluice_filter_filter();
     let answer = match (call, response) {
         (PhaseCall::Request, _) => exports.call_on_request(&mut *store, request).await.map(PhaseAnswer::Decision),
