@@ -13,6 +13,14 @@ fi
 
 sdk/rust/install-toolchain.sh
 
+# The TLS tests use openssl's s_client as an old-protocol peer.
+if ! command -v openssl >/dev/null && command -v apt-get >/dev/null; then
+  say "Installing openssl (a TLS peer for the tests)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl >/dev/null
+fi
+
 say "Building the workspace and its tests"
 cargo build --workspace --all-targets --locked
 

@@ -18,6 +18,7 @@ fn context() -> CallContext {
         tenant: Arc::new(Tenant::default_tenant()),
         request_id: "bench".into(),
         client_ip: "192.0.2.1".parse().unwrap(),
+        client_identity: None,
         upstreams: Arc::new(BTreeMap::new()),
     }
 }

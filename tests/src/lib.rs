@@ -171,6 +171,8 @@ pub fn plugin(relative: &str) -> PathBuf {
 pub struct TestProxy {
     /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, in configured order.
+    pub addrs: Vec<SocketAddr>,
     /// The admin listener's address, if configured.
     pub admin: Option<SocketAddr>,
     server: Option<Server>,
@@ -182,8 +184,13 @@ impl TestProxy {
         init_test_logging();
         let snapshot = Snapshot::from_toml(config).unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
         let server = Server::start(snapshot).await.expect("start sluice");
-        let addr = server.listener_addrs()[0].1;
-        Self { addr, admin: server.admin_addr(), server: Some(server) }
+        let addrs: Vec<SocketAddr> = server.listener_addrs().iter().map(|(_, addr)| *addr).collect();
+        Self { addr: addrs[0], addrs, admin: server.admin_addr(), server: Some(server) }
+    }
+
+    /// A handle on another listener of the same proxy (by configured position), for requests.
+    pub fn listener(&self, index: usize) -> TestProxy {
+        TestProxy { addr: self.addrs[index], addrs: self.addrs.clone(), admin: self.admin, server: None }
     }
 
     /// The running server, for shutdown and metrics.

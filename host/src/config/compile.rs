@@ -17,7 +17,7 @@ use std::path::Path;
 
 use super::file::{
     ConfigFile, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError, PluginSection, RouteSection,
-    ServerSection, TenantSection, UpstreamSection,
+    ServerSection, TenantSection, TlsSection, UpstreamSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
 use crate::packages::{self, BuildOptions};
@@ -26,6 +26,7 @@ use crate::routing::{
 };
 use crate::runtime::kv::KvQuota;
 use crate::runtime::{FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
+use crate::server::tls::{self, CertificatePaths, TlsSettings};
 use crate::upstream::{PoolSettings, Upstream, UpstreamServer};
 
 /// The most memory a tenant may grant one instance (the pooling allocator's slot size).
@@ -56,7 +57,29 @@ pub(super) fn compile(file: ConfigFile, source: &str, base_dir: &Path) -> Result
         if !listener_names.insert(name.clone()) {
             return Err(cx.error(Some(listener.span()), &key, format!("listener name {name:?} is used twice")));
         }
-        listeners.push(ListenerSpec { name, bind });
+        let tls = match &listener.get_ref().tls {
+            Some(tls) => Some(cx.tls(&key, tls)?),
+            None => None,
+        };
+        let hsts = listener.get_ref().tls.as_ref().and_then(|tls| tls.get_ref().hsts.as_ref()).map(|hsts| {
+            let mut value = format!("max-age={}", hsts.max_age.0.as_secs());
+            if hsts.include_subdomains {
+                value.push_str("; includeSubDomains");
+            }
+            if hsts.preload {
+                value.push_str("; preload");
+            }
+            HeaderValue::try_from(value).expect("digits and ASCII words form a valid header value")
+        });
+        let redirect_to_https = listener.get_ref().redirect_to_https;
+        if redirect_to_https.is_some() && tls.is_some() {
+            return Err(cx.error(
+                None,
+                &format!("{key}.redirect_to_https"),
+                "is for plain HTTP listeners; this one has `tls`",
+            ));
+        }
+        listeners.push(ListenerSpec { name, bind, tls, hsts, redirect_to_https });
     }
 
     let mut upstreams = BTreeMap::new();
@@ -216,6 +239,47 @@ impl Compiler<'_> {
             max_idle_per_server: upstream.pool_max_idle_per_server,
         };
         Ok(Upstream::new(name, servers, pool))
+    }
+
+    fn tls(&self, key: &str, written: &Spanned<TlsSection>) -> Result<TlsSettings, ConfigError> {
+        let section = written.get_ref();
+        if section.certificates.is_empty() {
+            return Err(self.spanned_error(
+                written,
+                &format!("{key}.tls.certificates"),
+                "at least one certificate is required",
+            ));
+        }
+        let certificates: Vec<CertificatePaths> = section
+            .certificates
+            .iter()
+            .map(|entry| CertificatePaths {
+                cert: self.base_dir.join(entry.get_ref().cert.get_ref()),
+                key: self.base_dir.join(entry.get_ref().key.get_ref()),
+            })
+            .collect();
+        let alpn = section.alpn.iter().map(|protocol| protocol.as_bytes().to_vec()).collect();
+        let settings = TlsSettings {
+            certificates,
+            client_ca: section.client_ca.as_ref().map(|ca| self.base_dir.join(ca.get_ref())),
+            client_auth_required: section.client_auth_required,
+            alpn,
+            session_cache: section.session_cache,
+            reload_interval: section.reload_interval.0.max(std::time::Duration::from_millis(100)),
+        };
+        if let Err(error) = tls::check(&settings) {
+            // Point at the certificate entry the error is about, when it names a file of one.
+            let message = error.to_string();
+            let entry = section.certificates.iter().enumerate().find(|(_, entry)| {
+                let written = entry.get_ref();
+                message.contains(written.cert.get_ref().as_str()) || message.contains(written.key.get_ref().as_str())
+            });
+            return Err(match entry {
+                Some((index, entry)) => self.spanned_error(entry, &format!("{key}.tls.certificates[{index}]"), message),
+                None => self.spanned_error(written, &format!("{key}.tls"), message),
+            });
+        }
+        Ok(settings)
     }
 
     fn tenant(

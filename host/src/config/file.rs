@@ -192,6 +192,73 @@ pub struct ListenerSection {
     pub name: Option<String>,
     /// `host:port` to listen on; port 0 picks a free port.
     pub bind: Spanned<String>,
+    /// Terminate TLS on this listener.
+    pub tls: Option<Spanned<TlsSection>>,
+    /// Answer every request with a permanent redirect to HTTPS on this port (443 is left out of
+    /// the URL). For plain HTTP listeners.
+    pub redirect_to_https: Option<u16>,
+}
+
+/// `tls = { ... }` on a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificates with their keys; the first is served when SNI matches none.
+    pub certificates: Vec<Spanned<CertificateEntry>>,
+    /// Verify client certificates against this CA bundle.
+    pub client_ca: Option<Spanned<String>>,
+    /// With `client_ca`: refuse clients without a certificate (otherwise it is optional).
+    #[serde(default = "default_true")]
+    pub client_auth_required: bool,
+    /// ALPN protocols offered, in preference order.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// Sessions kept for stateful resumption.
+    #[serde(default = "default_session_cache")]
+    pub session_cache: usize,
+    /// How often certificate files are checked for changes.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval: HumanDuration,
+    /// `Strict-Transport-Security` on every response of this listener.
+    pub hsts: Option<HstsSection>,
+}
+
+/// One certificate and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    /// PEM certificate chain, leaf first; relative to the configuration file.
+    pub cert: Spanned<String>,
+    /// PEM private key; relative to the configuration file.
+    pub key: Spanned<String>,
+}
+
+/// HTTP Strict Transport Security.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsSection {
+    /// How long browsers remember to use HTTPS only.
+    #[serde(default = "default_hsts_max_age")]
+    pub max_age: HumanDuration,
+    /// Apply to subdomains too.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Ask to be preloaded into browsers.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".into(), "http/1.1".into()]
+}
+fn default_session_cache() -> usize {
+    10_000
+}
+fn default_reload_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_hsts_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(365 * 24 * 3600))
 }
 
 /// `[upstream.NAME]`: a group of origin servers.

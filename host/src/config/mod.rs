@@ -19,6 +19,7 @@ pub use error::ConfigError;
 
 use crate::routing::RouteTable;
 use crate::runtime::Runtime;
+use crate::server::tls::TlsSettings;
 use crate::upstream::Upstream;
 
 /// The whole compiled configuration. A request loads it once and finishes on it, whatever
@@ -71,6 +72,12 @@ pub struct ListenerSpec {
     pub name: Arc<str>,
     /// Where it listens.
     pub bind: SocketAddr,
+    /// TLS termination, when the listener speaks HTTPS.
+    pub tls: Option<TlsSettings>,
+    /// `Strict-Transport-Security` value for its responses.
+    pub hsts: Option<HeaderValue>,
+    /// Redirect everything to HTTPS on this port.
+    pub redirect_to_https: Option<u16>,
 }
 
 impl Snapshot {

@@ -41,6 +41,12 @@ pub struct ConnectionInfo {
     pub listener: Arc<str>,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The verified client certificate's identity (mutual TLS).
+    pub client_identity: Option<Arc<str>>,
+    /// `Strict-Transport-Security` for every response on this connection.
+    pub hsts: Option<HeaderValue>,
+    /// Redirect every request to HTTPS on this port.
+    pub redirect_to_https: Option<u16>,
     /// In-flight and idle tracking for the connection.
     pub activity: Arc<ConnectionActivity>,
 }
@@ -111,6 +117,9 @@ impl Proxy {
         if let Ok(id) = HeaderValue::try_from(outcome.request_id.as_str()) {
             response.headers_mut().insert(X_REQUEST_ID, id);
         }
+        if let Some(hsts) = &connection.hsts {
+            response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
 
         let status = response.status();
         let metrics = self.metrics.clone();
@@ -134,6 +143,12 @@ impl Proxy {
             return Err(ProxyError::MethodNotAllowed);
         }
         let authority = request_authority(&request)?;
+        if let Some(port) = connection.redirect_to_https {
+            let host = authority.as_deref().map(normalize_host).unwrap_or_else(|| "localhost".to_owned());
+            let host = if port == 443 { host } else { format!("{host}:{port}") };
+            let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            return Ok(redirect_response(StatusCode::PERMANENT_REDIRECT, &format!("https://{host}{path_and_query}")));
+        }
         let host = authority.as_deref().map(normalize_host).unwrap_or_default();
         let path = normalize_path(request.uri().path()).ok_or(ProxyError::BadRequest("invalid path"))?;
         let query = request.uri().query().map(str::to_owned);
@@ -179,6 +194,7 @@ impl Proxy {
                 tenant: route.tenant.clone(),
                 request_id: Arc::from(outcome.request_id.as_str()),
                 client_ip: connection.peer.ip(),
+                client_identity: connection.client_identity.clone(),
                 upstreams: snapshot.upstreams.clone(),
             };
             let mut filters = FilterChain::checkout(&route, &context).await?;

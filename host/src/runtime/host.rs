@@ -86,6 +86,8 @@ pub struct CallContext {
     pub request_id: Arc<str>,
     /// The client's address.
     pub client_ip: IpAddr,
+    /// The verified client certificate's identity, with mutual TLS.
+    pub client_identity: Option<Arc<str>>,
     /// Upstreams of the configuration the request runs on, for callouts.
     pub upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
 }
@@ -372,6 +374,10 @@ impl wit_http::HostRequest for FilterState {
 
     fn client_ip(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
         Ok(self.context()?.client_ip.to_string())
+    }
+
+    fn client_identity(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Option<String>> {
+        Ok(self.context()?.client_identity.as_deref().map(str::to_owned))
     }
 
     fn request_id(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerSettings;
@@ -85,15 +84,17 @@ pub(super) fn connection_builder(settings: &ServerSettings) -> auto::Builder<Tok
 
 /// Serves `stream` until the client closes, it idles out, or shutdown drains it; `close_now`
 /// cuts it off without draining.
-pub(super) async fn serve(
-    stream: TcpStream,
+pub(super) async fn serve<I>(
+    stream: I,
     builder: auto::Builder<TokioExecutor>,
     proxy: Proxy,
     info: ConnectionInfo,
     idle_timeout: Duration,
     drain: CancellationToken,
     close_now: CancellationToken,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = info.activity.clone();
     let info = Arc::new(info);
     let service = service_fn(move |request| {
@@ -126,8 +127,16 @@ pub(super) async fn serve(
 }
 
 impl ConnectionInfo {
-    /// Connection facts for a newly accepted client.
-    pub(super) fn accepted(peer: std::net::SocketAddr, listener: Arc<str>, scheme: &'static str) -> Self {
-        Self { peer, listener, scheme, activity: ConnectionActivity::new() }
+    /// Connection facts for a newly accepted plain-HTTP client.
+    pub(super) fn accepted(peer: std::net::SocketAddr, listener: Arc<str>) -> Self {
+        Self {
+            peer,
+            listener,
+            scheme: "http",
+            client_identity: None,
+            hsts: None,
+            redirect_to_https: None,
+            activity: ConnectionActivity::new(),
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! deadline).
 
 mod connection;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -71,8 +73,20 @@ impl Server {
             let local = listener.local_addr()?;
             tracing::info!(listener = %spec.name, address = %local, "listening");
             listeners.push((spec.name.clone(), local));
+            let tls = match &spec.tls {
+                Some(settings) => {
+                    let (config, resolver) =
+                        tls::server_config(settings).map_err(|err| io::Error::other(err.to_string()))?;
+                    tls::spawn_reloader(spec.name.clone(), settings.clone(), resolver, drain.clone());
+                    Some(TlsAcceptor::from(config))
+                }
+                None => None,
+            };
             tokio::spawn(accept_loop(AcceptLoop {
                 listener,
+                tls,
+                hsts: spec.hsts.clone(),
+                redirect_to_https: spec.redirect_to_https,
                 name: spec.name.clone(),
                 proxy: proxy.clone(),
                 snapshot: snapshot.clone(),
@@ -169,6 +183,9 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 struct AcceptLoop {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    hsts: Option<http::HeaderValue>,
+    redirect_to_https: Option<u16>,
     name: Arc<str>,
     proxy: Proxy,
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -208,15 +225,34 @@ async fn accept_loop(accept: AcceptLoop) {
         let _ = stream.set_nodelay(true);
         accepted.inc();
         active.inc();
-        let (builder, idle_timeout) = {
+        let (builder, idle_timeout, header_read_timeout) = {
             let snapshot = accept.snapshot.load();
-            (connection::connection_builder(&snapshot.server), snapshot.server.idle_timeout)
+            let settings = &snapshot.server;
+            (connection::connection_builder(settings), settings.idle_timeout, settings.header_read_timeout)
         };
-        let info = ConnectionInfo::accepted(peer, accept.name.clone(), "http");
+        let mut info = ConnectionInfo::accepted(peer, accept.name.clone());
+        info.redirect_to_https = accept.redirect_to_https;
         let (proxy, drain, close_now, active) =
             (accept.proxy.clone(), accept.drain.clone(), accept.close_now.clone(), active.clone());
+        let (tls, hsts, handshake_timeout) = (accept.tls.clone(), accept.hsts.clone(), header_read_timeout);
         accept.connections.spawn(async move {
-            connection::serve(stream, builder, proxy, info, idle_timeout, drain, close_now).await;
+            match tls {
+                None => connection::serve(stream, builder, proxy, info, idle_timeout, drain, close_now).await,
+                Some(acceptor) => {
+                    // The handshake gets the same time as a request head: a client that stalls in
+                    // it is cut off like a slow-header client.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            info.scheme = "https";
+                            info.hsts = hsts;
+                            info.client_identity = tls::client_identity(stream.get_ref().1.peer_certificates());
+                            connection::serve(stream, builder, proxy, info, idle_timeout, drain, close_now).await;
+                        }
+                        Ok(Err(err)) => tracing::debug!(peer = %peer, error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             active.dec();
             drop(permit);
         });

@@ -86,6 +86,11 @@ impl<'a> Request<'a> {
         self.0.client_ip()
     }
 
+    /// The identity in the client's verified TLS certificate, on listeners that ask for one.
+    pub fn client_identity(&self) -> Option<String> {
+        self.0.client_identity()
+    }
+
     /// The request id.
     pub fn request_id(&self) -> String {
         self.0.request_id()

@@ -75,6 +75,9 @@ impl Filter for Probe {
             let _ = request.set_path_with_query("/rewritten");
         }
         let _ = request.append_header("x-chain", &self.config.tag);
+        if let Some(identity) = request.client_identity() {
+            let _ = request.set_header("x-client-identity", identity);
+        }
         if self.config.count {
             let count = kv::increment("requests", 1, None).unwrap_or(-1);
             let _ = request.set_header("x-count", count.to_string());
