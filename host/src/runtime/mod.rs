@@ -41,10 +41,6 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Instances the pooling allocator keeps slots for across all filters.
 const POOLED_INSTANCES: u32 = 1000;
 
-/// Slots returned before their pages are handed back to the kernel in one batch: one TLB
-/// shootdown for many instances instead of one each.
-const DECOMMIT_BATCH: usize = 32;
-
 /// Linear memory kept resident per pooled slot: covers a typical Rust filter's whole memory.
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
@@ -110,8 +106,7 @@ impl Runtime {
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
             .table_keep_resident(64 << 10)
             .async_stack_keep_resident(128 << 10)
-            .pagemap_scan(wasmtime::Enabled::Auto)
-            .decommit_batch_size(DECOMMIT_BATCH);
+            .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling.clone()));
         let engine = match Engine::new(&config) {
             Ok(engine) => engine,
