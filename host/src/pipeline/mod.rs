@@ -247,12 +247,10 @@ impl Proxy {
             .map_err(|err| ProxyError::Internal(err.to_string()))?;
 
         // Response phases read the request head, which goes upstream: keep a copy, only if asked.
-        let response_phases = Phases::RESPONSE_HEADERS | Phases::RESPONSE_BODY;
         let head_for_response = chain
             .as_ref()
             .filter(|chain| chain.wants(Phases::RESPONSE_HEADERS) || chain.wants(Phases::RESPONSE_BODY))
             .map(|_| filters::copy_request_head(&head));
-        let _ = response_phases;
         let mut parts = head.parts;
         parts.uri = uri;
         parts.version = Version::HTTP_11;
