@@ -168,8 +168,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         let path = entry.path();
         if path.is_dir() {
             files.extend(walk(&path));
-        } else if path.components().any(|part| part.as_os_str() == "modules") {
-            // Only compiled artifacts: the cache's worker writes bookkeeping files at its own pace.
+        } else if path.components().any(|part| part.as_os_str() == "modules") && path.extension().is_none() {
+            // Only compiled artifacts: the cache's worker writes bookkeeping files (`*.stats`,
+            // `*.wip-*`) beside them at its own pace, from a background thread.
             files.push(path);
         }
     }
