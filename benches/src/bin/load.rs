@@ -1,0 +1,559 @@
+//! The load harness: one origin, and the same load (wrk, keep-alive) sent to it directly and
+//! through nginx, HAProxy, Sluice without filters and Sluice with a chain of three filters.
+//!
+//! Every proxy gets the same CPUs and the same number of workers; the origin and the load
+//! generator get the other CPUs. Targets take turns within each round, so slow drift in a shared
+//! machine's speed spreads over all of them, and each figure is the median of the rounds. The
+//! table is printed and written as markdown, every figure also as a ratio to nginx's in the same
+//! run.
+//!
+//! Run it through `benches/load.sh`, which installs nginx, HAProxy and wrk and builds what it
+//! needs in release mode.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+/// Runs the same load through nginx, HAProxy and Sluice and reports them side by side.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Rounds; each figure is the median over them.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Open keep-alive connections held by the load generator.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// CPUs for the proxy under test, as taskset reads them (default: the first half).
+    #[arg(long)]
+    proxy_cpus: Option<String>,
+    /// CPUs for the origin and the load generator (default: the rest).
+    #[arg(long)]
+    load_cpus: Option<String>,
+    /// Where the markdown report goes.
+    #[arg(long, default_value = "target/bench/load.md")]
+    out: PathBuf,
+    /// Only these targets (direct, nginx, haproxy, sluice, sluice-filters), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// What the load goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Direct,
+    Nginx,
+    Haproxy,
+    Sluice,
+    SluiceFilters,
+}
+
+impl Target {
+    const ALL: [Target; 5] = [Target::Direct, Target::Nginx, Target::Haproxy, Target::Sluice, Target::SluiceFilters];
+
+    fn key(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Nginx => "nginx",
+            Target::Haproxy => "haproxy",
+            Target::Sluice => "sluice",
+            Target::SluiceFilters => "sluice-filters",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Target::Direct => "origin directly (no proxy)",
+            Target::Nginx => "nginx",
+            Target::Haproxy => "HAProxy",
+            Target::Sluice => "Sluice, no filters",
+            Target::SluiceFilters => "Sluice, 3 filters",
+        }
+    }
+}
+
+/// The two responses every target is measured with.
+const SIZES: [(&str, &str); 2] = [("/small", "100 B"), ("/large", "64 KiB")];
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    requests_per_second: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// Proxy CPU time (user + system) per request; absent without a proxy.
+    cpu_us_per_request: Option<f64>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let repo = sluice_benches::repo_root();
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
+    let proxy_cpus = args.proxy_cpus.clone().unwrap_or_else(|| cpu_list(0, cpus.div_ceil(2).max(1)));
+    let load_cpus = args.load_cpus.clone().unwrap_or_else(|| cpu_list(cpus / 2, cpus));
+    let workers = count_cpus(&proxy_cpus)?;
+    let targets: Vec<Target> = if args.only.is_empty() {
+        Target::ALL.to_vec()
+    } else {
+        Target::ALL.into_iter().filter(|target| args.only.iter().any(|key| key == target.key())).collect()
+    };
+    let work = repo.join("target/bench/load-run");
+    std::fs::create_dir_all(&work)?;
+    let release = repo.join("target/release");
+    eprintln!(
+        "==> {} round(s) of {} s per target and size, {} connections; proxies on CPUs {proxy_cpus} ({workers} worker(s)), origin and wrk on CPUs {load_cpus}",
+        args.rounds, args.duration, args.connections
+    );
+
+    let origin = Origin::start(&release.join("bench-origin"), &load_cpus)?;
+    let mut samples: Vec<(Target, usize, Sample)> = Vec::new();
+    for round in 1..=args.rounds {
+        for &target in &targets {
+            let proxy = Proxy::start(target, &repo, &work, origin.address, &proxy_cpus, workers)?;
+            let address = proxy.as_ref().map_or(origin.address, |proxy| proxy.address);
+            // Warm up: connections, pools, caches, the filters' instances.
+            wrk(address, "/small", &load_cpus, args.connections, 1)?;
+            for (size, (path, _)) in SIZES.iter().enumerate() {
+                let cpu_before = proxy.as_ref().map(Proxy::cpu_seconds).transpose()?;
+                let (mut sample, requests) = wrk(address, path, &load_cpus, args.connections, args.duration)?;
+                if let (Some(proxy), Some(before)) = (&proxy, cpu_before) {
+                    let used = proxy.cpu_seconds()? - before;
+                    sample.cpu_us_per_request = Some(used * 1e6 / requests as f64);
+                }
+                eprintln!(
+                    "    round {round}: {:<22} {:>6}  {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  cpu {}",
+                    target.label(),
+                    SIZES[size].1,
+                    sample.requests_per_second,
+                    sample.p50_us,
+                    sample.p99_us,
+                    sample.cpu_us_per_request.map_or("-".into(), |cpu| format!("{cpu:.1} µs/req")),
+                );
+                samples.push((target, size, sample));
+            }
+        }
+    }
+    drop(origin);
+
+    let report = report(&args, &targets, &samples, &proxy_cpus, &load_cpus, workers);
+    println!("{report}");
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, &report).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("==> written to {}", args.out.display());
+    Ok(())
+}
+
+/// The benchmark origin, pinned to the load CPUs.
+struct Origin {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Origin {
+    fn start(binary: &Path, cpus: &str) -> Result<Self> {
+        let mut child = Command::new("taskset")
+            .args(["-c", cpus])
+            .arg(binary)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("origin stdout")?).read_line(&mut line)?;
+        let address = line.trim().strip_prefix("listening on ").context("origin did not say where it listens")?;
+        Ok(Self { address: address.parse()?, child })
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A proxy under test, stopped when dropped.
+struct Proxy {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl Proxy {
+    /// Writes the target's configuration, starts it on the proxy CPUs and waits until it forwards.
+    fn start(
+        target: Target,
+        repo: &Path,
+        work: &Path,
+        origin: SocketAddr,
+        cpus: &str,
+        workers: usize,
+    ) -> Result<Option<Self>> {
+        let address = free_port()?;
+        let mut command = Command::new("taskset");
+        command.args(["-c", cpus]);
+        match target {
+            Target::Direct => return Ok(None),
+            Target::Nginx => {
+                let config = work.join("nginx.conf");
+                std::fs::write(&config, nginx_config(work, address, origin, workers))?;
+                command.args(["nginx", "-p"]).arg(work).arg("-c").arg(&config);
+            }
+            Target::Haproxy => {
+                let config = work.join("haproxy.cfg");
+                std::fs::write(&config, haproxy_config(address, origin, workers))?;
+                command.args(["haproxy", "-db", "-f"]).arg(&config);
+            }
+            Target::Sluice | Target::SluiceFilters => {
+                let config = work.join(format!("{}.toml", target.key()));
+                std::fs::write(&config, sluice_config(repo, address, origin, target == Target::SluiceFilters))?;
+                let sluice = repo.join("target/release/sluice");
+                // `check` builds and compiles the filters first, so the start below is quick.
+                let checked = Command::new(&sluice).arg("check").arg("--config").arg(&config).status()?;
+                if !checked.success() {
+                    bail!("sluice check refused {}", config.display());
+                }
+                command
+                    .arg(&sluice)
+                    .args(["--log-level", "warn", "run", "--workers", &workers.to_string(), "--config"])
+                    .arg(&config);
+            }
+        }
+        let child = command.stdout(Stdio::null()).spawn().with_context(|| format!("starting {}", target.key()))?;
+        let mut proxy = Self { child, address };
+        proxy.wait_until_forwarding(target)?;
+        Ok(Some(proxy))
+    }
+
+    fn wait_until_forwarding(&mut self, target: Target) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited at start ({status})", target.key());
+            }
+            match probe(self.address) {
+                Ok(()) => return Ok(()),
+                Err(error) if Instant::now() > deadline => bail!("{} never answered: {error}", target.key()),
+                // A harness polling a process it just started, not a test: a short pause is fine.
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// User plus system CPU seconds of the proxy and its child processes (nginx's workers).
+    fn cpu_seconds(&self) -> Result<f64> {
+        let root = self.child.id();
+        let mut pids = vec![root];
+        pids.extend(children_of(root)?);
+        let ticks_per_second = clock_ticks_per_second()?;
+        let mut ticks = 0u64;
+        for pid in pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            // Fields after the command name (which may hold spaces) start at state, field 3.
+            let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            ticks += fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        }
+        Ok(ticks as f64 / ticks_per_second)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // taskset exec()s the proxy, so the child is the proxy itself; nginx's and HAProxy's
+        // workers leave with their master on SIGTERM.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn children_of(parent: u32) -> Result<Vec<u32>> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let parent_field = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if parent_field == Some(&parent.to_string()) {
+            children.push(pid);
+        }
+    }
+    Ok(children)
+}
+
+fn clock_ticks_per_second() -> Result<f64> {
+    let output = Command::new("getconf").arg("CLK_TCK").output()?;
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}
+
+/// One request with a fresh connection: the proxy is up when it forwards a 200.
+fn probe(address: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /small HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        bail!("answered {:?}", answer.lines().next().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// Runs wrk and reads its summary; returns the sample and the number of requests.
+fn wrk(address: SocketAddr, path: &str, cpus: &str, connections: usize, seconds: u64) -> Result<(Sample, u64)> {
+    let threads = count_cpus(cpus)?;
+    let output = Command::new("taskset")
+        .args(["-c", cpus, "wrk", "--latency"])
+        .arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg(format!("http://{address}{path}"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    }
+    parse_wrk(&text)
+}
+
+fn parse_wrk(text: &str) -> Result<(Sample, u64)> {
+    let mut sample = Sample::default();
+    let mut requests = 0;
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("50%"), Some(value)) => sample.p50_us = micros(value)?,
+            (Some("99%"), Some(value)) => sample.p99_us = micros(value)?,
+            (Some("Requests/sec:"), Some(value)) => sample.requests_per_second = value.parse()?,
+            (Some(count), Some("requests")) => requests = count.parse()?,
+            (Some("Non-2xx"), _) => bail!("the target answered errors: {line}"),
+            // Timeouts and resets under load are failures the table must not hide.
+            (Some("Socket"), Some("errors:")) => bail!("socket errors: {line}"),
+            _ => {}
+        }
+    }
+    if requests == 0 || sample.requests_per_second == 0.0 {
+        bail!("could not read wrk's summary:\n{text}");
+    }
+    Ok((sample, requests))
+}
+
+/// wrk's latency figures (`812.00us`, `1.20ms`, `1.01s`) in microseconds.
+fn micros(value: &str) -> Result<f64> {
+    let split = value.find(|c: char| c.is_ascii_alphabetic()).context("latency without unit")?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse()?;
+    Ok(match unit {
+        "us" => number,
+        "ms" => number * 1e3,
+        "s" => number * 1e6,
+        "m" => number * 60e6,
+        other => bail!("unknown latency unit {other}"),
+    })
+}
+
+fn free_port() -> Result<SocketAddr> {
+    // The port is free now and reused a moment later; a harness on loopback can live with that.
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn cpu_list(from: usize, to: usize) -> String {
+    if to <= from + 1 { from.to_string() } else { format!("{from}-{}", to - 1) }
+}
+
+fn count_cpus(list: &str) -> Result<usize> {
+    let mut count = 0;
+    for part in list.split(',') {
+        count += match part.split_once('-') {
+            Some((low, high)) => high.trim().parse::<usize>()? - low.trim().parse::<usize>()? + 1,
+            None => 1,
+        };
+    }
+    Ok(count)
+}
+
+fn nginx_config(work: &Path, address: SocketAddr, origin: SocketAddr, workers: usize) -> String {
+    let work = work.display();
+    format!(
+        r#"worker_processes {workers};
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    fastcgi_temp_path {work}/nginx-fastcgi;
+    uwsgi_temp_path {work}/nginx-uwsgi;
+    scgi_temp_path {work}/nginx-scgi;
+    upstream origin {{
+        server {origin};
+        keepalive 256;
+    }}
+    server {{
+        listen {address} reuseport;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # Room for a 64 KiB response in memory, as the other proxies stream it.
+            proxy_buffers 16 8k;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+fn haproxy_config(address: SocketAddr, origin: SocketAddr, workers: usize) -> String {
+    format!(
+        r#"global
+    nbthread {workers}
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend bench
+    bind {address}
+    default_backend origin
+backend origin
+    server origin {origin}
+"#
+    )
+}
+
+fn sluice_config(repo: &Path, address: SocketAddr, origin: SocketAddr, with_filters: bool) -> String {
+    let mut config = format!(
+        r#"[[listener]]
+name = "bench"
+bind = "{address}"
+
+[upstream.origin]
+servers = [{{ addr = "{origin}" }}]
+
+[[route]]
+name = "all"
+path_prefix = "/"
+upstream = "origin"
+"#
+    );
+    if with_filters {
+        // Three request-phase filters, each setting a header; the real filters of plugins/ take
+        // their place once they exist.
+        config.push_str("filters = [{ plugin = \"hello\" }, { plugin = \"hello\" }, { plugin = \"hello\" }]\n");
+        let _ = write!(config, "\n[plugin.hello]\nsource = \"{}\"\n", repo.join("examples/hello-filter").display());
+    }
+    config
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }
+}
+
+/// The medians per target and size, with ratios to nginx.
+fn report(
+    args: &Args,
+    targets: &[Target],
+    samples: &[(Target, usize, Sample)],
+    proxy_cpus: &str,
+    load_cpus: &str,
+    workers: usize,
+) -> String {
+    let summary = |target: Target, size: usize| -> Option<Sample> {
+        let runs: Vec<Sample> =
+            samples.iter().filter(|(t, s, _)| *t == target && *s == size).map(|(_, _, sample)| *sample).collect();
+        if runs.is_empty() {
+            return None;
+        }
+        let of = |field: fn(&Sample) -> f64| median(runs.iter().map(field).collect());
+        let cpu: Vec<f64> = runs.iter().filter_map(|sample| sample.cpu_us_per_request).collect();
+        Some(Sample {
+            requests_per_second: of(|sample| sample.requests_per_second),
+            p50_us: of(|sample| sample.p50_us),
+            p99_us: of(|sample| sample.p99_us),
+            cpu_us_per_request: (!cpu.is_empty()).then(|| median(cpu)),
+        })
+    };
+    let ratio = |value: f64, base: Option<f64>| base.map_or(String::new(), |base| format!(" ({:.2}×)", value / base));
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Keep-alive HTTP/1.1, {} connections, {} s per measurement, median of {} round(s); proxies on CPUs {proxy_cpus} \
+         with {workers} worker(s) each, origin and wrk on CPUs {load_cpus}. Ratios in brackets are to nginx in the same run.\n",
+        args.connections, args.duration, args.rounds
+    );
+    for (size, (_, size_label)) in SIZES.iter().enumerate() {
+        let _ = writeln!(out, "**{size_label} responses**\n");
+        let _ = writeln!(out, "| target | requests/s | p50 latency | p99 latency | proxy CPU per request |");
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
+        let nginx = summary(Target::Nginx, size);
+        for &target in targets {
+            let Some(sample) = summary(target, size) else { continue };
+            let cpu = match sample.cpu_us_per_request {
+                Some(cpu) => format!("{cpu:.1} µs{}", ratio(cpu, nginx.and_then(|n| n.cpu_us_per_request))),
+                None => "—".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.0}{} | {:.0} µs{} | {:.0} µs{} | {cpu} |",
+                target.label(),
+                sample.requests_per_second,
+                ratio(sample.requests_per_second, nginx.map(|n| n.requests_per_second)),
+                sample.p50_us,
+                ratio(sample.p50_us, nginx.map(|n| n.p50_us)),
+                sample.p99_us,
+                ratio(sample.p99_us, nginx.map(|n| n.p99_us)),
+            );
+        }
+        if let (Some(plain), Some(filtered)) = (summary(Target::Sluice, size), summary(Target::SluiceFilters, size)) {
+            let _ = writeln!(
+                out,
+                "\nThree-filter chain / no filters: {:.2}× the requests per second, p99 {:.2}×.",
+                filtered.requests_per_second / plain.requests_per_second,
+                filtered.p99_us / plain.p99_us
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_summaries() {
+        let text = "Running 5s test @ http://127.0.0.1:1/small\n  1 threads and 64 connections\n  Latency Distribution\n     50%  812.00us\n     75%    1.00ms\n     90%    1.10ms\n     99%    2.50ms\n  123456 requests in 5.00s, 30.00MB read\nRequests/sec:  24691.20\nTransfer/sec:      6.00MB\n";
+        let (sample, requests) = parse_wrk(text).unwrap();
+        assert_eq!(requests, 123_456);
+        assert_eq!(sample.p50_us, 812.0);
+        assert_eq!(sample.p99_us, 2500.0);
+        assert_eq!(sample.requests_per_second, 24691.2);
+        assert!(parse_wrk(&format!("{text}  Non-2xx or 3xx responses: 3\n")).is_err());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(count_cpus("0").unwrap(), 1);
+        assert_eq!(count_cpus("0-3,8").unwrap(), 5);
+        assert_eq!(cpu_list(0, 1), "0");
+        assert_eq!(cpu_list(8, 16), "8-15");
+    }
+}
