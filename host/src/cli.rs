@@ -139,11 +139,18 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            let mut runtime = match workers {
+                // One worker: a single-threaded scheduler does the same work without the
+                // cross-thread hand-offs of the work-stealing one.
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                Some(workers) => {
+                    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+                    runtime.worker_threads(workers.max(1));
+                    runtime
+                }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
             runtime.enable_all();
-            if let Some(workers) = workers {
-                runtime.worker_threads(workers.max(1));
-            }
             let runtime = match runtime.build() {
                 Ok(runtime) => runtime,
                 Err(error) => {

@@ -50,6 +50,8 @@ pub struct Runtime {
     linker: Linker<FilterState>,
     services: Arc<HostServices>,
     cache_dir: Option<PathBuf>,
+    /// Started with the first filter: a proxy without filters has no thread waking every tick.
+    epoch_ticker: std::sync::Once,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -119,13 +121,23 @@ impl Runtime {
             }
         };
         let linker = host::linker(&engine).map_err(|err| fail("linker", err))?;
-        start_epoch_ticker(&engine);
-        Ok(Self { engine, linker, services: Arc::new(HostServices::default()), cache_dir })
+        Ok(Self {
+            engine,
+            linker,
+            services: Arc::new(HostServices::default()),
+            cache_dir,
+            epoch_ticker: std::sync::Once::new(),
+        })
     }
 
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Starts advancing the epoch, which CPU deadlines count in; needed before any guest runs.
+    pub(crate) fn start_epoch_ticker(&self) {
+        self.epoch_ticker.call_once(|| start_epoch_ticker(&self.engine));
     }
 
     /// The services host calls reach (key-value store, metrics, callout upstreams).

@@ -183,9 +183,13 @@ impl FilterPool {
 
     /// An instance for one request: a warm one, or a new one within the tenant's limit.
     pub async fn checkout(self: &Arc<Self>, context: CallContext) -> Result<FilterInstance, FilterError> {
-        let permit = match tokio::time::timeout(CHECKOUT_TIMEOUT, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(self.error(FilterErrorKind::Busy(self.spec.tenant.max_instances), None)),
+        // Usually a permit is free: take it without arming a timer.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => match tokio::time::timeout(CHECKOUT_TIMEOUT, self.permits.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => return Err(self.error(FilterErrorKind::Busy(self.spec.tenant.max_instances), None)),
+            },
         };
         let warm = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let mut instance = match warm {
@@ -222,6 +226,8 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
             .build()
     });
     let state = FilterState::new(runtime.services.clone(), &spec.tenant, wasi);
+    // Deadlines count epochs: the ticker must run before a guest does.
+    runtime.start_epoch_ticker();
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|state| state);
     let limit_ticks = ticks_for(spec.tenant.cpu_per_call);
