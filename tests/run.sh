@@ -13,12 +13,13 @@ fi
 
 sdk/rust/install-toolchain.sh
 
-# The TLS tests use openssl's s_client as an old-protocol peer.
-if ! command -v openssl >/dev/null && command -v apt-get >/dev/null; then
-  say "Installing openssl (a TLS peer for the tests)"
+# The TLS tests use openssl's s_client as an old-protocol peer, and the system's CA roots
+# (ca-certificates) as what an upstream without its own `ca` is verified against.
+if { ! command -v openssl >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; } && command -v apt-get >/dev/null; then
+  say "Installing openssl and ca-certificates (for the TLS tests)"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl >/dev/null
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl ca-certificates >/dev/null
 fi
 
 say "Building the workspace and its tests"

@@ -52,6 +52,21 @@ impl Origin {
     where
         F: Fn(Request<Incoming>) -> OriginFuture + Send + Sync + 'static,
     {
+        Self::serve(None, handler).await
+    }
+
+    /// Serves HTTPS on a free loopback port with `tls` (whose ALPN picks h2 or HTTP/1.1).
+    pub async fn start_tls<F>(tls: Arc<rustls::ServerConfig>, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> OriginFuture + Send + Sync + 'static,
+    {
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(tls)), handler).await
+    }
+
+    async fn serve<F>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> OriginFuture + Send + Sync + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
         let handler = Arc::new(handler);
@@ -64,14 +79,24 @@ impl Origin {
                 };
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let handler = handler.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let answer = handler(request);
                         async move { Ok::<_, Infallible>(answer.await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                        }
+                        // A refused handshake just ends the connection, as a real server's would.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -87,6 +112,11 @@ impl Origin {
     /// naming itself `name` and adding `Server` and `X-Powered-By` headers to be hidden.
     pub async fn echo(name: &'static str) -> Self {
         Self::start(move |request| Box::pin(echo_answer(name, request))).await
+    }
+
+    /// An echo origin speaking HTTPS with `tls`.
+    pub async fn echo_tls(name: &'static str, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_tls(tls, move |request| Box::pin(echo_answer(name, request))).await
     }
 }
 

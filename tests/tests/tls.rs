@@ -1,5 +1,6 @@
 //! TLS termination: SNI, ALPN h2, resumption, certificate reload, protocol versions, mutual TLS,
-//! the HTTPS redirect and HSTS. Certificates are made at test time; no key is committed.
+//! the HTTPS redirect and HSTS; and TLS to upstreams: verification, SNI, ALPN h2 and client
+//! certificates. Certificates are made at test time; no key is committed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,32 @@ impl Pki {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+impl Pki {
+    /// An origin's TLS configuration serving `issued`, offering h2 and HTTP/1.1, and requiring
+    /// a client certificate from `client_ca` when given.
+    fn origin_config(&self, issued: &Issued, client_ca: Option<&Pki>) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                roots.add(ca.ca_der.clone()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let key = PrivateKeyDer::from_pem_file_compat(&issued.key);
+        let mut config = builder.with_single_cert(vec![issued.der.clone()], key).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
     }
 }
@@ -329,4 +356,107 @@ async fn bad_certificate_files_are_refused_with_the_reason() {
     );
     let error = sluice::config::Snapshot::from_toml(&config(&missing, &origin)).unwrap_err();
     assert!(error.message.contains("nope.pem") && error.message.contains("no such file"), "{error}");
+}
+
+/// A proxy in front of `origin`, whose upstream speaks TLS with the settings in `tls`.
+async fn proxy_to_tls_origin(origin: &Origin, tls: &str) -> TestProxy {
+    TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\ntls = {{ {tls} }}\n\
+         [[route]]\nupstream = \"app\"\n",
+        origin.addr
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn upstream_tls_is_verified_and_negotiates_h2() {
+    let pki = Pki::new("upstream");
+    let cert = pki.issue("origin", &["origin.test"]);
+    let origin = Origin::echo_tls("secure", pki.origin_config(&cert, None)).await;
+    let ca = pki.ca_path();
+
+    let h2 = proxy_to_tls_origin(&origin, &format!("ca = \"{}\", server_name = \"origin.test\"", ca.display())).await;
+    let answer = get(&h2, "site.test", "/over-tls").await;
+    assert_eq!(answer.status, http::StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.echo().0["version"], "HTTP/2.0");
+    assert_eq!(answer.echo().header("x-forwarded-proto").as_deref(), Some("http"));
+
+    let http1 = proxy_to_tls_origin(
+        &origin,
+        &format!("ca = \"{}\", server_name = \"origin.test\", alpn = [\"http/1.1\"]", ca.display()),
+    )
+    .await;
+    let answer = get(&http1, "site.test", "/over-tls").await;
+    assert_eq!(answer.status, http::StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.echo().0["version"], "HTTP/1.1");
+}
+
+#[tokio::test]
+async fn an_upstream_certificate_that_does_not_verify_gets_502() {
+    let pki = Pki::new("upstream-bad");
+    let stranger = Pki::new("upstream-stranger");
+    let cert = pki.issue("origin", &["origin.test"]);
+    let origin = Origin::echo_tls("secure", pki.origin_config(&cert, None)).await;
+
+    // Signed by a CA the proxy was not told to trust.
+    let untrusted = proxy_to_tls_origin(
+        &origin,
+        &format!("ca = \"{}\", server_name = \"origin.test\"", stranger.ca_path().display()),
+    )
+    .await;
+    assert_eq!(get(&untrusted, "site.test", "/").await.status, http::StatusCode::BAD_GATEWAY);
+    // Trusted CA, but issued for another name.
+    let wrong_name = proxy_to_tls_origin(
+        &origin,
+        &format!("ca = \"{}\", server_name = \"elsewhere.test\"", pki.ca_path().display()),
+    )
+    .await;
+    assert_eq!(get(&wrong_name, "site.test", "/").await.status, http::StatusCode::BAD_GATEWAY);
+    // Without `ca` the system's roots apply, and no public CA signed the test certificate.
+    let system_roots = proxy_to_tls_origin(&origin, "server_name = \"origin.test\"").await;
+    assert_eq!(get(&system_roots, "site.test", "/").await.status, http::StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn upstream_client_certificates_are_presented() {
+    let pki = Pki::new("upstream-mtls");
+    let cert = pki.issue("origin", &["origin.test"]);
+    let identity = pki.issue("proxy", &["proxy.test"]);
+    let origin = Origin::echo_tls("secure", pki.origin_config(&cert, Some(&pki))).await;
+    let trust = format!("ca = \"{}\", server_name = \"origin.test\"", pki.ca_path().display());
+
+    let with_certificate = proxy_to_tls_origin(
+        &origin,
+        &format!("{trust}, client_cert = \"{}\", client_key = \"{}\"", identity.cert.display(), identity.key.display()),
+    )
+    .await;
+    let answer = get(&with_certificate, "site.test", "/").await;
+    assert_eq!(answer.status, http::StatusCode::OK, "{}", answer.text());
+
+    let without = proxy_to_tls_origin(&origin, &trust).await;
+    assert_eq!(get(&without, "site.test", "/").await.status, http::StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn upstream_tls_settings_are_checked_with_their_key() {
+    let pki = Pki::new("upstream-config");
+    let identity = pki.issue("proxy", &["proxy.test"]);
+    let upstream = |tls: &str| {
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"127.0.0.1:9\" }}]\n\
+             tls = {{ {tls} }}\n[[route]]\nupstream = \"app\"\n"
+        )
+    };
+    let error =
+        sluice::config::Snapshot::from_toml(&upstream(&format!("client_cert = \"{}\"", identity.cert.display())))
+            .unwrap_err();
+    assert_eq!(error.key, "upstream.app.tls.client_key");
+    let error = sluice::config::Snapshot::from_toml(&upstream("alpn = [\"spdy/3\"]")).unwrap_err();
+    assert_eq!(error.key, "upstream.app.tls.alpn[0]");
+    assert!(error.message.contains("spdy/3"), "{error}");
+    let error =
+        sluice::config::Snapshot::from_toml(&upstream(&format!("ca = \"{}\"", pki.dir.join("missing.pem").display())))
+            .unwrap_err();
+    assert_eq!(error.key, "upstream.app.tls.ca");
+    assert!(error.message.contains("missing.pem"), "{error}");
 }

@@ -217,7 +217,8 @@ impl Proxy {
                 std::fs::write(&config, sluice_config(repo, address, origin, target == Target::SluiceFilters))?;
                 let sluice = repo.join("target/release/sluice");
                 // `check` builds and compiles the filters first, so the start below is quick.
-                let checked = Command::new(&sluice).arg("check").arg("--config").arg(&config).status()?;
+                let checked =
+                    Command::new(&sluice).arg("check").arg("--config").arg(&config).stdout(Stdio::null()).status()?;
                 if !checked.success() {
                     bail!("sluice check refused {}", config.display());
                 }

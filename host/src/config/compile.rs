@@ -17,7 +17,7 @@ use std::path::Path;
 
 use super::file::{
     ConfigFile, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError, PluginSection, RouteSection,
-    ServerSection, TenantSection, TlsSection, UpstreamSection,
+    ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
 use crate::packages::{self, BuildOptions};
@@ -27,7 +27,7 @@ use crate::routing::{
 use crate::runtime::kv::KvQuota;
 use crate::runtime::{FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
 use crate::server::tls::{self, CertificatePaths, TlsSettings};
-use crate::upstream::{PoolSettings, Upstream, UpstreamServer};
+use crate::upstream::{PoolSettings, Upstream, UpstreamServer, UpstreamTls, UpstreamTlsSettings};
 
 /// The most memory a tenant may grant one instance (the pooling allocator's slot size).
 const MAX_TENANT_MEMORY: usize = 1 << 30;
@@ -238,7 +238,68 @@ impl Compiler<'_> {
             idle_timeout: upstream.pool_idle_timeout.0,
             max_idle_per_server: upstream.pool_max_idle_per_server,
         };
-        Ok(Upstream::new(name, servers, pool))
+        let tls = match &upstream.tls {
+            Some(tls) => Some(self.upstream_tls(&key, tls)?),
+            None => None,
+        };
+        Ok(Upstream::new(name, servers, pool, tls))
+    }
+
+    fn upstream_tls(&self, key: &str, written: &Spanned<UpstreamTlsSection>) -> Result<UpstreamTls, ConfigError> {
+        let section = written.get_ref();
+        let key = format!("{key}.tls");
+        let mut offer_h2 = false;
+        for (index, protocol) in section.alpn.iter().enumerate() {
+            match protocol.get_ref().as_str() {
+                "h2" => offer_h2 = true,
+                "http/1.1" => {}
+                other => {
+                    return Err(self.spanned_error(
+                        protocol,
+                        &format!("{key}.alpn[{index}]"),
+                        format!("unknown protocol {other:?}: use \"h2\" or \"http/1.1\""),
+                    ));
+                }
+            }
+        }
+        let client_certificate = match (&section.client_cert, &section.client_key) {
+            (Some(cert), Some(key)) => Some(CertificatePaths {
+                cert: self.base_dir.join(cert.get_ref()),
+                key: self.base_dir.join(key.get_ref()),
+            }),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(self.spanned_error(cert, &format!("{key}.client_key"), "client_cert needs client_key"));
+            }
+            (None, Some(client_key)) => {
+                return Err(self.spanned_error(
+                    client_key,
+                    &format!("{key}.client_cert"),
+                    "client_key needs client_cert",
+                ));
+            }
+        };
+        let settings = UpstreamTlsSettings {
+            ca: section.ca.as_ref().map(|ca| self.base_dir.join(ca.get_ref())),
+            server_name: section.server_name.as_ref().map(|name| name.get_ref().clone()),
+            client_certificate,
+            offer_h2,
+        };
+        UpstreamTls::load(&settings).map_err(|error| {
+            // Point at the setting the error is about.
+            let message = error.to_string();
+            let (span, field) = if section.ca.as_ref().is_some_and(|ca| message.contains(ca.get_ref().as_str())) {
+                (section.ca.as_ref().map(|ca| ca.span()), "ca")
+            } else if message.starts_with("server_name") {
+                (section.server_name.as_ref().map(|name| name.span()), "server_name")
+            } else if section.client_cert.is_some() && !message.contains("system roots") {
+                (section.client_cert.as_ref().map(|cert| cert.span()), "client_cert")
+            } else {
+                (Some(written.span()), "")
+            };
+            let key = if field.is_empty() { key.clone() } else { format!("{key}.{field}") };
+            self.error(span, &key, message)
+        })
     }
 
     fn tls(&self, key: &str, written: &Spanned<TlsSection>) -> Result<TlsSettings, ConfigError> {

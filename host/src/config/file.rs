@@ -251,6 +251,9 @@ pub struct HstsSection {
 fn default_alpn() -> Vec<String> {
     vec!["h2".into(), "http/1.1".into()]
 }
+fn default_upstream_alpn() -> Vec<Spanned<String>> {
+    default_alpn().into_iter().map(|protocol| Spanned::new(0..0, protocol)).collect()
+}
 fn default_session_cache() -> usize {
     10_000
 }
@@ -276,6 +279,25 @@ pub struct UpstreamSection {
     /// Most idle pooled connections kept per server.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_server: usize,
+    /// Speak TLS to the servers.
+    pub tls: Option<Spanned<UpstreamTlsSection>>,
+}
+
+/// `tls = { ... }` on an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// CA bundle the servers' certificates must chain to; the system's roots when absent.
+    pub ca: Option<Spanned<String>>,
+    /// Name for SNI and certificate verification, instead of each server's host.
+    pub server_name: Option<Spanned<String>>,
+    /// PEM certificate chain presented to servers that ask for one.
+    pub client_cert: Option<Spanned<String>>,
+    /// The key of `client_cert`.
+    pub client_key: Option<Spanned<String>>,
+    /// ALPN protocols offered: `"h2"` and/or `"http/1.1"`.
+    #[serde(default = "default_upstream_alpn")]
+    pub alpn: Vec<Spanned<String>>,
 }
 
 fn default_connect_timeout() -> HumanDuration {

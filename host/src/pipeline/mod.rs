@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -240,7 +240,7 @@ impl Proxy {
         let path_and_query = PathAndQuery::try_from(rewrite.apply(&upstream_path, head.parts.uri.query()))
             .map_err(|_| ProxyError::BadRequest("invalid path after rewrite"))?;
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(upstream.scheme())
             .authority(server.authority.clone())
             .path_and_query(path_and_query)
             .build()

@@ -563,7 +563,7 @@ async fn send_callout(
     let method =
         Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(upstream.scheme())
         .authority(server.authority.clone())
         .path_and_query(request.path_with_query.as_str())
         .build()

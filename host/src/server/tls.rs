@@ -77,6 +77,11 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A certificate chain and its key, checked to belong together.
+pub(crate) fn load_certified_key(paths: &CertificatePaths) -> Result<Arc<CertifiedKey>, TlsError> {
+    load_certificate(paths).map(|loaded| loaded.key)
+}
+
 /// One loaded certificate with the names it serves.
 struct LoadedCertificate {
     key: Arc<CertifiedKey>,
@@ -204,12 +209,13 @@ impl ResolvesServerCert for CertificateResolver {
 pub fn check(settings: &TlsSettings) -> Result<(), TlsError> {
     CertificateSet::load(&settings.certificates).map(|_| ())?;
     if let Some(ca) = &settings.client_ca {
-        client_roots(ca)?;
+        roots_from_pem(ca)?;
     }
     Ok(())
 }
 
-fn client_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+/// The CA certificates of a PEM bundle, as trust roots.
+pub(crate) fn roots_from_pem(ca: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     let certificates = CertificateDer::pem_file_iter(ca)
         .map_err(|err| TlsError::Read { path: ca.display().to_string(), reason: err.to_string() })?;
@@ -238,7 +244,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<(Arc<ServerConfig>, Certi
         .map_err(|err| TlsError::Invalid { path: String::new(), reason: err.to_string() })?;
     let builder = match &settings.client_ca {
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots(ca)?), provider());
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots_from_pem(ca)?), provider());
             let verifier = if settings.client_auth_required { verifier } else { verifier.allow_unauthenticated() };
             let verifier = verifier
                 .build()
