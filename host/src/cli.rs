@@ -195,9 +195,11 @@ async fn shutdown_signal() -> std::io::Result<()> {
 }
 
 fn init_logging(level: &str, format: LogFormat) {
+    // rustls warns once per handshake about some client mistakes (an IP address sent as SNI):
+    // at the default levels any client could flood the log, so its warnings are left out.
     let filter = EnvFilter::try_from_env("SLUICE_LOG")
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(format!("{level},rustls=error")))
+        .unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

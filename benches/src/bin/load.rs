@@ -44,6 +44,9 @@ struct Args {
     /// Only these targets (direct, nginx, haproxy, sluice, sluice-filters), comma separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Leave out the HTTPS measurements (handshakes and requests over TLS).
+    #[arg(long)]
+    no_tls: bool,
 }
 
 /// What the load goes through.
@@ -117,7 +120,7 @@ fn main() -> Result<()> {
     let mut samples: Vec<(Target, usize, Sample)> = Vec::new();
     for round in 1..=args.rounds {
         for &target in &targets {
-            let proxy = Proxy::start(target, &repo, &work, origin.address, &proxy_cpus, workers)?;
+            let proxy = Proxy::start(target, &repo, &work, origin.address, &proxy_cpus, workers, None)?;
             let address = proxy.as_ref().map_or(origin.address, |proxy| proxy.address);
             // Warm up: connections, pools, caches, the filters' instances.
             wrk(address, "/small", &load_cpus, args.connections, 1)?;
@@ -141,9 +144,48 @@ fn main() -> Result<()> {
             }
         }
     }
+
+    let mut tls_samples: Vec<(Target, TlsSample)> = Vec::new();
+    let tls_targets: Vec<Target> = targets
+        .iter()
+        .copied()
+        .filter(|target| matches!(target, Target::Nginx | Target::Haproxy | Target::Sluice))
+        .collect();
+    if !args.no_tls && !tls_targets.is_empty() {
+        let certificate = BenchCertificate::create(&work)?;
+        for round in 1..=args.rounds {
+            for &target in &tls_targets {
+                let proxy =
+                    Proxy::start(target, &repo, &work, origin.address, &proxy_cpus, workers, Some(&certificate))?
+                        .context("a proxy target")?;
+                let url_address = proxy.address;
+                wrk_url(&format!("https://{url_address}/small"), &load_cpus, args.connections, 1)?;
+                let (https, _) =
+                    wrk_url(&format!("https://{url_address}/small"), &load_cpus, args.connections, args.duration)?;
+                let full = handshakes(url_address, &load_cpus, args.duration, false)?;
+                let resumed = handshakes(url_address, &load_cpus, args.duration, true)?;
+                let sample = TlsSample {
+                    requests_per_second: https.requests_per_second,
+                    p99_us: https.p99_us,
+                    full_handshakes: full,
+                    resumed_handshakes: resumed,
+                };
+                eprintln!(
+                    "    round {round}: {:<22} HTTPS {:>9.0} req/s  p99 {:>7.0} µs  handshakes: full {:>6.0}/s  resumed {:>6.0}/s",
+                    target.label(),
+                    sample.requests_per_second,
+                    sample.p99_us,
+                    sample.full_handshakes,
+                    sample.resumed_handshakes,
+                );
+                tls_samples.push((target, sample));
+            }
+        }
+    }
     drop(origin);
 
-    let report = report(&args, &targets, &samples, &proxy_cpus, &load_cpus, workers);
+    let mut report = report(&args, &targets, &samples, &proxy_cpus, &load_cpus, workers);
+    report.push_str(&tls_report(&tls_targets, &tls_samples));
     println!("{report}");
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
@@ -196,6 +238,7 @@ impl Proxy {
         origin: SocketAddr,
         cpus: &str,
         workers: usize,
+        tls: Option<&BenchCertificate>,
     ) -> Result<Option<Self>> {
         let address = free_port()?;
         let mut command = Command::new("taskset");
@@ -204,17 +247,18 @@ impl Proxy {
             Target::Direct => return Ok(None),
             Target::Nginx => {
                 let config = work.join("nginx.conf");
-                std::fs::write(&config, nginx_config(work, address, origin, workers))?;
+                std::fs::write(&config, nginx_config(work, address, origin, workers, tls))?;
                 command.args(["nginx", "-p"]).arg(work).arg("-c").arg(&config);
             }
             Target::Haproxy => {
                 let config = work.join("haproxy.cfg");
-                std::fs::write(&config, haproxy_config(address, origin, workers))?;
+                std::fs::write(&config, haproxy_config(address, origin, workers, tls))?;
                 command.args(["haproxy", "-db", "-f"]).arg(&config);
             }
             Target::Sluice | Target::SluiceFilters => {
                 let config = work.join(format!("{}.toml", target.key()));
-                std::fs::write(&config, sluice_config(repo, address, origin, target == Target::SluiceFilters))?;
+                let filters = target == Target::SluiceFilters;
+                std::fs::write(&config, sluice_config(repo, address, origin, filters, tls))?;
                 let sluice = repo.join("target/release/sluice");
                 // `check` builds and compiles the filters first, so the start below is quick.
                 let checked =
@@ -230,17 +274,20 @@ impl Proxy {
         }
         let child = command.stdout(Stdio::null()).spawn().with_context(|| format!("starting {}", target.key()))?;
         let mut proxy = Self { child, address };
-        proxy.wait_until_forwarding(target)?;
+        proxy.wait_until_ready(target, tls.is_some())?;
         Ok(Some(proxy))
     }
 
-    fn wait_until_forwarding(&mut self, target: Target) -> Result<()> {
+    /// Waits until the proxy forwards a request (over TLS: until it accepts connections).
+    fn wait_until_ready(&mut self, target: Target, tls: bool) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!("{} exited at start ({status})", target.key());
             }
-            match probe(self.address) {
+            let ready =
+                if tls { TcpStream::connect(self.address).map(drop).map_err(Into::into) } else { probe(self.address) };
+            match ready {
                 Ok(()) => return Ok(()),
                 Err(error) if Instant::now() > deadline => bail!("{} never answered: {error}", target.key()),
                 // A harness polling a process it just started, not a test: a short pause is fine.
@@ -309,13 +356,17 @@ fn probe(address: SocketAddr) -> Result<()> {
 
 /// Runs wrk and reads its summary; returns the sample and the number of requests.
 fn wrk(address: SocketAddr, path: &str, cpus: &str, connections: usize, seconds: u64) -> Result<(Sample, u64)> {
+    wrk_url(&format!("http://{address}{path}"), cpus, connections, seconds)
+}
+
+fn wrk_url(url: &str, cpus: &str, connections: usize, seconds: u64) -> Result<(Sample, u64)> {
     let threads = count_cpus(cpus)?;
     let output = Command::new("taskset")
         .args(["-c", cpus, "wrk", "--latency"])
         .arg(format!("-t{threads}"))
         .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
-        .arg(format!("http://{address}{path}"))
+        .arg(url)
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -381,8 +432,23 @@ fn count_cpus(list: &str) -> Result<usize> {
     Ok(count)
 }
 
-fn nginx_config(work: &Path, address: SocketAddr, origin: SocketAddr, workers: usize) -> String {
+fn nginx_config(
+    work: &Path,
+    address: SocketAddr,
+    origin: SocketAddr,
+    workers: usize,
+    tls: Option<&BenchCertificate>,
+) -> String {
     let work = work.display();
+    let listen = match tls {
+        None => format!("listen {address} reuseport;"),
+        Some(certificate) => format!(
+            "listen {address} ssl reuseport;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        \
+             ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;",
+            certificate.cert.display(),
+            certificate.key.display()
+        ),
+    };
     format!(
         r#"worker_processes {workers};
 daemon off;
@@ -401,7 +467,7 @@ http {{
         keepalive 256;
     }}
     server {{
-        listen {address} reuseport;
+        {listen}
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -415,7 +481,11 @@ http {{
     )
 }
 
-fn haproxy_config(address: SocketAddr, origin: SocketAddr, workers: usize) -> String {
+fn haproxy_config(address: SocketAddr, origin: SocketAddr, workers: usize, tls: Option<&BenchCertificate>) -> String {
+    let bind = match tls {
+        None => address.to_string(),
+        Some(certificate) => format!("{address} ssl crt {} alpn http/1.1", certificate.combined.display()),
+    };
     format!(
         r#"global
     nbthread {workers}
@@ -428,7 +498,7 @@ defaults
     option http-keep-alive
     http-reuse always
 frontend bench
-    bind {address}
+    bind {bind}
     default_backend origin
 backend origin
     server origin {origin}
@@ -436,11 +506,25 @@ backend origin
     )
 }
 
-fn sluice_config(repo: &Path, address: SocketAddr, origin: SocketAddr, with_filters: bool) -> String {
+fn sluice_config(
+    repo: &Path,
+    address: SocketAddr,
+    origin: SocketAddr,
+    with_filters: bool,
+    tls: Option<&BenchCertificate>,
+) -> String {
+    let tls = tls.map_or(String::new(), |certificate| {
+        format!(
+            "tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}",
+            certificate.cert.display(),
+            certificate.key.display()
+        )
+    });
     let mut config = format!(
         r#"[[listener]]
 name = "bench"
 bind = "{address}"
+{tls}
 
 [upstream.origin]
 servers = [{{ addr = "{origin}" }}]
@@ -458,6 +542,108 @@ upstream = "origin"
         let _ = write!(config, "\n[plugin.hello]\nsource = \"{}\"\n", repo.join("examples/hello-filter").display());
     }
     config
+}
+
+/// An ECDSA P-256 certificate for the HTTPS measurements, made with openssl for this run.
+struct BenchCertificate {
+    cert: PathBuf,
+    key: PathBuf,
+    /// Certificate and key in one file, as HAProxy reads them.
+    combined: PathBuf,
+}
+
+impl BenchCertificate {
+    fn create(work: &Path) -> Result<Self> {
+        let (cert, key, combined) = (work.join("bench-cert.pem"), work.join("bench-key.pem"), work.join("bench.pem"));
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=bench.test", "-addext", "subjectAltName=DNS:bench.test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl")?;
+        if !status.success() {
+            bail!("openssl could not make the benchmark certificate");
+        }
+        std::fs::write(&combined, [std::fs::read(&cert)?, std::fs::read(&key)?].concat())?;
+        Ok(Self { cert, key, combined })
+    }
+}
+
+/// What one round measured over TLS.
+#[derive(Debug, Clone, Copy)]
+struct TlsSample {
+    requests_per_second: f64,
+    p99_us: f64,
+    full_handshakes: f64,
+    resumed_handshakes: f64,
+}
+
+/// Handshakes per second, one connection after another, each with a request for `/small`
+/// (openssl s_time; `resume` reuses the first connection's session).
+fn handshakes(address: SocketAddr, cpus: &str, seconds: u64, resume: bool) -> Result<f64> {
+    let started = Instant::now();
+    let output = Command::new("taskset")
+        .args(["-c", cpus, "openssl", "s_time", "-connect"])
+        .arg(address.to_string())
+        .arg(if resume { "-reuse" } else { "-new" })
+        .args(["-time", &seconds.to_string(), "-www", "/small"])
+        .output()
+        .context("running openssl s_time")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let connections: f64 = text
+        .lines()
+        .find_map(|line| line.split_once(" connections in ").map(|(count, _)| count.trim().to_owned()))
+        .with_context(|| format!("could not read s_time's summary:\n{text}"))?
+        .parse()?;
+    Ok(connections / elapsed)
+}
+
+fn tls_report(targets: &[Target], samples: &[(Target, TlsSample)]) -> String {
+    if samples.is_empty() {
+        return String::new();
+    }
+    let summary = |target: Target| -> Option<TlsSample> {
+        let runs: Vec<TlsSample> = samples.iter().filter(|(t, _)| *t == target).map(|(_, sample)| *sample).collect();
+        if runs.is_empty() {
+            return None;
+        }
+        let of = |field: fn(&TlsSample) -> f64| median(runs.iter().map(field).collect());
+        Some(TlsSample {
+            requests_per_second: of(|sample| sample.requests_per_second),
+            p99_us: of(|sample| sample.p99_us),
+            full_handshakes: of(|sample| sample.full_handshakes),
+            resumed_handshakes: of(|sample| sample.resumed_handshakes),
+        })
+    };
+    let ratio = |value: f64, base: Option<f64>| base.map_or(String::new(), |base| format!(" ({:.2}×)", value / base));
+    let nginx = summary(Target::Nginx);
+    let mut out = String::from(
+        "**HTTPS** (ECDSA P-256 certificate; keep-alive requests for 100 B with wrk; handshakes one after another \
+         with `openssl s_time`, each followed by one request)\n\n\
+         | target | HTTPS requests/s | p99 latency | full handshakes/s | resumed handshakes/s |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for &target in targets {
+        let Some(sample) = summary(target) else { continue };
+        let _ = writeln!(
+            out,
+            "| {} | {:.0}{} | {:.0} µs{} | {:.0}{} | {:.0}{} |",
+            target.label(),
+            sample.requests_per_second,
+            ratio(sample.requests_per_second, nginx.map(|n| n.requests_per_second)),
+            sample.p99_us,
+            ratio(sample.p99_us, nginx.map(|n| n.p99_us)),
+            sample.full_handshakes,
+            ratio(sample.full_handshakes, nginx.map(|n| n.full_handshakes)),
+            sample.resumed_handshakes,
+            ratio(sample.resumed_handshakes, nginx.map(|n| n.resumed_handshakes)),
+        );
+    }
+    out.push('\n');
+    out
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
