@@ -94,6 +94,7 @@ impl Metrics {
     /// A registry with every family registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("sluice");
+        crate::upstream::metrics::UpstreamMetrics::global().register(&mut registry);
         let requests = Family::default();
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use http::header::HeaderName;
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 use regex::Regex;
@@ -16,8 +16,8 @@ use toml::Spanned;
 use std::path::Path;
 
 use super::file::{
-    ConfigFile, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError, PluginSection, RouteSection,
-    ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
+    ConfigFile, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError, PluginSection, RetrySection,
+    RouteSection, ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
 use crate::packages::{self, BuildOptions};
@@ -27,7 +27,10 @@ use crate::routing::{
 use crate::runtime::kv::KvQuota;
 use crate::runtime::{FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
 use crate::server::tls::{self, CertificatePaths, TlsSettings};
-use crate::upstream::{PoolSettings, Upstream, UpstreamServer, UpstreamTls, UpstreamTlsSettings};
+use crate::upstream::{
+    BalancerKind, CheckKind, HashKey, HealthCheck, OutlierPolicy, PoolSettings, RetryPolicy, Upstream, UpstreamPolicy,
+    UpstreamServer, UpstreamTls, UpstreamTlsSettings,
+};
 
 /// The most memory a tenant may grant one instance (the pooling allocator's slot size).
 const MAX_TENANT_MEMORY: usize = 1 << 30;
@@ -242,7 +245,176 @@ impl Compiler<'_> {
             Some(tls) => Some(self.upstream_tls(&key, tls)?),
             None => None,
         };
-        Ok(Upstream::new(name, servers, pool, tls))
+        let policy = self.upstream_policy(&key, upstream)?;
+        Ok(Upstream::new(name, servers, pool, tls, policy))
+    }
+
+    fn upstream_policy(&self, key: &str, section: &UpstreamSection) -> Result<UpstreamPolicy, ConfigError> {
+        let hash_key = match &section.hash_key {
+            None => HashKey::ClientIp,
+            Some(written) => {
+                let text = written.get_ref();
+                let parsed = match text.split_once(':') {
+                    None if text == "client-ip" => Some(HashKey::ClientIp),
+                    Some(("header", name)) => HeaderName::try_from(name).ok().map(HashKey::Header),
+                    Some(("cookie", name)) if !name.is_empty() => Some(HashKey::Cookie(name.to_owned())),
+                    _ => None,
+                };
+                parsed.ok_or_else(|| {
+                    self.spanned_error(
+                        written,
+                        &format!("{key}.hash_key"),
+                        format!("{text:?} is not \"client-ip\", \"header:NAME\" or \"cookie:NAME\""),
+                    )
+                })?
+            }
+        };
+        let balancer = match section.balancer.as_ref().map(|written| (written, written.get_ref().as_str())) {
+            None | Some((_, "round-robin")) => BalancerKind::RoundRobin,
+            Some((_, "least-connections")) => BalancerKind::LeastConnections,
+            Some((_, "p2c")) => BalancerKind::PowerOfTwoChoices,
+            Some((_, "hash")) => BalancerKind::Hash(hash_key),
+            Some((written, other)) => {
+                return Err(self.spanned_error(
+                    written,
+                    &format!("{key}.balancer"),
+                    format!(
+                        "unknown balancer {other:?}: use \"round-robin\", \"least-connections\", \"p2c\" or \"hash\""
+                    ),
+                ));
+            }
+        };
+        if let (Some(written), false) = (&section.hash_key, matches!(balancer, BalancerKind::Hash(_))) {
+            return Err(self.spanned_error(written, &format!("{key}.hash_key"), "needs balancer = \"hash\""));
+        }
+
+        let health_check = match &section.health_check {
+            None => None,
+            Some(written) => {
+                let check = written.get_ref();
+                let check_key = format!("{key}.health_check");
+                let kind = match check.kind.get_ref().as_str() {
+                    "tcp" => CheckKind::Tcp,
+                    "http" => {
+                        let path = PathAndQuery::try_from(check.path.get_ref().as_str())
+                            .ok()
+                            .filter(|path| path.as_str().starts_with('/'))
+                            .ok_or_else(|| {
+                                self.spanned_error(
+                                    &check.path,
+                                    &format!("{check_key}.path"),
+                                    "must be a path starting with /",
+                                )
+                            })?;
+                        let mut expected = Vec::new();
+                        for (index, &status) in check.expected_statuses.iter().enumerate() {
+                            let status = StatusCode::from_u16(status).ok().filter(|_| (100..600).contains(&status));
+                            expected.push(status.ok_or_else(|| {
+                                self.spanned_error(
+                                    written,
+                                    &format!("{check_key}.expected_statuses[{index}]"),
+                                    "must be a status from 100 to 599",
+                                )
+                            })?);
+                        }
+                        CheckKind::Http { path, expected }
+                    }
+                    other => {
+                        return Err(self.spanned_error(
+                            &check.kind,
+                            &format!("{check_key}.kind"),
+                            format!("unknown check {other:?}: use \"http\" or \"tcp\""),
+                        ));
+                    }
+                };
+                if check.interval.0.is_zero() || check.timeout.0.is_zero() || check.rise == 0 || check.fall == 0 {
+                    return Err(self.spanned_error(
+                        written,
+                        &check_key,
+                        "interval and timeout must be above zero, rise and fall at least 1",
+                    ));
+                }
+                Some(HealthCheck {
+                    kind,
+                    interval: check.interval.0,
+                    timeout: check.timeout.0,
+                    rise: check.rise,
+                    fall: check.fall,
+                })
+            }
+        };
+
+        let outlier = &section.outlier_detection;
+        let outlier = outlier.enabled.then(|| OutlierPolicy {
+            consecutive_failures: outlier.consecutive_failures.max(1),
+            base_ejection: outlier.base_ejection.0,
+            max_ejection: outlier.max_ejection.0.max(outlier.base_ejection.0),
+            max_ejected_percent: outlier.max_ejected_percent.min(100),
+        });
+
+        let default_retry = Spanned::new(0..0, RetrySection::default());
+        let written_retry = section.retry.as_ref().unwrap_or(&default_retry);
+        let retry_section = written_retry.get_ref();
+        let retry_key = format!("{key}.retry");
+        let mut retry = RetryPolicy {
+            retries: retry_section.retries,
+            on_connect_failure: false,
+            on_timeout: false,
+            on_reset: false,
+            on_statuses: Vec::new(),
+            per_try_timeout: retry_section.per_try_timeout.map(|timeout| timeout.0),
+            budget_ratio: retry_section.budget_ratio,
+            budget_min_per_second: retry_section.budget_min_per_second,
+            ..RetryPolicy::default()
+        };
+        for (index, condition) in retry_section.on.iter().enumerate() {
+            match condition.get_ref().as_str() {
+                "connect-failure" => retry.on_connect_failure = true,
+                "timeout" => retry.on_timeout = true,
+                "reset" => retry.on_reset = true,
+                status => match status.parse::<u16>().ok().and_then(|code| StatusCode::from_u16(code).ok()) {
+                    Some(status) if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+                        retry.on_statuses.push(status);
+                    }
+                    _ => {
+                        return Err(self.spanned_error(
+                            condition,
+                            &format!("{retry_key}.on[{index}]"),
+                            format!(
+                                "{status:?} is not \"connect-failure\", \"timeout\", \"reset\" or a status from 500 to 599 (or 429)"
+                            ),
+                        ));
+                    }
+                },
+            }
+        }
+        if let Some(methods) = &retry_section.methods {
+            retry.methods = Vec::new();
+            for (index, method) in methods.iter().enumerate() {
+                let parsed = Method::from_bytes(method.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    self.spanned_error(method, &format!("{retry_key}.methods[{index}]"), "not an HTTP method")
+                })?;
+                retry.methods.push(parsed);
+            }
+        }
+        if !(0.0..=10.0).contains(&retry.budget_ratio) || !(0.0..=1e6).contains(&retry.budget_min_per_second) {
+            return Err(self.spanned_error(
+                written_retry,
+                &retry_key,
+                "budget_ratio must be 0 to 10 and budget_min_per_second 0 or more",
+            ));
+        }
+        if section.max_requests == Some(0) {
+            return Err(self.error(None, &format!("{key}.max_requests"), "must be at least 1"));
+        }
+        Ok(UpstreamPolicy {
+            balancer,
+            slow_start: section.slow_start.map(|window| window.0).filter(|window| !window.is_zero()),
+            health_check,
+            outlier,
+            retry,
+            max_requests: section.max_requests,
+        })
     }
 
     fn upstream_tls(&self, key: &str, written: &Spanned<UpstreamTlsSection>) -> Result<UpstreamTls, ConfigError> {

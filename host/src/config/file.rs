@@ -281,6 +281,126 @@ pub struct UpstreamSection {
     pub pool_max_idle_per_server: usize,
     /// Speak TLS to the servers.
     pub tls: Option<Spanned<UpstreamTlsSection>>,
+    /// `"round-robin"`, `"least-connections"`, `"p2c"` or `"hash"`.
+    pub balancer: Option<Spanned<String>>,
+    /// With `balancer = "hash"`: `"client-ip"`, `"header:NAME"` or `"cookie:NAME"`.
+    pub hash_key: Option<Spanned<String>>,
+    /// Ramp-up time for a server that just came back.
+    pub slow_start: Option<HumanDuration>,
+    /// Active health checks.
+    pub health_check: Option<Spanned<HealthCheckSection>>,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier_detection: OutlierSection,
+    /// Retries.
+    pub retry: Option<Spanned<RetrySection>>,
+    /// Most requests in flight to the upstream; past it, 503 at once.
+    pub max_requests: Option<usize>,
+}
+
+/// `health_check = { ... }` on an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `"http"` or `"tcp"`.
+    #[serde(default = "default_check_kind")]
+    pub kind: Spanned<String>,
+    /// Path (and query) of HTTP checks.
+    #[serde(default = "default_check_path")]
+    pub path: Spanned<String>,
+    /// Statuses that pass an HTTP check; any 2xx or 3xx when empty.
+    #[serde(default)]
+    pub expected_statuses: Vec<u16>,
+    /// Time between checks.
+    #[serde(default = "default_check_interval")]
+    pub interval: HumanDuration,
+    /// Time a check may take.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: HumanDuration,
+    /// Passes in a row that bring a server back.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failures in a row that take a server out.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_check_kind() -> Spanned<String> {
+    Spanned::new(0..0, "http".to_owned())
+}
+fn default_check_path() -> Spanned<String> {
+    Spanned::new(0..0, "/".to_owned())
+}
+fn default_check_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_check_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// `outlier_detection = { ... }` on an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSection {
+    /// Off: servers are never ejected for failing requests.
+    pub enabled: bool,
+    /// Failures in a row (5xx or connection failures) that eject a server.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each further one doubles it.
+    pub base_ejection: HumanDuration,
+    /// The longest ejection.
+    pub max_ejection: HumanDuration,
+    /// Most servers ejected at once, in percent of the upstream.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_failures: 5,
+            base_ejection: HumanDuration(Duration::from_secs(30)),
+            max_ejection: HumanDuration(Duration::from_secs(300)),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `retry = { ... }` on an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// Tries after the first, each on another server.
+    pub retries: u32,
+    /// What a retry follows: `"connect-failure"`, `"timeout"`, `"reset"` or a status such as `"503"`.
+    pub on: Vec<Spanned<String>>,
+    /// Time allowed for each try's response head.
+    pub per_try_timeout: Option<HumanDuration>,
+    /// Methods retried after the server saw the request; idempotent ones by default.
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// Retries may add at most this share of requests.
+    pub budget_ratio: f64,
+    /// Retries always allowed per second.
+    pub budget_min_per_second: f64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        Self {
+            retries: 1,
+            on: vec![Spanned::new(0..0, "connect-failure".to_owned())],
+            per_try_timeout: None,
+            methods: None,
+            budget_ratio: 0.2,
+            budget_min_per_second: 10.0,
+        }
+    }
 }
 
 /// `tls = { ... }` on an upstream.

@@ -62,6 +62,12 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// The upstream already has its limit of requests in flight.
+    #[error("the upstream has its limit of {limit} requests in flight")]
+    UpstreamOverflow {
+        /// The limit (`max_requests`).
+        limit: usize,
+    },
     /// A fail-closed filter failed.
     #[error(transparent)]
     Filter(#[from] crate::runtime::FilterError),
@@ -80,6 +86,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamOverflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Filter(error) => error.status(),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -89,7 +96,10 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             Self::NoRoute | Self::BadRequest(_) | Self::MethodNotAllowed | Self::BodyTooLarge { .. } => Side::Client,
-            Self::UpstreamConnect { .. } | Self::UpstreamTimeout { .. } | Self::UpstreamFailed { .. } => Side::Upstream,
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamOverflow { .. } => Side::Upstream,
             Self::Filter(_) => Side::Filter,
             Self::Internal(_) => Side::Internal,
         }
@@ -105,6 +115,7 @@ impl ProxyError {
             Self::UpstreamConnect { .. } => "upstream_connect",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::UpstreamOverflow { .. } => "upstream_overflow",
             Self::Filter(_) => "filter",
             Self::Internal(_) => "internal",
         }

@@ -29,6 +29,7 @@ use crate::config::Snapshot;
 use crate::routing::{RequestFacts, Route, RouteAction, normalize_host};
 use crate::runtime::{CallContext, HeadOutcome, Phases, RequestHead};
 use crate::server::ConnectionActivity;
+use crate::upstream::{BalancerKind, HashKey, Outgoing, PickContext, SendError};
 use filters::{ChainBody, FilterChain};
 use forwarding::{ClientSide, X_REQUEST_ID};
 
@@ -233,18 +234,9 @@ impl Proxy {
         };
         outcome.upstream = Some(upstream.name.clone());
 
-        let server = upstream.pick_server();
-        let server_name = server.authority.to_string();
-        outcome.server = Some(server_name.clone());
         let upstream_path = head.parts.uri.path().to_owned();
         let path_and_query = PathAndQuery::try_from(rewrite.apply(&upstream_path, head.parts.uri.query()))
             .map_err(|_| ProxyError::BadRequest("invalid path after rewrite"))?;
-        let uri = Uri::builder()
-            .scheme(upstream.scheme())
-            .authority(server.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|err| ProxyError::Internal(err.to_string()))?;
 
         // Response phases read the request head, which goes upstream: keep a copy, only if asked.
         let head_for_response = chain
@@ -252,38 +244,53 @@ impl Proxy {
             .filter(|chain| chain.wants(Phases::RESPONSE_HEADERS) || chain.wants(Phases::RESPONSE_BODY))
             .map(|_| filters::copy_request_head(&head));
         let mut parts = head.parts;
-        parts.uri = uri;
         parts.version = Version::HTTP_11;
+        // Only a balancer hashing a header or cookie looks at the client's headers again.
+        let pick_headers = match upstream.policy().balancer {
+            BalancerKind::Hash(HashKey::Header(_) | HashKey::Cookie(_)) => parts.headers.clone(),
+            _ => http::HeaderMap::new(),
+        };
         let client_side =
             ClientSide { peer: connection.peer.ip(), scheme: connection.scheme, host: authority.as_deref() };
         forwarding::prepare_upstream_request(&mut parts.headers, &client_side, &snapshot.server);
-        let host_header = match (&authority, preserve_host) {
-            (Some(authority), true) => HeaderValue::try_from(authority.as_str()).ok(),
-            _ => HeaderValue::try_from(server.authority.as_str()).ok(),
+        let preserve_host = match (&authority, preserve_host) {
+            (Some(authority), true) => match HeaderValue::try_from(authority.as_str()) {
+                Ok(host_header) => {
+                    parts.headers.insert(header::HOST, host_header);
+                    true
+                }
+                Err(_) => false,
+            },
+            _ => false,
         };
-        if let Some(host_header) = host_header {
-            parts.headers.insert(header::HOST, host_header);
-        }
         if let Ok(id) = HeaderValue::try_from(outcome.request_id.as_str()) {
             parts.headers.insert(X_REQUEST_ID, id);
         }
-        let upstream_request = Request::from_parts(parts, body);
-
-        let mut response = match tokio::time::timeout(timeout, upstream.client().request(upstream_request)).await {
-            Err(_elapsed) => {
-                return Err(ProxyError::UpstreamTimeout { server: server_name, timeout_ms: timeout.as_millis() });
+        let outgoing = Outgoing { parts, path_and_query, body, preserve_host };
+        let context = PickContext { client_ip: connection.peer.ip(), headers: &pick_headers };
+        let deadline = Instant::now() + timeout;
+        let (mut response, server_name) = match upstream.send(outgoing, context, deadline).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                return Err(match error {
+                    SendError::Overflow { limit } => ProxyError::UpstreamOverflow { limit },
+                    _ if too_large.load(Ordering::Relaxed) => ProxyError::BodyTooLarge { limit: route.max_body_bytes },
+                    SendError::Timeout { server, timeout_ms } => {
+                        outcome.server = Some(server.clone());
+                        ProxyError::UpstreamTimeout { server, timeout_ms }
+                    }
+                    SendError::Connect { server, reason } => {
+                        outcome.server = Some(server.clone());
+                        ProxyError::UpstreamConnect { server, reason }
+                    }
+                    SendError::Failed { server, reason } => {
+                        outcome.server = Some(server.clone());
+                        ProxyError::UpstreamFailed { server, reason }
+                    }
+                });
             }
-            Ok(Err(_)) if too_large.load(Ordering::Relaxed) => {
-                return Err(ProxyError::BodyTooLarge { limit: route.max_body_bytes });
-            }
-            Ok(Err(err)) if err.is_connect() => {
-                return Err(ProxyError::UpstreamConnect { server: server_name, reason: error_chain(&err) });
-            }
-            Ok(Err(err)) => {
-                return Err(ProxyError::UpstreamFailed { server: server_name, reason: error_chain(&err) });
-            }
-            Ok(Ok(response)) => response,
         };
+        outcome.server = Some(server_name.clone());
 
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
@@ -433,19 +440,6 @@ fn redirect_response(status: StatusCode, location: &str) -> Response<ProxyBody> 
         Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
     }
     response
-}
-
-/// The error and its causes on one line: hyper's outer errors alone ("client error (Connect)")
-/// say too little to act on.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Writes the access log line and the request's metrics.

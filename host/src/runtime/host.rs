@@ -551,15 +551,18 @@ impl callout::Host for FilterState {
         let Some(upstream) = context.upstreams.get(&upstream_name) else {
             return Ok(Err(callout::CalloutError::UnknownUpstream(format!("no upstream named {upstream_name:?}"))));
         };
-        Ok(send_callout(upstream, request).await.map_err(callout::CalloutError::Failed))
+        let client_ip = context.client_ip;
+        Ok(send_callout(upstream, client_ip, request).await.map_err(callout::CalloutError::Failed))
     }
 }
 
 async fn send_callout(
     upstream: &Upstream,
+    client_ip: std::net::IpAddr,
     request: callout::CalloutRequest,
 ) -> Result<callout::CalloutResponse, String> {
-    let server = upstream.pick_server();
+    let no_headers = http::HeaderMap::new();
+    let server = upstream.pick_server(&crate::upstream::PickContext { client_ip, headers: &no_headers });
     let method =
         Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
     let uri = Uri::builder()

@@ -54,6 +54,9 @@ impl Server {
         // Every filter's first instance starts now, so that a config its plugin refuses fails the
         // start rather than the first request.
         snapshot.prepare_filters().await.map_err(|err| io::Error::other(err.to_string()))?;
+        for upstream in snapshot.upstreams.values() {
+            upstream.start_health_checks();
+        }
         let mut metrics = Metrics::new();
         if let Ok(runtime) = crate::runtime::Runtime::shared() {
             metrics.register_filter_metrics(runtime.services());

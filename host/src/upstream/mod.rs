@@ -1,31 +1,65 @@
 //! Upstreams: named groups of origin servers, the pooled client that reaches them (over
-//! cleartext or TLS) and the balancer that spreads requests across them.
+//! cleartext or TLS), the balancer that spreads requests across them, health checks and outlier
+//! detection that take failing servers out, retries to another server within a budget, and a
+//! limit on requests in flight that answers 503 at once when reached.
 
 mod balancer;
+mod health;
+pub mod metrics;
+mod retry;
+mod send;
+mod server;
 pub mod tls;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http::Request;
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
 
-pub use balancer::WeightedRoundRobin;
+pub use balancer::{Balancer, BalancerKind, HashKey, PickContext};
+pub use health::{CheckKind, HealthCheck};
+pub use retry::{RetryBudget, RetryPolicy, TryFailure};
+pub use send::{Outgoing, SendError, ServerBody};
+pub use server::{Availability, OutlierPolicy, ServerState, UpstreamServer};
 pub use tls::{UpstreamTls, UpstreamTlsSettings};
 
 use crate::body::ProxyBody;
 
-/// One origin server.
+/// How an upstream balances, checks, retries and limits; everything but its servers and pool.
 #[derive(Debug, Clone)]
-pub struct UpstreamServer {
-    /// `host:port`, as sent in the request URI.
-    pub authority: Authority,
-    /// Share of requests relative to the other servers.
-    pub weight: u32,
+pub struct UpstreamPolicy {
+    /// The balancer.
+    pub balancer: BalancerKind,
+    /// Ramp-up time for a server that just came back.
+    pub slow_start: Option<Duration>,
+    /// Active health checks, when configured.
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection, when enabled.
+    pub outlier: Option<OutlierPolicy>,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Most requests in flight to the upstream; past it new requests get 503 at once.
+    pub max_requests: Option<usize>,
+}
+
+impl Default for UpstreamPolicy {
+    fn default() -> Self {
+        Self {
+            balancer: BalancerKind::RoundRobin,
+            slow_start: None,
+            health_check: None,
+            outlier: Some(OutlierPolicy::default()),
+            retry: RetryPolicy::default(),
+            max_requests: None,
+        }
+    }
 }
 
 /// Settings of an upstream's connection pool.
@@ -43,9 +77,21 @@ pub struct PoolSettings {
 pub struct Upstream {
     /// Name used in logs and metrics.
     pub name: Arc<str>,
-    servers: Vec<UpstreamServer>,
-    balancer: WeightedRoundRobin,
+    servers: Vec<ServerState>,
+    balancer: Balancer,
     client: UpstreamClient,
+    policy: UpstreamPolicy,
+    retry_budget: RetryBudget,
+    /// Requests in flight to any server, for `max_requests`.
+    in_flight: AtomicUsize,
+    /// Stops the health checks when the upstream goes away.
+    checks: CancellationToken,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.checks.cancel();
+    }
 }
 
 /// The pooled client of an upstream: one type per transport, so that cleartext upstreams carry
@@ -77,7 +123,13 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// An upstream over `servers` (at least one) with its own pool, speaking TLS when `tls` is
     /// given.
-    pub fn new(name: &str, servers: Vec<UpstreamServer>, pool: PoolSettings, tls: Option<UpstreamTls>) -> Self {
+    pub fn new(
+        name: &str,
+        servers: Vec<UpstreamServer>,
+        pool: PoolSettings,
+        tls: Option<UpstreamTls>,
+        policy: UpstreamPolicy,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(pool.connect_timeout));
         connector.set_nodelay(true);
@@ -108,8 +160,27 @@ impl Upstream {
                 UpstreamClient::Tls(builder.build(https))
             }
         };
-        let balancer = WeightedRoundRobin::new(servers.iter().map(|server| server.weight).collect());
-        Self { name: name.into(), servers, balancer, client }
+        let weights: Vec<u32> = servers.iter().map(|server| server.weight).collect();
+        let balancer = Balancer::new(policy.balancer.clone(), &weights, policy.slow_start);
+        let retry_budget = RetryBudget::new(policy.retry.budget_ratio, policy.retry.budget_min_per_second);
+        Self {
+            servers: servers.into_iter().map(|server| ServerState::new(name, server)).collect(),
+            name: name.into(),
+            balancer,
+            client,
+            policy,
+            retry_budget,
+            in_flight: AtomicUsize::new(0),
+            checks: CancellationToken::new(),
+        }
+    }
+
+    /// Starts the active health checks, if configured; they end when the upstream is dropped.
+    /// Needs a tokio runtime.
+    pub fn start_health_checks(self: &Arc<Self>) {
+        if let Some(check) = &self.policy.health_check {
+            health::spawn(self, check.clone(), self.checks.clone());
+        }
     }
 
     /// The scheme of request URIs to this upstream's servers.
@@ -120,14 +191,21 @@ impl Upstream {
         }
     }
 
-    /// The server for the next request.
-    pub fn pick_server(&self) -> &UpstreamServer {
-        &self.servers[self.balancer.next()]
+    /// The server for a request (ignoring none): for callouts and tests; proxied requests go
+    /// through [`Upstream::send`], which also retries and limits.
+    pub fn pick_server(&self, context: &PickContext<'_>) -> &UpstreamServer {
+        let index = self.balancer.pick(&self.servers, context, &[]).unwrap_or(0);
+        &self.servers[index].server
     }
 
-    /// The servers, in configured order.
-    pub fn servers(&self) -> &[UpstreamServer] {
+    /// The servers with their live state, in configured order.
+    pub fn servers(&self) -> &[ServerState] {
         &self.servers
+    }
+
+    /// The balancing, checking and retry settings.
+    pub fn policy(&self) -> &UpstreamPolicy {
+        &self.policy
     }
 
     /// The pooled client that carries requests to the servers.
