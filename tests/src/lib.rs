@@ -32,17 +32,26 @@ use tokio::net::{TcpListener, TcpStream};
 /// A boxed future answering one origin request.
 pub type OriginFuture = Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>;
 
+/// The test client type: hyper-util's pooled client over plain TCP.
+pub type TestClient = Client<HttpConnector, ProxyBody>;
+
 /// An origin server running in the test process.
 pub struct Origin {
     /// Where it listens.
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    open: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
+/// Dropping an origin kills it: the listener closes and every open connection is cut, as when
+/// a server process dies.
 impl Drop for Origin {
     fn drop(&mut self) {
         self.task.abort();
+        for connection in self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain(..) {
+            connection.abort();
+        }
     }
 }
 
@@ -72,6 +81,8 @@ impl Origin {
         let handler = Arc::new(handler);
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
+        let open: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let tracked = open.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -80,7 +91,7 @@ impl Origin {
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let handler = handler.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                let connection = tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let answer = handler(request);
                         async move { Ok::<_, Infallible>(answer.await) }
@@ -98,9 +109,12 @@ impl Origin {
                         }
                     }
                 });
+                let mut open = tracked.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                open.retain(|handle| !handle.is_finished());
+                open.push(connection.abort_handle());
             }
         });
-        Self { addr, connections, task }
+        Self { addr, connections, task, open }
     }
 
     /// How many connections it has accepted.

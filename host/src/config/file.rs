@@ -394,7 +394,7 @@ impl Default for RetrySection {
     fn default() -> Self {
         Self {
             retries: 1,
-            on: vec![Spanned::new(0..0, "connect-failure".to_owned())],
+            on: vec![Spanned::new(0..0, "connect-failure".to_owned()), Spanned::new(0..0, "reset".to_owned())],
             per_try_timeout: None,
             methods: None,
             budget_ratio: 0.2,

@@ -106,7 +106,7 @@ impl Server {
                 let listener = bind(bind_addr)?;
                 let local = listener.local_addr()?;
                 tracing::info!(address = %local, "admin listening");
-                tokio::spawn(admin::serve(listener, metrics.clone(), drain.clone()));
+                tokio::spawn(admin::serve(listener, metrics.clone(), snapshot.clone(), drain.clone()));
                 Some(local)
             }
             None => None,

@@ -49,7 +49,8 @@ impl Default for RetryPolicy {
             retries: 1,
             on_connect_failure: true,
             on_timeout: false,
-            on_reset: false,
+            // Safe for idempotent methods only, which `retries_after` checks.
+            on_reset: true,
             on_statuses: Vec::new(),
             methods: vec![Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE, Method::TRACE],
             per_try_timeout: None,
@@ -134,6 +135,8 @@ mod tests {
         assert!(!policy.retries_after(TryFailure::Status(StatusCode::SERVICE_UNAVAILABLE), &Method::POST));
         assert!(!policy.retries_after(TryFailure::Status(StatusCode::BAD_GATEWAY), &Method::GET));
         assert!(!policy.retries_after(TryFailure::Timeout, &Method::GET));
+        assert!(policy.retries_after(TryFailure::Reset, &Method::GET));
+        assert!(!policy.retries_after(TryFailure::Reset, &Method::POST));
     }
 
     #[test]
