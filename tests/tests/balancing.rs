@@ -271,3 +271,97 @@ async fn the_retry_budget_caps_extra_load_when_every_server_fails() {
     assert!(hits > requests, "no retries at all: {hits}");
     assert!(hits <= requests + requests / 10 + 1, "{hits} hits for {requests} requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_splits_its_requests_between_upstreams_by_weight() {
+    let stable = Origin::echo("stable").await;
+    let canary = Origin::echo("canary").await;
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.stable]\nservers = [{{ addr = \"{}\" }}]\n\
+         [upstream.canary]\nservers = [{{ addr = \"{}\" }}]\n\
+         [[route]]\nbackends = [{{ upstream = \"stable\", weight = 9 }}, {{ upstream = \"canary\", weight = 1 }}]\n",
+        stable.addr, canary.addr
+    ))
+    .await;
+    let client = http1_client();
+    let requests = 2000;
+    let mut to_canary = 0;
+    for _ in 0..requests {
+        if get_with(&client, &proxy, &[]).await.echo().origin() == "canary" {
+            to_canary += 1;
+        }
+    }
+    // A random draw per request: a tenth, give or take well over four standard deviations.
+    let share = f64::from(to_canary) / f64::from(requests);
+    assert!((0.07..=0.13).contains(&share), "canary got {share}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_requests_reach_the_shadow_and_its_answers_are_dropped() {
+    let main = Origin::echo("main").await;
+    let seen = Arc::new(Semaphore::new(0));
+    let shadow = {
+        let seen = seen.clone();
+        Origin::start(move |request| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                // The copy carries the client's request: path and headers.
+                if request.uri().path() == "/" && request.headers().contains_key("x-forwarded-for") {
+                    seen.add_permits(1);
+                }
+                Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).body(body::full("shadow")).unwrap()
+            }) as OriginFuture
+        })
+        .await
+    };
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.main]\nservers = [{{ addr = \"{}\" }}]\n\
+         [upstream.shadow]\nservers = [{{ addr = \"{}\" }}]\n\
+         [[route]]\nupstream = \"main\"\nmirror = {{ upstream = \"shadow\", percent = 100 }}\n",
+        main.addr, shadow.addr
+    ))
+    .await;
+    let client = http1_client();
+    for _ in 0..20 {
+        let answer = get_with(&client, &proxy, &[]).await;
+        assert_eq!((answer.status, answer.echo().origin().to_owned()), (StatusCode::OK, "main".to_owned()));
+    }
+    // Every copy arrives, in the background.
+    seen.acquire_many(20).await.unwrap().forget();
+}
+
+#[test]
+fn route_backends_and_mirrors_are_checked_with_their_key() {
+    let config = |route: &str| {
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.a]\nservers = [{{ addr = \"127.0.0.1:9\" }}]\n\
+             [[route]]\n{route}\n"
+        )
+    };
+    let error = sluice::config::Snapshot::from_toml(&config("upstream = \"a\"\nbackends = [{ upstream = \"a\" }]"))
+        .unwrap_err();
+    assert_eq!(error.key, "route[0].backends");
+    let error = sluice::config::Snapshot::from_toml(&config("backends = [{ upstream = \"a\" }, { upstream = \"b\" }]"))
+        .unwrap_err();
+    assert_eq!(error.key, "route[0].backends[1].upstream");
+    let error =
+        sluice::config::Snapshot::from_toml(&config("upstream = \"a\"\nmirror = { upstream = \"a\", percent = 0 }"))
+            .unwrap_err();
+    assert_eq!(error.key, "route[0].mirror.percent");
+    let upstream = |settings: &str| {
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.a]\nservers = [{{ addr = \"127.0.0.1:9\" }}]\n{settings}\n\
+             [[route]]\nupstream = \"a\"\n"
+        )
+    };
+    let error = sluice::config::Snapshot::from_toml(&upstream("retry = { on = [\"418\"] }")).unwrap_err();
+    assert_eq!(error.key, "upstream.a.retry.on[0]");
+    let error = sluice::config::Snapshot::from_toml(&upstream("balancer = \"fastest\"")).unwrap_err();
+    assert_eq!(error.key, "upstream.a.balancer");
+    let error = sluice::config::Snapshot::from_toml(&upstream("hash_key = \"header:x-user\"")).unwrap_err();
+    assert_eq!(error.key, "upstream.a.hash_key");
+    assert!(error.message.contains("balancer = \"hash\""), "{error}");
+    let error = sluice::config::Snapshot::from_toml(&upstream("health_check = { kind = \"http\", path = \"health\" }"))
+        .unwrap_err();
+    assert_eq!(error.key, "upstream.a.health_check.path");
+}

@@ -22,7 +22,8 @@ use super::file::{
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
 use crate::packages::{self, BuildOptions};
 use crate::routing::{
-    HeaderCondition, HeaderMatch, HostPattern, PathMatch, PathRewrite, Redirect, Route, RouteAction, RouteTable,
+    Backends, HeaderCondition, HeaderMatch, HostPattern, Mirror, PathMatch, PathRewrite, Redirect, Route, RouteAction,
+    RouteTable,
 };
 use crate::runtime::kv::KvQuota;
 use crate::runtime::{FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
@@ -617,37 +618,90 @@ impl Compiler<'_> {
 
         let rewrite = self.path_rewrite(&key, route)?;
 
-        let action = match (&route.upstream, &route.redirect) {
-            (Some(_), Some(redirect)) => {
+        let lookup = |name: &Spanned<String>, at: &str| {
+            upstreams.get(name.get_ref()).cloned().ok_or_else(|| {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                self.spanned_error(
+                    name,
+                    at,
+                    format!("no upstream named {:?} (defined: {})", name.get_ref(), list_or_none(&known)),
+                )
+            })
+        };
+        let forwards = route.upstream.is_some() || route.backends.is_some();
+        if let (Some(_), Some(backends)) = (&route.upstream, &route.backends) {
+            return Err(self.spanned_error(
+                backends,
+                &format!("{key}.backends"),
+                "a route has either `upstream` or `backends`, not both",
+            ));
+        }
+        let action = match (forwards, &route.redirect) {
+            (false, Some(_)) if route.mirror.is_some() => {
+                let mirror = route.mirror.as_ref().expect("checked");
+                return Err(self.spanned_error(
+                    mirror,
+                    &format!("{key}.mirror"),
+                    "a redirect route forwards nothing to mirror",
+                ));
+            }
+            (true, Some(redirect)) => {
                 return Err(self.spanned_error(
                     redirect,
                     &format!("{key}.redirect"),
                     "a route has either `upstream` or `redirect`, not both",
                 ));
             }
-            (None, None) => {
+            (false, None) => {
                 return Err(self.spanned_error(written, &key, "a route needs `upstream` or `redirect`"));
             }
-            (Some(upstream_name), None) => {
-                let upstream = upstreams.get(upstream_name.get_ref()).ok_or_else(|| {
-                    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-                    self.spanned_error(
-                        upstream_name,
-                        &format!("{key}.upstream"),
-                        format!("no upstream named {:?} (defined: {})", upstream_name.get_ref(), list_or_none(&known)),
-                    )
-                })?;
+            (true, None) => {
+                let backends = match (&route.upstream, &route.backends) {
+                    (Some(upstream_name), _) => Backends::single(lookup(upstream_name, &format!("{key}.upstream"))?),
+                    (None, Some(entries)) => {
+                        if entries.get_ref().is_empty() {
+                            return Err(self.spanned_error(entries, &format!("{key}.backends"), "list at least one"));
+                        }
+                        let mut choices = Vec::new();
+                        for (index, entry) in entries.get_ref().iter().enumerate() {
+                            let at = format!("{key}.backends[{index}]");
+                            let upstream = lookup(&entry.get_ref().upstream, &format!("{at}.upstream"))?;
+                            if entry.get_ref().weight == 0 {
+                                return Err(self.spanned_error(entry, &format!("{at}.weight"), "must be at least 1"));
+                            }
+                            choices.push((upstream, entry.get_ref().weight));
+                        }
+                        Backends::weighted(choices)
+                    }
+                    (None, None) => unreachable!("forwarding routes name an upstream or backends"),
+                };
+                let mirror = match &route.mirror {
+                    None => None,
+                    Some(written_mirror) => {
+                        let section = written_mirror.get_ref();
+                        if !(section.percent > 0.0 && section.percent <= 100.0) {
+                            return Err(self.spanned_error(
+                                written_mirror,
+                                &format!("{key}.mirror.percent"),
+                                "must be above 0 and at most 100",
+                            ));
+                        }
+                        let upstream = lookup(&section.upstream, &format!("{key}.mirror.upstream"))?;
+                        Some(Mirror { upstream, percent: section.percent })
+                    }
+                };
                 if route.timeout.0.is_zero() {
                     return Err(self.error(None, &format!("{key}.timeout"), "must be more than zero"));
                 }
                 RouteAction::Forward {
-                    upstream: upstream.clone(),
+                    backends,
+                    mirror,
                     rewrite,
                     timeout: route.timeout.0,
                     preserve_host: route.preserve_host,
                 }
             }
-            (None, Some(redirect)) => {
+            (false, Some(redirect)) => {
                 let section = redirect.get_ref();
                 let status = StatusCode::from_u16(section.status)
                     .ok()

@@ -445,6 +445,32 @@ fn default_weight() -> u32 {
     1
 }
 
+/// One entry of a route's `backends`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendEntry {
+    /// The upstream.
+    pub upstream: Spanned<String>,
+    /// Its share of the route's requests, relative to the other entries.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `mirror = { ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSection {
+    /// The shadow upstream.
+    pub upstream: Spanned<String>,
+    /// Share of requests copied, in percent.
+    #[serde(default = "default_mirror_percent")]
+    pub percent: f64,
+}
+
+fn default_mirror_percent() -> f64 {
+    100.0
+}
+
 /// `[[route]]`: which requests it takes and what it does with them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -468,6 +494,10 @@ pub struct RouteSection {
     pub headers: Vec<Spanned<HeaderCondition>>,
     /// The upstream that serves the route.
     pub upstream: Option<Spanned<String>>,
+    /// Instead of `upstream`: several upstreams sharing the requests by weight.
+    pub backends: Option<Spanned<Vec<Spanned<BackendEntry>>>>,
+    /// Copy a share of requests to a shadow upstream.
+    pub mirror: Option<Spanned<MirrorSection>>,
     /// Redirect instead of forwarding.
     pub redirect: Option<Spanned<RedirectSection>>,
     /// Remove the matched `path_prefix` before forwarding.

@@ -26,7 +26,7 @@ pub use request_id::{new_request_id, request_id};
 use crate::admin::metrics::{ErrorLabels, Metrics, Name, RequestLabels, RouteLabels};
 use crate::body::{self, BodyOutcome, LimitedBody, ObservedBody, ProxyBody};
 use crate::config::Snapshot;
-use crate::routing::{RequestFacts, Route, RouteAction, normalize_host};
+use crate::routing::{Mirror, RequestFacts, Route, RouteAction, normalize_host};
 use crate::runtime::{CallContext, HeadOutcome, Phases, RequestHead};
 use crate::server::ConnectionActivity;
 use crate::upstream::{BalancerKind, HashKey, Outgoing, PickContext, SendError};
@@ -222,14 +222,14 @@ impl Proxy {
             chain = Some(filters);
         }
 
-        let (upstream, rewrite, timeout, preserve_host) = match &route.action {
+        let (upstream, mirror, rewrite, timeout, preserve_host) = match &route.action {
             RouteAction::Redirect(redirect) => {
                 let host_for_location = authority.as_deref().unwrap_or("localhost");
                 let location = redirect.location(connection.scheme, host_for_location, &path, query.as_deref());
                 return Ok(redirect_response(redirect.status, &location));
             }
-            RouteAction::Forward { upstream, rewrite, timeout, preserve_host } => {
-                (upstream, rewrite, *timeout, *preserve_host)
+            RouteAction::Forward { backends, mirror, rewrite, timeout, preserve_host } => {
+                (backends.pick(), mirror, rewrite, *timeout, *preserve_host)
             }
         };
         outcome.upstream = Some(upstream.name.clone());
@@ -265,6 +265,11 @@ impl Proxy {
         };
         if let Ok(id) = HeaderValue::try_from(outcome.request_id.as_str()) {
             parts.headers.insert(X_REQUEST_ID, id);
+        }
+        if let Some(mirror) =
+            mirror.as_ref().filter(|mirror| http_body::Body::is_end_stream(&body) && mirror.takes_this_one())
+        {
+            mirror_request(mirror, &parts, &path_and_query, preserve_host, connection.peer.ip(), timeout);
         }
         let outgoing = Outgoing { parts, path_and_query, body, preserve_host };
         let context = PickContext { client_ip: connection.peer.ip(), headers: &pick_headers };
@@ -440,6 +445,37 @@ fn redirect_response(status: StatusCode, location: &str) -> Response<ProxyBody> 
         Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
     }
     response
+}
+
+/// Sends a copy of a body-less request to the route's mirror, in the background; its answer is
+/// read to the end (so the connection is reused) and thrown away, and its failures are only logged
+/// at debug level: the shadow upstream never affects the client's request.
+fn mirror_request(
+    mirror: &Mirror,
+    parts: &http::request::Parts,
+    path_and_query: &PathAndQuery,
+    preserve_host: bool,
+    client_ip: std::net::IpAddr,
+    timeout: std::time::Duration,
+) {
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = parts.method.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    let (copy_parts, copy_body) = copy.into_parts();
+    let outgoing =
+        Outgoing { parts: copy_parts, path_and_query: path_and_query.clone(), body: copy_body, preserve_host };
+    let upstream = mirror.upstream.clone();
+    tokio::spawn(async move {
+        let no_headers = http::HeaderMap::new();
+        let context = PickContext { client_ip, headers: &no_headers };
+        match upstream.send(outgoing, context, Instant::now() + timeout).await {
+            Ok((response, _server)) => {
+                let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            }
+            Err(error) => tracing::debug!(upstream = %upstream.name, ?error, "mirrored request failed"),
+        }
+    });
 }
 
 /// Writes the access log line and the request's metrics.

@@ -40,8 +40,10 @@ pub struct Route {
 pub enum RouteAction {
     /// Forward to an upstream.
     Forward {
-        /// Where to.
-        upstream: Arc<Upstream>,
+        /// Where to: one upstream, or several sharing the traffic by weight.
+        backends: Backends,
+        /// A copy of a share of requests for a shadow upstream.
+        mirror: Option<Mirror>,
         /// How the path changes on the way.
         rewrite: PathRewrite,
         /// How long to wait for the upstream's response headers.
@@ -51,6 +53,62 @@ pub enum RouteAction {
     },
     /// Answer with a redirect.
     Redirect(Redirect),
+}
+
+/// The upstreams a route forwards to, with their shares of its requests (a canary split).
+#[derive(Debug)]
+pub struct Backends {
+    choices: Vec<(Arc<Upstream>, u32)>,
+    total: u32,
+}
+
+impl Backends {
+    /// All requests to one upstream.
+    pub fn single(upstream: Arc<Upstream>) -> Self {
+        Self { choices: vec![(upstream, 1)], total: 1 }
+    }
+
+    /// Requests split by weight (each at least 1) over the upstreams.
+    pub fn weighted(choices: Vec<(Arc<Upstream>, u32)>) -> Self {
+        let total = choices.iter().map(|(_, weight)| weight).sum();
+        Self { choices, total }
+    }
+
+    /// The upstream for one request: drawn at random by weight.
+    pub fn pick(&self) -> &Arc<Upstream> {
+        if self.choices.len() == 1 {
+            return &self.choices[0].0;
+        }
+        let mut draw = rand::Rng::random_range(&mut rand::rng(), 0..self.total);
+        for (upstream, weight) in &self.choices {
+            if draw < *weight {
+                return upstream;
+            }
+            draw -= weight;
+        }
+        &self.choices[self.choices.len() - 1].0
+    }
+
+    /// The upstreams with their weights.
+    pub fn choices(&self) -> &[(Arc<Upstream>, u32)] {
+        &self.choices
+    }
+}
+
+/// Requests copied to a shadow upstream, whose answers are thrown away.
+#[derive(Debug)]
+pub struct Mirror {
+    /// Where copies go.
+    pub upstream: Arc<Upstream>,
+    /// The share of requests copied, 0 to 100.
+    pub percent: f64,
+}
+
+impl Mirror {
+    /// Whether this request is copied.
+    pub fn takes_this_one(&self) -> bool {
+        self.percent >= 100.0 || rand::Rng::random_bool(&mut rand::rng(), self.percent / 100.0)
+    }
 }
 
 /// A change to the path before forwarding or redirecting.
