@@ -92,10 +92,13 @@ upstream = "exact-host-header"
     (TestProxy::start(&config).await, origins)
 }
 
+/// Method, host, path, headers, and the route expected to take the request.
+type PrecedenceCase<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[tokio::test]
 async fn most_specific_route_wins() {
     let (proxy, _origins) = precedence_proxy().await;
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[PrecedenceCase] = &[
         // method, host, path, headers, expected route
         ("GET", "api.example.com", "/v1/users/me", &[], "exact-host-exact-path"),
         ("GET", "api2.example.com:8080", "/v1/users/me", &[], "exact-host-exact-path"),
