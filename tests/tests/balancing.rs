@@ -365,3 +365,33 @@ fn route_backends_and_mirrors_are_checked_with_their_key() {
         .unwrap_err();
     assert_eq!(error.key, "upstream.a.health_check.path");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_keeps_a_client_on_its_server_until_the_server_goes() {
+    let a = Origin::echo("a").await;
+    let b = Origin::echo("b").await;
+    let c = Origin::echo("c").await;
+    let mut origins = HashMap::from([("a", a), ("b", b), ("c", c)]);
+    let ordered = [&origins["a"], &origins["b"], &origins["c"]];
+    let proxy = TestProxy::start(&proxy_config(&ordered, "sticky_cookie = \"srv\"")).await;
+    let client = http1_client();
+
+    let first = get_with(&client, &proxy, &[]).await;
+    let set_cookie = first.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.starts_with("srv=") && set_cookie.contains("HttpOnly"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let home = first.echo().origin().to_owned();
+    for _ in 0..10 {
+        let again = get_with(&client, &proxy, &[("cookie", &cookie)]).await;
+        assert_eq!(again.echo().origin(), home);
+        assert!(!again.headers.contains_key("set-cookie"), "the cookie was already right");
+    }
+
+    // Its server dies: the client is served elsewhere and told its new server.
+    drop(origins.remove(home.as_str()));
+    let moved = get_with(&client, &proxy, &[("cookie", &cookie)]).await;
+    assert_eq!(moved.status, StatusCode::OK);
+    assert_ne!(moved.echo().origin(), home);
+    let new_cookie = moved.headers["set-cookie"].to_str().unwrap();
+    assert!(!new_cookie.starts_with(&cookie), "{new_cookie}");
+}

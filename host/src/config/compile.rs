@@ -405,6 +405,22 @@ impl Compiler<'_> {
                 "budget_ratio must be 0 to 10 and budget_min_per_second 0 or more",
             ));
         }
+        let sticky_cookie = match &section.sticky_cookie {
+            None => None,
+            Some(written) => {
+                let name = written.get_ref();
+                let valid = !name.is_empty()
+                    && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
+                if !valid {
+                    return Err(self.spanned_error(
+                        written,
+                        &format!("{key}.sticky_cookie"),
+                        "not a valid cookie name",
+                    ));
+                }
+                Some(name.clone())
+            }
+        };
         if section.max_requests == Some(0) {
             return Err(self.error(None, &format!("{key}.max_requests"), "must be at least 1"));
         }
@@ -415,6 +431,7 @@ impl Compiler<'_> {
             outlier,
             retry,
             max_requests: section.max_requests,
+            sticky_cookie,
         })
     }
 

@@ -296,6 +296,8 @@ pub struct UpstreamSection {
     pub retry: Option<Spanned<RetrySection>>,
     /// Most requests in flight to the upstream; past it, 503 at once.
     pub max_requests: Option<usize>,
+    /// Sticky sessions: the cookie that names a client's server.
+    pub sticky_cookie: Option<Spanned<String>>,
 }
 
 /// `health_check = { ... }` on an upstream.

@@ -245,8 +245,11 @@ impl Proxy {
             .map(|_| filters::copy_request_head(&head));
         let mut parts = head.parts;
         parts.version = Version::HTTP_11;
-        // Only a balancer hashing a header or cookie looks at the client's headers again.
-        let pick_headers = match upstream.policy().balancer {
+        // Only sticky sessions and a balancer hashing a header or cookie look at the client's
+        // headers again.
+        let policy = upstream.policy();
+        let pick_headers = match policy.balancer {
+            _ if policy.sticky_cookie.is_some() => parts.headers.clone(),
             BalancerKind::Hash(HashKey::Header(_) | HashKey::Cookie(_)) => parts.headers.clone(),
             _ => http::HeaderMap::new(),
         };

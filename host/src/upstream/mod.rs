@@ -47,6 +47,8 @@ pub struct UpstreamPolicy {
     pub retry: RetryPolicy,
     /// Most requests in flight to the upstream; past it new requests get 503 at once.
     pub max_requests: Option<usize>,
+    /// Sticky sessions: the cookie that names a client's server.
+    pub sticky_cookie: Option<String>,
 }
 
 impl Default for UpstreamPolicy {
@@ -58,6 +60,7 @@ impl Default for UpstreamPolicy {
             outlier: Some(OutlierPolicy::default()),
             retry: RetryPolicy::default(),
             max_requests: None,
+            sticky_cookie: None,
         }
     }
 }

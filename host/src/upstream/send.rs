@@ -9,12 +9,13 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{HOST, SET_COOKIE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::balancer::cookie;
 use super::metrics::UpstreamMetrics;
 use super::retry::TryFailure;
 use super::server::Availability;
@@ -135,8 +136,12 @@ impl Upstream {
         let replayable = body.is_end_stream();
         let mut body = Some(body);
         let mut tried = Vec::new();
+        let sticky = self.sticky_server(&context);
         loop {
-            let index = self.balancer.pick(&self.servers, &context, &tried).expect("an untried server remains");
+            let index = match sticky.filter(|index| !tried.contains(index)) {
+                Some(index) => index,
+                None => self.balancer.pick(&self.servers, &context, &tried).expect("an untried server remains"),
+            };
             tried.push(index);
             let server = &self.servers[index].server;
             let server_name = server.authority.to_string();
@@ -188,7 +193,10 @@ impl Upstream {
                 UpstreamMetrics::global().retry_refused(&self.name);
             }
             return match result {
-                Ok(Ok(response)) => {
+                Ok(Ok(mut response)) => {
+                    if sticky != Some(index) {
+                        self.set_sticky_cookie(&mut response, index);
+                    }
                     let body = |inner| ServerBody { inner, _in_flight: in_flight, _slot: slot };
                     Ok((response.map(body), server_name))
                 }
@@ -198,6 +206,27 @@ impl Upstream {
                 }
                 Ok(Err(error)) => Err(SendError::Failed { server: server_name, reason: error_chain(&error) }),
             };
+        }
+    }
+
+    /// The server the client's sticky-session cookie names, while it is available.
+    fn sticky_server(&self, context: &PickContext<'_>) -> Option<usize> {
+        let name = self.policy.sticky_cookie.as_deref()?;
+        let id = cookie(context.headers, name)?;
+        let now = Instant::now();
+        self.servers
+            .iter()
+            .position(|server| server.sticky_id == id && server.availability(now) == Availability::Available)
+    }
+
+    /// Tells the client which server to come back to.
+    fn set_sticky_cookie<B>(&self, response: &mut Response<B>, index: usize) {
+        let Some(name) = self.policy.sticky_cookie.as_deref() else {
+            return;
+        };
+        let value = format!("{name}={}; Path=/; HttpOnly; SameSite=Lax", self.servers[index].sticky_id);
+        if let Ok(value) = HeaderValue::try_from(value) {
+            response.headers_mut().append(SET_COOKIE, value);
         }
     }
 

@@ -26,6 +26,8 @@ pub struct UpstreamServer {
 pub struct ServerState {
     /// The configured server.
     pub server: UpstreamServer,
+    /// Its name in sticky-session cookies: derived from the address without revealing it.
+    pub sticky_id: String,
     /// Active health: false once `fall` checks in a row failed, true again after `rise` passed.
     healthy: AtomicBool,
     /// Checks in a row that disagreed with `healthy`.
@@ -74,6 +76,7 @@ impl ServerState {
             in_flight: metrics.in_flight(upstream, name),
             ejections_metric: metrics.ejections(upstream, name),
             healthy_metric,
+            sticky_id: sticky_id(upstream, name),
             server,
             healthy: AtomicBool::new(true),
             check_streak: AtomicU32::new(0),
@@ -199,6 +202,12 @@ impl ServerState {
     fn mark_available(&self, at: Instant) {
         *self.available_since.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(at);
     }
+}
+
+fn sticky_id(upstream: &str, server: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{upstream}/{server}"));
+    hex::encode(&digest[..8])
 }
 
 /// Passive outlier detection settings.
