@@ -395,3 +395,39 @@ async fn a_sticky_cookie_keeps_a_client_on_its_server_until_the_server_goes() {
     let new_cookie = moved.headers["set-cookie"].to_str().unwrap();
     assert!(!new_cookie.starts_with(&cookie), "{new_cookie}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connection_limit_answers_503_at_once_and_recovers() {
+    let gate = Arc::new(Semaphore::new(0));
+    let arrived = Arc::new(Semaphore::new(0));
+    let origin = {
+        let (gate, arrived) = (gate.clone(), arrived.clone());
+        Origin::start(move |_request| {
+            let (gate, arrived) = (gate.clone(), arrived.clone());
+            Box::pin(async move {
+                arrived.add_permits(1);
+                gate.acquire().await.unwrap().forget();
+                Response::new(body::full("done"))
+            }) as OriginFuture
+        })
+        .await
+    };
+    let proxy = Arc::new(TestProxy::start(&proxy_config(&[&origin], "max_connections = 1\nmax_pending = 0")).await);
+    let held = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { get_with(&http1_client(), &proxy, &[]).await.status })
+    };
+    // The one connection is busy with the held request; no request may wait for it.
+    arrived.acquire().await.unwrap().forget();
+    let over = get_with(&http1_client(), &proxy, &[]).await;
+    assert_eq!(over.status, StatusCode::SERVICE_UNAVAILABLE, "{}", over.text());
+
+    gate.add_permits(1);
+    assert_eq!(held.await.unwrap(), StatusCode::OK);
+    // The connection is free again (pooled): requests flow.
+    gate.add_permits(2);
+    for _ in 0..2 {
+        assert_eq!(get_with(&http1_client(), &proxy, &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(origin.connections_accepted(), 1);
+}

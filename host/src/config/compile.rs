@@ -424,6 +424,9 @@ impl Compiler<'_> {
         if section.max_requests == Some(0) {
             return Err(self.error(None, &format!("{key}.max_requests"), "must be at least 1"));
         }
+        if section.max_connections == Some(0) {
+            return Err(self.error(None, &format!("{key}.max_connections"), "must be at least 1"));
+        }
         Ok(UpstreamPolicy {
             balancer,
             slow_start: section.slow_start.map(|window| window.0).filter(|window| !window.is_zero()),
@@ -432,6 +435,8 @@ impl Compiler<'_> {
             retry,
             max_requests: section.max_requests,
             sticky_cookie,
+            max_connections: section.max_connections,
+            max_pending: section.max_pending,
         })
     }
 

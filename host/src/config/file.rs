@@ -298,6 +298,15 @@ pub struct UpstreamSection {
     pub max_requests: Option<usize>,
     /// Sticky sessions: the cookie that names a client's server.
     pub sticky_cookie: Option<Spanned<String>>,
+    /// Most connections open to each server.
+    pub max_connections: Option<usize>,
+    /// With `max_connections`: most requests per server waiting for a connection.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+}
+
+fn default_max_pending() -> usize {
+    1024
 }
 
 /// `health_check = { ... }` on an upstream.

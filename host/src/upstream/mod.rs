@@ -5,6 +5,7 @@
 
 mod balancer;
 mod health;
+mod limits;
 pub mod metrics;
 mod retry;
 mod send;
@@ -25,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use balancer::{Balancer, BalancerKind, HashKey, PickContext};
 pub use health::{CheckKind, HealthCheck};
+use limits::ConnectionLimits;
+pub use limits::{ConnectionLimitReached, LimitedConnection, LimitedConnector};
 pub use retry::{RetryBudget, RetryPolicy, TryFailure};
 pub use send::{Outgoing, SendError, ServerBody};
 pub use server::{Availability, OutlierPolicy, ServerState, UpstreamServer};
@@ -49,6 +52,10 @@ pub struct UpstreamPolicy {
     pub max_requests: Option<usize>,
     /// Sticky sessions: the cookie that names a client's server.
     pub sticky_cookie: Option<String>,
+    /// Most connections open to each server.
+    pub max_connections: Option<usize>,
+    /// With `max_connections`: most requests per server waiting for a connection.
+    pub max_pending: usize,
 }
 
 impl Default for UpstreamPolicy {
@@ -61,6 +68,8 @@ impl Default for UpstreamPolicy {
             retry: RetryPolicy::default(),
             max_requests: None,
             sticky_cookie: None,
+            max_connections: None,
+            max_pending: 1024,
         }
     }
 }
@@ -102,9 +111,9 @@ impl Drop for Upstream {
 #[derive(Clone)]
 pub enum UpstreamClient {
     /// HTTP/1.1 over TCP.
-    Plain(Client<HttpConnector, ProxyBody>),
+    Plain(Client<LimitedConnector<HttpConnector>, ProxyBody>),
     /// HTTPS, HTTP/2 where the server chooses it in ALPN.
-    Tls(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+    Tls(Client<HttpsConnector<LimitedConnector<HttpConnector>>, ProxyBody>),
 }
 
 impl UpstreamClient {
@@ -144,11 +153,24 @@ impl Upstream {
             .pool_max_idle_per_host(pool.max_idle_per_server)
             // Header case and order are the client's business; keep what the origin sent.
             .http1_preserve_header_case(false);
+        if tls.is_some() {
+            // The connector speaks TLS to `https` URIs; without this it would refuse them.
+            connector.enforce_http(false);
+        }
+        let limits = policy.max_connections.map(|max_connections| {
+            let per_server = servers
+                .iter()
+                .map(|server| {
+                    let limits = ConnectionLimits::new(max_connections, policy.max_pending);
+                    (server.authority.to_string(), Arc::new(limits))
+                })
+                .collect();
+            Arc::new(per_server)
+        });
+        let connector = LimitedConnector::new(connector, limits);
         let client = match tls {
             None => UpstreamClient::Plain(builder.build(connector)),
             Some(tls) => {
-                // The connector speaks TLS to `https` URIs; without this it would refuse them.
-                connector.enforce_http(false);
                 let https = HttpsConnectorBuilder::new().with_tls_config(tls.config).https_only();
                 let https = match tls.server_name {
                     Some(name) => https.with_server_name_resolver(FixedServerNameResolver::new(name)),

@@ -19,7 +19,7 @@ use super::balancer::cookie;
 use super::metrics::UpstreamMetrics;
 use super::retry::TryFailure;
 use super::server::Availability;
-use super::{PickContext, Upstream};
+use super::{ConnectionLimitReached, PickContext, Upstream};
 use crate::body::{self, ProxyBody};
 
 /// Why no response came back.
@@ -165,6 +165,12 @@ impl Upstream {
             let allowed = deadline.saturating_duration_since(now);
             let timeout = self.policy.retry.per_try_timeout.map_or(allowed, |per_try| per_try.min(allowed));
             let result = tokio::time::timeout(timeout, self.client.request(request)).await;
+            if let Ok(Err(error)) = &result
+                && caused_by_connection_limit(error)
+            {
+                UpstreamMetrics::global().overflowed(&self.name);
+                return Err(SendError::Overflow { limit: self.policy.max_connections.unwrap_or_default() });
+            }
             let failure = match &result {
                 Err(_) => Some(TryFailure::Timeout),
                 Ok(Err(error)) if error.is_connect() => Some(TryFailure::Connect),
@@ -268,6 +274,17 @@ impl Upstream {
             );
         }
     }
+}
+
+fn caused_by_connection_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<ConnectionLimitReached>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The error and its causes on one line: hyper's outer errors alone ("client error (Connect)")
