@@ -59,13 +59,17 @@ pub struct Balancer {
     /// Smooth round-robin's running weights.
     smooth: Mutex<Vec<f64>>,
     maglev: Option<Maglev>,
+    /// Equal weights and no slow start: round-robin is a counter.
+    even: bool,
 }
 
 impl Balancer {
     /// A balancer for servers with these weights.
     pub fn new(kind: BalancerKind, weights: &[u32], slow_start: Option<Duration>) -> Self {
         let maglev = matches!(kind, BalancerKind::Hash(_)).then(|| Maglev::new(weights));
-        Self { kind, slow_start, counter: AtomicUsize::new(0), smooth: Mutex::new(vec![0.0; weights.len()]), maglev }
+        let even = slow_start.is_none() && weights.iter().all(|&weight| weight == weights[0]);
+        let smooth = Mutex::new(vec![0.0; weights.len()]);
+        Self { kind, slow_start, counter: AtomicUsize::new(0), smooth, maglev, even }
     }
 
     /// The balancer's kind.
@@ -79,6 +83,13 @@ impl Balancer {
     /// checks can be wrong when everything looks down at once).
     pub fn pick(&self, servers: &[ServerState], context: &PickContext<'_>, tried: &[usize]) -> Option<usize> {
         let now = Instant::now();
+        // The common case, without gathering candidates: even round-robin, first try.
+        if tried.is_empty() && self.kind == BalancerKind::RoundRobin && self.even {
+            let index = self.counter.fetch_add(1, Ordering::Relaxed) % servers.len();
+            if servers[index].availability(now) == Availability::Available {
+                return Some(index);
+            }
+        }
         let untried = |index: usize| !tried.contains(&index);
         let mut candidates: Vec<usize> = (0..servers.len())
             .filter(|&index| untried(index) && servers[index].availability(now) == Availability::Available)

@@ -34,6 +34,9 @@ pub struct ServerState {
     check_streak: AtomicU32,
     /// Passive outlier detection.
     outlier: Mutex<OutlierState>,
+    /// Whether an ejection may be running (set when ejecting): lets the per-request
+    /// availability check skip the lock in the common case.
+    maybe_ejected: AtomicBool,
     /// Requests sent and not yet finished (response body included); also its metric.
     in_flight: Gauge,
     /// The health metric (1 healthy, 0 not).
@@ -81,6 +84,7 @@ impl ServerState {
             healthy: AtomicBool::new(true),
             check_streak: AtomicU32::new(0),
             outlier: Mutex::new(OutlierState::default()),
+            maybe_ejected: AtomicBool::new(false),
             latency_ewma_us: AtomicU64::new(0),
             available_since: Mutex::new(None),
         }
@@ -90,6 +94,9 @@ impl ServerState {
     pub fn availability(&self, now: Instant) -> Availability {
         if !self.healthy.load(Ordering::Relaxed) {
             return Availability::Unhealthy;
+        }
+        if !self.maybe_ejected.load(Ordering::Relaxed) {
+            return Availability::Available;
         }
         let outlier = self.outlier.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match outlier.ejected_until {
@@ -180,6 +187,7 @@ impl ServerState {
                 // Served well after coming back: the next ejection starts from the base time.
                 outlier.ejected_until = None;
                 outlier.ejections = 0;
+                self.maybe_ejected.store(false, Ordering::Relaxed);
             }
             return None;
         }
@@ -193,6 +201,7 @@ impl ServerState {
         outlier.ejections += 1;
         outlier.consecutive_failures = 0;
         outlier.ejected_until = Some(now + length);
+        self.maybe_ejected.store(true, Ordering::Relaxed);
         drop(outlier);
         self.ejections_metric.inc();
         self.mark_available(now + length);
