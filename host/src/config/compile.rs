@@ -389,6 +389,13 @@ impl Compiler<'_> {
                 },
             }
         }
+        if retry.retries as usize >= crate::upstream::MAX_TRIES {
+            return Err(self.spanned_error(
+                written_retry,
+                &format!("{retry_key}.retries"),
+                format!("at most {}", crate::upstream::MAX_TRIES - 1),
+            ));
+        }
         if let Some(methods) = &retry_section.methods {
             retry.methods = Vec::new();
             for (index, method) in methods.iter().enumerate() {

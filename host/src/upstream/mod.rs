@@ -29,7 +29,7 @@ pub use health::{CheckKind, HealthCheck};
 use limits::ConnectionLimits;
 pub use limits::{ConnectionLimitReached, LimitedConnection, LimitedConnector};
 pub use retry::{RetryBudget, RetryPolicy, TryFailure};
-pub use send::{Outgoing, SendError, ServerBody};
+pub use send::{MAX_TRIES, Outgoing, SendError, ServerBody};
 pub use server::{Availability, OutlierPolicy, ServerState, UpstreamServer};
 pub use tls::{UpstreamTls, UpstreamTlsSettings};
 

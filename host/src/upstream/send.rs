@@ -22,6 +22,9 @@ use super::server::Availability;
 use super::{ConnectionLimitReached, PickContext, Upstream};
 use crate::body::{self, ProxyBody};
 
+/// Most tries of one request (`retry.retries` is capped below this).
+pub const MAX_TRIES: usize = 16;
+
 /// Why no response came back.
 #[derive(Debug)]
 pub enum SendError {
@@ -130,19 +133,24 @@ impl Upstream {
     ) -> Result<(Response<ServerBody>, String), SendError> {
         let slot = self.take_request_slot()?;
         self.retry_budget.deposit();
-        let Outgoing { parts, path_and_query, body, preserve_host } = outgoing;
+        let Outgoing { mut parts, path_and_query, body, preserve_host } = outgoing;
         // Only a request whose body is known to be empty can be sent again: a streamed body is
         // gone once the first try has read it.
         let replayable = body.is_end_stream();
+        let max_tries = if replayable { (self.policy.retry.retries as usize + 1).min(self.servers.len()) } else { 1 };
         let mut body = Some(body);
-        let mut tried = Vec::new();
+        // Servers tried so far; on the stack, as nearly every request makes one try.
+        let mut tried_buffer = [0usize; MAX_TRIES];
+        let mut tried_count = 0;
         let sticky = self.sticky_server(&context);
         loop {
+            let tried = &tried_buffer[..tried_count];
             let index = match sticky.filter(|index| !tried.contains(index)) {
                 Some(index) => index,
-                None => self.balancer.pick(&self.servers, &context, &tried).expect("an untried server remains"),
+                None => self.balancer.pick(&self.servers, &context, tried).expect("an untried server remains"),
             };
-            tried.push(index);
+            tried_buffer[tried_count] = index;
+            tried_count += 1;
             let server = &self.servers[index].server;
             let server_name = server.authority.to_string();
             let uri = Uri::builder()
@@ -155,7 +163,9 @@ impl Upstream {
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = uri;
             *request.version_mut() = parts.version;
-            *request.headers_mut() = parts.headers.clone();
+            // The head is copied only while another try may need it.
+            *request.headers_mut() =
+                if tried_count < max_tries { parts.headers.clone() } else { std::mem::take(&mut parts.headers) };
             if !preserve_host && let Ok(host) = HeaderValue::try_from(server.authority.as_str()) {
                 request.headers_mut().insert(HOST, host);
             }
@@ -184,9 +194,7 @@ impl Upstream {
             self.record_outcome(index, failure.is_some());
 
             let retry = failure.is_some_and(|failure| {
-                replayable
-                    && tried.len() <= self.policy.retry.retries as usize
-                    && tried.len() < self.servers.len()
+                tried_count < max_tries
                     && Instant::now() < deadline
                     && self.policy.retry.retries_after(failure, &parts.method)
             });

@@ -37,6 +37,8 @@ pub struct ServerState {
     /// Whether an ejection may be running (set when ejecting): lets the per-request
     /// availability check skip the lock in the common case.
     maybe_ejected: AtomicBool,
+    /// No failure since the last success and no ejection: a success has nothing to record.
+    clean: AtomicBool,
     /// Requests sent and not yet finished (response body included); also its metric.
     in_flight: Gauge,
     /// The health metric (1 healthy, 0 not).
@@ -85,6 +87,7 @@ impl ServerState {
             check_streak: AtomicU32::new(0),
             outlier: Mutex::new(OutlierState::default()),
             maybe_ejected: AtomicBool::new(false),
+            clean: AtomicBool::new(true),
             latency_ewma_us: AtomicU64::new(0),
             available_since: Mutex::new(None),
         }
@@ -180,17 +183,25 @@ impl ServerState {
         may_eject: bool,
         now: Instant,
     ) -> Option<Duration> {
+        if !failed && self.clean.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut outlier = self.outlier.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !failed {
             outlier.consecutive_failures = 0;
+            if outlier.ejected_until.is_none() {
+                self.clean.store(true, Ordering::Relaxed);
+            }
             if outlier.ejected_until.is_some_and(|until| until <= now) {
                 // Served well after coming back: the next ejection starts from the base time.
                 outlier.ejected_until = None;
                 outlier.ejections = 0;
                 self.maybe_ejected.store(false, Ordering::Relaxed);
+                self.clean.store(true, Ordering::Relaxed);
             }
             return None;
         }
+        self.clean.store(false, Ordering::Relaxed);
         outlier.consecutive_failures += 1;
         let already_ejected = outlier.ejected_until.is_some_and(|until| until > now);
         if outlier.consecutive_failures < policy.consecutive_failures || already_ejected || !may_eject {
