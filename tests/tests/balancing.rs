@@ -38,6 +38,26 @@ async fn switchable(name: &'static str, failing: Arc<AtomicBool>, hits: Arc<Atom
     .await
 }
 
+/// An origin that holds every request until `gate` gives it a permit; `arrived` gets one permit
+/// per request that reached it.
+async fn gated_origin() -> (Origin, Arc<Semaphore>, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let arrived = Arc::new(Semaphore::new(0));
+    let origin = {
+        let (gate, arrived) = (gate.clone(), arrived.clone());
+        Origin::start(move |_request| {
+            let (gate, arrived) = (gate.clone(), arrived.clone());
+            Box::pin(async move {
+                arrived.add_permits(1);
+                gate.acquire().await.unwrap().forget();
+                Response::new(body::full("done"))
+            }) as OriginFuture
+        })
+        .await
+    };
+    (origin, gate, arrived)
+}
+
 async fn admin_upstreams(proxy: &TestProxy) -> serde_json::Value {
     let admin = proxy.admin.expect("admin listener");
     let request = Request::get(format!("http://{admin}/upstreams")).body(body::empty()).unwrap();
@@ -213,20 +233,7 @@ async fn hashing_keeps_each_client_on_one_server_and_only_a_lost_servers_clients
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_request_limit_answers_503_at_once_and_recovers() {
-    let gate = Arc::new(Semaphore::new(0));
-    let arrived = Arc::new(Semaphore::new(0));
-    let origin = {
-        let (gate, arrived) = (gate.clone(), arrived.clone());
-        Origin::start(move |_request| {
-            let (gate, arrived) = (gate.clone(), arrived.clone());
-            Box::pin(async move {
-                arrived.add_permits(1);
-                gate.acquire().await.unwrap().forget();
-                Response::new(body::full("done"))
-            }) as OriginFuture
-        })
-        .await
-    };
+    let (origin, gate, arrived) = gated_origin().await;
     let proxy = Arc::new(TestProxy::start(&proxy_config(&[&origin], "max_requests = 2")).await);
     let held: Vec<_> = (0..2)
         .map(|_| {
@@ -398,20 +405,7 @@ async fn a_sticky_cookie_keeps_a_client_on_its_server_until_the_server_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_connection_limit_answers_503_at_once_and_recovers() {
-    let gate = Arc::new(Semaphore::new(0));
-    let arrived = Arc::new(Semaphore::new(0));
-    let origin = {
-        let (gate, arrived) = (gate.clone(), arrived.clone());
-        Origin::start(move |_request| {
-            let (gate, arrived) = (gate.clone(), arrived.clone());
-            Box::pin(async move {
-                arrived.add_permits(1);
-                gate.acquire().await.unwrap().forget();
-                Response::new(body::full("done"))
-            }) as OriginFuture
-        })
-        .await
-    };
+    let (origin, gate, arrived) = gated_origin().await;
     let proxy = Arc::new(TestProxy::start(&proxy_config(&[&origin], "max_connections = 1\nmax_pending = 0")).await);
     let held = {
         let proxy = proxy.clone();
