@@ -29,7 +29,7 @@ use crate::config::Snapshot;
 use crate::routing::{Mirror, RequestFacts, Route, RouteAction, normalize_host};
 use crate::runtime::{CallContext, HeadOutcome, Phases, RequestHead};
 use crate::server::ConnectionActivity;
-use crate::upstream::{BalancerKind, HashKey, Outgoing, PickContext, SendError};
+use crate::upstream::{Outgoing, SendError};
 use filters::{ChainBody, FilterChain};
 use forwarding::{ClientSide, X_REQUEST_ID};
 
@@ -245,14 +245,6 @@ impl Proxy {
             .map(|_| filters::copy_request_head(&head));
         let mut parts = head.parts;
         parts.version = Version::HTTP_11;
-        // Only sticky sessions and a balancer hashing a header or cookie look at the client's
-        // headers again.
-        let policy = upstream.policy();
-        let pick_headers = match policy.balancer {
-            _ if policy.sticky_cookie.is_some() => parts.headers.clone(),
-            BalancerKind::Hash(HashKey::Header(_) | HashKey::Cookie(_)) => parts.headers.clone(),
-            _ => http::HeaderMap::new(),
-        };
         let client_side =
             ClientSide { peer: connection.peer.ip(), scheme: connection.scheme, host: authority.as_deref() };
         forwarding::prepare_upstream_request(&mut parts.headers, &client_side, &snapshot.server);
@@ -275,9 +267,8 @@ impl Proxy {
             mirror_request(mirror, &parts, &path_and_query, preserve_host, connection.peer.ip(), timeout);
         }
         let outgoing = Outgoing { parts, path_and_query, body, preserve_host };
-        let context = PickContext { client_ip: connection.peer.ip(), headers: &pick_headers };
         let deadline = Instant::now() + timeout;
-        let (mut response, server_name) = match upstream.send(outgoing, context, deadline).await {
+        let (mut response, server_name) = match upstream.send(outgoing, connection.peer.ip(), deadline).await {
             Ok(answer) => answer,
             Err(error) => {
                 return Err(match error {
@@ -470,9 +461,7 @@ fn mirror_request(
         Outgoing { parts: copy_parts, path_and_query: path_and_query.clone(), body: copy_body, preserve_host };
     let upstream = mirror.upstream.clone();
     tokio::spawn(async move {
-        let no_headers = http::HeaderMap::new();
-        let context = PickContext { client_ip, headers: &no_headers };
-        match upstream.send(outgoing, context, Instant::now() + timeout).await {
+        match upstream.send(outgoing, client_ip, Instant::now() + timeout).await {
             Ok((response, _server)) => {
                 let _ = http_body_util::BodyExt::collect(response.into_body()).await;
             }

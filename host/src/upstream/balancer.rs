@@ -102,7 +102,7 @@ impl Balancer {
         }
         let weight = |index: usize| servers[index].effective_weight(self.slow_start, now);
         Some(match &self.kind {
-            BalancerKind::RoundRobin => self.smooth_round_robin(servers.len(), &candidates, weight),
+            BalancerKind::RoundRobin => self.smooth_round_robin(&candidates, weight),
             BalancerKind::LeastConnections => {
                 let start = self.counter.fetch_add(1, Ordering::Relaxed);
                 let load = |index: usize| (servers[index].in_flight() as f64 + 1.0) / weight(index);
@@ -139,12 +139,9 @@ impl Balancer {
         })
     }
 
-    fn smooth_round_robin(&self, count: usize, candidates: &[usize], weight: impl Fn(usize) -> f64) -> usize {
-        if self.slow_start.is_none() && candidates.len() == count {
-            let weights: Vec<f64> = candidates.iter().map(|&index| weight(index)).collect();
-            if weights.iter().all(|&w| w == weights[0]) {
-                return candidates[self.counter.fetch_add(1, Ordering::Relaxed) % candidates.len()];
-            }
+    fn smooth_round_robin(&self, candidates: &[usize], weight: impl Fn(usize) -> f64) -> usize {
+        if self.even {
+            return candidates[self.counter.fetch_add(1, Ordering::Relaxed) % candidates.len()];
         }
         // Each candidate gains its weight; the one ahead is chosen and pays back the total. Only
         // candidates take part, so a server that is down neither gains nor is owed a backlog.

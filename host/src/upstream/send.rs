@@ -2,6 +2,7 @@
 //! passive outlier detection on its outcome, and retrying on another server when the failure,
 //! the method, the body and the retry budget all allow it.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -128,7 +129,7 @@ impl Upstream {
     pub async fn send(
         self: &Arc<Self>,
         outgoing: Outgoing,
-        context: PickContext<'_>,
+        client_ip: IpAddr,
         deadline: Instant,
     ) -> Result<(Response<ServerBody>, String), SendError> {
         let slot = self.take_request_slot()?;
@@ -142,12 +143,17 @@ impl Upstream {
         // Servers tried so far; on the stack, as nearly every request makes one try.
         let mut tried_buffer = [0usize; MAX_TRIES];
         let mut tried_count = 0;
-        let sticky = self.sticky_server(&context);
+        // Balancers and sticky sessions read the request's own headers (hop-by-hop ones are gone,
+        // cookies and the rest are as the client sent them).
+        let sticky = self.sticky_server(&PickContext { client_ip, headers: &parts.headers });
         loop {
             let tried = &tried_buffer[..tried_count];
             let index = match sticky.filter(|index| !tried.contains(index)) {
                 Some(index) => index,
-                None => self.balancer.pick(&self.servers, &context, tried).expect("an untried server remains"),
+                None => {
+                    let context = PickContext { client_ip, headers: &parts.headers };
+                    self.balancer.pick(&self.servers, &context, tried).expect("an untried server remains")
+                }
             };
             tried_buffer[tried_count] = index;
             tried_count += 1;
