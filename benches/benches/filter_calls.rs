@@ -26,17 +26,8 @@ fn context() -> CallContext {
 /// A request head with ten headers, as a browser would send.
 fn request_with_ten_headers() -> RequestHead {
     let mut builder = http::Request::get("/products/42?ref=home").header("host", "shop.example");
-    for (name, value) in [
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/140.0"),
-        ("accept", "text/html,application/xhtml+xml"),
-        ("accept-language", "en-GB,en;q=0.5"),
-        ("accept-encoding", "gzip, deflate, br, zstd"),
-        ("cookie", "session=0123456789abcdef; theme=dark"),
-        ("referer", "https://shop.example/"),
-        ("x-forwarded-for", "203.0.113.7"),
-        ("x-request-id", "4bf92f3577b34da6a3ce929d0e0e4736"),
-        ("cache-control", "no-cache"),
-    ] {
+    let request_id = ("x-request-id", "4bf92f3577b34da6a3ce929d0e0e4736");
+    for (name, value) in sluice_benches::BROWSER_HEADERS.into_iter().chain([request_id]) {
         builder = builder.header(name, value);
     }
     RequestHead { parts: builder.body(()).unwrap().into_parts().0, cache_key: None }

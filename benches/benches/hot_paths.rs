@@ -67,18 +67,8 @@ fn route_matching(c: &mut Criterion) {
 /// A browser's request head: ten headers, one of them a hop-by-hop `Connection`.
 fn browser_request() -> HeaderMap {
     let mut headers = HeaderMap::new();
-    for (name, value) in [
-        ("host", "shop.example"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/140.0"),
-        ("accept", "text/html,application/xhtml+xml"),
-        ("accept-language", "en-GB,en;q=0.5"),
-        ("accept-encoding", "gzip, deflate, br, zstd"),
-        ("cookie", "session=0123456789abcdef; theme=dark"),
-        ("referer", "https://shop.example/"),
-        ("connection", "keep-alive"),
-        ("cache-control", "no-cache"),
-        ("x-forwarded-for", "203.0.113.7"),
-    ] {
+    let own = [("host", "shop.example"), ("connection", "keep-alive")];
+    for (name, value) in sluice_benches::BROWSER_HEADERS.into_iter().chain(own) {
         headers.insert(name, value.parse().unwrap());
     }
     headers
