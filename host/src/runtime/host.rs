@@ -508,6 +508,21 @@ impl kv::Host for FilterState {
         let tenant = self.context()?.tenant.clone();
         Ok(Ok(self.services.kv.delete(&tenant.name, &key)))
     }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> wasmtime::Result<Result<bool, kv::KvError>> {
+        let tenant = self.context()?.tenant.clone();
+        Ok(self
+            .services
+            .kv
+            .compare_and_swap(&tenant.name, tenant.kv, &key, expected.as_deref(), value, ttl_ms)
+            .map_err(kv_error))
+    }
 }
 
 impl metrics::Host for FilterState {

@@ -136,6 +136,28 @@ impl KvStore {
         })
     }
 
+    /// Stores `value` under `key` if its live value is `expected` (`None`: absent or expired);
+    /// true if stored. One lock covers the comparison and the write.
+    pub fn compare_and_swap(
+        &self,
+        tenant: &str,
+        quota: KvQuota,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<bool, KvError> {
+        self.with_namespace(tenant, |namespace, now| {
+            let current =
+                namespace.entries.get(key).filter(|entry| entry.live(now)).map(|entry| entry.value.as_slice());
+            if current != expected {
+                return Ok(false);
+            }
+            namespace.put(key, value, expiry(now, ttl_ms), quota, now)?;
+            Ok(true)
+        })
+    }
+
     /// Removes `key`; true if a live value was there.
     pub fn delete(&self, tenant: &str, key: &str) -> bool {
         self.with_namespace(tenant, |namespace, now| namespace.remove(key).is_some_and(|entry| entry.live(now)))
@@ -167,6 +189,23 @@ mod tests {
         // Overwriting an existing key is not a new key.
         store.set("a", QUOTA, "k1", b"w".to_vec(), 0).unwrap();
         assert_eq!(store.set("a", QUOTA, "k1", vec![0; 64], 0), Err(KvError::QuotaExceeded));
+    }
+
+    #[test]
+    fn compare_and_swap_writes_only_over_the_expected_value() {
+        let store = KvStore::default();
+        let quota = KvQuota { max_keys: 8, max_bytes: 256 };
+        assert_eq!(store.compare_and_swap("a", quota, "k", Some(b"x"), b"1".to_vec(), 0), Ok(false));
+        assert_eq!(store.compare_and_swap("a", quota, "k", None, b"1".to_vec(), 0), Ok(true));
+        assert_eq!(store.compare_and_swap("a", quota, "k", None, b"2".to_vec(), 0), Ok(false));
+        assert_eq!(store.compare_and_swap("a", quota, "k", Some(b"1"), b"2".to_vec(), 0), Ok(true));
+        assert_eq!(store.get("a", "k"), Some(b"2".to_vec()));
+        // Another tenant's namespace is separate.
+        assert_eq!(store.compare_and_swap("b", quota, "k", None, b"9".to_vec(), 0), Ok(true));
+        assert_eq!(
+            store.compare_and_swap("b", KvQuota { max_keys: 1, max_bytes: 2 }, "k", Some(b"9"), b"long".to_vec(), 0),
+            Err(KvError::QuotaExceeded)
+        );
     }
 
     #[test]

@@ -55,6 +55,16 @@ pub mod kv {
     pub fn delete(key: &str) -> Result<bool, KvError> {
         host::delete(key)
     }
+    /// Stores `value` under `key` only if its current value is `expected` (`None`: absent), as
+    /// one atomic step; false if another instance changed it first (read again and retry).
+    pub fn compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError> {
+        host::compare_and_swap(key, expected, value.as_ref(), millis(ttl))
+    }
 }
 
 /// Metrics on the admin listener, labelled with tenant and plugin.

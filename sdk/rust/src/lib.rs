@@ -124,6 +124,9 @@ macro_rules! export_filter {
                 }
             }
 
+            // The component exports exist only in the Wasm build: a native build (the filter's
+            // own unit tests) has no host to call them, and its linker cannot name them.
+            #[cfg(target_family = "wasm")]
     $crate::bindings::__export_bindings!(SluiceFilterExport with_types_in $crate::bindings);
         };
     };
