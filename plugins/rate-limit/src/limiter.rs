@@ -1,0 +1,332 @@
+//! The two limiting algorithms, over a [`Store`] that is the host's key-value store in a
+//! filter and a map in tests. Time comes in as an argument, so the arithmetic is tested without
+//! clocks.
+//!
+//! Every instance of the filter, on every worker, shares the tenant's store: the limits hold for
+//! the proxy as a whole, not per instance. The token bucket updates its state with
+//! compare-and-swap; the sliding window needs only atomic increments.
+
+use std::time::Duration;
+
+/// Which algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Refills `limit` tokens per period, up to `burst`; each request takes one.
+    TokenBucket,
+    /// At most `limit` requests in any period, estimated from this window's count and the
+    /// previous window's, weighted by how much of it still overlaps.
+    SlidingWindow,
+}
+
+/// The shared store, as the limiter needs it.
+pub trait Store {
+    /// The value under `key`.
+    fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Adds `delta` and returns the new value; a new key lives for `ttl`.
+    fn increment(&mut self, key: &str, delta: i64, ttl: Duration) -> Result<i64, String>;
+    /// Writes `value` if the current value is `expected`; false if someone else wrote first.
+    fn compare_and_swap(
+        &mut self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, String>;
+}
+
+/// A limit: how many requests per period.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// Algorithm.
+    pub algorithm: Algorithm,
+    /// Requests per period.
+    pub limit: u64,
+    /// The period, in milliseconds.
+    pub period_ms: u64,
+    /// Token bucket capacity.
+    pub burst: u64,
+}
+
+/// The decision for one request, with what the `RateLimit-*` headers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// Requests left right now.
+    pub remaining: u64,
+    /// Seconds until the limit is fully available again.
+    pub reset_secs: u64,
+    /// Seconds to wait before trying again (when refused).
+    pub retry_after_secs: u64,
+}
+
+/// How often a token-bucket update is retried when other instances keep winning the race.
+const CAS_ATTEMPTS: usize = 16;
+/// Token counts are kept in thousandths so slow refill rates do not round to nothing.
+const MILLI: u64 = 1000;
+
+fn seconds_ceil(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+impl Limit {
+    /// Takes one request from the limit for `key` at time `now_ms`.
+    pub fn take(&self, store: &mut dyn Store, key: &str, now_ms: u64) -> Result<Verdict, String> {
+        match self.algorithm {
+            Algorithm::TokenBucket => self.take_token(store, key, now_ms),
+            Algorithm::SlidingWindow => self.take_window(store, key, now_ms),
+        }
+    }
+
+    /// Milli-tokens added per millisecond, as a fraction: `limit * MILLI / period_ms`.
+    fn refill(&self, elapsed_ms: u64) -> u64 {
+        ((elapsed_ms as u128 * self.limit as u128 * MILLI as u128) / self.period_ms as u128).min(u64::MAX as u128)
+            as u64
+    }
+
+    /// Milliseconds until `missing` milli-tokens have been refilled.
+    fn refill_time(&self, missing: u64) -> u64 {
+        ((missing as u128 * self.period_ms as u128).div_ceil(self.limit as u128 * MILLI as u128)) as u64
+    }
+
+    fn take_token(&self, store: &mut dyn Store, key: &str, now_ms: u64) -> Result<Verdict, String> {
+        let capacity = self.burst * MILLI;
+        // A bucket left alone long enough is full again: let the store forget it then.
+        let ttl = Duration::from_millis(self.refill_time(capacity) + 1000);
+        for _ in 0..CAS_ATTEMPTS {
+            let stored = store.get(key)?;
+            let (tokens, last) = stored.as_deref().and_then(parse_bucket).unwrap_or((capacity, now_ms));
+            let tokens = tokens.saturating_add(self.refill(now_ms.saturating_sub(last))).min(capacity);
+            if tokens < MILLI {
+                let wait = self.refill_time(MILLI - tokens);
+                return Ok(Verdict {
+                    allowed: false,
+                    remaining: 0,
+                    reset_secs: seconds_ceil(self.refill_time(capacity - tokens)),
+                    retry_after_secs: seconds_ceil(wait).max(1),
+                });
+            }
+            let left = tokens - MILLI;
+            let value = format!("{left},{}", now_ms.max(last));
+            if store.compare_and_swap(key, stored.as_deref(), value.as_bytes(), ttl)? {
+                return Ok(Verdict {
+                    allowed: true,
+                    remaining: left / MILLI,
+                    reset_secs: seconds_ceil(self.refill_time(capacity - left)),
+                    retry_after_secs: 0,
+                });
+            }
+        }
+        Err(format!("the bucket for {key} kept changing under {CAS_ATTEMPTS} attempts"))
+    }
+
+    fn take_window(&self, store: &mut dyn Store, key: &str, now_ms: u64) -> Result<Verdict, String> {
+        let window = now_ms / self.period_ms;
+        let into_window = now_ms % self.period_ms;
+        let ttl = Duration::from_millis(self.period_ms * 2 + 1000);
+        let current = store.increment(&format!("{key}:{window}"), 1, ttl)?.max(0) as u64;
+        let previous = match window.checked_sub(1) {
+            Some(previous) => store
+                .get(&format!("{key}:{previous}"))?
+                .and_then(|value| String::from_utf8(value).ok()?.parse::<u64>().ok())
+                .unwrap_or(0),
+            None => 0,
+        };
+        // The previous window's requests still count for the part of it inside the last period.
+        let overlap = (self.period_ms - into_window) as f64 / self.period_ms as f64;
+        let estimate = previous as f64 * overlap + current as f64;
+        let until_next_window = self.period_ms - into_window;
+        if estimate > self.limit as f64 {
+            // A refused request does not use up the limit.
+            store.increment(&format!("{key}:{window}"), -1, ttl)?;
+            let counted = current - 1;
+            let wait_ms = if counted >= self.limit || previous == 0 {
+                until_next_window
+            } else {
+                // When the previous window's weight has fallen enough for one more request.
+                let excess = previous as f64 * overlap + counted as f64 + 1.0 - self.limit as f64;
+                ((excess / previous as f64) * self.period_ms as f64).ceil() as u64
+            };
+            return Ok(Verdict {
+                allowed: false,
+                remaining: 0,
+                reset_secs: seconds_ceil(until_next_window),
+                retry_after_secs: seconds_ceil(wait_ms.min(until_next_window)).max(1),
+            });
+        }
+        Ok(Verdict {
+            allowed: true,
+            remaining: (self.limit as f64 - estimate).floor().max(0.0) as u64,
+            reset_secs: seconds_ceil(until_next_window),
+            retry_after_secs: 0,
+        })
+    }
+}
+
+fn parse_bucket(value: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (tokens, last) = text.split_once(',')?;
+    Some((tokens.parse().ok()?, last.parse().ok()?))
+}
+
+/// Parses a period such as `"1s"`, `"500ms"`, `"1m"`, `"1h"`, `"1d"`.
+pub fn parse_period(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 =
+        number.parse().map_err(|_| format!("period {text:?} must look like \"1s\", \"10m\" or \"1h\""))?;
+    let unit_ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("period {text:?}: unknown unit {other:?} (ms, s, m, h or d)")),
+    };
+    match number.checked_mul(unit_ms) {
+        Some(0) | None => Err(format!("period {text:?} must be above zero")),
+        Some(ms) => Ok(ms),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A store in memory, ignoring expiry (the tests move time explicitly).
+    #[derive(Default)]
+    pub(crate) struct MemoryStore(pub(crate) HashMap<String, Vec<u8>>);
+
+    impl Store for MemoryStore {
+        fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn increment(&mut self, key: &str, delta: i64, _ttl: Duration) -> Result<i64, String> {
+            let value = self.0.get(key).map_or(0, |v| String::from_utf8_lossy(v).parse::<i64>().unwrap()) + delta;
+            self.0.insert(key.into(), value.to_string().into_bytes());
+            Ok(value)
+        }
+        fn compare_and_swap(
+            &mut self,
+            key: &str,
+            expected: Option<&[u8]>,
+            value: &[u8],
+            _ttl: Duration,
+        ) -> Result<bool, String> {
+            if self.0.get(key).map(Vec::as_slice) != expected {
+                return Ok(false);
+            }
+            self.0.insert(key.into(), value.to_vec());
+            Ok(true)
+        }
+    }
+
+    /// A store where another writer changes the key before each of the first `races` swaps.
+    struct RacingStore {
+        inner: MemoryStore,
+        races: usize,
+    }
+
+    impl Store for RacingStore {
+        fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+            self.inner.get(key)
+        }
+        fn increment(&mut self, key: &str, delta: i64, ttl: Duration) -> Result<i64, String> {
+            self.inner.increment(key, delta, ttl)
+        }
+        fn compare_and_swap(
+            &mut self,
+            key: &str,
+            expected: Option<&[u8]>,
+            value: &[u8],
+            ttl: Duration,
+        ) -> Result<bool, String> {
+            if self.races > 0 {
+                self.races -= 1;
+                // The other writer took a token at the same instant.
+                let (tokens, last) = expected.and_then(parse_bucket).unwrap_or((5000, 0));
+                self.inner.0.insert(key.into(), format!("{},{last}", tokens - 1000).into_bytes());
+                return Ok(false);
+            }
+            self.inner.compare_and_swap(key, expected, value, ttl)
+        }
+    }
+
+    fn bucket(limit: u64, period_ms: u64, burst: u64) -> Limit {
+        Limit { algorithm: Algorithm::TokenBucket, limit, period_ms, burst }
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
+        let limit = bucket(10, 1000, 5);
+        let mut store = MemoryStore::default();
+        for remaining in (0..5).rev() {
+            let verdict = limit.take(&mut store, "k", 0).unwrap();
+            assert!(verdict.allowed);
+            assert_eq!(verdict.remaining, remaining);
+        }
+        let refused = limit.take(&mut store, "k", 0).unwrap();
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_secs, 1, "a token every 100 ms, rounded up to a second");
+        assert_eq!(refused.reset_secs, 1);
+        // 100 ms later exactly one token is back.
+        assert!(limit.take(&mut store, "k", 100).unwrap().allowed);
+        assert!(!limit.take(&mut store, "k", 100).unwrap().allowed);
+        // A long pause refills only up to the burst.
+        let later: Vec<bool> = (0..7).map(|_| limit.take(&mut store, "k", 60_000).unwrap().allowed).collect();
+        assert_eq!(later, [true, true, true, true, true, false, false]);
+    }
+
+    #[test]
+    fn slow_rates_keep_fractions_of_tokens() {
+        // One request per minute: after 30 s half a token is back, after 60 s a whole one.
+        let limit = bucket(1, 60_000, 1);
+        let mut store = MemoryStore::default();
+        assert!(limit.take(&mut store, "k", 0).unwrap().allowed);
+        let refused = limit.take(&mut store, "k", 30_000).unwrap();
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_secs, 30);
+        assert!(limit.take(&mut store, "k", 60_000).unwrap().allowed);
+    }
+
+    #[test]
+    fn concurrent_writers_are_retried_not_lost() {
+        let limit = bucket(10, 1000, 5);
+        let mut store = RacingStore { inner: MemoryStore::default(), races: 3 };
+        let verdict = limit.take(&mut store, "k", 0).unwrap();
+        assert!(verdict.allowed);
+        assert_eq!(verdict.remaining, 1, "5 tokens - 3 raced - 1 ours");
+    }
+
+    #[test]
+    fn a_window_allows_its_limit_and_weighs_the_previous_window() {
+        let limit = Limit { algorithm: Algorithm::SlidingWindow, limit: 10, period_ms: 60_000, burst: 10 };
+        let mut store = MemoryStore::default();
+        let allowed = (0..12).filter(|_| limit.take(&mut store, "k", 60_000).unwrap().allowed).count();
+        assert_eq!(allowed, 10);
+        assert_eq!(store.0["k:1"], b"10", "refused requests are not counted");
+        // Half-way into the next window, half of the previous window's 10 still count.
+        let allowed = (0..12).filter(|_| limit.take(&mut store, "k", 150_000).unwrap().allowed).count();
+        assert_eq!(allowed, 5);
+        let refused = limit.take(&mut store, "k", 150_000).unwrap();
+        assert!(!refused.allowed);
+        assert!(refused.retry_after_secs >= 1 && refused.retry_after_secs <= 30, "{refused:?}");
+        // Two windows later the old counts have no weight.
+        assert_eq!((0..12).filter(|_| limit.take(&mut store, "k", 300_000).unwrap().allowed).count(), 10);
+    }
+
+    #[test]
+    fn periods_parse() {
+        assert_eq!(parse_period("1s"), Ok(1000));
+        assert_eq!(parse_period("250ms"), Ok(250));
+        assert_eq!(parse_period("10m"), Ok(600_000));
+        assert_eq!(parse_period("1h"), Ok(3_600_000));
+        assert!(parse_period("0s").is_err());
+        assert!(parse_period("5 fortnights").unwrap_err().contains("unknown unit"));
+        assert!(parse_period("s").is_err());
+    }
+}
