@@ -27,11 +27,15 @@ cargo build --workspace --all-targets --locked
 
 # The tests load real filters built from this repository. Building them once here (into a
 # target folder the tests share) keeps the parallel tests from all waiting on the first build.
-say "Building the filter plugins the tests use"
+say "Building the filter plugins the tests use (Sluice's filters in plugins/ and test filters)"
 export SLUICE_PLUGIN_TARGET_DIR="$PWD/target/plugins"
-for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile; do
+for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile plugins/*/; do
   target/debug/sluice plugin build "$plugin" >/dev/null
 done
+
+# The filters' logic is plain Rust: its unit tests run natively, without a proxy.
+say "Running the filters' own unit tests (plugins/, natively)"
+cargo test --manifest-path plugins/Cargo.toml --workspace --locked --target-dir target/plugins
 
 if cargo nextest --version >/dev/null 2>&1; then
   say "Running the documentation examples (cargo test --doc)"

@@ -128,6 +128,18 @@ impl Origin {
         Self::start(move |request| Box::pin(echo_answer(name, request))).await
     }
 
+    /// An echo origin that also counts the requests it answers.
+    pub async fn echo_counted(name: &'static str) -> (Self, Arc<AtomicUsize>) {
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
+        let origin = Self::start(move |request| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Box::pin(echo_answer(name, request))
+        })
+        .await;
+        (origin, answered)
+    }
+
     /// An echo origin speaking HTTPS with `tls`.
     pub async fn echo_tls(name: &'static str, tls: Arc<rustls::ServerConfig>) -> Self {
         Self::start_tls(tls, move |request| Box::pin(echo_answer(name, request))).await

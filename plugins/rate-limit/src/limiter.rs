@@ -90,14 +90,23 @@ impl Limit {
         ((missing as u128 * self.period_ms as u128).div_ceil(self.limit as u128 * MILLI as u128)) as u64
     }
 
+    /// Milliseconds it takes to refill `milli_tokens`, rounded down.
+    fn time_for(&self, milli_tokens: u64) -> u64 {
+        ((milli_tokens as u128 * self.period_ms as u128) / (self.limit as u128 * MILLI as u128)) as u64
+    }
+
     fn take_token(&self, store: &mut dyn Store, key: &str, now_ms: u64) -> Result<Verdict, String> {
         let capacity = self.burst * MILLI;
         // A bucket left alone long enough is full again: let the store forget it then.
         let ttl = Duration::from_millis(self.refill_time(capacity) + 1000);
         for _ in 0..CAS_ATTEMPTS {
             let stored = store.get(key)?;
-            let (tokens, last) = stored.as_deref().and_then(parse_bucket).unwrap_or((capacity, now_ms));
-            let tokens = tokens.saturating_add(self.refill(now_ms.saturating_sub(last))).min(capacity);
+            let (stored_tokens, last) = stored.as_deref().and_then(parse_bucket).unwrap_or((capacity, now_ms));
+            let added = self.refill(now_ms.saturating_sub(last));
+            let tokens = stored_tokens.saturating_add(added).min(capacity);
+            // The clock moves on only by the time the added tokens account for, so the part of
+            // a token still refilling is not lost when requests come often at slow rates.
+            let refilled_until = if tokens == capacity { now_ms.max(last) } else { last + self.time_for(added) };
             if tokens < MILLI {
                 let wait = self.refill_time(MILLI - tokens);
                 return Ok(Verdict {
@@ -108,7 +117,7 @@ impl Limit {
                 });
             }
             let left = tokens - MILLI;
-            let value = format!("{left},{}", now_ms.max(last));
+            let value = format!("{left},{refilled_until}");
             if store.compare_and_swap(key, stored.as_deref(), value.as_bytes(), ttl)? {
                 return Ok(Verdict {
                     allowed: true,
@@ -291,6 +300,16 @@ pub(crate) mod tests {
         assert!(!refused.allowed);
         assert_eq!(refused.retry_after_secs, 30);
         assert!(limit.take(&mut store, "k", 60_000).unwrap().allowed);
+    }
+
+    #[test]
+    fn frequent_requests_at_a_slow_rate_still_refill() {
+        // One token per 10 s, requests every 3 s: the fractions must add up.
+        let limit = bucket(6, 60_000, 2);
+        let mut store = MemoryStore::default();
+        let allowed = (0..=20).filter(|step| limit.take(&mut store, "k", step * 3000).unwrap().allowed).count();
+        // 2 at first, then one per 10 s over 60 s.
+        assert_eq!(allowed, 2 + 6);
     }
 
     #[test]

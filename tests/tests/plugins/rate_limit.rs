@@ -1,0 +1,59 @@
+use sluice_tests::Origin;
+
+use super::{header, proxy_with, request};
+
+#[tokio::test]
+async fn a_token_bucket_allows_its_burst_then_answers_429() {
+    let origin = Origin::echo("app").await;
+    let proxy = proxy_with(
+        &origin,
+        &["rate-limit"],
+        r#"
+[[route]]
+upstream = "app"
+filters = [{ plugin = "rate_limit", config = { limit = 3, period = "1h", key = "header:x-user" } }]
+"#,
+    )
+    .await;
+    for remaining in ["2", "1", "0"] {
+        let response = request(&proxy, "GET", "/", &[("x-user", "alice")]).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(header(&response, "ratelimit-remaining"), Some(remaining));
+        assert_eq!(header(&response, "ratelimit-limit"), Some("3"));
+        assert_eq!(header(&response, "ratelimit-policy"), Some("3;w=3600"));
+    }
+    let limited = request(&proxy, "GET", "/", &[("x-user", "alice")]).await;
+    assert_eq!(limited.status, 429);
+    // One token per 20 minutes.
+    assert_eq!(header(&limited, "retry-after"), Some("1200"));
+    assert_eq!(header(&limited, "ratelimit-remaining"), Some("0"));
+    // Another key has its own bucket.
+    assert_eq!(request(&proxy, "GET", "/", &[("x-user", "bob")]).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_sliding_window_is_shared_by_routes_in_one_scope() {
+    let origin = Origin::echo("app").await;
+    let proxy = proxy_with(
+        &origin,
+        &["rate-limit"],
+        r#"
+[[route]]
+path_prefix = "/a"
+upstream = "app"
+filters = [{ plugin = "rate_limit", config = { algorithm = "sliding-window", limit = 2, period = "1h", scope = "shared" } }]
+
+[[route]]
+path_prefix = "/b"
+upstream = "app"
+filters = [{ plugin = "rate_limit", config = { algorithm = "sliding-window", limit = 2, period = "1h", scope = "shared" } }]
+"#,
+    )
+    .await;
+    assert_eq!(request(&proxy, "GET", "/a", &[]).await.status, 200);
+    assert_eq!(request(&proxy, "GET", "/b", &[]).await.status, 200);
+    let limited = request(&proxy, "GET", "/a", &[]).await;
+    assert_eq!(limited.status, 429);
+    assert!(limited.text().contains("rate limit exceeded"));
+    assert!(header(&limited, "retry-after").is_some_and(|secs| secs.parse::<u64>().is_ok_and(|secs| secs >= 1)));
+}
