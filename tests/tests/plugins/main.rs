@@ -6,6 +6,7 @@ mod cors;
 mod header_rewrite;
 mod jwt_auth;
 mod rate_limit;
+mod redact;
 
 use http::Request;
 use sluice::body;
