@@ -7,6 +7,7 @@ mod header_rewrite;
 mod jwt_auth;
 mod rate_limit;
 mod redact;
+mod waf;
 
 use http::Request;
 use sluice::body;
