@@ -1,6 +1,6 @@
 //! Authenticating one token: pick the keys that fit it, check the signature, then the claims.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -99,13 +99,23 @@ pub enum AuthError {
     Invalid(String),
 }
 
-/// Static keys, the JWKS cache, and the rules.
+/// How many verified tokens an instance remembers.
+const VERIFIED_CAPACITY: usize = 512;
+/// How long a remembered signature counts, so that a key dropped from a JWK set stops
+/// vouching for its tokens soon after.
+const VERIFIED_TTL_MS: u64 = 300_000;
+
+/// Static keys, the JWKS cache, the rules, and the tokens whose signatures were checked lately.
 #[derive(Debug)]
 pub struct Authenticator {
     static_keys: Vec<Key>,
     jwks: Option<(JwksCache, RefreshPolicy)>,
     allowed: Vec<Algorithm>,
     rules: ClaimRules,
+    /// Token text to its claims and when its signature was verified. A client sends the same
+    /// token many times; an RSA verification in Wasm costs close to a millisecond, a lookup
+    /// well under a microsecond. Claims are still checked on every request.
+    verified: HashMap<String, (Map<String, Value>, u64)>,
 }
 
 impl Authenticator {
@@ -144,7 +154,7 @@ impl Authenticator {
             require_exp: config.require_exp,
             required: config.required_claims.clone(),
         };
-        Ok(Self { static_keys, jwks, allowed, rules })
+        Ok(Self { static_keys, jwks, allowed, rules, verified: HashMap::new() })
     }
 
     /// Verifies `token` at `now_ms`. `fetch_jwks` is called only when the JWK set must be
@@ -157,6 +167,12 @@ impl Authenticator {
         log: impl FnOnce(&str),
     ) -> Result<Map<String, Value>, AuthError> {
         let text = token.filter(|token| !token.is_empty()).ok_or(AuthError::Missing)?;
+        if let Some((claims, at)) = self.verified.get(text)
+            && now_ms < at + VERIFIED_TTL_MS
+        {
+            self.rules.check(claims, now_ms / 1000).map_err(AuthError::Invalid)?;
+            return Ok(claims.clone());
+        }
         let token = Token::parse(text).map_err(AuthError::Invalid)?;
         if !self.allowed.is_empty() && !self.allowed.contains(&token.algorithm) {
             return Err(AuthError::Invalid("the token's algorithm is not accepted here".into()));
@@ -169,8 +185,7 @@ impl Authenticator {
             .filter(fits)
             .any(|key| key.material.verify(token.algorithm, token.signing_input, &token.signature));
         if !verified && let Some((cache, policy)) = &mut self.jwks {
-            // Only fetch for a kid the static keys do not already cover.
-            let (keys, problem) = cache.keys(now_ms, *policy, kid, fetch_jwks);
+            let (keys, refreshed, problem) = cache.keys(now_ms, *policy, kid, fetch_jwks);
             if let Some(problem) = problem {
                 log(&problem);
             }
@@ -178,11 +193,22 @@ impl Authenticator {
                 .iter()
                 .filter(fits)
                 .any(|key| key.material.verify(token.algorithm, token.signing_input, &token.signature));
+            if refreshed {
+                // The key set changed: signatures checked against the old one no longer count.
+                self.verified.clear();
+            }
         }
         if !verified {
             return Err(AuthError::Invalid("the signature does not verify with any configured key".into()));
         }
         self.rules.check(&token.claims, now_ms / 1000).map_err(AuthError::Invalid)?;
+        if self.verified.len() >= VERIFIED_CAPACITY {
+            self.verified.retain(|_, (_, at)| now_ms < *at + VERIFIED_TTL_MS);
+            if self.verified.len() >= VERIFIED_CAPACITY {
+                self.verified.clear();
+            }
+        }
+        self.verified.insert(text.to_owned(), (token.claims.clone(), now_ms));
         Ok(token.claims)
     }
 }

@@ -108,7 +108,8 @@ pub struct RefreshPolicy {
 }
 
 impl JwksCache {
-    /// The cached keys, fetching first when the set is missing or stale, or lacks `kid`.
+    /// The cached keys (and whether they were just fetched), fetching first when the set is
+    /// missing or stale, or lacks `kid`.
     /// A failed fetch keeps the stale keys (an identity provider outage should not log every
     /// user out) and returns the reason for the log.
     pub fn keys(
@@ -117,11 +118,12 @@ impl JwksCache {
         policy: RefreshPolicy,
         kid: Option<&str>,
         fetch: impl FnOnce() -> Result<Vec<u8>, String>,
-    ) -> (&[Key], Option<String>) {
+    ) -> (&[Key], bool, Option<String>) {
         let stale = self.fetched_at_ms.is_none_or(|at| now_ms >= at + policy.ttl_ms);
         let unknown_kid = kid.is_some_and(|kid| !self.keys.iter().any(|key| key.kid.as_deref() == Some(kid)));
         let may_fetch = self.last_attempt_ms.is_none_or(|at| now_ms >= at + policy.refresh_interval_ms);
         let mut problem = None;
+        let mut refreshed = false;
         if (stale || unknown_kid) && may_fetch {
             self.last_attempt_ms = Some(now_ms);
             let parsed = fetch().and_then(|body| {
@@ -133,6 +135,7 @@ impl JwksCache {
                 Ok((keys, skipped)) => {
                     self.keys = keys;
                     self.fetched_at_ms = Some(now_ms);
+                    refreshed = true;
                     if !skipped.is_empty() {
                         problem = Some(format!("skipped keys in the JWK set: {}", skipped.join("; ")));
                     }
@@ -140,6 +143,6 @@ impl JwksCache {
                 Err(reason) => problem = Some(format!("fetching the JWK set failed: {reason}")),
             }
         }
-        (&self.keys, problem)
+        (&self.keys, refreshed, problem)
     }
 }

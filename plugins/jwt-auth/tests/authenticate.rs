@@ -220,8 +220,10 @@ fn a_failed_refresh_keeps_the_stale_keys() {
     let good = sign(Algorithm::ES256, Some("ec-1"), &claims());
     assert!(auth.authenticate(Some(&good), NOW * 1000, || Ok(body), |_| {}).is_ok());
     let logged = Cell::new(false);
+    // Another token, so its signature is checked (not remembered) and the stale set consulted.
+    let other = sign(Algorithm::ES256, Some("ec-1"), &json!({"sub": "bob", "exp": NOW + 300}));
     let outcome = auth.authenticate(
-        Some(&good),
+        Some(&other),
         (NOW + 120) * 1000,
         || Err("connection refused".into()),
         |line| logged.set(line.contains("connection refused")),
@@ -242,4 +244,16 @@ fn bad_configs_are_refused() {
         refused(json!({"keys": [{"alg": "HS256", "secret": SECRET}], "algorithms": ["none"]}))
             .contains("not supported")
     );
+}
+
+#[test]
+fn a_remembered_token_still_has_its_claims_checked() {
+    let mut auth = authenticator(json!({"keys": [{"alg": "HS256", "secret": SECRET}], "leeway": 0}));
+    let token = sign(Algorithm::HS256, None, &json!({"sub": "alice", "exp": NOW + 10}));
+    let at = |seconds: u64, auth: &mut Authenticator| {
+        auth.authenticate(Some(&token), (NOW + seconds) * 1000, || unreachable!(), |_| {})
+    };
+    assert!(at(0, &mut auth).is_ok());
+    assert!(at(5, &mut auth).is_ok(), "from memory");
+    assert!(matches!(at(11, &mut auth), Err(AuthError::Invalid(why)) if why.contains("expired")));
 }

@@ -1,7 +1,9 @@
 //! The engine: runs the rules over a request's targets and facts, adds up the anomaly score,
 //! and applies exclusions.
 
-use regex::{Regex, RegexSet};
+use std::collections::HashMap;
+
+use regex::bytes::{Regex, RegexSet};
 use serde::Deserialize;
 
 use crate::request::{Inspected, Place, Target};
@@ -119,6 +121,13 @@ fn critical() -> Severity {
 }
 fn one() -> u8 {
     1
+}
+
+/// Built-in rules match ASCII classes (`\w`, `\s`, `\b` over ASCII): attack syntax is ASCII,
+/// and Unicode classes make the combined automaton of all rules too large for the regex
+/// engine's fast paths.
+fn ascii_only(pattern: &str) -> String {
+    format!("(?-u){pattern}")
 }
 
 /// A target selector: a place, maybe narrowed to one name.
@@ -265,7 +274,8 @@ impl Engine {
                 places: built_in.places.to_vec(),
                 headers: built_in.headers.iter().map(|header| (*header).to_owned()).collect(),
                 only: Vec::new(),
-                pattern: Regex::new(built_in.pattern).map_err(|err| format!("built-in rule {}: {err}", built_in.id))?,
+                pattern: Regex::new(&ascii_only(built_in.pattern))
+                    .map_err(|err| format!("built-in rule {}: {err}", built_in.id))?,
             });
         }
         let built_in_ids: Vec<u32> = rules::built_in().iter().map(|rule| rule.id).collect();
@@ -347,11 +357,15 @@ impl Engine {
     /// Scores a request (its head, or its body's targets). `path` is the raw path, for exclusions.
     pub fn assess(&self, inspected: &Inspected, path: &str) -> Assessment {
         let mut assessment = Assessment::default();
+        // JSON arrays repeat member names and values: match each distinct value once.
+        let mut matched: HashMap<&str, regex::bytes::SetMatches> = HashMap::new();
         for target in &inspected.targets {
             if target.value.is_empty() {
                 continue;
             }
-            for index in self.set.matches(&target.value).iter() {
+            let matches =
+                matched.entry(target.value.as_str()).or_insert_with(|| self.set.matches(target.value.as_bytes()));
+            for index in matches.iter() {
                 let rule = &self.rules[index];
                 if rule.applies_to(target) && !self.excluded(rule.id, Some(target), path) {
                     assessment.add(rule.id, &rule.message, target.label(), rule.severity);

@@ -4,12 +4,18 @@
 //! `%uXXXX` is read, NUL bytes and SQL inline comments are removed, case is folded and runs of
 //! whitespace become one space. Rules match the result.
 
+use std::borrow::Cow;
+
 /// How many rounds of URL decoding are applied; each round undoes one layer of encoding.
 const DECODE_ROUNDS: usize = 3;
 
 /// Percent-decoding, also of `%uXXXX` and `+` as space when `plus_is_space`. Invalid escapes stay
 /// as they are. Returns the text and whether any escape was invalid.
-pub fn url_decode(input: &str, plus_is_space: bool) -> (String, bool) {
+pub fn url_decode(input: &str, plus_is_space: bool) -> (Cow<'_, str>, bool) {
+    // Most values carry no escapes at all.
+    if !input.contains('%') && !(plus_is_space && input.contains('+')) {
+        return (Cow::Borrowed(input), false);
+    }
     let bytes = input.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut invalid = false;
@@ -49,14 +55,14 @@ pub fn url_decode(input: &str, plus_is_space: bool) -> (String, bool) {
             }
         }
     }
-    (String::from_utf8_lossy(&out).into_owned(), invalid)
+    (Cow::Owned(String::from_utf8_lossy(&out).into_owned()), invalid)
 }
 
 /// Decodes HTML character references: numeric (`&#60;`, `&#x3c;`, with or without `;`) and the
 /// named ones that matter for markup and scripts.
-pub fn html_decode(input: &str) -> String {
+pub fn html_decode(input: &str) -> Cow<'_, str> {
     if !input.contains('&') {
-        return input.to_owned();
+        return Cow::Borrowed(input);
     }
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
@@ -76,7 +82,7 @@ pub fn html_decode(input: &str) -> String {
         }
     }
     out.push_str(rest);
-    out
+    Cow::Owned(out)
 }
 
 fn decode_reference(tail: &str) -> (Option<char>, usize) {
@@ -120,13 +126,17 @@ fn decode_reference(tail: &str) -> (Option<char>, usize) {
 /// The form rules match: decoded, entity-decoded, NULs and SQL comments removed, lower case,
 /// whitespace compressed.
 pub fn for_matching(raw: &str, plus_is_space: bool) -> String {
-    let mut value = raw.to_owned();
+    let mut value = Cow::Borrowed(raw);
     for round in 0..DECODE_ROUNDS {
         let (decoded, _) = url_decode(&value, plus_is_space && round == 0);
+        if let Cow::Borrowed(_) = decoded {
+            break;
+        }
+        let decoded = decoded.into_owned();
         if decoded == value {
             break;
         }
-        value = decoded;
+        value = Cow::Owned(decoded);
     }
     let value = html_decode(&value);
     let mut out = String::with_capacity(value.len());
@@ -160,7 +170,11 @@ pub fn for_matching(raw: &str, plus_is_space: bool) -> String {
             continue;
         }
         last_space = false;
-        out.extend(ch.to_lowercase());
+        if ch.is_ascii() {
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.extend(ch.to_lowercase());
+        }
     }
     out.trim().to_owned()
 }
@@ -187,8 +201,8 @@ mod tests {
 
     #[test]
     fn invalid_escapes_are_reported_and_kept() {
-        assert_eq!(url_decode("100%zz", false), ("100%zz".to_owned(), true));
-        assert_eq!(url_decode("%41%42", false), ("AB".to_owned(), false));
+        assert_eq!(url_decode("100%zz", false), (Cow::Borrowed("100%zz"), true));
+        assert_eq!(url_decode("%41%42", false), (Cow::Borrowed("AB"), false));
         assert_eq!(html_decode("fish & chips &amp; more"), "fish & chips & more");
     }
 }

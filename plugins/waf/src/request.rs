@@ -169,7 +169,7 @@ impl Inspected {
     fn add_form(&mut self, form: &str) {
         for pair in form.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decoded_name = url_decode(name, true).0;
+            let decoded_name = url_decode(name, true).0.into_owned();
             self.add_argument(&decoded_name, for_matching(name, true), value, true);
         }
     }

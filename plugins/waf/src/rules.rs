@@ -388,7 +388,8 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), rules.len());
         for rule in rules {
-            regex::Regex::new(rule.pattern).unwrap_or_else(|err| panic!("{}: {err}", rule.id));
+            regex::bytes::Regex::new(&format!("(?-u){}", rule.pattern))
+                .unwrap_or_else(|err| panic!("{}: {err}", rule.id));
         }
     }
 }
