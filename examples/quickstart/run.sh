@@ -16,6 +16,9 @@ sdk/rust/install-toolchain.sh
 say "Building sluice and the example origin"
 cargo build --quiet -p sluice -p echo-origin
 
+# Filters build into one shared folder, so Sluice's filters share their compiled dependencies.
+export SLUICE_PLUGIN_TARGET_DIR="$PWD/target/plugins"
+
 say "Checking examples/quickstart/sluice.toml (this builds its filters; the first time takes a minute or two)"
 target/debug/sluice check --config examples/quickstart/sluice.toml
 
