@@ -98,13 +98,17 @@ impl Waf {
             self.count(assessment, "pass");
             return;
         }
-        let action =
-            if self.engine.config.mode == Mode::Detect && assessment.score >= self.engine.config.anomaly_threshold {
-                "detected"
-            } else {
-                "below_threshold"
-            };
-        log::warn(&format!("waf: {action} {} {}: {}", request.method(), request.path(), Self::describe(assessment)));
+        let detected =
+            self.engine.config.mode == Mode::Detect && assessment.score >= self.engine.config.anomaly_threshold;
+        let action = if detected { "detected" } else { "below_threshold" };
+        let line = format!("waf: {action} {} {}: {}", request.method(), request.path(), Self::describe(assessment));
+        // What would have been blocked is worth a warning; lone low-score hits (an IP as Host)
+        // would flood the log at that level.
+        if detected {
+            log::warn(&line)
+        } else {
+            log::debug(&line)
+        }
         self.count(assessment, action);
     }
 
