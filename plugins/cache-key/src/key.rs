@@ -189,15 +189,16 @@ fn normalise_host(host: &str) -> String {
 
 /// The value of cookie `name` across every Cookie header.
 fn cookie_value(headers: &[Vec<u8>], name: &str) -> Option<String> {
-    headers
-        .iter()
-        .flat_map(|header| {
-            String::from_utf8_lossy(header).into_owned().split(';').map(str::to_owned).collect::<Vec<_>>()
-        })
-        .find_map(|pair| {
-            let (key, value) = pair.split_once('=')?;
-            (key.trim() == name).then(|| value.trim().trim_matches('"').to_owned())
-        })
+    for header in headers {
+        for pair in String::from_utf8_lossy(header).split(';') {
+            if let Some((key, value)) = pair.split_once('=')
+                && key.trim() == name
+            {
+                return Some(value.trim().trim_matches('"').to_owned());
+            }
+        }
+    }
+    None
 }
 
 /// A coarse device class from a User-Agent: what sites commonly vary their pages on.

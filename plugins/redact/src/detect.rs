@@ -128,7 +128,7 @@ pub fn luhn_valid(candidate: &[u8]) -> bool {
             },
         )
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Whether `123-45-6789` could be an issued SSN: no area 000, 666 or 900-999, no group 00, no

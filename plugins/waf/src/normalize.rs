@@ -13,7 +13,7 @@ const DECODE_ROUNDS: usize = 3;
 /// as they are. Returns the text and whether any escape was invalid.
 pub fn url_decode(input: &str, plus_is_space: bool) -> (Cow<'_, str>, bool) {
     // Most values carry no escapes at all.
-    if !input.contains('%') && !(plus_is_space && input.contains('+')) {
+    if !(input.contains('%') || (plus_is_space && input.contains('+'))) {
         return (Cow::Borrowed(input), false);
     }
     let bytes = input.as_bytes();

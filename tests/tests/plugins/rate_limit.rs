@@ -57,3 +57,27 @@ filters = [{ plugin = "rate_limit", config = { algorithm = "sliding-window", lim
     assert!(limited.text().contains("rate limit exceeded"));
     assert!(header(&limited, "retry-after").is_some_and(|secs| secs.parse::<u64>().is_ok_and(|secs| secs >= 1)));
 }
+
+#[tokio::test]
+async fn limits_can_follow_a_token_claim() {
+    let origin = Origin::echo("app").await;
+    let proxy = proxy_with(
+        &origin,
+        &["rate-limit"],
+        r#"
+[[route]]
+upstream = "app"
+filters = [{ plugin = "rate_limit", config = { limit = 1, period = "1h", key = "claim:sub" } }]
+"#,
+    )
+    .await;
+    // Unsigned tokens are enough here: this filter only reads the claim (jwt-auth verifies).
+    let bearer = |subject: &str| {
+        use base64::Engine;
+        let encode = |json: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        format!("Bearer {}.{}.c2ln", encode(r#"{"alg":"HS256"}"#), encode(&format!(r#"{{"sub":"{subject}"}}"#)))
+    };
+    assert_eq!(request(&proxy, "GET", "/", &[("authorization", &bearer("alice"))]).await.status, 200);
+    assert_eq!(request(&proxy, "GET", "/", &[("authorization", &bearer("alice"))]).await.status, 429);
+    assert_eq!(request(&proxy, "GET", "/", &[("authorization", &bearer("bob"))]).await.status, 200);
+}
