@@ -171,7 +171,7 @@ async fn run(snapshot: Snapshot) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(error) = shutdown_signal().await {
+    if let Err(error) = serve_until_shutdown(&server).await {
         tracing::error!(error = %error, "cannot listen for signals");
         return ExitCode::FAILURE;
     }
@@ -181,14 +181,24 @@ async fn run(snapshot: Snapshot) -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() -> std::io::Result<()> {
+/// Reloads on SIGHUP; returns on the first SIGTERM or SIGINT.
+async fn serve_until_shutdown(server: &Server) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+    let mut hangup = signal(SignalKind::hangup())?;
+    let name = loop {
+        tokio::select! {
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The reloader logs the outcome and keeps it for GET /status; reloads queue up
+                // behind each other, and a shutdown signal is heard meanwhile.
+                let reloader = server.reloader().clone();
+                tokio::spawn(async move { reloader.reload_from_source().await });
+            }
+        }
     };
     tracing::info!(signal = name, "shutdown requested");
     Ok(())

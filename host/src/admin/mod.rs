@@ -1,6 +1,7 @@
-//! The admin listener: `/metrics` (Prometheus text format), `/healthz` and `/upstreams` (each
-//! upstream's servers with their health, ejection and load, as JSON). It serves operators, not
-//! clients, so it binds to loopback unless configured otherwise.
+//! The admin listener: `/metrics` (Prometheus text format), `/healthz`, `/upstreams` (each
+//! upstream's servers with their health, ejection and load, as JSON), `/status` (configuration
+//! generation, plugins, the last reload error) and `POST /reload` (token-protected). It serves
+//! operators, not clients, so it binds to loopback unless configured otherwise.
 
 pub mod metrics;
 
@@ -21,16 +22,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, ProxyBody};
 use crate::config::Snapshot;
+use crate::server::Reloader;
 use crate::upstream::Availability;
 use metrics::Metrics;
 
+/// What the admin endpoints read and act on.
+#[derive(Debug)]
+pub struct Admin {
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The running configuration.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Reloads.
+    pub reloader: Arc<Reloader>,
+    /// The token `POST /reload` requires.
+    pub reload_token: Option<Arc<str>>,
+}
+
 /// Accepts admin connections until `drain` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-    drain: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, drain: CancellationToken) {
     loop {
         let (stream, _peer) = tokio::select! {
             () = drain.cancelled() => return,
@@ -42,12 +52,11 @@ pub async fn serve(
                 }
             },
         };
-        let metrics = metrics.clone();
-        let snapshot = snapshot.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let answer = answer(&request, &metrics, &snapshot.load());
-                async move { Ok::<_, Infallible>(answer) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &admin).await) }
             });
             if let Err(err) =
                 auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await
@@ -58,22 +67,91 @@ pub async fn serve(
     }
 }
 
-fn answer(request: &Request<Incoming>, metrics: &Metrics, snapshot: &Snapshot) -> Response<ProxyBody> {
-    let (status, content_type, text) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
-        }
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
-        (&Method::GET, "/upstreams") => (StatusCode::OK, "application/json", upstreams(snapshot)),
-        (_, "/metrics" | "/healthz" | "/upstreams") => {
-            (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "method not allowed\n".to_owned())
-        }
-        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_owned()),
-    };
+fn text_response(status: StatusCode, content_type: &'static str, text: String) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+async fn answer(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    const JSON: &str = "application/json";
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => text_response(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            admin.metrics.encode(),
+        ),
+        (&Method::GET, "/healthz") => text_response(StatusCode::OK, TEXT, "ok\n".to_owned()),
+        (&Method::GET, "/upstreams") => text_response(StatusCode::OK, JSON, upstreams(&admin.snapshot.load())),
+        (&Method::GET, "/status") => text_response(StatusCode::OK, JSON, status(admin)),
+        (&Method::POST, "/reload") => reload(request, admin).await,
+        (_, "/metrics" | "/healthz" | "/upstreams" | "/status" | "/reload") => {
+            text_response(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".to_owned())
+        }
+        _ => text_response(StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about how much of a guess
+/// was right.
+fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// `POST /reload`: re-reads the configuration file; `Authorization: Bearer <admin.reload_token>`.
+async fn reload(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+    const JSON: &str = "application/json";
+    let Some(token) = &admin.reload_token else {
+        let message = serde_json::json!({"error": "reloads over HTTP are off: set admin.reload_token"});
+        return text_response(StatusCode::FORBIDDEN, JSON, format!("{message}\n"));
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same_secret(presented.as_bytes(), token.as_bytes()) {
+        let mut response = text_response(
+            StatusCode::UNAUTHORIZED,
+            JSON,
+            format!("{}\n", serde_json::json!({"error": "bad or missing token"})),
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice-admin\""));
+        return response;
+    }
+    match admin.reloader.reload_from_source().await {
+        Ok(generation) => {
+            text_response(StatusCode::OK, JSON, format!("{}\n", serde_json::json!({"generation": generation})))
+        }
+        Err(error) => {
+            let generation = admin.reloader.status().generation;
+            let body = serde_json::json!({"error": error.to_string(), "generation": generation});
+            text_response(StatusCode::UNPROCESSABLE_ENTITY, JSON, format!("{body}\n"))
+        }
+    }
+}
+
+/// `GET /status`: the configuration generation, its source and plugins, and the last reload.
+fn status(admin: &Admin) -> String {
+    let snapshot = admin.snapshot.load();
+    let reload = admin.reloader.status();
+    let body = serde_json::json!({
+        "generation": reload.generation,
+        "loaded_at": reload.loaded_at,
+        "source": snapshot.source.as_ref().map(|path| path.display().to_string()),
+        "reload_attempts": reload.attempts,
+        "last_error": reload.last_error,
+        "pending_restart": reload.pending_restart,
+        "routes": snapshot.routes.routes().len(),
+        "upstreams": snapshot.upstreams.keys().collect::<Vec<_>>(),
+        "plugins": snapshot.plugin_digests(),
+    });
+    format!("{body}\n")
 }
 
 /// Every upstream's servers with their state, for `/upstreams`.

@@ -41,11 +41,27 @@ const MIN_HEADER_BYTES: usize = 8192;
 
 /// Compiles `file`, whose text is `source` (for error positions); relative plugin paths are
 /// taken from `base_dir`.
-pub(super) fn compile(file: ConfigFile, source: &str, base_dir: &Path) -> Result<Snapshot, ConfigError> {
+pub(super) fn compile(
+    file: ConfigFile,
+    source: &str,
+    base_dir: &Path,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigError> {
     let cx = Compiler { source, base_dir };
+    // Each upstream's section as written, without positions: an upstream whose section did not
+    // change keeps its running state (pools, health, ejections) across a reload.
+    let written: toml::Table = toml::from_str(source).unwrap_or_default();
+    let written_upstreams = written.get("upstream").and_then(toml::Value::as_table);
     let server = cx.server(&file.server)?;
     let admin = match &file.admin {
         Some(admin) => Some(cx.socket_addr(&admin.bind, "admin.bind")?),
+        None => None,
+    };
+    let admin_reload_token = match file.admin.as_ref().and_then(|admin| admin.reload_token.as_deref()) {
+        Some(token) if token.len() < 16 => {
+            return Err(cx.error(None, "admin.reload_token", "must be at least 16 characters (use a random string)"));
+        }
+        Some(token) => Some(Arc::from(token)),
         None => None,
     };
 
@@ -88,7 +104,16 @@ pub(super) fn compile(file: ConfigFile, source: &str, base_dir: &Path) -> Result
 
     let mut upstreams = BTreeMap::new();
     for (name, upstream) in &file.upstream {
-        upstreams.insert(name.clone(), Arc::new(cx.upstream(name, upstream)?));
+        let fingerprint =
+            written_upstreams.and_then(|sections| sections.get(name)).map(ToString::to_string).unwrap_or_default();
+        let unchanged = previous
+            .and_then(|previous| previous.upstreams.get(name))
+            .filter(|running| running.fingerprint() == fingerprint);
+        let compiled = match unchanged {
+            Some(running) => running.clone(),
+            None => Arc::new(cx.upstream(name, upstream)?.with_fingerprint(fingerprint)),
+        };
+        upstreams.insert(name.clone(), compiled);
     }
 
     let mut tenants = BTreeMap::new();
@@ -96,8 +121,10 @@ pub(super) fn compile(file: ConfigFile, source: &str, base_dir: &Path) -> Result
         tenants.insert(name.clone(), Arc::new(cx.tenant(name, tenant, &upstreams)?));
     }
     let mut plugins = BTreeMap::new();
+    let mut plugin_sources = Vec::new();
     for (name, plugin) in &file.plugin {
-        plugins.insert(name.clone(), cx.plugin(name, plugin)?);
+        plugins.insert(name.clone(), cx.plugin(name, plugin, previous)?);
+        plugin_sources.push(base_dir.join(plugin.get_ref().source.get_ref()));
     }
     let defaults = Defaults { server: &server, upstreams: &upstreams, tenants: &tenants, plugins: &plugins };
 
@@ -118,8 +145,11 @@ pub(super) fn compile(file: ConfigFile, source: &str, base_dir: &Path) -> Result
     Ok(Snapshot {
         server,
         admin,
+        admin_reload_token,
         listeners,
         upstreams: Arc::new(upstreams),
+        plugins,
+        plugin_sources,
         routes: RouteTable::new(routes),
         source: None,
     })
@@ -199,6 +229,7 @@ impl Compiler<'_> {
             trusted_proxies,
             hide_headers,
             via_name,
+            watch: section.watch,
         })
     }
 
@@ -588,7 +619,12 @@ impl Compiler<'_> {
         })
     }
 
-    fn plugin(&self, name: &str, written: &Spanned<PluginSection>) -> Result<Arc<Plugin>, ConfigError> {
+    fn plugin(
+        &self,
+        name: &str,
+        written: &Spanned<PluginSection>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Arc<Plugin>, ConfigError> {
         let key = format!("plugin.{name}.source");
         let source = &written.get_ref().source;
         let path = self.base_dir.join(source.get_ref());
@@ -599,7 +635,14 @@ impl Compiler<'_> {
         } else {
             path
         };
-        Plugin::load_file(&runtime, name, &component)
+        let bytes = std::fs::read(&component)
+            .map_err(|err| self.spanned_error(source, &key, format!("cannot read {}: {err}", component.display())))?;
+        // The same bytes under the same name: the running plugin, compiled and checked already.
+        let digest = Plugin::digest_of(&bytes);
+        if let Some(running) = previous.and_then(|previous| previous.plugins.get(name)).filter(|p| p.digest == digest) {
+            return Ok(running.clone());
+        }
+        Plugin::load(&runtime, name, &bytes)
             .map(Arc::new)
             .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")))
     }

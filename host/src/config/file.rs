@@ -152,6 +152,8 @@ pub struct ServerSection {
     pub hide_headers: Vec<String>,
     /// The name this proxy gives itself in `Via`.
     pub via_name: String,
+    /// Reload when the configuration file or a local plugin changes.
+    pub watch: bool,
 }
 
 impl Default for ServerSection {
@@ -167,6 +169,7 @@ impl Default for ServerSection {
             trusted_proxies: Vec::new(),
             hide_headers: vec!["server".into(), "x-powered-by".into()],
             via_name: "sluice".into(),
+            watch: true,
         }
     }
 }
@@ -178,6 +181,8 @@ pub struct AdminSection {
     /// Address to listen on; loopback unless you mean otherwise.
     #[serde(default = "default_admin_bind")]
     pub bind: Spanned<String>,
+    /// The bearer token `POST /reload` requires; without one, reloads over HTTP are refused.
+    pub reload_token: Option<String>,
 }
 
 fn default_admin_bind() -> Spanned<String> {

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 pub use error::ConfigError;
 
 use crate::routing::RouteTable;
-use crate::runtime::Runtime;
+use crate::runtime::{Plugin, Runtime};
 use crate::server::tls::TlsSettings;
 use crate::upstream::Upstream;
 
@@ -30,10 +30,16 @@ pub struct Snapshot {
     pub server: ServerSettings,
     /// The admin listener's address, when there is one.
     pub admin: Option<SocketAddr>,
+    /// The token `POST /reload` on the admin listener requires.
+    pub admin_reload_token: Option<Arc<str>>,
     /// Client listeners.
     pub listeners: Vec<ListenerSpec>,
     /// Upstreams by name (shared with filter callouts).
     pub upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
+    /// Plugins by name, compiled and checked.
+    pub plugins: BTreeMap<String, Arc<Plugin>>,
+    /// Local plugin sources (component files and crate folders), for the file watcher.
+    pub plugin_sources: Vec<PathBuf>,
     /// The routes.
     pub routes: RouteTable,
     /// The file it came from, if any.
@@ -63,6 +69,8 @@ pub struct ServerSettings {
     pub hide_headers: Vec<HeaderName>,
     /// This proxy's `Via` entry, such as `1.1 sluice`, without the protocol version.
     pub via_name: HeaderValue,
+    /// Reload when the configuration file or a local plugin changes.
+    pub watch: bool,
 }
 
 /// A client listener.
@@ -83,21 +91,32 @@ pub struct ListenerSpec {
 impl Snapshot {
     /// Reads and compiles a configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_file_after(path, None)
+    }
+
+    /// Reads and compiles a configuration file to replace `previous`: unchanged upstreams (with
+    /// their pools and health state) and unchanged plugins are taken over rather than rebuilt.
+    pub fn from_file_after(path: &Path, previous: Option<&Snapshot>) -> Result<Self, ConfigError> {
         let source = std::fs::read_to_string(path).map_err(|err| {
             ConfigError::at("", None, "", format!("cannot read the configuration: {err}")).in_file(path)
         })?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
-        let mut snapshot = Self::compile(&source, base_dir).map_err(|err| err.in_file(path))?;
+        let mut snapshot = Self::compile(&source, base_dir, previous).map_err(|err| err.in_file(path))?;
         snapshot.source = Some(path.to_owned());
         Ok(snapshot)
     }
 
     /// Compiles configuration text; relative plugin paths are taken from the current directory.
     pub fn from_toml(source: &str) -> Result<Self, ConfigError> {
-        Self::compile(source, Path::new("."))
+        Self::compile(source, Path::new("."), None)
     }
 
-    fn compile(source: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+    /// [`Snapshot::from_toml`] replacing `previous` (see [`Snapshot::from_file_after`]).
+    pub fn from_toml_after(source: &str, previous: &Snapshot) -> Result<Self, ConfigError> {
+        Self::compile(source, Path::new("."), Some(previous))
+    }
+
+    fn compile(source: &str, base_dir: &Path, previous: Option<&Snapshot>) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::parse(source)
             .map_err(|err| ConfigError::at(source, err.span(), "", err.message().to_owned()))?;
         let file: file::ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|err| {
@@ -111,7 +130,27 @@ impl Snapshot {
                 inner.message().to_owned(),
             )
         })?;
-        compile::compile(file, source, base_dir)
+        compile::compile(file, source, base_dir, previous)
+    }
+
+    /// Takes over `previous`'s warm instance pools for filters that did not change (same route,
+    /// plugin bytes, config, tenant grants and policies), so a reload does not cold-start them.
+    pub fn adopt_filter_pools(&self, previous: &Snapshot) {
+        for route in self.routes.routes() {
+            let Some(old_route) = previous.routes.routes().iter().find(|old| old.name == route.name) else { continue };
+            for (filter, old) in route.filters.iter().zip(&old_route.filters) {
+                if filter.spec.same_filter_as(&old.spec)
+                    && let Some(pool) = old.pool()
+                {
+                    filter.adopt(pool.clone());
+                }
+            }
+        }
+    }
+
+    /// The names of the filter plugins and their digests, for status pages.
+    pub fn plugin_digests(&self) -> BTreeMap<&str, &str> {
+        self.plugins.iter().map(|(name, plugin)| (name.as_str(), plugin.digest.as_str())).collect()
     }
 
     /// Starts and configures the first instance of every route filter, which checks each

@@ -70,9 +70,14 @@ impl Plugin {
         Self::load(runtime, name, &bytes)
     }
 
+    /// The `sha256:` digest that identifies a component's bytes.
+    pub fn digest_of(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
     /// Compiles (or takes from the cache) and checks a component.
     pub fn load(runtime: &Runtime, name: &str, bytes: &[u8]) -> Result<Self, PluginError> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let digest = Self::digest_of(bytes);
         // A component's preamble has layer 1 where a core module's has 0.
         if bytes.starts_with(b"\0asm") && bytes.get(6..8) == Some(&[0, 0]) {
             return Err(PluginError::Invalid(

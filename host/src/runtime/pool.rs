@@ -66,6 +66,19 @@ pub struct FilterSpec {
     pub tenant: Arc<Tenant>,
 }
 
+impl FilterSpec {
+    /// Whether `other` is the same filter in every respect an instance depends on.
+    pub fn same_filter_as(&self, other: &FilterSpec) -> bool {
+        self.route == other.route
+            && self.name == other.name
+            && self.plugin.digest == other.plugin.digest
+            && self.config == other.config
+            && self.on_error == other.on_error
+            && self.isolation == other.isolation
+            && *self.tenant == *other.tenant
+    }
+}
+
 /// Why a filter failed a request.
 #[derive(Debug, thiserror::Error)]
 #[error("filter {filter} on route {route}: {kind}")]
@@ -551,6 +564,11 @@ impl RouteFilter {
             let _ = self.pool.set(pool);
         }
         Ok(())
+    }
+
+    /// Takes over a running pool of the same filter (see [`FilterSpec::same_filter_as`]).
+    pub fn adopt(&self, pool: Arc<FilterPool>) {
+        let _ = self.pool.set(pool);
     }
 
     /// Its pool, once prepared.

@@ -3,7 +3,9 @@
 //! deadline).
 
 mod connection;
+pub mod reload;
 pub mod tls;
+mod watch;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use connection::{ConnectionActivity, InFlight};
+pub use reload::{ReloadStatus, Reloader};
 
 use crate::admin::{
     self,
@@ -37,6 +40,7 @@ pub struct Server {
     tunnels: Tunnels,
     /// Stops accept loops and asks every connection to finish its requests and close.
     drain: CancellationToken,
+    reloader: Arc<Reloader>,
 }
 
 /// How a shutdown ended.
@@ -64,6 +68,7 @@ impl Server {
         let metrics = Arc::new(metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let current = snapshot.load_full();
+        let reloader = Arc::new(Reloader::new(snapshot.clone()));
         let drain = CancellationToken::new();
         let tunnels = Tunnels::default();
         let connections = TaskTracker::new();
@@ -106,13 +111,23 @@ impl Server {
                 let listener = bind(bind_addr)?;
                 let local = listener.local_addr()?;
                 tracing::info!(address = %local, "admin listening");
-                tokio::spawn(admin::serve(listener, metrics.clone(), snapshot.clone(), drain.clone()));
+                let admin = admin::Admin {
+                    metrics: metrics.clone(),
+                    snapshot: snapshot.clone(),
+                    reloader: reloader.clone(),
+                    reload_token: current.admin_reload_token.clone(),
+                };
+                tokio::spawn(admin::serve(listener, Arc::new(admin), drain.clone()));
                 Some(local)
             }
             None => None,
         };
 
-        Ok(Self { snapshot, metrics, listeners, admin, connections, tunnels, drain })
+        if current.server.watch {
+            watch::spawn(reloader.clone(), snapshot.clone(), drain.clone());
+        }
+
+        Ok(Self { snapshot, metrics, listeners, admin, connections, tunnels, drain, reloader })
     }
 
     /// The address a listener is bound to (useful with port 0).
@@ -138,6 +153,11 @@ impl Server {
     /// The configuration now being served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Swaps configurations while serving (see [`Reloader`]).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// Stops accepting, lets in-flight requests finish for up to the configured shutdown timeout,

@@ -13,7 +13,7 @@ mod server;
 pub mod tls;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::Request;
@@ -98,6 +98,10 @@ pub struct Upstream {
     in_flight: AtomicUsize,
     /// Stops the health checks when the upstream goes away.
     checks: CancellationToken,
+    /// Its configuration section as written; a reload keeps this upstream when it is unchanged.
+    fingerprint: String,
+    /// Whether the health checks were started.
+    checks_started: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Upstream {
@@ -197,12 +201,29 @@ impl Upstream {
             retry_budget,
             in_flight: AtomicUsize::new(0),
             checks: CancellationToken::new(),
+            fingerprint: String::new(),
+            checks_started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Starts the active health checks, if configured; they end when the upstream is dropped.
     /// Needs a tokio runtime.
+    /// Records the configuration it was compiled from (see [`Upstream::fingerprint`]).
+    pub fn with_fingerprint(mut self, fingerprint: String) -> Self {
+        self.fingerprint = fingerprint;
+        self
+    }
+
+    /// Its configuration section as written, without positions in the file.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Starts its active health checks, once: a reload that keeps the upstream keeps its checks.
     pub fn start_health_checks(self: &Arc<Self>) {
+        if self.checks_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
         if let Some(check) = &self.policy.health_check {
             health::spawn(self, check.clone(), self.checks.clone());
         }
