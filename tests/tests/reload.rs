@@ -58,21 +58,26 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_generations() {
                     .iter()
                     .map(|value| value.to_str().expect("text").to_owned())
                     .collect();
-                seen.push((response.status.as_u16(), tags));
+                let hello = response.status == 200 && response.echo().header("x-hello").is_some();
+                seen.push((response.status.as_u16(), tags, hello));
             }
             seen
         }));
     }
+    let hello = plugin("examples/hello-filter");
     let mut old_generations = Vec::new();
     for version in 1..=20 {
         old_generations.push(Arc::downgrade(&server.snapshot()));
-        // Every other swap also changes the routes, not just the filter's config.
-        let extra = if version % 2 == 0 { "[[route]]\npath_prefix = \"/extra\"\nupstream = \"app\"\n" } else { "" };
-        let generation = server
-            .reloader()
-            .reload_from_toml(&config(&origin, &format!("v{version}"), extra))
-            .await
-            .unwrap_or_else(|err| panic!("reload {version}: {err}"));
+        // Even versions also change the routes and put a second plugin in the chain.
+        let text = if version % 2 == 0 {
+            config(&origin, &format!("v{version}"), "[[route]]\npath_prefix = \"/extra\"\nupstream = \"app\"\n")
+                .replace("filters = [{", "filters = [{ plugin = \"hello\" }, {")
+                .replacen("[[route]]", &format!("[plugin.hello]\nsource = \"{}\"\n[[route]]", hello.display()), 1)
+        } else {
+            config(&origin, &format!("v{version}"), "")
+        };
+        let generation =
+            server.reloader().reload_from_toml(&text).await.unwrap_or_else(|err| panic!("reload {version}: {err}"));
         assert_eq!(generation, version + 1);
     }
     stop.store(true, Ordering::Relaxed);
@@ -80,11 +85,12 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_generations() {
     for client in clients {
         let seen = client.await.expect("client task");
         let mut last_version = 0;
-        for (status, tags) in seen {
+        for (status, tags, hello) in seen {
             total += 1;
             assert_eq!(status, 200, "a request failed during the swaps");
             assert_eq!(tags.len(), 1, "one response, one version: {tags:?}");
             let version: u64 = tags[0].trim_start_matches('v').parse().expect("a version");
+            assert_eq!(hello, version % 2 == 0 && version > 0, "v{version}'s chain, and only its chain, ran");
             assert!(version >= last_version, "a client went back from v{last_version} to v{version}");
             last_version = version;
         }
