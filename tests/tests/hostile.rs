@@ -190,3 +190,67 @@ async fn callouts_to_granted_upstreams_are_answered() {
     // The filter answered with the upstream's reply to its callout.
     assert_eq!(response.echo().uri(), "/secret");
 }
+
+#[tokio::test]
+async fn tenants_may_use_only_the_plugins_they_were_granted() {
+    let origin = Origin::echo("app").await;
+    let config = format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[upstream.app]
+servers = [{{ addr = "{origin}" }}]
+[plugin.hostile]
+source = "{hostile}"
+[plugin.hello]
+source = "{hello}"
+[tenant.narrow]
+plugins = ["hello"]
+[[route]]
+upstream = "app"
+tenant = "narrow"
+filters = [{{ plugin = "hello" }}, {{ plugin = "hostile", config = {{ mode = "none" }} }}]
+"#,
+        origin = origin.addr,
+        hostile = plugin("tests/plugins/hostile").display(),
+        hello = plugin("examples/hello-filter").display(),
+    );
+    let error = sluice::config::Snapshot::from_toml(&config).expect_err("the grant is enforced");
+    assert_eq!(error.key, "route[0].filters[1].plugin");
+    assert!(error.message.contains("tenant narrow may not use plugin \"hostile\""), "{error}");
+    let unknown = config.replace("plugins = [\"hello\"]", "plugins = [\"nope\"]");
+    let error = sluice::config::Snapshot::from_toml(&unknown).expect_err("an unknown plugin in a grant");
+    assert_eq!(error.key, "tenant.narrow.plugins[0]");
+}
+
+#[tokio::test]
+async fn key_value_namespaces_keep_tenants_apart() {
+    let origin = Origin::echo("app").await;
+    // Both tenants' filters use the very same keys; each tenant has its own namespace.
+    let route = |tenant: &str| {
+        format!(
+            "[[route]]\npath_prefix = \"/{tenant}\"\ntenant = \"{tenant}\"\nupstream = \"app\"\n\
+             filters = [{{ plugin = \"rate_limit\", config = {{ limit = 1, period = \"1h\", key = \"header:x-user\", scope = \"shared\" }} }}]\n"
+        )
+    };
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
+         [plugin.rate_limit]\nsource = \"{limiter}\"\n[tenant.a]\n[tenant.b]\n{a}{b}",
+        origin = origin.addr,
+        limiter = plugin("plugins/rate-limit").display(),
+        a = route("a"),
+        b = route("b"),
+    ))
+    .await;
+    let ask = |path: &'static str| {
+        let request = http::Request::get(proxy.url(path))
+            .header("host", "a")
+            .header("x-user", "alice")
+            .body(sluice::body::empty())
+            .unwrap();
+        async move { sluice_tests::send(&sluice_tests::http1_client(), request).await.status }
+    };
+    assert_eq!(ask("/a").await, StatusCode::OK);
+    assert_eq!(ask("/a").await, StatusCode::TOO_MANY_REQUESTS, "tenant a used up its limit");
+    assert_eq!(ask("/b").await, StatusCode::OK, "tenant b's counter under the same key is its own");
+}

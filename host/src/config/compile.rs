@@ -116,9 +116,10 @@ pub(super) fn compile(
         upstreams.insert(name.clone(), compiled);
     }
 
+    let plugin_names: HashSet<String> = file.plugin.keys().cloned().collect();
     let mut tenants = BTreeMap::new();
     for (name, tenant) in &file.tenant {
-        tenants.insert(name.clone(), Arc::new(cx.tenant(name, tenant, &upstreams)?));
+        tenants.insert(name.clone(), Arc::new(cx.tenant(name, tenant, &upstreams, &plugin_names)?));
     }
     let mut plugins = BTreeMap::new();
     let mut plugin_sources = Vec::new();
@@ -581,6 +582,7 @@ impl Compiler<'_> {
         name: &str,
         written: &Spanned<TenantSection>,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
+        plugin_names: &HashSet<String>,
     ) -> Result<Tenant, ConfigError> {
         let key = format!("tenant.{name}");
         let section = written.get_ref();
@@ -609,6 +611,23 @@ impl Compiler<'_> {
             }
             callouts.insert(upstream.get_ref().clone());
         }
+        let plugins = match &section.plugins {
+            None => None,
+            Some(granted) => {
+                let mut names = std::collections::BTreeSet::new();
+                for (index, plugin) in granted.iter().enumerate() {
+                    if !plugin_names.contains(plugin.get_ref()) {
+                        return Err(self.spanned_error(
+                            plugin,
+                            &format!("{key}.plugins[{index}]"),
+                            format!("no plugin named {:?}", plugin.get_ref()),
+                        ));
+                    }
+                    names.insert(plugin.get_ref().clone());
+                }
+                Some(names)
+            }
+        };
         Ok(Tenant {
             name: name.into(),
             memory_bytes,
@@ -616,6 +635,7 @@ impl Compiler<'_> {
             max_instances: section.max_instances,
             callouts,
             kv: KvQuota { max_keys: section.kv_max_keys, max_bytes: section.kv_max_bytes },
+            plugins,
         })
     }
 
@@ -848,6 +868,20 @@ impl Compiler<'_> {
                     ),
                 )
             })?;
+            if let Some(granted) = &tenant.plugins
+                && !granted.contains(written_filter.plugin.get_ref())
+            {
+                return Err(self.spanned_error(
+                    &written_filter.plugin,
+                    &format!("{filter_key}.plugin"),
+                    format!(
+                        "tenant {} may not use plugin {:?} (its plugins: {})",
+                        tenant.name,
+                        written_filter.plugin.get_ref(),
+                        list_or_none(&granted.iter().map(String::as_str).collect::<Vec<_>>())
+                    ),
+                ));
+            }
             let config = match &written_filter.config {
                 Some(value) => serde_json::to_string(value)
                     .map_err(|err| self.spanned_error(entry, &format!("{filter_key}.config"), err.to_string()))?,

@@ -62,6 +62,8 @@ pub struct TenantSection {
     /// Most key-value bytes (keys and values).
     #[serde(default = "default_kv_max_bytes")]
     pub kv_max_bytes: usize,
+    /// The plugins the tenant's routes may run; absent: any.
+    pub plugins: Option<Vec<Spanned<String>>>,
 }
 
 fn default_memory_mb() -> usize {

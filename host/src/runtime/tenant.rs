@@ -25,6 +25,8 @@ pub struct Tenant {
     pub callouts: BTreeSet<String>,
     /// Its key-value quota.
     pub kv: KvQuota,
+    /// The plugins its routes may run (`None`: any).
+    pub plugins: Option<BTreeSet<String>>,
 }
 
 impl Tenant {
@@ -37,6 +39,7 @@ impl Tenant {
             max_instances: 64,
             callouts: BTreeSet::new(),
             kv: KvQuota { max_keys: 100_000, max_bytes: 64 << 20 },
+            plugins: None,
         }
     }
 }
