@@ -254,3 +254,42 @@ async fn key_value_namespaces_keep_tenants_apart() {
     assert_eq!(ask("/a").await, StatusCode::TOO_MANY_REQUESTS, "tenant a used up its limit");
     assert_eq!(ask("/b").await, StatusCode::OK, "tenant b's counter under the same key is its own");
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_cpu_rate_is_paused_not_failed_and_its_call_limit_still_holds() {
+    logs();
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[upstream.app]
+servers = [{{ addr = "{origin}" }}]
+[plugin.hostile]
+source = "{hostile}"
+[tenant.slow]
+cpu_ms_per_call = 30
+cpu_ms_per_second = 50
+[[route]]
+path_prefix = "/loop"
+tenant = "slow"
+upstream = "app"
+filters = [{{ plugin = "hostile", config = {{ mode = "loop" }} }}]
+[[route]]
+path_prefix = "/ok"
+tenant = "slow"
+upstream = "app"
+filters = [{{ plugin = "hostile", config = {{ mode = "none" }} }}]
+"#,
+        origin = origin.addr,
+        hostile = plugin("tests/plugins/hostile").display(),
+    ))
+    .await;
+    // The runaway call is paused again and again past the rate, and still ends at its 30 ms of
+    // guest time with the CPU-limit failure.
+    let looped = get(&proxy, "a", "/loop").await;
+    assert_eq!(looped.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(failure_line(&request_id(&looped))["error.kind"], "cpu_limit");
+    // Calls that stay within their means are unaffected.
+    assert_eq!(get(&proxy, "a", "/ok").await.status, StatusCode::OK);
+}

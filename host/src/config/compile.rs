@@ -25,6 +25,7 @@ use crate::routing::{
     Backends, HeaderCondition, HeaderMatch, HostPattern, Mirror, PathMatch, PathRewrite, Redirect, Route, RouteAction,
     RouteTable,
 };
+use crate::runtime::CpuRate;
 use crate::runtime::kv::KvQuota;
 use crate::runtime::{FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
 use crate::server::tls::{self, CertificatePaths, TlsSettings};
@@ -600,6 +601,9 @@ impl Compiler<'_> {
         if section.max_instances == 0 {
             return Err(self.error(None, &format!("{key}.max_instances"), "must be at least 1"));
         }
+        if section.cpu_ms_per_second == Some(0) {
+            return Err(self.error(None, &format!("{key}.cpu_ms_per_second"), "must be at least 1"));
+        }
         let mut callouts = std::collections::BTreeSet::new();
         for (index, upstream) in section.callouts.iter().enumerate() {
             if !upstreams.contains_key(upstream.get_ref()) {
@@ -636,6 +640,7 @@ impl Compiler<'_> {
             callouts,
             kv: KvQuota { max_keys: section.kv_max_keys, max_bytes: section.kv_max_bytes },
             plugins,
+            cpu_rate: section.cpu_ms_per_second.map(CpuRate::new),
         })
     }
 

@@ -64,6 +64,8 @@ pub struct TenantSection {
     pub kv_max_bytes: usize,
     /// The plugins the tenant's routes may run; absent: any.
     pub plugins: Option<Vec<Spanned<String>>>,
+    /// Guest CPU milliseconds per second, all the tenant's instances together; absent: no limit.
+    pub cpu_ms_per_second: Option<u64>,
 }
 
 fn default_memory_mb() -> usize {

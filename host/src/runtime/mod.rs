@@ -29,7 +29,7 @@ pub use pool::{
     BodyOutcome, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec, HeadOutcome,
     Isolation, RequestHead, RouteFilter,
 };
-pub use tenant::Tenant;
+pub use tenant::{CpuRate, Tenant};
 
 pub use bindings::sluice::filter::types::Phases;
 

@@ -245,14 +245,21 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     store.limiter(|state| state);
     let limit_ticks = ticks_for(spec.tenant.cpu_per_call);
     let limit_ms = spec.tenant.cpu_per_call.as_millis();
+    let cpu_rate = spec.tenant.cpu_rate.clone();
     store.epoch_deadline_callback(move |mut context| {
         let state = context.data_mut();
         state.cpu_ticks += 1;
         if state.cpu_ticks > limit_ticks {
             return Err(wasmtime::Error::new(CpuLimitExceeded { limit_ms }));
         }
-        // Let other tasks run on this thread, then carry on.
-        Ok(UpdateDeadline::Yield(1))
+        // Past its tenant's CPU rate the guest sleeps before going on, which frees the worker
+        // for everyone else; within it, it lets other tasks run on this thread and carries on.
+        let pause = cpu_rate.as_ref().map_or(Duration::ZERO, |rate| rate.charge(EPOCH_TICK));
+        if pause.is_zero() {
+            Ok(UpdateDeadline::Yield(1))
+        } else {
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))))
+        }
     });
     start_call(&mut store);
     let filter = match spec.plugin.pre.instantiate_async(&mut store).await {

@@ -1,8 +1,8 @@
 //! What a tenant's filters are granted: memory, CPU time, instances, callouts, key-value quota.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::kv::KvQuota;
 
@@ -27,6 +27,50 @@ pub struct Tenant {
     pub kv: KvQuota,
     /// The plugins its routes may run (`None`: any).
     pub plugins: Option<BTreeSet<String>>,
+    /// Guest CPU time all its instances together may use per second (`None`: no limit).
+    pub cpu_rate: Option<CpuRate>,
+}
+
+/// A tenant's share of CPU: guest time per second of wall time, all its instances together.
+///
+/// Guests are charged one epoch tick (1 ms) at each tick they run through. Within the rate a
+/// running guest only yields to other tasks at each tick; past it, its calls pause (they are not
+/// failed) until the budget has refilled, so a tenant that spins cannot take the worker threads
+/// from the others.
+#[derive(Debug, Clone)]
+pub struct CpuRate {
+    /// Milliseconds of guest time per second.
+    pub ms_per_second: u64,
+    /// When the budget is next fully spent: a GCRA "theoretical arrival time".
+    spent_until: Arc<Mutex<Instant>>,
+}
+
+impl PartialEq for CpuRate {
+    fn eq(&self, other: &Self) -> bool {
+        self.ms_per_second == other.ms_per_second
+    }
+}
+
+impl Eq for CpuRate {}
+
+/// How much unused budget may be saved up: a short burst at full speed after a quiet spell.
+const CPU_BURST: Duration = Duration::from_millis(20);
+
+impl CpuRate {
+    /// A budget of `ms_per_second` (at least 1).
+    pub fn new(ms_per_second: u64) -> Self {
+        Self { ms_per_second: ms_per_second.max(1), spent_until: Arc::new(Mutex::new(Instant::now())) }
+    }
+
+    /// Charges `used` guest time; returns how long the guest must pause before going on (zero
+    /// while within the budget).
+    pub fn charge(&self, used: Duration) -> Duration {
+        let cost = used.mul_f64(1000.0 / self.ms_per_second as f64);
+        let now = Instant::now();
+        let mut spent_until = self.spent_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *spent_until = (*spent_until).max(now) + cost;
+        spent_until.saturating_duration_since(now + CPU_BURST)
+    }
 }
 
 impl Tenant {
@@ -40,6 +84,23 @@ impl Tenant {
             callouts: BTreeSet::new(),
             kv: KvQuota { max_keys: 100_000, max_bytes: 64 << 20 },
             plugins: None,
+            cpu_rate: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_rate_lets_a_burst_through_then_asks_for_pauses() {
+        // 100 ms per second: each millisecond of guest time costs 10 ms of budget.
+        let rate = CpuRate::new(100);
+        let paused: Vec<bool> = (0..4).map(|_| !rate.charge(Duration::from_millis(1)).is_zero()).collect();
+        // The 20 ms burst covers two ticks; the third must wait about 10 ms, the fourth 20 ms.
+        assert_eq!(paused, [false, false, true, true]);
+        let wait = rate.charge(Duration::from_millis(1));
+        assert!(wait > Duration::from_millis(20) && wait <= Duration::from_millis(30), "{wait:?}");
     }
 }
