@@ -69,7 +69,7 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_generations() {
     for version in 1..=20 {
         old_generations.push(Arc::downgrade(&server.snapshot()));
         // Even versions also change the routes and put a second plugin in the chain.
-        let text = if version % 2 == 0 {
+        let text = if version.is_multiple_of(2) {
             config(&origin, &format!("v{version}"), "[[route]]\npath_prefix = \"/extra\"\nupstream = \"app\"\n")
                 .replace("filters = [{", "filters = [{ plugin = \"hello\" }, {")
                 .replacen("[[route]]", &format!("[plugin.hello]\nsource = \"{}\"\n[[route]]", hello.display()), 1)
@@ -90,7 +90,7 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_generations() {
             assert_eq!(status, 200, "a request failed during the swaps");
             assert_eq!(tags.len(), 1, "one response, one version: {tags:?}");
             let version: u64 = tags[0].trim_start_matches('v').parse().expect("a version");
-            assert_eq!(hello, version % 2 == 0 && version > 0, "v{version}'s chain, and only its chain, ran");
+            assert_eq!(hello, version.is_multiple_of(2) && version > 0, "v{version}'s chain, and only its chain, ran");
             assert!(version >= last_version, "a client went back from v{last_version} to v{version}");
             last_version = version;
         }
