@@ -66,7 +66,7 @@ async fn twenty_swaps_under_load_fail_no_request_and_free_old_generations() {
     }
     let hello = plugin("examples/hello-filter");
     let mut old_generations = Vec::new();
-    for version in 1..=20 {
+    for version in 1..=20u64 {
         old_generations.push(Arc::downgrade(&server.snapshot()));
         // Even versions also change the routes and put a second plugin in the chain.
         let text = if version.is_multiple_of(2) {
