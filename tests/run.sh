@@ -14,12 +14,16 @@ fi
 sdk/rust/install-toolchain.sh
 
 # The TLS tests use openssl's s_client as an old-protocol peer, and the system's CA roots
-# (ca-certificates) as what an upstream without its own `ca` is verified against.
-if { ! command -v openssl >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.crt ]; } && command -v apt-get >/dev/null; then
-  say "Installing openssl and ca-certificates (for the TLS tests)"
+# (ca-certificates) as what an upstream without its own `ca` is verified against. The package
+# tests push to and pull from a real OCI registry (Debian's docker-registry), which each test
+# starts on loopback and stops.
+if { ! command -v openssl >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.crt ] || ! command -v docker-registry >/dev/null; } \
+  && command -v apt-get >/dev/null; then
+  say "Installing openssl, ca-certificates and docker-registry (for the TLS and package tests)"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl ca-certificates >/dev/null
+  $sudo apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl ca-certificates docker-registry >/dev/null
 fi
 
 say "Building the workspace and its tests"

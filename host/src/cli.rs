@@ -77,6 +77,36 @@ pub enum PluginCommand {
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
+    /// Build a filter crate and pack it as an OCI artifact (an OCI image layout folder).
+    Pack {
+        /// The crate's folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the package (default: target/sluice/packages/NAME-VERSION in the crate).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Cargo's target directory.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Push a packed plugin (a folder written by `pack`) to a registry: REF is host/repo:tag.
+    Push {
+        /// The package folder.
+        package: PathBuf,
+        /// Where to push it, such as registry.example.com/filters/waf:1.2.0.
+        reference: String,
+    },
+    /// Pull a plugin package into the local store and print its digest.
+    Pull {
+        /// host/repo:tag, optionally pinned with @sha256:...
+        reference: String,
+    },
+    /// Show a package's name, version, world, capabilities and config schema: from a registry
+    /// reference or a package folder.
+    Inspect {
+        /// A reference or a package folder.
+        target: String,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -131,6 +161,18 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Plugin(
+            command @ (PluginCommand::Pack { .. }
+            | PluginCommand::Push { .. }
+            | PluginCommand::Pull { .. }
+            | PluginCommand::Inspect { .. }),
+        ) => match package_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config, workers } => {
             let snapshot = match Snapshot::from_file(&config) {
                 Ok(snapshot) => snapshot,
@@ -215,4 +257,86 @@ fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
+}
+
+/// `sluice plugin pack|push|pull|inspect`.
+fn package_command(command: PluginCommand) -> Result<(), packages::oci::PackageError> {
+    use packages::oci::{self, Package, PackageError, Store};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| PackageError::Io(err.to_string()))?;
+    let megabytes = |bytes: usize| bytes as f64 / 1_048_576.0;
+    match command {
+        PluginCommand::Pack { dir, output, target_dir } => {
+            let options = packages::BuildOptions { target_dir, quiet: false };
+            let package = oci::pack(&dir, &options)?;
+            let output = output.unwrap_or_else(|| {
+                dir.join("target/sluice/packages").join(format!("{}-{}", package.info.name, package.info.version))
+            });
+            package.write_layout(&output, &package.info.version)?;
+            eprintln!(
+                "packed {} {} ({:.2} MB, capabilities: {}) into {}",
+                package.info.name,
+                package.info.version,
+                megabytes(package.component.len()),
+                package.info.capabilities.join(", "),
+                output.display()
+            );
+            println!("{}", package.digest());
+        }
+        PluginCommand::Push { package, reference } => {
+            let package = Package::read_layout(&package)?;
+            let reference = oci::parse_reference(&reference)?;
+            eprintln!(
+                "pushing {} {} ({:.2} MB) to {reference}",
+                package.info.name,
+                package.info.version,
+                megabytes(package.component.len())
+            );
+            let digest = runtime.block_on(oci::push(&package, &reference))?;
+            eprintln!(
+                "pushed; pin it as oci://{}/{}:{}@{digest}",
+                reference.resolve_registry(),
+                reference.repository(),
+                reference.tag().unwrap_or("latest")
+            );
+            println!("{digest}");
+        }
+        PluginCommand::Pull { reference } => {
+            let parsed = oci::parse_reference(&reference)?;
+            eprintln!("pulling {parsed}");
+            let package = runtime.block_on(oci::pull(&parsed))?;
+            let stored = Store::default_location().put(&package, &parsed)?;
+            eprintln!(
+                "pulled {} {} ({:.2} MB) into {}",
+                package.info.name,
+                package.info.version,
+                megabytes(package.component.len()),
+                stored.display()
+            );
+            println!("{}", package.digest());
+        }
+        PluginCommand::Inspect { target } => {
+            let path = PathBuf::from(&target);
+            let package = if path.join("index.json").exists() {
+                Package::read_layout(&path)?
+            } else {
+                runtime.block_on(oci::pull(&oci::parse_reference(&target)?))?
+            };
+            let report = serde_json::json!({
+                "digest": package.digest(),
+                "name": package.info.name,
+                "version": package.info.version,
+                "description": package.info.description,
+                "world": package.info.world,
+                "capabilities": package.info.capabilities,
+                "component_bytes": package.component.len(),
+                "config_schema": package.info.config_schema,
+            });
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        }
+        PluginCommand::New { .. } | PluginCommand::Build { .. } => unreachable!("handled by main"),
+    }
+    Ok(())
 }

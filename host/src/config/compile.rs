@@ -20,6 +20,7 @@ use super::file::{
     RouteSection, ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
+use crate::packages::oci::{self, Store};
 use crate::packages::{self, BuildOptions};
 use crate::routing::{
     Backends, HeaderCondition, HeaderMatch, HostPattern, Mirror, PathMatch, PathRewrite, Redirect, Route, RouteAction,
@@ -122,11 +123,18 @@ pub(super) fn compile(
     for (name, tenant) in &file.tenant {
         tenants.insert(name.clone(), Arc::new(cx.tenant(name, tenant, &upstreams, &plugin_names)?));
     }
+    let store = match &file.server.package_store {
+        Some(path) => Store::at(base_dir.join(path)),
+        None => Store::default_location(),
+    };
     let mut plugins = BTreeMap::new();
     let mut plugin_sources = Vec::new();
     for (name, plugin) in &file.plugin {
-        plugins.insert(name.clone(), cx.plugin(name, plugin, previous)?);
-        plugin_sources.push(base_dir.join(plugin.get_ref().source.get_ref()));
+        plugins.insert(name.clone(), cx.plugin(name, plugin, previous, &store)?);
+        let source = plugin.get_ref().source.get_ref();
+        if !source.starts_with("oci://") {
+            plugin_sources.push(base_dir.join(source));
+        }
     }
     let defaults = Defaults { server: &server, upstreams: &upstreams, tenants: &tenants, plugins: &plugins };
 
@@ -649,11 +657,26 @@ impl Compiler<'_> {
         name: &str,
         written: &Spanned<PluginSection>,
         previous: Option<&Snapshot>,
+        store: &Store,
     ) -> Result<Arc<Plugin>, ConfigError> {
         let key = format!("plugin.{name}.source");
         let source = &written.get_ref().source;
-        let path = self.base_dir.join(source.get_ref());
         let runtime = Runtime::shared().map_err(|err| self.spanned_error(source, &key, err.to_string()))?;
+        if source.get_ref().starts_with("oci://") {
+            // A package: from the local store when pinned by a digest it holds, else pulled.
+            let package = oci::resolve_blocking(source.get_ref(), store)
+                .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")))?;
+            let digest = Plugin::digest_of(&package.component);
+            if let Some(running) =
+                previous.and_then(|previous| previous.plugins.get(name)).filter(|p| p.digest == digest)
+            {
+                return Ok(running.clone());
+            }
+            return Plugin::load(&runtime, name, &package.component)
+                .map(Arc::new)
+                .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")));
+        }
+        let path = self.base_dir.join(source.get_ref());
         let component = if path.is_dir() {
             let options = BuildOptions { target_dir: None, quiet: true };
             packages::build_plugin(&path, &options).map_err(|err| self.spanned_error(source, &key, err.to_string()))?

@@ -158,6 +158,8 @@ pub struct ServerSection {
     pub via_name: String,
     /// Reload when the configuration file or a local plugin changes.
     pub watch: bool,
+    /// Where pulled plugin packages are kept (default: `~/.cache/sluice/packages`).
+    pub package_store: Option<String>,
 }
 
 impl Default for ServerSection {
@@ -174,6 +176,7 @@ impl Default for ServerSection {
             hide_headers: vec!["server".into(), "x-powered-by".into()],
             via_name: "sluice".into(),
             watch: true,
+            package_store: None,
         }
     }
 }

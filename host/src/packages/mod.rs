@@ -1,7 +1,8 @@
-//! Plugin packages: building filter crates into components and scaffolding new ones. (Packing,
-//! pushing and pulling OCI artifacts will live here too.)
+//! Plugin packages: building filter crates into components, scaffolding new ones, and packing,
+//! pushing and pulling them as OCI artifacts.
 
 pub mod build;
+pub mod oci;
 pub mod scaffold;
 
 pub use build::{BuildError, BuildOptions, build_plugin, componentize};

@@ -54,6 +54,9 @@ pub struct Plugin {
     pub(crate) pre: PluginPre<FilterState>,
     /// Whether the component imports WASI (then each instance gets a WASI context).
     pub(crate) uses_wasi: bool,
+    /// The host capabilities it imports (`log`, `kv`, `metrics`, `callout`, `clock`, `random`,
+    /// and `wasi` for any WASI interface).
+    capabilities: Vec<String>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -86,17 +89,22 @@ impl Plugin {
         }
         let component =
             Component::new(runtime.engine(), bytes).map_err(|err| PluginError::Invalid(format!("{err:#}")))?;
-        let uses_wasi = check_world(runtime, &component)?;
+        let (uses_wasi, capabilities) = check_world(runtime, &component)?;
         let instance_pre =
             runtime.linker.instantiate_pre(&component).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
         let pre = PluginPre::new(instance_pre).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
-        Ok(Self { name: name.into(), digest, pre, uses_wasi })
+        Ok(Self { name: name.into(), digest, pre, uses_wasi, capabilities })
+    }
+
+    /// The host capabilities the component imports: what its tenant must grant it.
+    pub fn capabilities(&self) -> Vec<String> {
+        self.capabilities.clone()
     }
 }
 
 /// Checks the component's `sluice:filter` imports and exports against this host's version and
 /// says whether it imports WASI.
-fn check_world(runtime: &Runtime, component: &Component) -> Result<bool, PluginError> {
+fn check_world(runtime: &Runtime, component: &Component) -> Result<(bool, Vec<String>), PluginError> {
     let ty = component.component_type();
     let engine = runtime.engine();
     let mut uses_wasi = false;
@@ -105,6 +113,7 @@ fn check_world(runtime: &Runtime, component: &Component) -> Result<bool, PluginE
         .map(|(name, item)| (name, item, false))
         .chain(ty.exports(engine).map(|(name, item)| (name, item, true)));
     let mut exports_filter = false;
+    let mut capabilities = std::collections::BTreeSet::new();
     for (name, item, is_export) in names {
         if name.starts_with("wasi:") {
             uses_wasi = true;
@@ -123,11 +132,17 @@ fn check_world(runtime: &Runtime, component: &Component) -> Result<bool, PluginE
         if is_export && interface == "filter" && matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             exports_filter = true;
         }
+        if !is_export && !matches!(interface, "types" | "http") {
+            capabilities.insert(interface.to_owned());
+        }
     }
     if !exports_filter {
         return Err(PluginError::WorldMismatch(format!("it does not export {WIT_PACKAGE}/filter")));
     }
-    Ok(uses_wasi)
+    if uses_wasi {
+        capabilities.insert("wasi".to_owned());
+    }
+    Ok((uses_wasi, capabilities.into_iter().collect()))
 }
 
 /// Semver compatibility with [`WIT_VERSION`]: for 0.x the minor version must match.
