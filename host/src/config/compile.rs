@@ -672,16 +672,25 @@ impl Compiler<'_> {
             {
                 return Ok(running.clone());
             }
-            return Plugin::load(&runtime, name, &package.component)
+            let loaded =
+                Plugin::load(&runtime, name, &package.component).and_then(|plugin| match &package.info.config_schema {
+                    Some(schema) => plugin.with_config_schema(schema),
+                    None => Ok(plugin),
+                });
+            return loaded
                 .map(Arc::new)
                 .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")));
         }
         let path = self.base_dir.join(source.get_ref());
-        let component = if path.is_dir() {
+        let (component, schema) = if path.is_dir() {
             let options = BuildOptions { target_dir: None, quiet: true };
-            packages::build_plugin(&path, &options).map_err(|err| self.spanned_error(source, &key, err.to_string()))?
+            let schema =
+                oci::crate_config_schema(&path).map_err(|err| self.spanned_error(source, &key, err.to_string()))?;
+            let built = packages::build_plugin(&path, &options)
+                .map_err(|err| self.spanned_error(source, &key, err.to_string()))?;
+            (built, schema)
         } else {
-            path
+            (path, None)
         };
         let bytes = std::fs::read(&component)
             .map_err(|err| self.spanned_error(source, &key, format!("cannot read {}: {err}", component.display())))?;
@@ -691,6 +700,10 @@ impl Compiler<'_> {
             return Ok(running.clone());
         }
         Plugin::load(&runtime, name, &bytes)
+            .and_then(|plugin| match &schema {
+                Some(schema) => plugin.with_config_schema(schema),
+                None => Ok(plugin),
+            })
             .map(Arc::new)
             .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")))
     }
@@ -915,6 +928,10 @@ impl Compiler<'_> {
                     .map_err(|err| self.spanned_error(entry, &format!("{filter_key}.config"), err.to_string()))?,
                 None => "null".to_owned(),
             };
+            let as_json: serde_json::Value = serde_json::from_str(&config).unwrap_or_default();
+            plugin.check_config(&as_json).map_err(|reason| {
+                self.spanned_error(entry, &format!("{filter_key}.config"), format!("plugin {}: {reason}", plugin.name))
+            })?;
             let spec = FilterSpec {
                 route: name.clone(),
                 name: plugin.name.clone(),

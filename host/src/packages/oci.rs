@@ -239,6 +239,39 @@ struct CrateMetadata {
     config_schema: Option<PathBuf>,
 }
 
+/// A `[package]` field written as `field.workspace = true`, from the nearest workspace above.
+fn workspace_field(crate_dir: &Path, package: Option<&toml::Table>, name: &str) -> Option<String> {
+    let inherits = package?.get(name)?.get("workspace")?.as_bool()?;
+    if !inherits {
+        return None;
+    }
+    crate_dir.canonicalize().ok()?.ancestors().skip(1).find_map(|folder| {
+        let text = std::fs::read_to_string(folder.join("Cargo.toml")).ok()?;
+        let root: toml::Table = toml::from_str(&text).ok()?;
+        root.get("workspace")?.get("package")?.get(name)?.as_str().map(str::to_owned)
+    })
+}
+
+/// The JSON Schema a plugin crate names in `[package.metadata.sluice] config-schema`, if any.
+pub fn crate_config_schema(crate_dir: &Path) -> Result<Option<serde_json::Value>, PackageError> {
+    let manifest_path = crate_dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest_path).map_err(io(manifest_path.display()))?;
+    let cargo: toml::Table =
+        toml::from_str(&text).map_err(|err| PackageError::Invalid(format!("{}: {err}", manifest_path.display())))?;
+    let metadata: CrateMetadata = cargo
+        .get("package")
+        .and_then(|package| package.get("metadata"))
+        .and_then(|metadata| metadata.get("sluice"))
+        .map(|sluice| sluice.clone().try_into())
+        .transpose()
+        .map_err(|err| PackageError::Invalid(format!("{}: [package.metadata.sluice]: {err}", manifest_path.display())))?
+        .unwrap_or_default();
+    let Some(path) = metadata.config_schema else { return Ok(None) };
+    let path = crate_dir.join(path);
+    let text = std::fs::read_to_string(&path).map_err(io(path.display()))?;
+    serde_json::from_str(&text).map(Some).map_err(|err| PackageError::Invalid(format!("{}: {err}", path.display())))
+}
+
 /// Builds the plugin crate at `crate_dir` and describes it as a package.
 pub fn pack(crate_dir: &Path, options: &BuildOptions) -> Result<Package, PackageError> {
     let manifest_path = crate_dir.join("Cargo.toml");
@@ -250,28 +283,11 @@ pub fn pack(crate_dir: &Path, options: &BuildOptions) -> Result<Package, Package
         |name: &str| package.and_then(|package| package.get(name)).and_then(toml::Value::as_str).map(str::to_owned);
     let name = field("name")
         .ok_or_else(|| PackageError::Invalid(format!("{} has no package name", manifest_path.display())))?;
-    // `version.workspace = true` and the like are not resolved here: name the version in the crate.
-    let version = field("version").ok_or_else(|| {
-        PackageError::Invalid(format!("{} needs a literal package version to be packed", manifest_path.display()))
-    })?;
-    let metadata: CrateMetadata = package
-        .and_then(|package| package.get("metadata"))
-        .and_then(|metadata| metadata.get("sluice"))
-        .map(|sluice| sluice.clone().try_into())
-        .transpose()
-        .map_err(|err| PackageError::Invalid(format!("[package.metadata.sluice]: {err}")))?
-        .unwrap_or_default();
-    let config_schema = match &metadata.config_schema {
-        Some(path) => {
-            let path = crate_dir.join(path);
-            let text = std::fs::read_to_string(&path).map_err(io(path.display()))?;
-            Some(
-                serde_json::from_str(&text)
-                    .map_err(|err| PackageError::Invalid(format!("{}: {err}", path.display())))?,
-            )
-        }
-        None => None,
-    };
+    let version = field("version")
+        .or_else(|| workspace_field(crate_dir, package, "version"))
+        .ok_or_else(|| PackageError::Invalid(format!("{} has no package version", manifest_path.display())))?;
+    let config_schema = crate_config_schema(crate_dir)?;
+    let description = field("description").or_else(|| workspace_field(crate_dir, package, "description"));
     let component_path = build_plugin(crate_dir, options).map_err(|err| PackageError::Build(err.to_string()))?;
     let component = std::fs::read(&component_path).map_err(io(component_path.display()))?;
     let runtime = Runtime::shared().map_err(|err| PackageError::Build(err.to_string()))?;
@@ -279,7 +295,7 @@ pub fn pack(crate_dir: &Path, options: &BuildOptions) -> Result<Package, Package
     let info = PackageInfo {
         name,
         version,
-        description: field("description"),
+        description,
         world: format!("{WIT_PACKAGE}/plugin@{WIT_VERSION}"),
         capabilities: plugin.capabilities(),
         config_schema,

@@ -57,6 +57,8 @@ pub struct Plugin {
     /// The host capabilities it imports (`log`, `kv`, `metrics`, `callout`, `clock`, `random`,
     /// and `wasi` for any WASI interface).
     capabilities: Vec<String>,
+    /// The JSON Schema its configs must satisfy, when its package or crate ships one.
+    config_schema: Option<Arc<jsonschema::Validator>>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -93,7 +95,29 @@ impl Plugin {
         let instance_pre =
             runtime.linker.instantiate_pre(&component).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
         let pre = PluginPre::new(instance_pre).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
-        Ok(Self { name: name.into(), digest, pre, uses_wasi, capabilities })
+        Ok(Self { name: name.into(), digest, pre, uses_wasi, capabilities, config_schema: None })
+    }
+
+    /// Attaches the JSON Schema its configs must satisfy.
+    pub fn with_config_schema(mut self, schema: &serde_json::Value) -> Result<Self, PluginError> {
+        let validator = jsonschema::validator_for(schema)
+            .map_err(|err| PluginError::Invalid(format!("its config schema is not a valid JSON Schema: {err}")))?;
+        self.config_schema = Some(Arc::new(validator));
+        Ok(self)
+    }
+
+    /// Checks a filter config (JSON) against the plugin's schema; the error names the first
+    /// place that does not fit.
+    pub fn check_config(&self, config: &serde_json::Value) -> Result<(), String> {
+        let Some(schema) = &self.config_schema else { return Ok(()) };
+        match schema.iter_errors(config).next() {
+            None => Ok(()),
+            Some(error) => {
+                let at = error.instance_path.to_string();
+                let at = if at.is_empty() { "the config".to_owned() } else { format!("config{at}") };
+                Err(format!("{at}: {error} (by the plugin's config schema)"))
+            }
+        }
     }
 
     /// The host capabilities the component imports: what its tenant must grant it.

@@ -81,3 +81,27 @@ filters = [{ plugin = "rate_limit", config = { limit = 1, period = "1h", key = "
     assert_eq!(request(&proxy, "GET", "/", &[("authorization", &bearer("alice"))]).await.status, 429);
     assert_eq!(request(&proxy, "GET", "/", &[("authorization", &bearer("bob"))]).await.status, 200);
 }
+
+#[tokio::test]
+async fn configs_are_checked_against_the_plugin_schema_at_load() {
+    let origin = Origin::echo("app").await;
+    // The crate itself is the source (its Cargo.toml names the schema); tests/run.sh points
+    // SLUICE_PLUGIN_TARGET_DIR at the shared build folder, so this does not rebuild it.
+    let config = |filter_config: &str| {
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n\
+             [plugin.rate_limit]\nsource = \"{}\"\n[[route]]\nupstream = \"app\"\n\
+             filters = [{{ plugin = \"rate_limit\", config = {filter_config} }}]\n",
+            origin.addr,
+            sluice_tests::repo_root().join("plugins/rate-limit").display()
+        )
+    };
+    let error = sluice::config::Snapshot::from_toml(&config("{ limit = \"ten\", period = \"1m\" }"))
+        .expect_err("a string limit");
+    assert_eq!(error.key, "route[0].filters[0].config");
+    assert!(error.message.contains("config/limit"), "{error}");
+    assert!(error.position.is_some());
+    let error = sluice::config::Snapshot::from_toml(&config("{ limit = 5 }")).expect_err("no period");
+    assert!(error.message.contains("period"), "{error}");
+    sluice::config::Snapshot::from_toml(&config("{ limit = 5, period = \"1m\" }")).expect("a valid config loads");
+}
