@@ -303,3 +303,58 @@ async fn unknown_config_keys_are_refused_by_the_sdk() {
     let error = sluice::config::Snapshot::from_toml(&config).unwrap().prepare_filters().await.unwrap_err();
     assert!(error.message.contains("unknown field `colour`"), "{error}");
 }
+
+fn canary_config(origin: &Origin, sticky: bool) -> String {
+    format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[upstream.app]
+servers = [{{ addr = "{origin}" }}]
+[plugin.probe]
+source = "{probe}"
+[plugin.probe_next]
+source = "{probe}"
+[[route]]
+upstream = "app"
+filters = [{{ plugin = "probe", config = {{ tag = "stable" }}, canary = {{ plugin = "probe_next", percent = 30, sticky = {sticky}, config = {{ tag = "canary" }} }} }}]
+"#,
+        origin = origin.addr,
+        probe = plugin("tests/plugins/probe").display(),
+    )
+}
+
+#[tokio::test]
+async fn a_canary_version_takes_its_share_of_requests() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&canary_config(&origin, false)).await;
+    let client = http1_client();
+    let mut canary = 0;
+    for _ in 0..1000 {
+        let request = Request::get(proxy.url("/")).header("host", "a").body(body::empty()).unwrap();
+        let response = send(&client, request).await;
+        match response.headers["x-chain-response"].to_str().unwrap() {
+            "canary" => canary += 1,
+            "stable" => {}
+            other => panic!("unexpected version {other}"),
+        }
+    }
+    // 30% of 1000, within six points (over four standard deviations of a fair split).
+    assert!((240..=360).contains(&canary), "{canary} of 1000 went to the canary");
+}
+
+#[tokio::test]
+async fn a_sticky_canary_keeps_each_client_on_one_version() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&canary_config(&origin, true)).await;
+    let mut versions = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let response = get(&proxy, "a", "/").await;
+        versions.insert(response.headers["x-chain-response"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(versions.len(), 1, "one client, one version: {versions:?}");
+    let error =
+        sluice::config::Snapshot::from_toml(&canary_config(&origin, true).replace("percent = 30", "percent = 0"))
+            .expect_err("0% is no canary");
+    assert_eq!(error.key, "route[0].filters[0].canary.percent");
+}

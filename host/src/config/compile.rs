@@ -16,8 +16,8 @@ use toml::Spanned;
 use std::path::Path;
 
 use super::file::{
-    ConfigFile, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError, PluginSection, RetrySection,
-    RouteSection, ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
+    ConfigFile, FilterEntry, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError, PluginSection,
+    RetrySection, RouteSection, ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
 use crate::packages::oci::{self, Store};
@@ -28,7 +28,7 @@ use crate::routing::{
 };
 use crate::runtime::CpuRate;
 use crate::runtime::kv::KvQuota;
-use crate::runtime::{FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
+use crate::runtime::{Canary, FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
 use crate::server::tls::{self, CertificatePaths, TlsSettings};
 use crate::upstream::{
     BalancerKind, CheckKind, HashKey, HealthCheck, OutlierPolicy, PoolSettings, RetryPolicy, Upstream, UpstreamPolicy,
@@ -163,6 +163,14 @@ pub(super) fn compile(
         routes: RouteTable::new(routes),
         source: None,
     })
+}
+
+/// What every version of one route filter shares.
+struct FilterVersion<'a> {
+    route: &'a Arc<str>,
+    tenant: &'a Arc<Tenant>,
+    entry: &'a Spanned<FilterEntry>,
+    defaults: &'a Defaults<'a>,
 }
 
 struct Compiler<'a> {
@@ -708,6 +716,65 @@ impl Compiler<'_> {
             .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")))
     }
 
+    /// One version of a route's filter: its plugin (checked against the tenant's grant) with its
+    /// config (checked against the plugin's schema).
+    fn filter_spec(
+        &self,
+        version: &FilterVersion<'_>,
+        plugin_name: &Spanned<String>,
+        config: Option<&toml::Value>,
+        filter_key: &str,
+    ) -> Result<FilterSpec, ConfigError> {
+        let (defaults, tenant, entry) = (version.defaults, version.tenant, version.entry);
+        let plugin = defaults.plugins.get(plugin_name.get_ref()).cloned().ok_or_else(|| {
+            let known: Vec<&str> = defaults.plugins.keys().map(String::as_str).collect();
+            self.spanned_error(
+                plugin_name,
+                &format!("{filter_key}.plugin"),
+                format!("no plugin named {:?} (defined: {})", plugin_name.get_ref(), list_or_none(&known)),
+            )
+        })?;
+        if let Some(granted) = &tenant.plugins
+            && !granted.contains(plugin_name.get_ref())
+        {
+            return Err(self.spanned_error(
+                plugin_name,
+                &format!("{filter_key}.plugin"),
+                format!(
+                    "tenant {} may not use plugin {:?} (its plugins: {})",
+                    tenant.name,
+                    plugin_name.get_ref(),
+                    list_or_none(&granted.iter().map(String::as_str).collect::<Vec<_>>())
+                ),
+            ));
+        }
+        let config = match config {
+            Some(value) => serde_json::to_string(value)
+                .map_err(|err| self.spanned_error(entry, &format!("{filter_key}.config"), err.to_string()))?,
+            None => "null".to_owned(),
+        };
+        let as_json: serde_json::Value = serde_json::from_str(&config).unwrap_or_default();
+        plugin.check_config(&as_json).map_err(|reason| {
+            self.spanned_error(entry, &format!("{filter_key}.config"), format!("plugin {}: {reason}", plugin.name))
+        })?;
+        let written = entry.get_ref();
+        Ok(FilterSpec {
+            route: version.route.clone(),
+            name: plugin.name.clone(),
+            plugin,
+            config,
+            on_error: match written.on_error {
+                OnError::FailClosed => FailurePolicy::FailClosed,
+                OnError::FailOpen => FailurePolicy::FailOpen,
+            },
+            isolation: match written.isolation {
+                IsolationSetting::Instance => Isolation::Instance,
+                IsolationSetting::Request => Isolation::Request,
+            },
+            tenant: tenant.clone(),
+        })
+    }
+
     fn route(
         &self,
         index: usize,
@@ -896,59 +963,25 @@ impl Compiler<'_> {
         let mut filters = Vec::new();
         for (filter_index, entry) in route.filters.iter().enumerate() {
             let filter_key = format!("{key}.filters[{filter_index}]");
-            let written_filter = entry.get_ref();
-            let plugin = defaults.plugins.get(written_filter.plugin.get_ref()).cloned().ok_or_else(|| {
-                let known: Vec<&str> = defaults.plugins.keys().map(String::as_str).collect();
-                self.spanned_error(
-                    &written_filter.plugin,
-                    &format!("{filter_key}.plugin"),
-                    format!(
-                        "no plugin named {:?} (defined: {})",
-                        written_filter.plugin.get_ref(),
-                        list_or_none(&known)
-                    ),
-                )
-            })?;
-            if let Some(granted) = &tenant.plugins
-                && !granted.contains(written_filter.plugin.get_ref())
-            {
-                return Err(self.spanned_error(
-                    &written_filter.plugin,
-                    &format!("{filter_key}.plugin"),
-                    format!(
-                        "tenant {} may not use plugin {:?} (its plugins: {})",
-                        tenant.name,
-                        written_filter.plugin.get_ref(),
-                        list_or_none(&granted.iter().map(String::as_str).collect::<Vec<_>>())
-                    ),
-                ));
-            }
-            let config = match &written_filter.config {
-                Some(value) => serde_json::to_string(value)
-                    .map_err(|err| self.spanned_error(entry, &format!("{filter_key}.config"), err.to_string()))?,
-                None => "null".to_owned(),
-            };
-            let as_json: serde_json::Value = serde_json::from_str(&config).unwrap_or_default();
-            plugin.check_config(&as_json).map_err(|reason| {
-                self.spanned_error(entry, &format!("{filter_key}.config"), format!("plugin {}: {reason}", plugin.name))
-            })?;
-            let spec = FilterSpec {
-                route: name.clone(),
-                name: plugin.name.clone(),
-                plugin,
-                config,
-                on_error: match written_filter.on_error {
-                    OnError::FailClosed => FailurePolicy::FailClosed,
-                    OnError::FailOpen => FailurePolicy::FailOpen,
-                },
-                isolation: match written_filter.isolation {
-                    IsolationSetting::Instance => Isolation::Instance,
-                    IsolationSetting::Request => Isolation::Request,
-                },
-                tenant: tenant.clone(),
-            };
+            let written = entry.get_ref();
             let position = ConfigError::at(self.source, Some(entry.span()), "", "").position;
-            filters.push(RouteFilter::new(spec, filter_key, position));
+            let version = FilterVersion { route: &name, tenant: &tenant, entry, defaults };
+            let spec = self.filter_spec(&version, &written.plugin, written.config.as_ref(), &filter_key)?;
+            let mut filter = RouteFilter::new(spec, filter_key.clone(), position);
+            if let Some(canary) = &written.canary {
+                let canary_key = format!("{filter_key}.canary");
+                if !(1..=99).contains(&canary.percent) {
+                    return Err(self.spanned_error(entry, &format!("{canary_key}.percent"), "must be 1 to 99"));
+                }
+                let config = canary.config.as_ref().or(written.config.as_ref());
+                let spec = self.filter_spec(&version, &canary.plugin, config, &canary_key)?;
+                filter = filter.with_canary(Canary {
+                    filter: Box::new(RouteFilter::new(spec, canary_key, position)),
+                    percent: canary.percent,
+                    sticky: canary.sticky,
+                });
+            }
+            filters.push(filter);
         }
 
         Ok(Route {

@@ -107,6 +107,23 @@ pub struct FilterEntry {
     /// `instance` (default: warm instances reused) or `request` (a fresh instance per request).
     #[serde(default)]
     pub isolation: IsolationSetting,
+    /// Another plugin (a new version) that serves a share of the requests instead.
+    pub canary: Option<CanaryEntry>,
+}
+
+/// A canary: another plugin taking `percent` of a filter's requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryEntry {
+    /// The plugin (a key of `[plugin]`), typically a newer version of the filter's.
+    pub plugin: Spanned<String>,
+    /// Share of requests it takes, 1 to 99.
+    pub percent: u32,
+    /// Send each client (by IP address) always to the same version.
+    #[serde(default)]
+    pub sticky: bool,
+    /// Its config; default: the filter's own.
+    pub config: Option<toml::Value>,
 }
 
 /// What a failing filter does.

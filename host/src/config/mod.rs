@@ -138,9 +138,12 @@ impl Snapshot {
     pub fn adopt_filter_pools(&self, previous: &Snapshot) {
         for route in self.routes.routes() {
             let Some(old_route) = previous.routes.routes().iter().find(|old| old.name == route.name) else { continue };
-            for (filter, old) in route.filters.iter().zip(&old_route.filters) {
-                if filter.spec.same_filter_as(&old.spec)
-                    && let Some(pool) = old.pool()
+            let old_versions: Vec<&crate::runtime::RouteFilter> =
+                old_route.filters.iter().flat_map(|filter| filter.versions()).collect();
+            for filter in route.filters.iter().flat_map(|filter| filter.versions()) {
+                // A canary promoted to the main version keeps its warm pool too.
+                if let Some(pool) =
+                    old_versions.iter().find(|old| filter.spec.same_filter_as(&old.spec)).and_then(|old| old.pool())
                 {
                     filter.adopt(pool.clone());
                 }
@@ -158,7 +161,7 @@ impl Snapshot {
     pub async fn prepare_filters(&self) -> Result<(), ConfigError> {
         let runtime = Runtime::shared().map_err(|err| ConfigError::at("", None, "", err.to_string()))?;
         for route in self.routes.routes() {
-            for filter in &route.filters {
+            for filter in route.filters.iter().flat_map(|filter| filter.versions()) {
                 if let Err(error) = filter.prepare(&runtime).await {
                     let mut message = format!("filter {}: {}", filter.spec.name, error.kind);
                     if let Some(guest) = &error.guest_message {

@@ -44,6 +44,7 @@ impl FilterChain {
     pub(crate) async fn checkout(route: &Route, context: &CallContext) -> Result<Self, FilterError> {
         let mut links = Vec::with_capacity(route.filters.len());
         for filter in &route.filters {
+            let filter = filter.choose(context.client_ip);
             let Some(pool) = filter.pool() else {
                 return Err(FilterError {
                     route: route.name.clone(),

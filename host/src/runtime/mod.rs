@@ -26,8 +26,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use host::{CallContext, HostServices};
 pub use plugin::{Plugin, PluginError, WIT_PACKAGE, WIT_VERSION};
 pub use pool::{
-    BodyOutcome, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec, HeadOutcome,
-    Isolation, RequestHead, RouteFilter,
+    BodyOutcome, Canary, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec,
+    HeadOutcome, Isolation, RequestHead, RouteFilter,
 };
 pub use tenant::{CpuRate, Tenant};
 

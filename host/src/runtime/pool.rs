@@ -556,12 +556,53 @@ pub struct RouteFilter {
     /// Its line and column in the configuration file.
     pub position: Option<(usize, usize)>,
     pool: std::sync::OnceLock<Arc<FilterPool>>,
+    /// Another version taking a share of the requests.
+    pub canary: Option<Canary>,
+}
+
+/// A canary version of a filter: another plugin that serves `percent` of its requests.
+#[derive(Debug)]
+pub struct Canary {
+    /// The canary filter.
+    pub filter: Box<RouteFilter>,
+    /// Share of requests, 1 to 99.
+    pub percent: u32,
+    /// Whether a client (by IP) always gets the same version.
+    pub sticky: bool,
 }
 
 impl RouteFilter {
     /// A filter not yet prepared.
     pub fn new(spec: FilterSpec, key: String, position: Option<(usize, usize)>) -> Self {
-        Self { spec, key, position, pool: std::sync::OnceLock::new() }
+        Self { spec, key, position, pool: std::sync::OnceLock::new(), canary: None }
+    }
+
+    /// The same filter with a canary version.
+    pub fn with_canary(mut self, canary: Canary) -> Self {
+        self.canary = Some(canary);
+        self
+    }
+
+    /// This filter and its canary, if any: everything that must be prepared.
+    pub fn versions(&self) -> impl Iterator<Item = &RouteFilter> {
+        std::iter::once(self).chain(self.canary.as_ref().map(|canary| &*canary.filter))
+    }
+
+    /// The version that serves a request from `client`: the canary for its share of requests
+    /// (the same clients every time when sticky), else this one.
+    pub fn choose(&self, client: std::net::IpAddr) -> &RouteFilter {
+        let Some(canary) = &self.canary else { return self };
+        let roll = if canary.sticky {
+            // A stable hash of the client and the filter: each client lands on one side, and
+            // different filters split clients independently.
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (client, &*self.key).hash(&mut hasher);
+            (hasher.finish() % 100) as u32
+        } else {
+            rand::random_range(0..100)
+        };
+        if roll < canary.percent { &canary.filter } else { self }
     }
 
     /// Starts its first instance and configures it (see [`FilterPool::prepare`]).
