@@ -267,6 +267,16 @@ fn package_command(command: PluginCommand) -> Result<(), packages::oci::PackageE
         .build()
         .map_err(|err| PackageError::Io(err.to_string()))?;
     let megabytes = |bytes: usize| bytes as f64 / 1_048_576.0;
+    // One line per blob, rewritten in place as bytes move; a line per step when not a terminal.
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = move |blob: &str, done: u64, total: u64| {
+        let line = format!("  {blob}: {:.2} of {:.2} MB", done as f64 / 1_048_576.0, total as f64 / 1_048_576.0);
+        if interactive {
+            eprint!("\r{line}{}", if done >= total { "\n" } else { "" });
+        } else if done == 0 || done >= total {
+            eprintln!("{line}");
+        }
+    };
     match command {
         PluginCommand::Pack { dir, output, target_dir } => {
             let options = packages::BuildOptions { target_dir, quiet: false };
@@ -294,7 +304,7 @@ fn package_command(command: PluginCommand) -> Result<(), packages::oci::PackageE
                 package.info.version,
                 megabytes(package.component.len())
             );
-            let digest = runtime.block_on(oci::push(&package, &reference))?;
+            let digest = runtime.block_on(oci::push_with_progress(&package, &reference, &progress))?;
             eprintln!(
                 "pushed; pin it as oci://{}/{}:{}@{digest}",
                 reference.resolve_registry(),
@@ -306,7 +316,7 @@ fn package_command(command: PluginCommand) -> Result<(), packages::oci::PackageE
         PluginCommand::Pull { reference } => {
             let parsed = oci::parse_reference(&reference)?;
             eprintln!("pulling {parsed}");
-            let package = runtime.block_on(oci::pull(&parsed))?;
+            let package = runtime.block_on(oci::pull_with_progress(&parsed, &progress))?;
             let stored = Store::default_location().put(&package, &parsed)?;
             eprintln!(
                 "pulled {} {} ({:.2} MB) into {}",

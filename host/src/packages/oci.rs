@@ -362,13 +362,31 @@ fn registry_error(err: impl std::fmt::Display) -> PackageError {
     PackageError::Registry(err.to_string())
 }
 
+/// What a transfer reports as it goes: a blob's name, bytes so far, and its size.
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
+
+/// Reports nothing.
+pub fn quiet(_blob: &str, _done: u64, _total: u64) {}
+
 /// Pushes `package` to `reference`; returns the manifest digest the registry now serves it under.
 pub async fn push(package: &Package, reference: &Reference) -> Result<String, PackageError> {
+    push_with_progress(package, reference, &quiet).await
+}
+
+/// [`push`], reporting each blob as it starts and ends.
+pub async fn push_with_progress(
+    package: &Package,
+    reference: &Reference,
+    progress: Progress<'_>,
+) -> Result<String, PackageError> {
     let client = client_for(reference);
     let auth = credentials(reference.resolve_registry());
     client.auth(reference, &auth, RegistryOperation::Push).await.map_err(registry_error)?;
-    for blob in [&package.config, &package.component] {
+    for (name, blob) in [("config", &package.config), ("component", &package.component)] {
+        let size = blob.len() as u64;
+        progress(name, 0, size);
         client.push_blob(reference, blob, &digest(blob)).await.map_err(registry_error)?;
+        progress(name, size, size);
     }
     let content_type = http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
     client.push_manifest_raw(reference, package.manifest.clone(), content_type).await.map_err(registry_error)?;
@@ -378,6 +396,12 @@ pub async fn push(package: &Package, reference: &Reference) -> Result<String, Pa
 /// Pulls the package at `reference`, checking the digest it is pinned to (if any) and every
 /// blob's digest.
 pub async fn pull(reference: &Reference) -> Result<Package, PackageError> {
+    pull_with_progress(reference, &quiet).await
+}
+
+/// [`pull`], reporting bytes as they arrive.
+pub async fn pull_with_progress(reference: &Reference, progress: Progress<'_>) -> Result<Package, PackageError> {
+    use futures_util::StreamExt;
     let client = client_for(reference);
     let auth = credentials(reference.resolve_registry());
     let (manifest, served_digest) =
@@ -394,9 +418,17 @@ pub async fn pull(reference: &Reference) -> Result<Package, PackageError> {
     let parsed: OciImageManifest = serde_json::from_slice(&manifest)
         .map_err(|err| PackageError::Invalid(format!("not an image manifest: {err}")))?;
     let mut blobs = BTreeMap::new();
-    for descriptor in std::iter::once(&parsed.config).chain(&parsed.layers) {
-        let mut bytes = Vec::new();
-        client.pull_blob(reference, descriptor, &mut bytes).await.map_err(registry_error)?;
+    let named =
+        std::iter::once(("config", &parsed.config)).chain(parsed.layers.iter().map(|layer| ("component", layer)));
+    for (name, descriptor) in named {
+        let total = u64::try_from(descriptor.size).unwrap_or_default();
+        let mut stream = client.pull_blob_stream(reference, descriptor).await.map_err(registry_error)?;
+        let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or_default());
+        progress(name, 0, total);
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk.map_err(registry_error)?);
+            progress(name, bytes.len() as u64, total);
+        }
         blobs.insert(descriptor.digest.clone(), bytes);
     }
     Package::assemble(manifest, |descriptor| {
