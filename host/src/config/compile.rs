@@ -16,12 +16,14 @@ use toml::Spanned;
 use std::path::Path;
 
 use super::file::{
-    ConfigFile, FilterEntry, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError, PluginSection,
-    RetrySection, RouteSection, ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
+    CompressionSection, ConfigFile, FilterEntry, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError,
+    PluginSection, RetrySection, RouteSection, ServerSection, TenantSection, TlsSection, UpstreamSection,
+    UpstreamTlsSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
 use crate::packages::oci::{self, Store};
 use crate::packages::{self, BuildOptions};
+use crate::pipeline::compression::{CompressionLevel, CompressionSettings, Encoding};
 use crate::routing::{
     Backends, HeaderCondition, HeaderMatch, HostPattern, Mirror, PathMatch, PathRewrite, Redirect, Route, RouteAction,
     RouteTable,
@@ -716,6 +718,47 @@ impl Compiler<'_> {
             .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")))
     }
 
+    fn compression(
+        &self,
+        route_key: &str,
+        written: &Spanned<CompressionSection>,
+    ) -> Result<CompressionSettings, ConfigError> {
+        let key = format!("{route_key}.compression");
+        let section = written.get_ref();
+        let mut encodings = Vec::new();
+        for (index, token) in section.encodings.iter().enumerate() {
+            let encoding = Encoding::from_token(token).ok_or_else(|| {
+                self.spanned_error(
+                    written,
+                    &format!("{key}.encodings[{index}]"),
+                    format!("{token:?}: use zstd, br or gzip"),
+                )
+            })?;
+            encodings.push(encoding);
+        }
+        if encodings.is_empty() {
+            return Err(self.spanned_error(written, &format!("{key}.encodings"), "name at least one encoding"));
+        }
+        let level = match section.level.as_str() {
+            "fastest" => CompressionLevel::Fastest,
+            "default" => CompressionLevel::Default,
+            "best" => CompressionLevel::Best,
+            other => {
+                return Err(self.spanned_error(
+                    written,
+                    &format!("{key}.level"),
+                    format!("{other:?}: use fastest, default or best"),
+                ));
+            }
+        };
+        Ok(CompressionSettings {
+            encodings,
+            min_bytes: section.min_bytes,
+            content_types: section.content_types.iter().map(|prefix| prefix.to_ascii_lowercase()).collect(),
+            level,
+        })
+    }
+
     /// One version of a route's filter: its plugin (checked against the tenant's grant) with its
     /// config (checked against the plugin's schema).
     fn filter_spec(
@@ -995,6 +1038,10 @@ impl Compiler<'_> {
             tenant,
             filters,
             max_filter_body_bytes: route.max_filter_body_bytes,
+            compression: match &route.compression {
+                Some(section) => Some(Arc::new(self.compression(&key, section)?)),
+                None => None,
+            },
         })
     }
 

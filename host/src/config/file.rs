@@ -561,10 +561,48 @@ pub struct RouteSection {
     /// Largest body a filter gets buffered whole (request bodies, buffered response bodies).
     #[serde(default = "default_filter_body_bytes")]
     pub max_filter_body_bytes: usize,
+    /// Compress responses for clients that accept it.
+    pub compression: Option<Spanned<CompressionSection>>,
 }
 
 fn default_filter_body_bytes() -> usize {
     1 << 20
+}
+
+/// A route's `compression`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionSection {
+    /// Encodings offered, most preferred first: `zstd`, `br`, `gzip`.
+    pub encodings: Vec<String>,
+    /// Bodies declared smaller than this many bytes are sent as they are.
+    pub min_bytes: u64,
+    /// Content types compressed (prefixes).
+    pub content_types: Vec<String>,
+    /// `fastest`, `default` or `best`.
+    pub level: String,
+}
+
+impl Default for CompressionSection {
+    fn default() -> Self {
+        Self {
+            encodings: ["zstd", "br", "gzip"].map(String::from).to_vec(),
+            min_bytes: 1024,
+            content_types: [
+                "text/",
+                "application/json",
+                "application/javascript",
+                "application/xml",
+                "application/xhtml+xml",
+                "application/ld+json",
+                "application/wasm",
+                "image/svg+xml",
+            ]
+            .map(String::from)
+            .to_vec(),
+            level: "default".into(),
+        }
+    }
 }
 
 fn default_route_timeout() -> HumanDuration {

@@ -1,6 +1,7 @@
 //! One request's journey: snapshot, request id, route, forward (or redirect), response hygiene,
 //! then the access log line and metrics once the response body has gone.
 
+pub mod compression;
 mod errors;
 mod filters;
 pub mod forwarding;
@@ -74,6 +75,8 @@ pub struct Proxy {
 struct Outcome {
     request_id: String,
     route: Option<Arc<str>>,
+    /// The matched route's compression settings.
+    compression: Option<Arc<compression::CompressionSettings>>,
     upstream: Option<Arc<str>>,
     server: Option<String>,
     error: Option<ProxyError>,
@@ -93,9 +96,11 @@ impl Proxy {
         let method = request.method().clone();
         let version = request.version();
         let path = request.uri().path().to_owned();
+        let accept_encoding = request.headers().get(header::ACCEPT_ENCODING).cloned();
         let mut outcome = Outcome {
             request_id: request_id(request.headers()),
             route: None,
+            compression: None,
             upstream: None,
             server: None,
             error: None,
@@ -115,6 +120,9 @@ impl Proxy {
                 response
             }
         };
+        if let Some(settings) = &outcome.compression {
+            response = compression::compress(response, settings, &method, accept_encoding.as_ref());
+        }
         if let Ok(id) = HeaderValue::try_from(outcome.request_id.as_str()) {
             response.headers_mut().insert(X_REQUEST_ID, id);
         }
@@ -157,6 +165,7 @@ impl Proxy {
         let facts = RequestFacts { host: &host, path: &path, method: request.method(), headers: request.headers() };
         let route = snapshot.routes.match_request(&facts).ok_or(ProxyError::NoRoute)?.clone();
         outcome.route = Some(route.name.clone());
+        outcome.compression = route.compression.clone();
 
         let declared_length = request
             .headers()

@@ -33,6 +33,8 @@ pub struct Route {
     pub filters: Vec<RouteFilter>,
     /// Largest body a filter gets buffered whole.
     pub max_filter_body_bytes: usize,
+    /// Response compression, when the route compresses.
+    pub compression: Option<Arc<crate::pipeline::compression::CompressionSettings>>,
 }
 
 /// What a route does with a request it takes.
