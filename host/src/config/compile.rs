@@ -672,38 +672,26 @@ impl Compiler<'_> {
         let key = format!("plugin.{name}.source");
         let source = &written.get_ref().source;
         let runtime = Runtime::shared().map_err(|err| self.spanned_error(source, &key, err.to_string()))?;
-        if source.get_ref().starts_with("oci://") {
+        let fail = |message: String| self.spanned_error(source, &key, message);
+        // The component's bytes and the config schema that comes with them.
+        let (bytes, schema) = if source.get_ref().starts_with("oci://") {
             // A package: from the local store when pinned by a digest it holds, else pulled.
-            let package = oci::resolve_blocking(source.get_ref(), store)
-                .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")))?;
-            let digest = Plugin::digest_of(&package.component);
-            if let Some(running) =
-                previous.and_then(|previous| previous.plugins.get(name)).filter(|p| p.digest == digest)
-            {
-                return Ok(running.clone());
-            }
-            let loaded =
-                Plugin::load(&runtime, name, &package.component).and_then(|plugin| match &package.info.config_schema {
-                    Some(schema) => plugin.with_config_schema(schema),
-                    None => Ok(plugin),
-                });
-            return loaded
-                .map(Arc::new)
-                .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")));
-        }
-        let path = self.base_dir.join(source.get_ref());
-        let (component, schema) = if path.is_dir() {
-            let options = BuildOptions { target_dir: None, quiet: true };
-            let schema =
-                oci::crate_config_schema(&path).map_err(|err| self.spanned_error(source, &key, err.to_string()))?;
-            let built = packages::build_plugin(&path, &options)
-                .map_err(|err| self.spanned_error(source, &key, err.to_string()))?;
-            (built, schema)
+            let package =
+                oci::resolve_blocking(source.get_ref(), store).map_err(|err| fail(format!("plugin {name}: {err}")))?;
+            (package.component, package.info.config_schema)
         } else {
-            (path, None)
+            let path = self.base_dir.join(source.get_ref());
+            let (component, schema) = if path.is_dir() {
+                let options = BuildOptions { target_dir: None, quiet: true };
+                let schema = oci::crate_config_schema(&path).map_err(|err| fail(err.to_string()))?;
+                (packages::build_plugin(&path, &options).map_err(|err| fail(err.to_string()))?, schema)
+            } else {
+                (path, None)
+            };
+            let bytes =
+                std::fs::read(&component).map_err(|err| fail(format!("cannot read {}: {err}", component.display())))?;
+            (bytes, schema)
         };
-        let bytes = std::fs::read(&component)
-            .map_err(|err| self.spanned_error(source, &key, format!("cannot read {}: {err}", component.display())))?;
         // The same bytes under the same name: the running plugin, compiled and checked already.
         let digest = Plugin::digest_of(&bytes);
         if let Some(running) = previous.and_then(|previous| previous.plugins.get(name)).filter(|p| p.digest == digest) {
@@ -715,7 +703,7 @@ impl Compiler<'_> {
                 None => Ok(plugin),
             })
             .map(Arc::new)
-            .map_err(|err| self.spanned_error(source, &key, format!("plugin {name}: {err}")))
+            .map_err(|err| fail(format!("plugin {name}: {err}")))
     }
 
     fn compression(
