@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod packages;

@@ -63,6 +63,15 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of cache lookups.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// Route name.
+    pub route: Name,
+    /// `hit`, `stale`, `revalidated`, `stale_if_error`, `miss` or `bypass`.
+    pub result: &'static str,
+}
+
 /// Every figure Sluice keeps.
 pub struct Metrics {
     registry: Registry,
@@ -76,6 +85,14 @@ pub struct Metrics {
     pub connections: Family<ListenerLabels, Counter>,
     /// Requests that ended in a proxy-made error response.
     pub errors: Family<ErrorLabels, Counter>,
+    /// Requests on caching routes, by how the cache answered.
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    /// Bytes held by the HTTP cache.
+    pub cache_bytes: Gauge,
+    /// Keys held by the HTTP cache.
+    pub cache_entries: Gauge,
+    /// Keys removed by purges.
+    pub cache_purged: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,7 +129,26 @@ impl Metrics {
         registry.register("connections", "Client connections accepted", connections.clone());
         let errors = Family::default();
         registry.register("proxy_errors", "Requests answered with a proxy-made error", errors.clone());
-        Self { registry, requests, request_duration, active_connections, connections, errors }
+        let cache_lookups = Family::default();
+        registry.register("cache_lookups", "Requests on caching routes by cache result", cache_lookups.clone());
+        let cache_bytes = Gauge::default();
+        registry.register("cache_stored_bytes", "Bytes held by the HTTP cache", cache_bytes.clone());
+        let cache_entries = Gauge::default();
+        registry.register("cache_entries", "Keys held by the HTTP cache", cache_entries.clone());
+        let cache_purged = Counter::default();
+        registry.register("cache_purged", "Cache keys removed by purges", cache_purged.clone());
+        Self {
+            registry,
+            requests,
+            request_duration,
+            active_connections,
+            connections,
+            errors,
+            cache_lookups,
+            cache_bytes,
+            cache_entries,
+            cache_purged,
+        }
     }
 
     /// Adds the figures filters write through the `metrics` host interface.

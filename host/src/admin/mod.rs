@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz`, `/upstreams` (each
 //! upstream's servers with their health, ejection and load, as JSON), `/status` (configuration
-//! generation, plugins, the last reload error) and `POST /reload` (token-protected). It serves
-//! operators, not clients, so it binds to loopback unless configured otherwise.
+//! generation, plugins, the last reload error), `POST /reload` and `POST /cache/purge` (both
+//! token-protected). It serves operators, not clients, so it binds to loopback unless configured
+//! otherwise.
 
 pub mod metrics;
 
@@ -13,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -21,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, ProxyBody};
+use crate::cache::{HttpCache, PurgeTarget};
 use crate::config::Snapshot;
 use crate::server::Reloader;
 use crate::upstream::Availability;
@@ -35,8 +38,10 @@ pub struct Admin {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Reloads.
     pub reloader: Arc<Reloader>,
-    /// The token `POST /reload` requires.
+    /// The token `POST /reload` and `POST /cache/purge` require.
     pub reload_token: Option<Arc<str>>,
+    /// The HTTP cache, for purges and its size figures.
+    pub cache: Arc<HttpCache>,
 }
 
 /// Accepts admin connections until `drain` is cancelled.
@@ -56,7 +61,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, drain: Cancellation
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &admin).await) }
+                async move { Ok::<_, Infallible>(answer(request, &admin).await) }
             });
             if let Err(err) =
                 auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await
@@ -74,20 +79,24 @@ fn text_response(status: StatusCode, content_type: &'static str, text: String) -
     response
 }
 
-async fn answer(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+async fn answer(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
     const TEXT: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => text_response(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            admin.metrics.encode(),
-        ),
+        (&Method::GET, "/metrics") => {
+            admin.cache.record_size(&admin.metrics);
+            text_response(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                admin.metrics.encode(),
+            )
+        }
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, TEXT, "ok\n".to_owned()),
         (&Method::GET, "/upstreams") => text_response(StatusCode::OK, JSON, upstreams(&admin.snapshot.load())),
         (&Method::GET, "/status") => text_response(StatusCode::OK, JSON, status(admin)),
-        (&Method::POST, "/reload") => reload(request, admin).await,
-        (_, "/metrics" | "/healthz" | "/upstreams" | "/status" | "/reload") => {
+        (&Method::POST, "/reload") => reload(&request, admin).await,
+        (&Method::POST, "/cache/purge") => purge(request, admin).await,
+        (_, "/metrics" | "/healthz" | "/upstreams" | "/status" | "/reload" | "/cache/purge") => {
             text_response(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".to_owned())
         }
         _ => text_response(StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
@@ -100,12 +109,13 @@ fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
     presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-/// `POST /reload`: re-reads the configuration file; `Authorization: Bearer <admin.reload_token>`.
-async fn reload(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+/// Checks `Authorization: Bearer <admin.reload_token>`; the error is the response to send.
+#[allow(clippy::result_large_err)]
+fn check_token(request: &Request<Incoming>, admin: &Admin) -> Result<(), Response<ProxyBody>> {
     const JSON: &str = "application/json";
     let Some(token) = &admin.reload_token else {
-        let message = serde_json::json!({"error": "reloads over HTTP are off: set admin.reload_token"});
-        return text_response(StatusCode::FORBIDDEN, JSON, format!("{message}\n"));
+        let message = serde_json::json!({"error": "changes over HTTP are off: set admin.reload_token"});
+        return Err(text_response(StatusCode::FORBIDDEN, JSON, format!("{message}\n")));
     };
     let presented = request
         .headers()
@@ -122,7 +132,55 @@ async fn reload(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBod
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice-admin\""));
-        return response;
+        return Err(response);
+    }
+    Ok(())
+}
+
+/// What `POST /cache/purge` takes: exactly one of key, prefix and tag, optionally one route.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    key: Option<String>,
+    prefix: Option<String>,
+    tag: Option<String>,
+    route: Option<String>,
+}
+
+/// `POST /cache/purge` with a JSON body such as `{"tag": "products"}`; token-protected.
+async fn purge(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+    const JSON: &str = "application/json";
+    if let Err(refused) = check_token(&request, admin) {
+        return refused;
+    }
+    let bad = |message: String| {
+        text_response(StatusCode::BAD_REQUEST, JSON, format!("{}\n", serde_json::json!({"error": message})))
+    };
+    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => return bad(format!("could not read the body: {err}")),
+    };
+    let wanted: PurgeRequest = match serde_json::from_slice(&body) {
+        Ok(wanted) => wanted,
+        Err(err) => return bad(format!("expected {{\"key\" | \"prefix\" | \"tag\": ..., \"route\"?: ...}}: {err}")),
+    };
+    let target = match (&wanted.key, &wanted.prefix, &wanted.tag) {
+        (Some(key), None, None) => PurgeTarget::Key(key),
+        (None, Some(prefix), None) => PurgeTarget::Prefix(prefix),
+        (None, None, Some(tag)) => PurgeTarget::Tag(tag),
+        _ => return bad("give exactly one of key, prefix and tag".to_owned()),
+    };
+    let purged = admin.cache.purge(target, wanted.route.as_deref());
+    admin.metrics.cache_purged.inc_by(purged as u64);
+    tracing::info!(?target, route = wanted.route.as_deref().unwrap_or("*"), purged, "cache purged");
+    text_response(StatusCode::OK, JSON, format!("{}\n", serde_json::json!({"purged": purged})))
+}
+
+/// `POST /reload`: re-reads the configuration file; `Authorization: Bearer <admin.reload_token>`.
+async fn reload(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+    const JSON: &str = "application/json";
+    if let Err(refused) = check_token(request, admin) {
+        return refused;
     }
     match admin.reloader.reload_from_source().await {
         Ok(generation) => {

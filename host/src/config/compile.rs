@@ -17,10 +17,11 @@ use std::path::Path;
 
 use super::file::{
     CompressionSection, ConfigFile, FilterEntry, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError,
-    PluginSection, RetrySection, RouteSection, ServerSection, TenantSection, TlsSection, UpstreamSection,
-    UpstreamTlsSection,
+    PluginSection, RetrySection, RouteCacheSection, RouteSection, ServerSection, TenantSection, TlsSection,
+    UpstreamSection, UpstreamTlsSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
+use crate::cache::CacheSettings;
 use crate::packages::oci::{self, Store};
 use crate::packages::{self, BuildOptions};
 use crate::pipeline::compression::{CompressionLevel, CompressionSettings, Encoding};
@@ -163,6 +164,7 @@ pub(super) fn compile(
         plugins,
         plugin_sources,
         routes: RouteTable::new(routes),
+        cache_max_bytes: file.cache.max_bytes,
         source: None,
     })
 }
@@ -747,6 +749,34 @@ impl Compiler<'_> {
         })
     }
 
+    fn route_cache(&self, route_key: &str, written: &Spanned<RouteCacheSection>) -> Result<CacheSettings, ConfigError> {
+        let key = format!("{route_key}.cache");
+        let section = written.get_ref();
+        let header_name = |name: &Spanned<String>, field: &str| {
+            HeaderName::try_from(name.get_ref().as_str()).map_err(|_| {
+                let at = if name.span().is_empty() { written.span() } else { name.span() };
+                self.error(Some(at), &format!("{key}.{field}"), format!("{:?} is not a header name", name.get_ref()))
+            })
+        };
+        let bypass_headers = section
+            .bypass_headers
+            .iter()
+            .enumerate()
+            .map(|(index, name)| header_name(name, &format!("bypass_headers[{index}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CacheSettings {
+            default_ttl: section.default_ttl.0,
+            max_object_bytes: section.max_object_bytes,
+            stale_while_revalidate: section.stale_while_revalidate.0,
+            stale_if_error: section.stale_if_error.0,
+            keep_stale: section.keep_stale.0,
+            bypass_headers,
+            bypass_cookies: section.bypass_cookies.clone(),
+            tag_header: header_name(&section.tag_header, "tag_header")?,
+            lock_timeout: section.lock_timeout.0,
+        })
+    }
+
     /// One version of a route's filter: its plugin (checked against the tenant's grant) with its
     /// config (checked against the plugin's schema).
     fn filter_spec(
@@ -1029,6 +1059,10 @@ impl Compiler<'_> {
             compression: match &route.compression {
                 Some(section) => Some(Arc::new(self.compression(&key, section)?)),
                 None => None,
+            },
+            cache: match &route.cache {
+                Some(section) if section.get_ref().enabled => Some(Arc::new(self.route_cache(&key, section)?)),
+                _ => None,
             },
         })
     }

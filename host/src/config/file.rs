@@ -38,6 +38,9 @@ pub struct ConfigFile {
     /// Filter plugins, keyed by name.
     #[serde(default)]
     pub plugin: BTreeMap<String, Spanned<PluginSection>>,
+    /// The HTTP cache store shared by every caching route.
+    #[serde(default)]
+    pub cache: CacheSection,
 }
 
 /// `[tenant.NAME]`: what a tenant's filters may use.
@@ -563,6 +566,65 @@ pub struct RouteSection {
     pub max_filter_body_bytes: usize,
     /// Compress responses for clients that accept it.
     pub compression: Option<Spanned<CompressionSection>>,
+    /// Store responses in the HTTP cache and answer from it.
+    pub cache: Option<Spanned<RouteCacheSection>>,
+}
+
+/// A route's `cache`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteCacheSection {
+    /// Off keeps the table in the file but the route uncached.
+    pub enabled: bool,
+    /// Lifetime of storable responses that state none; `0s` stores only what the origin marks.
+    pub default_ttl: HumanDuration,
+    /// Largest body stored, in bytes.
+    pub max_object_bytes: usize,
+    /// Serve stale this long while refreshing, when the origin does not say.
+    pub stale_while_revalidate: HumanDuration,
+    /// Serve stale this long when the origin fails, when the origin does not say.
+    pub stale_if_error: HumanDuration,
+    /// Keep stale entries that have a validator this long, to revalidate them.
+    pub keep_stale: HumanDuration,
+    /// Requests with any of these headers skip the cache.
+    pub bypass_headers: Vec<Spanned<String>>,
+    /// Requests with any of these cookies skip the cache.
+    pub bypass_cookies: Vec<String>,
+    /// Response header whose values tag entries for purging.
+    pub tag_header: Spanned<String>,
+    /// Longest wait for another request fetching the same key.
+    pub lock_timeout: HumanDuration,
+}
+
+impl Default for RouteCacheSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_ttl: HumanDuration(Duration::ZERO),
+            max_object_bytes: 8 * 1024 * 1024,
+            stale_while_revalidate: HumanDuration(Duration::ZERO),
+            stale_if_error: HumanDuration(Duration::ZERO),
+            keep_stale: HumanDuration(Duration::from_secs(3600)),
+            bypass_headers: Vec::new(),
+            bypass_cookies: Vec::new(),
+            tag_header: Spanned::new(0..0, "cache-tag".to_owned()),
+            lock_timeout: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// `[cache]`: the process-wide HTTP cache store.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Most bytes the store holds (bodies and headers); least recently used go first.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self { max_bytes: crate::cache::DEFAULT_MAX_BYTES }
+    }
 }
 
 fn default_filter_body_bytes() -> usize {

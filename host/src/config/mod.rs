@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub plugin_sources: Vec<PathBuf>,
     /// The routes.
     pub routes: RouteTable,
+    /// The HTTP cache store's size (`[cache] max_bytes`), bound at start.
+    pub cache_max_bytes: u64,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! One request's journey: snapshot, request id, route, forward (or redirect), response hygiene,
 //! then the access log line and metrics once the response body has gone.
 
+mod caching;
 pub mod compression;
 mod errors;
 mod filters;
@@ -24,13 +25,16 @@ use tokio_util::task::TaskTracker;
 pub use errors::{ProxyError, Side, error_response, local_response};
 pub use request_id::{new_request_id, request_id};
 
+use crate::admin::metrics::CacheLabels;
 use crate::admin::metrics::{ErrorLabels, Metrics, Name, RequestLabels, RouteLabels};
 use crate::body::{self, BodyOutcome, LimitedBody, ObservedBody, ProxyBody};
+use crate::cache::{self, CacheStatus, FillTicket, HttpCache};
 use crate::config::Snapshot;
 use crate::routing::{Mirror, RequestFacts, Route, RouteAction, normalize_host};
 use crate::runtime::{CallContext, HeadOutcome, Phases, RequestHead};
 use crate::server::ConnectionActivity;
 use crate::upstream::{Outgoing, SendError};
+use caching::{Answer, Lookup};
 use filters::{ChainBody, FilterChain};
 use forwarding::{ClientSide, X_REQUEST_ID};
 
@@ -69,6 +73,7 @@ pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     tunnels: Tunnels,
+    cache: Arc<HttpCache>,
 }
 
 /// What the access log and metrics record about a request, filled in along the way.
@@ -80,12 +85,56 @@ struct Outcome {
     upstream: Option<Arc<str>>,
     server: Option<String>,
     error: Option<ProxyError>,
+    /// How the cache handled it, on caching routes.
+    cache: Option<CacheStatus>,
+    /// Stores the response as it streams, when it fills the cache.
+    fill: Option<FillTicket>,
+}
+
+impl Outcome {
+    fn new(request_id: String) -> Self {
+        Self {
+            request_id,
+            route: None,
+            compression: None,
+            upstream: None,
+            server: None,
+            error: None,
+            cache: None,
+            fill: None,
+        }
+    }
+
+    /// The response came from the cache: it was compressed, if at all, before it was stored.
+    fn answered_from_cache(&mut self, status: CacheStatus) {
+        self.compression = None;
+        self.cache = Some(status);
+    }
+}
+
+/// A request past its request phase, with what it needs to go upstream and come back through
+/// the response phase, on this task or (refreshing a stale cache entry) a background one.
+struct Leg {
+    snapshot: Arc<Snapshot>,
+    route: Arc<Route>,
+    connection: Arc<ConnectionInfo>,
+    head: RequestHead,
+    body: ProxyBody,
+    chain: Option<FilterChain>,
+    authority: Option<String>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    too_large: Arc<AtomicBool>,
 }
 
 impl Proxy {
     /// A handler serving whatever snapshot `snapshot` holds when each request starts.
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>, tunnels: Tunnels) -> Self {
-        Self { snapshot, metrics, tunnels }
+    pub fn new(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        tunnels: Tunnels,
+        cache: Arc<HttpCache>,
+    ) -> Self {
+        Self { snapshot, metrics, tunnels, cache }
     }
 
     /// Serves one request to completion of its response head; the body streams afterwards.
@@ -97,14 +146,7 @@ impl Proxy {
         let version = request.version();
         let path = request.uri().path().to_owned();
         let accept_encoding = request.headers().get(header::ACCEPT_ENCODING).cloned();
-        let mut outcome = Outcome {
-            request_id: request_id(request.headers()),
-            route: None,
-            compression: None,
-            upstream: None,
-            server: None,
-            error: None,
-        };
+        let mut outcome = Outcome::new(request_id(request.headers()));
 
         let mut response = match self.route_and_forward(&snapshot, request, &connection, &mut outcome).await {
             Ok(response) => response,
@@ -117,11 +159,25 @@ impl Proxy {
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 outcome.error = Some(error);
+                outcome.fill = None;
                 response
             }
         };
         if let Some(settings) = &outcome.compression {
             response = compression::compress(response, settings, &method, accept_encoding.as_ref());
+        }
+        if let Some(ticket) = outcome.fill.take() {
+            let stored;
+            (response, stored) = ticket.store(response);
+            if let Some(status) = &mut outcome.cache {
+                status.stored = stored.is_ok();
+                status.detail = stored.err().map(cache::policy::NotStored::detail);
+            }
+        }
+        if let Some(status) = &outcome.cache {
+            response.headers_mut().insert(http::HeaderName::from_static("cache-status"), status.header_value());
+            let route = Name(outcome.route.clone().unwrap_or_else(|| Arc::from("")));
+            self.metrics.cache_lookups.get_or_create(&CacheLabels { route, result: status.result() }).inc();
         }
         if let Ok(id) = HeaderValue::try_from(outcome.request_id.as_str()) {
             response.headers_mut().insert(X_REQUEST_ID, id);
@@ -143,9 +199,9 @@ impl Proxy {
 
     async fn route_and_forward(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         mut request: Request<Incoming>,
-        connection: &ConnectionInfo,
+        connection: &Arc<ConnectionInfo>,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if request.method() == Method::CONNECT {
@@ -231,16 +287,64 @@ impl Proxy {
             chain = Some(filters);
         }
 
-        let (upstream, mirror, rewrite, timeout, preserve_host) = match &route.action {
-            RouteAction::Redirect(redirect) => {
-                let host_for_location = authority.as_deref().unwrap_or("localhost");
-                let location = redirect.location(connection.scheme, host_for_location, &path, query.as_deref());
-                return Ok(redirect_response(redirect.status, &location));
-            }
-            RouteAction::Forward { backends, mirror, rewrite, timeout, preserve_host } => {
-                (backends.pick(), mirror, rewrite, *timeout, *preserve_host)
-            }
+        if let RouteAction::Redirect(redirect) = &route.action {
+            let host_for_location = authority.as_deref().unwrap_or("localhost");
+            let location = redirect.location(connection.scheme, host_for_location, &path, query.as_deref());
+            return Ok(redirect_response(redirect.status, &location));
+        }
+
+        let mut leg = Leg {
+            snapshot: snapshot.clone(),
+            route,
+            connection: connection.clone(),
+            head,
+            body,
+            chain,
+            authority,
+            client_upgrade,
+            too_large,
         };
+        let Some(settings) = leg.route.cache.clone() else {
+            return self.forward(leg, outcome).await;
+        };
+        let default_key =
+            cache::default_key(&host, leg.head.parts.uri.path_and_query().map_or("/", PathAndQuery::as_str));
+        let forwarding = match caching::lookup(&self.cache, &settings, &leg.route, &mut leg.head, default_key).await {
+            Lookup::Answer(response, status) => {
+                outcome.answered_from_cache(status);
+                return Ok(response);
+            }
+            Lookup::StaleAndRefresh { response, status, refresh } => {
+                outcome.answered_from_cache(status);
+                if let Some(ticket) = refresh {
+                    self.refresh_in_background(leg, ticket, outcome.request_id.clone());
+                }
+                return Ok(response);
+            }
+            Lookup::Forward(forwarding) => forwarding,
+        };
+        let head_only = leg.head.parts.method == Method::HEAD;
+        let forwarded = self.forward(leg, outcome).await;
+        match caching::after_forward(forwarded, forwarding, head_only)? {
+            Answer::FromCache(response, status) => {
+                outcome.answered_from_cache(status);
+                Ok(response)
+            }
+            Answer::FromOrigin(response, status, ticket) => {
+                outcome.cache = Some(status);
+                outcome.fill = ticket;
+                Ok(response)
+            }
+        }
+    }
+
+    /// Sends the request on to the route's upstream and runs the response phase.
+    async fn forward(&self, leg: Leg, outcome: &mut Outcome) -> Result<Response<ProxyBody>, ProxyError> {
+        let Leg { snapshot, route, connection, head, body, chain, authority, client_upgrade, too_large } = leg;
+        let RouteAction::Forward { backends, mirror, rewrite, timeout, preserve_host } = &route.action else {
+            unreachable!("redirects are answered before forwarding")
+        };
+        let (upstream, timeout, preserve_host) = (backends.pick(), *timeout, *preserve_host);
         outcome.upstream = Some(upstream.name.clone());
 
         let upstream_path = head.parts.uri.path().to_owned();
@@ -353,6 +457,33 @@ impl Proxy {
             body = chain.stream_response_body(request_head, response_head, body);
         }
         Ok(Response::from_parts(response_parts, body))
+    }
+
+    /// Refreshes a stale entry served to the client already: the request goes upstream on its
+    /// own task, and its answer runs through the response phase and compression as a client's
+    /// would before it is stored.
+    fn refresh_in_background(&self, leg: Leg, forwarding: caching::Forwarding, request_id: String) {
+        let proxy = self.clone();
+        let accept_encoding = leg.head.parts.headers.get(header::ACCEPT_ENCODING).cloned();
+        let compression = leg.route.compression.clone();
+        tokio::spawn(async move {
+            let mut outcome = Outcome::new(request_id);
+            let forwarded = proxy.forward(leg, &mut outcome).await;
+            let (mut response, ticket) = match caching::after_forward(forwarded, forwarding, false) {
+                Ok(Answer::FromOrigin(response, _, Some(ticket))) => (response, ticket),
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::debug!(request_id = %outcome.request_id, %error, "background cache refresh failed");
+                    return;
+                }
+            };
+            if let Some(settings) = &compression {
+                response = compression::compress(response, settings, &Method::GET, accept_encoding.as_ref());
+            }
+            let (response, _) = ticket.store(response);
+            // Reading the body to its end is what stores it.
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        });
     }
 
     /// Once both sides have switched protocols, copies bytes both ways until either side closes.

@@ -35,6 +35,8 @@ pub struct Route {
     pub max_filter_body_bytes: usize,
     /// Response compression, when the route compresses.
     pub compression: Option<Arc<crate::pipeline::compression::CompressionSettings>>,
+    /// HTTP caching, when the route caches.
+    pub cache: Option<Arc<crate::cache::CacheSettings>>,
 }
 
 /// What a route does with a request it takes.

@@ -26,6 +26,7 @@ use crate::admin::{
     self,
     metrics::{ListenerLabels, Metrics, Name},
 };
+use crate::cache::HttpCache;
 use crate::config::Snapshot;
 use crate::pipeline::{ConnectionInfo, Proxy, Tunnels};
 
@@ -72,7 +73,8 @@ impl Server {
         let drain = CancellationToken::new();
         let tunnels = Tunnels::default();
         let connections = TaskTracker::new();
-        let proxy = Proxy::new(snapshot.clone(), metrics.clone(), tunnels.clone());
+        let cache = HttpCache::new(current.cache_max_bytes);
+        let proxy = Proxy::new(snapshot.clone(), metrics.clone(), tunnels.clone(), cache.clone());
         let limit = Arc::new(Semaphore::new(current.server.max_connections));
 
         let mut listeners = Vec::new();
@@ -116,6 +118,7 @@ impl Server {
                     snapshot: snapshot.clone(),
                     reloader: reloader.clone(),
                     reload_token: current.admin_reload_token.clone(),
+                    cache: cache.clone(),
                 };
                 tokio::spawn(admin::serve(listener, Arc::new(admin), drain.clone()));
                 Some(local)

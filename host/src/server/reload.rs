@@ -172,5 +172,8 @@ fn restart_only_changes(running: &Snapshot, next: &Snapshot) -> Vec<String> {
     if running.server.max_connections != next.server.max_connections {
         changed.push("server.max_connections".to_owned());
     }
+    if running.cache_max_bytes != next.cache_max_bytes {
+        changed.push("cache.max_bytes".to_owned());
+    }
     changed
 }

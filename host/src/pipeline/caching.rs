@@ -1,0 +1,269 @@
+//! Where the HTTP cache meets one request, between the request phase and the upstream: answer
+//! from a stored response, serve stale while refreshing, wait for a request already fetching
+//! the same key, or go to the origin (conditionally when a stale entry has a validator). After
+//! the origin answers: a 304 to a revalidation refreshes the entry, a failure may be covered by
+//! a stale entry, and anything else is stored as it streams (see [`crate::cache::FillBody`]).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+
+use super::ProxyError;
+use crate::body::{self, ProxyBody};
+use crate::cache::{
+    CacheSettings, CacheStatus, Directives, Entry, EntryKey, Fill, FillTicket, Freshness, HttpCache, PurgeTarget,
+};
+use crate::routing::Route;
+use crate::runtime::RequestHead;
+
+/// What the cache makes of a request before the origin is asked.
+pub(crate) enum Lookup {
+    /// Answer with this: a hit, a 304 for the client's own validators, or a 504 for
+    /// `only-if-cached` with nothing stored.
+    Answer(Response<ProxyBody>, CacheStatus),
+    /// Answer with a stale response now; refresh it in the background with the ticket, unless
+    /// another request is already refreshing it.
+    StaleAndRefresh { response: Response<ProxyBody>, status: CacheStatus, refresh: Option<Forwarding> },
+    /// Ask the origin.
+    Forward(Forwarding),
+}
+
+/// A request on its way to the origin, as the cache sees it.
+pub(crate) struct Forwarding {
+    status: CacheStatus,
+    /// Where the response is stored, when this request fills the key.
+    ticket: Option<FillTicket>,
+    /// The stale entry, for revalidation and stale-if-error.
+    stale: Option<Arc<Entry>>,
+    /// The request went out with the stale entry's validators.
+    revalidating: bool,
+}
+
+impl Forwarding {
+    fn bypass(reason: &'static str) -> Self {
+        Self { status: CacheStatus::forward(reason), ticket: None, stale: None, revalidating: false }
+    }
+}
+
+/// Decides how a request on a caching route is answered; may wait for another request fetching
+/// the same key, and adds validators to `head` when it revalidates.
+pub(crate) async fn lookup(
+    cache: &Arc<HttpCache>,
+    settings: &Arc<CacheSettings>,
+    route: &Route,
+    head: &mut RequestHead,
+    default_key: String,
+) -> Lookup {
+    let key = EntryKey { route: route.name.clone(), key: Arc::from(head.cache_key.take().unwrap_or(default_key)) };
+    let method = head.parts.method.clone();
+    if method != Method::GET && method != Method::HEAD {
+        // A change through this URI makes what is stored for it suspect (RFC 9111 section 4.4).
+        if !method.is_safe() {
+            cache.purge(PurgeTarget::Key(&key.key), Some(&route.name));
+        }
+        return Lookup::Forward(Forwarding::bypass("method"));
+    }
+    if settings.bypassed_by(&head.parts.headers) {
+        return Lookup::Forward(Forwarding::bypass("bypass"));
+    }
+    let directives = Directives::parse(&head.parts.headers);
+    let compression = route.compression.as_deref();
+    let mut collapsed = false;
+    loop {
+        let now = Instant::now();
+        let variants = cache.variants(&key);
+        let entry = variants.as_ref().and_then(|variants| variants.select(&head.parts.headers, compression)).cloned();
+        if let Some(entry) = &entry {
+            match entry.freshness(now, &directives) {
+                Freshness::Fresh => {
+                    let status = CacheStatus { collapsed, ..CacheStatus::hit(entry.ttl_seconds(now)) };
+                    return Lookup::Answer(entry.response(now, &method, &head.parts.headers), status);
+                }
+                Freshness::StaleWhileRevalidate => {
+                    let response = entry.response(now, &method, &head.parts.headers);
+                    let status = CacheStatus {
+                        detail: Some("stale-while-revalidate"),
+                        ..CacheStatus::hit(entry.ttl_seconds(now))
+                    };
+                    // Only one request refreshes an entry; the rest are served stale meanwhile.
+                    let refresh = match cache.join_fill(&key) {
+                        Fill::Leader(guard) if method == Method::GET => {
+                            let ticket = ticket(cache, settings, route, head, &key, directives.clone(), Some(guard));
+                            let revalidating = revalidate_with(&mut head.parts.headers, entry);
+                            let status = CacheStatus::forward("stale");
+                            Some(Forwarding { status, ticket: Some(ticket), stale: Some(entry.clone()), revalidating })
+                        }
+                        _ => None,
+                    };
+                    return Lookup::StaleAndRefresh { response, status, refresh };
+                }
+                Freshness::Stale => {}
+            }
+        }
+        if directives.only_if_cached {
+            let mut response = Response::new(body::empty());
+            *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            return Lookup::Answer(
+                response,
+                CacheStatus { detail: Some("only-if-cached"), ..CacheStatus::forward("miss") },
+            );
+        }
+        let reason = match (&entry, &variants) {
+            (Some(_), _) if directives.no_cache => "request",
+            (Some(_), _) => "stale",
+            (None, Some(_)) => "vary-miss",
+            (None, None) => "uri-miss",
+        };
+        let guard = if method == Method::HEAD || collapsed {
+            // HEAD responses are not stored; a request that already waited once goes itself.
+            None
+        } else {
+            match cache.join_fill(&key) {
+                Fill::Leader(guard) => Some(guard),
+                Fill::Follower(mut done) => {
+                    // Woken when the other request's response is stored or abandoned.
+                    let _ = tokio::time::timeout(settings.lock_timeout, done.changed()).await;
+                    collapsed = true;
+                    continue;
+                }
+            }
+        };
+        let ticket =
+            (method == Method::GET).then(|| ticket(cache, settings, route, head, &key, directives.clone(), guard));
+        let revalidating = method == Method::GET
+            && entry.as_ref().is_some_and(|entry| revalidate_with(&mut head.parts.headers, entry));
+        let status = CacheStatus { collapsed, ..CacheStatus::forward(reason) };
+        return Lookup::Forward(Forwarding { status, ticket, stale: entry, revalidating });
+    }
+}
+
+fn ticket(
+    cache: &Arc<HttpCache>,
+    settings: &Arc<CacheSettings>,
+    route: &Route,
+    head: &RequestHead,
+    key: &EntryKey,
+    request_directives: Directives,
+    guard: Option<crate::cache::FillGuard>,
+) -> FillTicket {
+    FillTicket {
+        cache: cache.clone(),
+        key: key.clone(),
+        settings: settings.clone(),
+        compression: route.compression.clone(),
+        request_headers: head.parts.headers.clone(),
+        request_directives,
+        request_time: SystemTime::now(),
+        guard,
+        purge_generation: cache.purge_generation(),
+    }
+}
+
+/// Adds the stale entry's validators to the request, unless the client sent its own (then a
+/// 304 is the client's, not the cache's). Returns whether it did.
+fn revalidate_with(headers: &mut HeaderMap, entry: &Entry) -> bool {
+    if headers.contains_key(header::IF_NONE_MATCH) || headers.contains_key(header::IF_MODIFIED_SINCE) {
+        return false;
+    }
+    if let Some(etag) = entry.etag() {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(last_modified) = entry.last_modified() {
+        headers.insert(header::IF_MODIFIED_SINCE, last_modified.clone());
+    }
+    entry.etag().is_some() || entry.last_modified().is_some()
+}
+
+/// The response to a forwarded request.
+// Made and taken apart once per request: boxing the larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Answer {
+    /// A stored response stood in (refreshed by a 304, or covering a failure).
+    FromCache(Response<ProxyBody>, CacheStatus),
+    /// The origin's response, with the ticket that stores it when it may be stored.
+    FromOrigin(Response<ProxyBody>, CacheStatus, Option<FillTicket>),
+}
+
+/// Takes the origin's answer (or failure) to a request the cache forwarded: refreshes on a 304
+/// to its revalidation, covers failures with a stale entry where allowed, and otherwise passes
+/// the response on with the ticket that stores it.
+pub(crate) fn after_forward(
+    forwarded: Result<Response<ProxyBody>, ProxyError>,
+    forwarding: Forwarding,
+    head_only: bool,
+) -> Result<Answer, ProxyError> {
+    let Forwarding { mut status, ticket, stale, revalidating } = forwarding;
+    let now = Instant::now();
+    let origin_failed = match &forwarded {
+        Err(error) => matches!(
+            error,
+            ProxyError::UpstreamConnect { .. } | ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamFailed { .. }
+        ),
+        Ok(response) => matches!(response.status().as_u16(), 500 | 502 | 503 | 504),
+    };
+    if origin_failed && let Some(stale) = stale.as_ref().filter(|stale| stale.serves_on_error(now)) {
+        status.forward = Some("stale");
+        status.forward_status = Some(forwarded.as_ref().map_or(502, |response| response.status().as_u16()));
+        status.ttl = Some(stale.ttl_seconds(now));
+        status.detail = Some("stale-if-error");
+        let method = if head_only { Method::HEAD } else { Method::GET };
+        return Ok(Answer::FromCache(stale.response(now, &method, &HeaderMap::new()), status));
+    }
+    let response = forwarded?;
+    status.forward_status = Some(response.status().as_u16());
+    if revalidating && response.status() == StatusCode::NOT_MODIFIED {
+        let (Some(ticket), Some(stale)) = (ticket, stale) else {
+            return Ok(Answer::FromOrigin(response, status, None));
+        };
+        let refreshed = refresh(&ticket, &stale, response.headers());
+        status.ttl = Some(refreshed.ttl_seconds(now));
+        status.stored = true;
+        return Ok(Answer::FromCache(refreshed.response(now, &Method::GET, &HeaderMap::new()), status));
+    }
+    Ok(Answer::FromOrigin(response, status, ticket))
+}
+
+/// The stored entry brought up to date by a 304's headers (RFC 9111 section 4.3.4) and stored
+/// again; dropped from the store when the new headers forbid storing it.
+pub(crate) fn refresh(ticket: &FillTicket, stale: &Arc<Entry>, not_modified: &HeaderMap) -> Arc<Entry> {
+    let mut headers = stale.headers.clone();
+    let mut replaced = std::collections::HashSet::new();
+    for (name, value) in not_modified {
+        if matches!(
+            *name,
+            header::CONTENT_LENGTH | header::CONTENT_ENCODING | header::TRANSFER_ENCODING | header::CONTENT_TYPE
+        ) || name == crate::pipeline::forwarding::X_REQUEST_ID
+        {
+            continue;
+        }
+        // The stored ETag is weak when Sluice compressed the body: keep it so.
+        if name == header::ETAG && is_weak_form_of(headers.get(header::ETAG), value) {
+            continue;
+        }
+        if replaced.insert(name.clone()) {
+            headers.remove(name);
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    match ticket.entry_for(stale.status, &headers, SystemTime::now()) {
+        Ok(mut entry) => {
+            entry.body = stale.body.clone();
+            let entry = Arc::new(entry);
+            ticket.cache.insert(&ticket.key, entry.clone());
+            entry
+        }
+        Err(_) => {
+            ticket.cache.remove(&ticket.key, stale);
+            stale.clone()
+        }
+    }
+}
+
+fn is_weak_form_of(stored: Option<&HeaderValue>, fresh: &HeaderValue) -> bool {
+    match (stored.and_then(|value| value.to_str().ok()), fresh.to_str().ok()) {
+        (Some(stored), Some(fresh)) => stored.strip_prefix("W/") == Some(fresh),
+        _ => false,
+    }
+}
