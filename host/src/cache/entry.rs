@@ -73,8 +73,11 @@ impl Entry {
         if !self.directives.no_cache && policy::fresh_enough(age, self.lifetime, request) {
             return Freshness::Fresh;
         }
-        let within_grace = age < self.lifetime + self.stale_while_revalidate;
-        if !self.directives.no_cache && !self.directives.must_revalidate && !request.no_cache && within_grace {
+        // Past its own lifetime but within the grace the origin allowed; a client that asked for
+        // something fresher (no-cache, max-age, min-fresh) is not served stale.
+        let in_grace = age >= self.lifetime && age < self.lifetime + self.stale_while_revalidate;
+        let client_strict = request.no_cache || request.max_age.is_some() || request.min_fresh.is_some();
+        if in_grace && !self.directives.no_cache && !self.directives.must_revalidate && !client_strict {
             return Freshness::StaleWhileRevalidate;
         }
         Freshness::Stale
@@ -277,6 +280,9 @@ mod tests {
         assert_eq!(no_cache.freshness(at(0), &plain), Freshness::Stale, "no-cache: always revalidated");
         let client_no_cache = Directives { no_cache: true, ..Directives::default() };
         assert_eq!(stored.freshness(at(0), &client_no_cache), Freshness::Stale);
+        let client_max_age = Directives { max_age: Some(Duration::from_secs(5)), ..Directives::default() };
+        assert_eq!(stored.freshness(at(10), &client_max_age), Freshness::Stale, "fresh, but not for this client");
+        assert_eq!(stored.freshness(at(70), &client_max_age), Freshness::Stale, "nor served stale to it");
     }
 
     #[test]

@@ -362,7 +362,8 @@ impl FillTicket {
         match self.entry_for(response.status(), response.headers(), SystemTime::now()) {
             Ok(entry) => {
                 let (parts, body) = response.into_parts();
-                let fill = FillBody { inner: body, collected: BytesMut::new(), pending: Some((self, entry)) };
+                let expected = body.size_hint().exact();
+                let fill = FillBody { inner: body, collected: BytesMut::new(), expected, pending: Some((self, entry)) };
                 (Response::from_parts(parts, crate::body::boxed(fill)), Ok(()))
             }
             Err(reason) => (response, Err(reason)),
@@ -377,7 +378,22 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: ProxyBody,
         collected: BytesMut,
+        // The body's declared length: a client connection stops reading once it has had that
+        // many bytes, without waiting for the body to say it has ended.
+        expected: Option<u64>,
         pending: Option<(FillTicket, Entry)>,
+    }
+}
+
+impl FillBody {
+    fn finish(collected: &mut BytesMut, pending: &mut Option<(FillTicket, Entry)>) {
+        if let Some((ticket, mut entry)) = pending.take() {
+            // A purge while the body streamed may have meant this very response.
+            if ticket.cache.purge_generation() == ticket.purge_generation {
+                entry.body = std::mem::take(collected).freeze();
+                ticket.cache.insert(&ticket.key, Arc::new(entry));
+            }
+        }
     }
 }
 
@@ -397,19 +413,14 @@ impl Body for FillBody {
                         *this.collected = BytesMut::new();
                     } else if this.pending.is_some() {
                         this.collected.extend_from_slice(data);
+                        if *this.expected == Some(this.collected.len() as u64) {
+                            Self::finish(this.collected, this.pending);
+                        }
                     }
                 }
             }
             Poll::Ready(Some(Err(_))) => *this.pending = None,
-            Poll::Ready(None) => {
-                if let Some((ticket, mut entry)) = this.pending.take() {
-                    // A purge while the body streamed may have meant this very response.
-                    if ticket.cache.purge_generation() == ticket.purge_generation {
-                        entry.body = std::mem::take(this.collected).freeze();
-                        ticket.cache.insert(&ticket.key, Arc::new(entry));
-                    }
-                }
-            }
+            Poll::Ready(None) => Self::finish(this.collected, this.pending),
             Poll::Pending => {}
         }
         polled
@@ -417,7 +428,7 @@ impl Body for FillBody {
 
     fn is_end_stream(&self) -> bool {
         // Report the end only after poll_frame has seen it, so the store happens.
-        self.pending.is_none() && self.inner.is_end_stream()
+        (self.pending.is_none() || self.expected == Some(0)) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
