@@ -152,7 +152,8 @@ async fn what_is_stored_and_reused_follows_the_origins_headers() {
     let ten_days_ago = http_date(-10 * 24 * 3600);
     let now = http_date(0);
     // (path, origin headers, request headers, second answer from the cache?)
-    let cases: Vec<(&str, Vec<(&'static str, &str)>, Vec<(&str, &str)>, bool)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'static str, &'a str)>, Vec<(&'a str, &'a str)>, bool);
+    let cases: Vec<Case<'_>> = vec![
         ("/max-age", vec![("cache-control", "max-age=60")], vec![], true),
         ("/s-maxage", vec![("cache-control", "max-age=0, s-maxage=60")], vec![], true),
         ("/expires", vec![("date", &now), ("expires", &in_a_minute)], vec![], true),
