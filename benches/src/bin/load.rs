@@ -1,5 +1,7 @@
 //! The load harness: one origin, and the same load (wrk, keep-alive) sent to it directly and
-//! through nginx, HAProxy, Sluice without filters and Sluice with a chain of three filters.
+//! through nginx, HAProxy, Sluice without filters and Sluice with a chain of three filters; and
+//! cache hits: nginx with `proxy_cache` against Sluice with its HTTP cache, both told to keep
+//! the origin's answers for a minute.
 //!
 //! Every proxy gets the same CPUs and the same number of workers; the origin and the load
 //! generator get the other CPUs. Targets take turns within each round, so slow drift in a shared
@@ -41,7 +43,8 @@ struct Args {
     /// Where the markdown report goes.
     #[arg(long, default_value = "target/bench/load.md")]
     out: PathBuf,
-    /// Only these targets (direct, nginx, haproxy, sluice, sluice-filters), comma separated.
+    /// Only these targets (direct, nginx, haproxy, sluice, sluice-filters, nginx-cache,
+    /// sluice-cache), comma separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Leave out the HTTPS measurements (handshakes and requests over TLS).
@@ -57,10 +60,28 @@ enum Target {
     Haproxy,
     Sluice,
     SluiceFilters,
+    NginxCache,
+    SluiceCache,
 }
 
 impl Target {
-    const ALL: [Target; 5] = [Target::Direct, Target::Nginx, Target::Haproxy, Target::Sluice, Target::SluiceFilters];
+    const ALL: [Target; 7] = [
+        Target::Direct,
+        Target::Nginx,
+        Target::Haproxy,
+        Target::Sluice,
+        Target::SluiceFilters,
+        Target::NginxCache,
+        Target::SluiceCache,
+    ];
+
+    /// The target a row's ratios are taken against: cache hits against nginx's cache hits.
+    fn baseline(self) -> Target {
+        match self {
+            Target::NginxCache | Target::SluiceCache => Target::NginxCache,
+            _ => Target::Nginx,
+        }
+    }
 
     fn key(self) -> &'static str {
         match self {
@@ -69,6 +90,8 @@ impl Target {
             Target::Haproxy => "haproxy",
             Target::Sluice => "sluice",
             Target::SluiceFilters => "sluice-filters",
+            Target::NginxCache => "nginx-cache",
+            Target::SluiceCache => "sluice-cache",
         }
     }
 
@@ -79,6 +102,8 @@ impl Target {
             Target::Haproxy => "HAProxy",
             Target::Sluice => "Sluice, no filters",
             Target::SluiceFilters => "Sluice, 3 filters",
+            Target::NginxCache => "nginx, proxy_cache hits",
+            Target::SluiceCache => "Sluice, cache hits",
         }
     }
 }
@@ -245,9 +270,10 @@ impl Proxy {
         command.args(["-c", cpus]);
         match target {
             Target::Direct => return Ok(None),
-            Target::Nginx => {
+            Target::Nginx | Target::NginxCache => {
                 let config = work.join("nginx.conf");
-                std::fs::write(&config, nginx_config(work, address, origin, workers, tls))?;
+                let cache = target == Target::NginxCache;
+                std::fs::write(&config, nginx_config(work, address, origin, workers, tls, cache))?;
                 command.args(["nginx", "-p"]).arg(work).arg("-c").arg(&config);
             }
             Target::Haproxy => {
@@ -255,10 +281,11 @@ impl Proxy {
                 std::fs::write(&config, haproxy_config(address, origin, workers, tls))?;
                 command.args(["haproxy", "-db", "-f"]).arg(&config);
             }
-            Target::Sluice | Target::SluiceFilters => {
+            Target::Sluice | Target::SluiceFilters | Target::SluiceCache => {
                 let config = work.join(format!("{}.toml", target.key()));
                 let filters = target == Target::SluiceFilters;
-                std::fs::write(&config, sluice_config(repo, address, origin, filters, tls))?;
+                let cache = target == Target::SluiceCache;
+                std::fs::write(&config, sluice_config(repo, address, origin, filters, cache, tls))?;
                 let sluice = repo.join("target/release/sluice");
                 // `check` builds and compiles the filters first, so the start below is quick.
                 let checked =
@@ -438,8 +465,19 @@ fn nginx_config(
     origin: SocketAddr,
     workers: usize,
     tls: Option<&BenchCertificate>,
+    cache: bool,
 ) -> String {
     let work = work.display();
+    // Kept a minute whatever the origin says, and concurrent misses wait for one fetch, as
+    // Sluice's `default_ttl` and coalescing do.
+    let (cache_zone, cache_use) = if cache {
+        (
+            format!("proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=10m use_temp_path=off;"),
+            "proxy_cache bench;\n            proxy_cache_valid 200 1m;\n            proxy_cache_lock on;",
+        )
+    } else {
+        (String::new(), "")
+    };
     let listen = match tls {
         None => format!("listen {address} reuseport;"),
         Some(certificate) => format!(
@@ -462,6 +500,7 @@ http {{
     fastcgi_temp_path {work}/nginx-fastcgi;
     uwsgi_temp_path {work}/nginx-uwsgi;
     scgi_temp_path {work}/nginx-scgi;
+    {cache_zone}
     upstream origin {{
         server {origin};
         keepalive 256;
@@ -474,6 +513,7 @@ http {{
             proxy_set_header Connection "";
             # Room for a 64 KiB response in memory, as the other proxies stream it.
             proxy_buffers 16 8k;
+            {cache_use}
         }}
     }}
 }}
@@ -511,6 +551,7 @@ fn sluice_config(
     address: SocketAddr,
     origin: SocketAddr,
     with_filters: bool,
+    with_cache: bool,
     tls: Option<&BenchCertificate>,
 ) -> String {
     let tls = tls.map_or(String::new(), |certificate| {
@@ -535,6 +576,9 @@ path_prefix = "/"
 upstream = "origin"
 "#
     );
+    if with_cache {
+        config.push_str("cache = { default_ttl = \"60s\" }\n");
+    }
     if with_filters {
         // Three request-phase filters, each setting a header; the real filters of plugins/ take
         // their place once they exist.
@@ -682,16 +726,17 @@ fn report(
     let _ = writeln!(
         out,
         "Keep-alive HTTP/1.1, {} connections, {} s per measurement, median of {} round(s); proxies on CPUs {proxy_cpus} \
-         with {workers} worker(s) each, origin and wrk on CPUs {load_cpus}. Ratios in brackets are to nginx in the same run.\n",
+         with {workers} worker(s) each, origin and wrk on CPUs {load_cpus}. Ratios in brackets are to nginx in the same run \
+         (cache rows: to nginx's proxy_cache hits).\n",
         args.connections, args.duration, args.rounds
     );
     for (size, (_, size_label)) in SIZES.iter().enumerate() {
         let _ = writeln!(out, "**{size_label} responses**\n");
         let _ = writeln!(out, "| target | requests/s | p50 latency | p99 latency | proxy CPU per request |");
         let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
-        let nginx = summary(Target::Nginx, size);
         for &target in targets {
             let Some(sample) = summary(target, size) else { continue };
+            let nginx = summary(target.baseline(), size);
             let cpu = match sample.cpu_us_per_request {
                 Some(cpu) => format!("{cpu:.1} µs{}", ratio(cpu, nginx.and_then(|n| n.cpu_us_per_request))),
                 None => "—".into(),
@@ -714,6 +759,14 @@ fn report(
                 "\nThree-filter chain / no filters: {:.2}× the requests per second, p99 {:.2}×.",
                 filtered.requests_per_second / plain.requests_per_second,
                 filtered.p99_us / plain.p99_us
+            );
+        }
+        if let (Some(nginx), Some(sluice)) = (summary(Target::NginxCache, size), summary(Target::SluiceCache, size)) {
+            let _ = writeln!(
+                out,
+                "\nCache hits, Sluice / nginx proxy_cache: {:.2}× the requests per second, p99 {:.2}×.",
+                sluice.requests_per_second / nginx.requests_per_second,
+                sluice.p99_us / nginx.p99_us
             );
         }
         out.push('\n');
