@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The load harness, from a clean clone: installs nginx, HAProxy and wrk when they are missing,
 # builds Sluice and the benchmark origin in release mode, then runs the same load through the
-# origin directly, nginx, HAProxy, Sluice and Sluice with three filters (see
+# origin directly, nginx, HAProxy, Sluice and Sluice with three filters, and cache hits of nginx's
+# proxy_cache against Sluice's cache (see
 # benches/src/bin/load.rs). Arguments go to the harness: --duration, --rounds, --connections,
 # --proxy-cpus, --load-cpus, --only, --out. The report lands in target/bench/load.md.
 set -euo pipefail
