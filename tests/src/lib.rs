@@ -72,11 +72,27 @@ impl Origin {
         Self::serve(Some(tokio_rustls::TlsAcceptor::from(tls)), handler).await
     }
 
+    /// Serves HTTP/1.1 and h2c on `addr` (another loopback address, or a port already chosen).
+    pub async fn start_on<F>(addr: SocketAddr, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> OriginFuture + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.expect("bind origin");
+        Self::serve_on(listener, None, handler)
+    }
+
     async fn serve<F>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Self
     where
         F: Fn(Request<Incoming>) -> OriginFuture + Send + Sync + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        Self::serve_on(listener, tls, handler)
+    }
+
+    fn serve_on<F>(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> OriginFuture + Send + Sync + 'static,
+    {
         let addr = listener.local_addr().expect("origin address");
         let handler = Arc::new(handler);
         let connections = Arc::new(AtomicUsize::new(0));

@@ -472,7 +472,9 @@ fn nginx_config(
     // Sluice's `default_ttl` and coalescing do.
     let (cache_zone, cache_use) = if cache {
         (
-            format!("proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=10m use_temp_path=off;"),
+            format!(
+                "proxy_cache_path {work}/nginx-cache levels=1:2 keys_zone=bench:10m max_size=256m inactive=10m use_temp_path=off;"
+            ),
             "proxy_cache bench;\n            proxy_cache_valid 200 1m;\n            proxy_cache_lock on;",
         )
     } else {

@@ -17,8 +17,8 @@ use std::path::Path;
 
 use super::file::{
     CompressionSection, ConfigFile, FilterEntry, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError,
-    PluginSection, RetrySection, RouteCacheSection, RouteSection, ServerSection, TenantSection, TlsSection,
-    UpstreamSection, UpstreamTlsSection,
+    PluginSection, ResolverSection, RetrySection, RouteCacheSection, RouteSection, ServerSection, TenantSection,
+    TlsSection, UpstreamSection, UpstreamTlsSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
 use crate::cache::CacheSettings;
@@ -34,8 +34,8 @@ use crate::runtime::kv::KvQuota;
 use crate::runtime::{Canary, FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
 use crate::server::tls::{self, CertificatePaths, TlsSettings};
 use crate::upstream::{
-    BalancerKind, CheckKind, HashKey, HealthCheck, OutlierPolicy, PoolSettings, RetryPolicy, Upstream, UpstreamPolicy,
-    UpstreamServer, UpstreamTls, UpstreamTlsSettings,
+    BalancerKind, CheckKind, DnsResolver, HashKey, HealthCheck, OutlierPolicy, PoolSettings, ResolverSettings,
+    RetryPolicy, Upstream, UpstreamPolicy, UpstreamServer, UpstreamTls, UpstreamTlsSettings,
 };
 
 /// The most memory a tenant may grant one instance (the pooling allocator's slot size).
@@ -107,16 +107,25 @@ pub(super) fn compile(
         listeners.push(ListenerSpec { name, bind, tls, hsts, redirect_to_https });
     }
 
+    let resolver_settings = cx.resolver(&file.resolver)?;
+    let resolver = match previous.filter(|previous| previous.resolver_settings == resolver_settings) {
+        Some(previous) => previous.resolver.clone(),
+        None => DnsResolver::new(&resolver_settings)
+            .map_err(|err| cx.error(None, "resolver", format!("cannot set up name resolution: {err}")))?,
+    };
     let mut upstreams = BTreeMap::new();
     for (name, upstream) in &file.upstream {
-        let fingerprint =
-            written_upstreams.and_then(|sections| sections.get(name)).map(ToString::to_string).unwrap_or_default();
+        // A changed [resolver] changes every upstream that resolves names through it.
+        let fingerprint = format!(
+            "{}|{resolver_settings:?}",
+            written_upstreams.and_then(|sections| sections.get(name)).map(ToString::to_string).unwrap_or_default()
+        );
         let unchanged = previous
             .and_then(|previous| previous.upstreams.get(name))
             .filter(|running| running.fingerprint() == fingerprint);
         let compiled = match unchanged {
             Some(running) => running.clone(),
-            None => Arc::new(cx.upstream(name, upstream)?.with_fingerprint(fingerprint)),
+            None => Arc::new(cx.upstream(name, upstream, &resolver)?.with_fingerprint(fingerprint)),
         };
         upstreams.insert(name.clone(), compiled);
     }
@@ -165,6 +174,8 @@ pub(super) fn compile(
         plugin_sources,
         routes: RouteTable::new(routes),
         cache_max_bytes: file.cache.max_bytes,
+        resolver,
+        resolver_settings,
         source: None,
     })
 }
@@ -255,7 +266,39 @@ impl Compiler<'_> {
         })
     }
 
-    fn upstream(&self, name: &str, section: &Spanned<UpstreamSection>) -> Result<Upstream, ConfigError> {
+    fn resolver(&self, section: &ResolverSection) -> Result<ResolverSettings, ConfigError> {
+        let mut nameservers = Vec::new();
+        for (index, written) in section.nameservers.iter().enumerate() {
+            let key = format!("resolver.nameservers[{index}]");
+            let text = written.get_ref();
+            // A bare address means the standard port.
+            let address =
+                text.parse::<SocketAddr>().or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            nameservers.push(address.map_err(|_| {
+                self.spanned_error(
+                    written,
+                    &key,
+                    format!("{text:?} is not an address such as \"10.0.0.2\" or \"10.0.0.2:53\""),
+                )
+            })?);
+        }
+        if section.min_ttl.0 > section.max_ttl.0 {
+            return Err(self.error(None, "resolver.min_ttl", "must not be longer than resolver.max_ttl"));
+        }
+        Ok(ResolverSettings {
+            nameservers,
+            min_ttl: section.min_ttl.0,
+            max_ttl: section.max_ttl.0,
+            timeout: section.timeout.0,
+        })
+    }
+
+    fn upstream(
+        &self,
+        name: &str,
+        section: &Spanned<UpstreamSection>,
+        resolver: &DnsResolver,
+    ) -> Result<Upstream, ConfigError> {
         let key = format!("upstream.{name}");
         let upstream = section.get_ref();
         if upstream.servers.is_empty() {
@@ -300,7 +343,7 @@ impl Compiler<'_> {
             None => None,
         };
         let policy = self.upstream_policy(&key, upstream)?;
-        Ok(Upstream::new(name, servers, pool, tls, policy))
+        Ok(Upstream::new(name, servers, pool, tls, policy, resolver.clone()))
     }
 
     fn upstream_policy(&self, key: &str, section: &UpstreamSection) -> Result<UpstreamPolicy, ConfigError> {
@@ -1196,6 +1239,13 @@ mod tests {
             ("[[route]]\nupstream = \"app\"\ntimeout = \"soon\"\n", "route[0].timeout"),
             ("[upstream.bad]\nservers = [{ addr = \"no-port\" }]\n", "upstream.bad.servers[0].addr"),
             ("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "server.trusted_proxies[0]"),
+            ("[resolver]\nnameservers = [\"dns.example\"]\n", "resolver.nameservers[0]"),
+            ("[resolver]\nmin_ttl = \"2h\"\n", "resolver.min_ttl"),
+            (
+                "[[route]]\nupstream = \"app\"\ncache = { bypass_headers = [\"bad header\"] }\n",
+                "route[0].cache.bypass_headers[0]",
+            ),
+            ("[[route]]\nupstream = \"app\"\ncache = { tag_header = \"\" }\n", "route[0].cache.tag_header"),
         ] {
             let error = compile_err(extra);
             assert_eq!(error.key, key, "{error}");

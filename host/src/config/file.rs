@@ -41,6 +41,34 @@ pub struct ConfigFile {
     /// The HTTP cache store shared by every caching route.
     #[serde(default)]
     pub cache: CacheSection,
+    /// How upstream servers written as DNS names are resolved.
+    #[serde(default)]
+    pub resolver: ResolverSection,
+}
+
+/// `[resolver]`: name resolution for upstream servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResolverSection {
+    /// Name servers (`"10.0.0.2:53"`); empty means the system's.
+    pub nameservers: Vec<Spanned<String>>,
+    /// Keep answers at least this long.
+    pub min_ttl: HumanDuration,
+    /// Keep answers at most this long.
+    pub max_ttl: HumanDuration,
+    /// How long one query may take.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ResolverSection {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            min_ttl: HumanDuration(Duration::ZERO),
+            max_ttl: HumanDuration(Duration::from_secs(3600)),
+            timeout: HumanDuration(Duration::from_secs(2)),
+        }
+    }
 }
 
 /// `[tenant.NAME]`: what a tenant's filters may use.

@@ -44,6 +44,10 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// The HTTP cache store's size (`[cache] max_bytes`), bound at start.
     pub cache_max_bytes: u64,
+    /// Resolves upstream servers written as DNS names (kept across reloads while unchanged).
+    pub resolver: crate::upstream::DnsResolver,
+    /// `[resolver]` as compiled.
+    pub resolver_settings: crate::upstream::ResolverSettings,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }

@@ -64,7 +64,9 @@ async fn check_server(upstream: &Upstream, index: usize, check: &HealthCheck) {
     let authority = state.server.authority.clone();
     let passed = match &check.kind {
         CheckKind::Tcp => {
-            let connect = tokio::net::TcpStream::connect(authority.as_str());
+            let port =
+                authority.port_u16().unwrap_or(if upstream.scheme() == http::uri::Scheme::HTTPS { 443 } else { 80 });
+            let connect = upstream.resolver.connect(authority.host(), port);
             matches!(tokio::time::timeout(check.timeout, connect).await, Ok(Ok(_)))
         }
         CheckKind::Http { path, expected } => {

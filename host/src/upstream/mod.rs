@@ -4,6 +4,7 @@
 //! limit on requests in flight that answers 503 at once when reached.
 
 mod balancer;
+pub mod dns;
 mod health;
 mod limits;
 pub mod metrics;
@@ -25,6 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 pub use balancer::{Balancer, BalancerKind, HashKey, PickContext};
+pub use dns::{DnsResolver, ResolverSettings};
 pub use health::{CheckKind, HealthCheck};
 use limits::ConnectionLimits;
 pub use limits::{ConnectionLimitReached, LimitedConnection, LimitedConnector};
@@ -92,6 +94,8 @@ pub struct Upstream {
     servers: Vec<ServerState>,
     balancer: Balancer,
     client: UpstreamClient,
+    /// Resolves servers written as DNS names, for connections and TCP health checks.
+    resolver: DnsResolver,
     policy: UpstreamPolicy,
     retry_budget: RetryBudget,
     /// Requests in flight to any server, for `max_requests`.
@@ -115,9 +119,9 @@ impl Drop for Upstream {
 #[derive(Clone)]
 pub enum UpstreamClient {
     /// HTTP/1.1 over TCP.
-    Plain(Client<LimitedConnector<HttpConnector>, ProxyBody>),
+    Plain(Client<LimitedConnector<HttpConnector<DnsResolver>>, ProxyBody>),
     /// HTTPS, HTTP/2 where the server chooses it in ALPN.
-    Tls(Client<HttpsConnector<LimitedConnector<HttpConnector>>, ProxyBody>),
+    Tls(Client<HttpsConnector<LimitedConnector<HttpConnector<DnsResolver>>>, ProxyBody>),
 }
 
 impl UpstreamClient {
@@ -145,8 +149,9 @@ impl Upstream {
         pool: PoolSettings,
         tls: Option<UpstreamTls>,
         policy: UpstreamPolicy,
+        resolver: DnsResolver,
     ) -> Self {
-        let mut connector = HttpConnector::new();
+        let mut connector = HttpConnector::new_with_resolver(resolver.clone());
         connector.set_connect_timeout(Some(pool.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
@@ -197,6 +202,7 @@ impl Upstream {
             name: name.into(),
             balancer,
             client,
+            resolver,
             policy,
             retry_budget,
             in_flight: AtomicUsize::new(0),
