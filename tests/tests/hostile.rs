@@ -293,3 +293,31 @@ filters = [{{ plugin = "hostile", config = {{ mode = "none" }} }}]
     // Calls that stay within their means are unaffected.
     assert_eq!(get(&proxy, "a", "/ok").await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_guest_reaching_for_files_and_environment_through_wasi_gets_neither() {
+    logs();
+    let origin = Origin::echo("app").await;
+    let probe = plugin("tests/plugins/wasi-probe");
+    // The component really imports WASI: the preview 1 adapter turned its calls into WASI 0.2.
+    let bytes = std::fs::read(&probe).unwrap();
+    let loaded = sluice::runtime::Plugin::load(&sluice::runtime::Runtime::shared().unwrap(), "wasi-probe", &bytes)
+        .expect("the probe loads");
+    assert!(loaded.capabilities().contains(&"wasi".to_owned()), "{:?}", loaded.capabilities());
+
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
+         [plugin.probe]\nsource = \"{probe}\"\n[tenant.a]\n\
+         [[route]]\npath_prefix = \"/probe\"\ntenant = \"a\"\nupstream = \"app\"\nfilters = [{{ plugin = \"probe\" }}]\n\
+         [[route]]\nupstream = \"app\"\n",
+        origin = origin.addr,
+        probe = probe.display(),
+    ))
+    .await;
+    let response = get(&proxy, "a", "/probe").await;
+    assert_eq!(response.status, StatusCode::OK);
+    // errno 8 is EBADF: descriptor 3, where a preopened directory would be, does not exist, so
+    // nothing can be opened relative to it; and the environment is empty.
+    assert_eq!(response.text(), "prestat=8 open=8 environment=0");
+    assert_eq!(get(&proxy, "b", "/other").await.status, StatusCode::OK, "other routes unaffected");
+}

@@ -134,12 +134,31 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
 }
 
 /// Turns a core module carrying its WIT in a custom section (as wit-bindgen leaves it) into a
-/// component.
+/// component. A module that imports WASI preview 1 (`wasi_snapshot_preview1`, as Go and C
+/// toolchains and Rust's wasip1 target emit) gets the preview 1 reactor adapter, which turns
+/// those imports into WASI 0.2 ones; a module that does not import it is left without WASI.
 pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
-    wit_component::ComponentEncoder::default()
-        .module(module)
-        .and_then(|encoder| encoder.validate(true).encode())
-        .map_err(|err| format!("{err:#}"))
+    let mut encoder = wit_component::ComponentEncoder::default();
+    encoder.module(module).map_err(|err| format!("{err:#}"))?;
+    if imports_wasi_preview1(module) {
+        encoder
+            .adapter(
+                "wasi_snapshot_preview1",
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )
+            .map_err(|err| format!("{err:#}"))?;
+    }
+    encoder.validate(true).encode().map_err(|err| format!("{err:#}"))
+}
+
+/// Whether a core module's import section names the `wasi_snapshot_preview1` module.
+fn imports_wasi_preview1(module: &[u8]) -> bool {
+    wasmparser::Parser::new(0).parse_all(module).any(|payload| match payload {
+        Ok(wasmparser::Payload::ImportSection(imports)) => {
+            imports.into_imports().any(|import| import.is_ok_and(|import| import.module == "wasi_snapshot_preview1"))
+        }
+        _ => false,
+    })
 }
 
 /// Replaces `path` atomically, and only when the bytes differ, so concurrent builds of one plugin
