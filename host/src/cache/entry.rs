@@ -118,6 +118,23 @@ impl Entry {
     /// Whether it answers a request whose headers are `request` (its `Vary` headers match).
     pub fn selected_by(&self, request: &HeaderMap, compression: Option<&CompressionSettings>) -> bool {
         self.vary.iter().all(|(name, value)| selecting_value(name, request, compression) == *value)
+            && self.coding_accepted_by(request)
+    }
+
+    /// Whether the client accepts the stored body's `Content-Encoding`. Variants are keyed by the
+    /// encoding the route would choose, but an origin may have chosen differently.
+    fn coding_accepted_by(&self, request: &HeaderMap) -> bool {
+        let Some(coding) = self.headers.get(header::CONTENT_ENCODING).and_then(|value| value.to_str().ok()) else {
+            return true;
+        };
+        let accept = request.get(header::ACCEPT_ENCODING).and_then(|value| value.to_str().ok()).unwrap_or_default();
+        match compression::Encoding::from_token(&coding.trim().to_ascii_lowercase()) {
+            Some(encoding) => compression::negotiate(accept, &[encoding]).is_some(),
+            None => accept.split(',').any(|item| {
+                let token = item.split(';').next().unwrap_or_default().trim();
+                token.eq_ignore_ascii_case(coding.trim()) && !item.replace(' ', "").contains(";q=0")
+            }),
+        }
     }
 
     /// Whether the client's own validators show it already has this response.
@@ -323,6 +340,17 @@ mod tests {
         assert_eq!(with("gzip, deflate, br, zstd"), with("zstd"));
         assert_eq!(with("gzip, deflate"), Some("gzip".into()));
         assert_eq!(with("identity"), Some("identity".into()));
+        // An origin's own choice of encoding is served only to clients that accept it.
+        let mut stored = entry(&[("content-encoding", "gzip")], 60, Directives::default());
+        stored.vary = vec![(header::ACCEPT_ENCODING, Some("br".into()))];
+        let accepting = |value: &str| {
+            let mut map = HeaderMap::new();
+            map.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+            map
+        };
+        let brotli_first = CompressionSettings { encodings: vec![Encoding::Brotli, Encoding::Gzip], ..settings };
+        assert!(stored.selected_by(&accepting("gzip, br"), Some(&brotli_first)));
+        assert!(!stored.selected_by(&accepting("br"), Some(&brotli_first)), "br only: the gzip body is not for it");
         let mut languages = HeaderMap::new();
         languages.insert(header::ACCEPT_LANGUAGE, HeaderValue::from_static("en,  fr"));
         assert_eq!(selecting_value(&header::ACCEPT_LANGUAGE, &languages, None), Some("en,fr".into()));
