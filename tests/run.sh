@@ -26,6 +26,14 @@ if { ! command -v openssl >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.cr
     && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl ca-certificates docker-registry >/dev/null
 fi
 
+# JavaScript filters build with Node.js and npm (the SDK's build fetches jco and rolldown from npm).
+if { ! command -v node >/dev/null || ! command -v npm >/dev/null; } && command -v apt-get >/dev/null; then
+  say "Installing Node.js and npm (for the JavaScript filter SDK and its example)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+fi
+
 say "Building the workspace and its tests"
 cargo build --workspace --all-targets --locked
 
@@ -33,13 +41,16 @@ cargo build --workspace --all-targets --locked
 # target folder the tests share) keeps the parallel tests from all waiting on the first build.
 say "Building the filter plugins the tests use (Sluice's filters in plugins/ and test filters)"
 export SLUICE_PLUGIN_TARGET_DIR="$PWD/target/plugins"
-for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile plugins/*/; do
+for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile tests/plugins/wasi-probe plugins/*/ \
+  examples/js-sign-filter; do
   target/debug/sluice plugin build "$plugin" >/dev/null
 done
 
 # The filters' logic is plain Rust: its unit tests run natively, without a proxy.
 say "Running the filters' own unit tests (plugins/, natively)"
 cargo test --manifest-path plugins/Cargo.toml --workspace --locked --target-dir target/plugins
+say "Running the JavaScript example filter's own unit tests (node --test)"
+(cd examples/js-sign-filter && node --test test/)
 
 if cargo nextest --version >/dev/null 2>&1; then
   say "Running the documentation examples (cargo test --doc)"

@@ -1,4 +1,5 @@
-//! `sluice plugin build`: a filter crate to a checked component.
+//! `sluice plugin build`: a filter crate to a checked component (JavaScript filters: see
+//! [`super::build_js`]).
 //!
 //! The crate is compiled for `wasm32-unknown-unknown` with whichever toolchain is here: rustup's
 //! (when that target is installed), or Debian's `rustc-web` with its library source, building the
@@ -49,6 +50,20 @@ pub enum BuildError {
     /// Reading or writing files failed.
     #[error("{0}")]
     Io(String),
+    /// A JavaScript filter, and no Node.js 18 or later here.
+    #[error(
+        "JavaScript filters need Node.js 18 or later with npm: on Debian `apt-get install nodejs npm` \
+         (tests/run.sh installs them when missing)"
+    )]
+    NoNode,
+    /// npm, or the JavaScript SDK's build, failed.
+    #[error("building the JavaScript filter in {dir} failed{output}")]
+    Npm {
+        /// The filter's folder.
+        dir: String,
+        /// Its output when it was captured.
+        output: String,
+    },
 }
 
 /// How to build.
@@ -70,14 +85,12 @@ enum Toolchain {
     DebianBuildStd,
 }
 
-/// Builds the filter crate in `crate_dir` and returns the path of its component.
+/// Builds the filter in `crate_dir` (a Rust crate, or a JavaScript package with a package.json)
+/// and returns the path of its component, checked against the world.
 pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError> {
     let crate_dir =
         &crate_dir.canonicalize().map_err(|err| BuildError::NotACrate(format!("{}: {err}", crate_dir.display())))?;
-    let manifest = crate_dir.join("Cargo.toml");
-    let name = package_name(&manifest)?;
-    let toolchain = find_toolchain().ok_or(BuildError::NoToolchain)?;
-    // Cargo runs in the crate's folder: a relative target directory means relative to here.
+    // Cargo and npm run in the filter's folder: a relative target directory means relative to here.
     let target_dir =
         match options.target_dir.clone().or_else(|| std::env::var_os("SLUICE_PLUGIN_TARGET_DIR").map(PathBuf::from)) {
             Some(dir) if dir.is_relative() => {
@@ -86,6 +99,14 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
             Some(dir) => dir,
             None => crate_dir.join("target"),
         };
+    let manifest = crate_dir.join("Cargo.toml");
+    if !manifest.exists() && crate_dir.join("package.json").exists() {
+        let component = super::build_js::build_js_plugin(crate_dir, options, &target_dir)?;
+        check_component(&component)?;
+        return Ok(component);
+    }
+    let name = package_name(&manifest)?;
+    let toolchain = find_toolchain().ok_or(BuildError::NoToolchain)?;
 
     let mut cargo = cargo_command(&toolchain);
     cargo
@@ -131,6 +152,16 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
     let out_path = out_dir.join(format!("{name}.wasm"));
     write_if_changed(&out_path, &component)?;
     Ok(out_path)
+}
+
+/// Loads a built component as the host would, so that one that does not fit the world fails
+/// its build rather than its first use.
+fn check_component(path: &Path) -> Result<(), BuildError> {
+    let bytes = std::fs::read(path).map_err(|err| BuildError::Io(format!("cannot read {}: {err}", path.display())))?;
+    let name = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+    let runtime = Runtime::shared().map_err(|err| BuildError::Invalid(err.to_string()))?;
+    Plugin::load(&runtime, &name, &bytes).map_err(|err| BuildError::Invalid(err.to_string()))?;
+    Ok(())
 }
 
 /// Turns a core module carrying its WIT in a custom section (as wit-bindgen leaves it) into a

@@ -2,8 +2,9 @@
 //! pushing and pulling them as OCI artifacts.
 
 pub mod build;
+mod build_js;
 pub mod oci;
 pub mod scaffold;
 
 pub use build::{BuildError, BuildOptions, build_plugin, componentize};
-pub use scaffold::{ScaffoldError, new_plugin};
+pub use scaffold::{Language, ScaffoldError, new_plugin, new_plugin_in};

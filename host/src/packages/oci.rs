@@ -255,6 +255,21 @@ fn workspace_field(crate_dir: &Path, package: Option<&toml::Table>, name: &str) 
 /// The JSON Schema a plugin crate names in `[package.metadata.sluice] config-schema`, if any.
 pub fn crate_config_schema(crate_dir: &Path) -> Result<Option<serde_json::Value>, PackageError> {
     let manifest_path = crate_dir.join("Cargo.toml");
+    let package_json = crate_dir.join("package.json");
+    // A JavaScript filter names its schema in package.json: `"sluice": { "configSchema": "..." }`.
+    if !manifest_path.exists() && package_json.exists() {
+        let text = std::fs::read_to_string(&package_json).map_err(io(package_json.display()))?;
+        let manifest: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|err| PackageError::Invalid(format!("{}: {err}", package_json.display())))?;
+        let Some(path) = manifest.pointer("/sluice/configSchema").and_then(serde_json::Value::as_str) else {
+            return Ok(None);
+        };
+        let path = crate_dir.join(path);
+        let text = std::fs::read_to_string(&path).map_err(io(path.display()))?;
+        return serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|err| PackageError::Invalid(format!("{}: {err}", path.display())));
+    }
     let text = std::fs::read_to_string(&manifest_path).map_err(io(manifest_path.display()))?;
     let cargo: toml::Table =
         toml::from_str(&text).map_err(|err| PackageError::Invalid(format!("{}: {err}", manifest_path.display())))?;

@@ -1,4 +1,5 @@
-//! `sluice plugin new NAME`: a Rust filter crate that builds and runs as it is.
+//! `sluice plugin new [--lang rust|js] NAME`: a filter, in Rust or JavaScript, that builds and
+//! runs as it is.
 
 use std::path::{Path, PathBuf};
 
@@ -30,8 +31,33 @@ fn sdk_dependency() -> String {
     }
 }
 
-/// Creates `parent/name` with a filter crate and returns its path.
+/// The language a new filter is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Language {
+    /// A Rust crate on `sluice-sdk`.
+    #[default]
+    Rust,
+    /// A JavaScript package on `@sluice/filter-sdk`.
+    JavaScript,
+}
+
+/// Where the JavaScript SDK is: this source checkout's when Sluice runs from one, else the
+/// published package.
+fn js_sdk_dependency() -> String {
+    let in_checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/js");
+    match in_checkout.canonicalize() {
+        Ok(path) => format!("file:{}", path.display()),
+        Err(_) => env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// Creates `parent/name` with a Rust filter crate and returns its path.
 pub fn new_plugin(parent: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
+    new_plugin_in(parent, name, Language::Rust)
+}
+
+/// Creates `parent/name` with a filter in `language` and returns its path.
+pub fn new_plugin_in(parent: &Path, name: &str, language: Language) -> Result<PathBuf, ScaffoldError> {
     let valid = name.chars().next().is_some_and(|first| first.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid {
@@ -40,6 +66,9 @@ pub fn new_plugin(parent: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
     let dir = parent.join(name);
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir.display().to_string()));
+    }
+    if language == Language::JavaScript {
+        return write_files(&dir, javascript_files(name));
     }
     let type_name: String = name
         .split('-')
@@ -132,6 +161,10 @@ export_filter!({type_name});
         ),
         (".gitignore", "/target\n".to_owned()),
     ];
+    write_files(&dir, files.to_vec())
+}
+
+fn write_files(dir: &Path, files: Vec<(&str, String)>) -> Result<PathBuf, ScaffoldError> {
     for (relative, contents) in files {
         let path = dir.join(relative);
         let io = |err: std::io::Error| ScaffoldError::Io { path: path.display().to_string(), reason: err.to_string() };
@@ -140,5 +173,74 @@ export_filter!({type_name});
         }
         std::fs::write(&path, contents).map_err(io)?;
     }
-    Ok(dir)
+    Ok(dir.to_path_buf())
+}
+
+/// A JavaScript filter doing what the Rust template does.
+fn javascript_files(name: &str) -> Vec<(&'static str, String)> {
+    let class_name: String = name
+        .split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+        })
+        .collect();
+    vec![
+        (
+            "package.json",
+            format!(
+                r#"{{
+  "name": "{name}",
+  "version": "0.1.0",
+  "type": "module",
+  "main": "src/filter.js",
+  "private": true,
+  "scripts": {{
+    "build": "sluice-js-build"
+  }},
+  "dependencies": {{
+    "@sluice/filter-sdk": "{sdk}"
+  }}
+}}
+"#,
+                sdk = js_sdk_dependency()
+            ),
+        ),
+        (
+            "src/filter.js",
+            format!(
+                r#"// {name}: a Sluice filter.
+//
+// Config: {{ required_header = "x-api-version", response_header = "{name}" }}
+
+import {{ Decision, defineFilter }} from '@sluice/filter-sdk';
+
+class {class_name} {{
+  constructor(config) {{
+    // Requests without this header are refused.
+    this.requiredHeader = config.required_header;
+    // Added to every response.
+    this.responseHeader = config.response_header ?? '{name}';
+  }}
+
+  onRequest(request) {{
+    if (this.requiredHeader && request.header(this.requiredHeader) === undefined) {{
+      return Decision.respond(400, {{ body: `missing header ${{this.requiredHeader}}
+` }});
+    }}
+    return Decision.continue();
+  }}
+
+  onResponse(request, response) {{
+    response.setHeader('x-filtered-by', this.responseHeader);
+    return Decision.continue();
+  }}
+}}
+
+export const filter = defineFilter({class_name});
+"#
+            ),
+        ),
+        (".gitignore", "/node_modules\n/dist\n/target\n".to_owned()),
+    ]
 }

@@ -133,6 +133,9 @@ pub(crate) struct FilterState {
     wasi: Option<WasiCtx>,
     services: Arc<HostServices>,
     memory_limit: usize,
+    /// Route, filter and tenant of the instance, for what it logs outside a request (in
+    /// `configure`).
+    owner: [Arc<str>; 3],
     pub(crate) call: Option<CallContext>,
     pub(crate) request: Option<RequestSlot>,
     pub(crate) response: Option<ResponseSlot>,
@@ -144,12 +147,19 @@ pub(crate) struct FilterState {
 
 impl FilterState {
     /// Fresh state for an instance of a filter of `tenant`; `wasi` when the plugin imports WASI.
-    pub(crate) fn new(services: Arc<HostServices>, tenant: &Tenant, wasi: Option<WasiCtx>) -> Self {
+    pub(crate) fn new(
+        services: Arc<HostServices>,
+        route: Arc<str>,
+        filter: Arc<str>,
+        tenant: &Tenant,
+        wasi: Option<WasiCtx>,
+    ) -> Self {
         Self {
             table: ResourceTable::new(),
             wasi,
             services,
             memory_limit: tenant.memory_bytes,
+            owner: [route, filter, tenant.name.clone()],
             call: None,
             request: None,
             response: None,
@@ -459,9 +469,11 @@ impl wit_http::HostResponse for FilterState {
 
 impl log::Host for FilterState {
     fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
-        let context = self.context()?;
-        let (route, filter, tenant, request_id) =
-            (&context.route, &context.filter, &context.tenant.name, &context.request_id);
+        // In `configure` there is no request: the line names the instance's route and filter.
+        let (route, filter, tenant, request_id): (&str, &str, &str, &str) = match &self.call {
+            Some(context) => (&context.route, &context.filter, &context.tenant.name, &context.request_id),
+            None => (&self.owner[0], &self.owner[1], &self.owner[2], ""),
+        };
         macro_rules! guest_log {
             ($level:expr) => {
                 tracing::event!(target: "sluice::filter", $level, route = %route, filter = %filter, tenant = %tenant, request_id = %request_id, "{message}")

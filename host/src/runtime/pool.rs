@@ -238,7 +238,7 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
             .allow_ip_name_lookup(false)
             .build()
     });
-    let state = FilterState::new(runtime.services.clone(), &spec.tenant, wasi);
+    let state = FilterState::new(runtime.services.clone(), spec.route.clone(), spec.name.clone(), &spec.tenant, wasi);
     // Deadlines count epochs: the ticker must run before a guest does.
     runtime.start_epoch_ticker();
     let mut store = Store::new(runtime.engine(), state);

@@ -1,6 +1,6 @@
 //! Reloading when files change: the configuration file and local plugin sources (component
-//! files, and the `Cargo.toml`, `src/` and `wit/` of plugin crates) are watched, and a change
-//! triggers a reload once the writes settle.
+//! files, and the `Cargo.toml` or `package.json`, `src/` and `wit/` of plugin folders) are
+//! watched, and a change triggers a reload once the writes settle.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,9 @@ impl WatchSet {
         set.add_file(config);
         for source in plugin_sources {
             if source.is_dir() {
+                // A Rust crate, or a JavaScript package.
                 set.add_file(&source.join("Cargo.toml"));
+                set.add_file(&source.join("package.json"));
                 for tree in ["src", "wit"] {
                     let folder = source.join(tree);
                     if let Ok(folder) = folder.canonicalize()

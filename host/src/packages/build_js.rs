@@ -1,0 +1,125 @@
+//! `sluice plugin build` for a JavaScript filter (a folder with a package.json): install its npm
+//! dependencies (and the SDK's, which npm leaves out for a linked `file:` package), then run the
+//! SDK's `sluice-js-build`, which bundles the filter and componentizes it with jco. The result
+//! is checked against the world like a Rust filter's. A component newer than every source it
+//! comes from (the filter's files, the SDK, the WIT) is not built again.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use super::{BuildError, BuildOptions};
+
+/// The SDK's package name, as a filter's package.json depends on it.
+const SDK_PACKAGE: &str = "@sluice/filter-sdk";
+
+/// Builds the JavaScript filter in `dir` into `<target>/sluice/<name>.wasm`.
+pub(super) fn build_js_plugin(dir: &Path, options: &BuildOptions, target_dir: &Path) -> Result<PathBuf, BuildError> {
+    let manifest = read_manifest(&dir.join("package.json"))?;
+    let name = manifest
+        .get("name")
+        .and_then(serde_json::Value::as_str)
+        .map(|name| name.rsplit('/').next().unwrap_or(name).to_owned())
+        .ok_or_else(|| BuildError::NotACrate(format!("{}/package.json has no name", dir.display())))?;
+    node_version()?;
+
+    if stale(&dir.join("node_modules"), &[dir.join("package.json")]) {
+        npm_install(dir, options)?;
+    }
+    let sdk = dir.join("node_modules").join(SDK_PACKAGE).canonicalize().map_err(|_| {
+        BuildError::NotACrate(format!("{} does not depend on {SDK_PACKAGE} (add it to package.json)", dir.display()))
+    })?;
+    if stale(&sdk.join("node_modules"), &[sdk.join("package.json")]) {
+        npm_install(&sdk, options)?;
+    }
+
+    let out_dir = target_dir.join("sluice");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|err| BuildError::Io(format!("cannot create {}: {err}", out_dir.display())))?;
+    let out = out_dir.join(format!("{name}.wasm"));
+    let sources = [dir.to_path_buf(), sdk.join("src"), sdk.join("bin"), sdk.join("../../wit")];
+    if stale(&out, &sources) {
+        // Built under a name of its own and renamed into place: concurrent builds of one filter
+        // (parallel tests) never see each other's half-written files.
+        static BUILDS: AtomicU64 = AtomicU64::new(0);
+        let unique = format!("{}-{}", std::process::id(), BUILDS.fetch_add(1, Ordering::Relaxed));
+        let temporary = out_dir.join(format!("{name}.{unique}.wasm.tmp"));
+        let mut build = Command::new("node");
+        build.arg(sdk.join("bin/build.js")).arg("--out").arg(&temporary).arg(dir).current_dir(dir);
+        let built = run(&mut build, dir, options);
+        if let Err(error) = built {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
+        std::fs::rename(&temporary, &out)
+            .map_err(|err| BuildError::Io(format!("cannot write {}: {err}", out.display())))?;
+    }
+    Ok(out)
+}
+
+fn read_manifest(path: &Path) -> Result<serde_json::Value, BuildError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| BuildError::NotACrate(format!("cannot read {}: {err}", path.display())))?;
+    serde_json::from_str(&text).map_err(|err| BuildError::NotACrate(format!("{}: {err}", path.display())))
+}
+
+fn node_version() -> Result<(), BuildError> {
+    let missing = || BuildError::NoNode;
+    let output = Command::new("node").arg("--version").output().map_err(|_| missing())?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    let major = version.trim().trim_start_matches('v').split('.').next().and_then(|major| major.parse::<u32>().ok());
+    match major {
+        Some(major) if major >= 18 => Ok(()),
+        _ => Err(missing()),
+    }
+}
+
+fn npm_install(dir: &Path, options: &BuildOptions) -> Result<(), BuildError> {
+    let mut npm = Command::new("npm");
+    // `ci` installs exactly the lock file's versions.
+    let verb = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
+    npm.args([verb, "--no-audit", "--no-fund"]).current_dir(dir);
+    run(&mut npm, dir, options)
+}
+
+fn run(command: &mut Command, dir: &Path, options: &BuildOptions) -> Result<(), BuildError> {
+    let output = if options.quiet {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
+    } else {
+        command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).output()
+    }
+    .map_err(|err| BuildError::Io(format!("cannot run {:?}: {err}", command.get_program())))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let captured = String::from_utf8_lossy(&output.stderr);
+    Err(BuildError::Npm {
+        dir: dir.display().to_string(),
+        output: if captured.is_empty() { String::new() } else { format!(":\n{captured}") },
+    })
+}
+
+/// Whether `product` is missing or older than any file under `sources` (build output and
+/// dependency folders excluded).
+fn stale(product: &Path, sources: &[PathBuf]) -> bool {
+    let Ok(built) = std::fs::metadata(product).and_then(|meta| meta.modified()) else { return true };
+    sources.iter().any(|source| newest(source).is_some_and(|newest| newest > built))
+}
+
+fn newest(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && !matches!(&*name, "node_modules" | "dist" | "target")
+        })
+        .filter_map(|entry| newest(&entry.path()))
+        .max()
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+// Builds a JavaScript filter into a Sluice component, in two steps:
+// 1. bundle the filter's entry module (package.json "main", else src/filter.js) and everything it
+//    imports, the SDK included, into one ES module with rolldown: the component's JS engine loads
+//    exactly one module, and `sluice:` imports stay imports (they are the host's interfaces);
+// 2. componentize that module against the sluice:filter world with jco (componentize-js).
+//
+// WASI: a filter gets none of it unless its package.json asks, with
+// `"sluice": { "wasi": ["clocks", "random", "stdio"] }`; everything else is disabled, so the
+// component imports no WASI it does not use.
+//
+// Usage: sluice-js-build [--wit DIR] [--out FILE] [FILTER_DIR]
+// Prints the component's path.
+
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'rolldown';
+
+const WASI_FEATURES = ['stdio', 'random', 'clocks', 'http', 'fetch-event'];
+
+function parseArgs(argv) {
+  const args = { dir: '.', wit: process.env.SLUICE_WIT_DIR, out: undefined };
+  for (let index = 0; index < argv.length; index += 1) {
+    const arg = argv[index];
+    if (arg === '--wit') args.wit = argv[(index += 1)];
+    else if (arg === '--out') args.out = argv[(index += 1)];
+    else if (arg.startsWith('-')) throw new Error(`unknown option ${arg}`);
+    else args.dir = arg;
+  }
+  return args;
+}
+
+function fail(message) {
+  process.stderr.write(`sluice-js-build: ${message}\n`);
+  process.exit(1);
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const dir = resolve(args.dir);
+  const manifestPath = join(dir, 'package.json');
+  if (!existsSync(manifestPath)) fail(`${dir} has no package.json`);
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  const name = basename(String(manifest.name ?? basename(dir)));
+  const entry = resolve(dir, manifest.main ?? 'src/filter.js');
+  if (!existsSync(entry)) fail(`entry module ${entry} does not exist (set "main" in package.json)`);
+
+  // The SDK lives in the Sluice repository next to the WIT it implements.
+  const sdkDir = dirname(dirname(fileURLToPath(import.meta.url)));
+  const wit = resolve(args.wit ?? join(sdkDir, '..', '..', 'wit'));
+  if (!existsSync(wit)) fail(`no WIT at ${wit}: pass --wit or set SLUICE_WIT_DIR`);
+
+  const out = resolve(args.out ?? join(dir, 'dist', `${name}.wasm`));
+  mkdirSync(dirname(out), { recursive: true });
+  // Next to the output, so that builds to different outputs never share a bundle.
+  const bundle = `${out}.bundle.js`;
+
+  await build({
+    input: entry,
+    external: [/^sluice:/],
+    logLevel: 'warn',
+    output: { file: bundle, format: 'esm' },
+  });
+
+  const wanted = new Set(manifest.sluice?.wasi ?? []);
+  for (const feature of wanted) {
+    if (!WASI_FEATURES.includes(feature)) fail(`unknown WASI feature "${feature}" (use ${WASI_FEATURES.join(', ')})`);
+  }
+  const disabled = WASI_FEATURES.filter((feature) => !wanted.has(feature));
+  const jco = join(sdkDir, 'node_modules', '.bin', 'jco');
+  const command = existsSync(jco) ? jco : 'jco';
+  const componentizeArgs = ['componentize', bundle, '--wit', wit, '--world-name', 'plugin', '-o', out];
+  if (disabled.length > 0) componentizeArgs.push('--disable', ...disabled);
+  execFileSync(command, componentizeArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
+  rmSync(bundle, { force: true });
+  process.stdout.write(`${out}\n`);
+}
+
+main().catch((error) => fail(error instanceof Error ? error.message : String(error)));
