@@ -1,5 +1,7 @@
 //! The cost of calling a filter: a warm on-request call (the steady state), a response-phase
-//! call, and a request served by a fresh instance (`isolation = "request"`).
+//! call, and a request served by a fresh instance (`isolation = "request"`); the same warm call
+//! on a JavaScript filter (the `sluice plugin new --lang js` scaffold); and each instance's linear
+//! memory, printed.
 //!
 //! Run: `cargo bench -p sluice-benches --bench filter_calls`
 
@@ -34,8 +36,24 @@ fn request_with_ten_headers() -> RequestHead {
 }
 
 fn pool(runtime: &tokio::runtime::Runtime, relative: &str, isolation: Isolation) -> Arc<FilterPool> {
+    pool_of(runtime, &sluice_benches::plugin(relative), isolation)
+}
+
+/// The JavaScript scaffold, created and built under target/ (kept between runs).
+fn javascript_scaffold() -> std::path::PathBuf {
+    let parent = sluice_benches::repo_root().join("target/bench-scaffolds");
+    std::fs::create_dir_all(&parent).unwrap();
+    let dir = parent.join("gate-js");
+    if !dir.exists() {
+        sluice::packages::new_plugin_in(&parent, "gate-js", sluice::packages::Language::JavaScript).unwrap();
+    }
+    let options = sluice::packages::BuildOptions { target_dir: None, quiet: true };
+    sluice::packages::build_plugin(&dir, &options).unwrap()
+}
+
+fn pool_of(runtime: &tokio::runtime::Runtime, component: &std::path::Path, isolation: Isolation) -> Arc<FilterPool> {
     let sluice_runtime = Runtime::shared().unwrap();
-    let plugin = Plugin::load_file(&sluice_runtime, "bench", &sluice_benches::plugin(relative)).unwrap();
+    let plugin = Plugin::load_file(&sluice_runtime, "bench", component).unwrap();
     let spec = FilterSpec {
         route: "bench".into(),
         name: "bench".into(),
@@ -65,6 +83,18 @@ fn filter_calls(c: &mut Criterion) {
         b.iter(|| runtime.block_on(probe_instance.on_response(&mut head, &mut response)).unwrap())
     });
     drop(probe_instance);
+
+    let javascript = pool_of(&runtime, &javascript_scaffold(), Isolation::Instance);
+    let mut javascript_instance = runtime.block_on(javascript.checkout(context())).unwrap();
+    c.bench_function("warm on-request, 10 headers (JavaScript scaffold)", |b| {
+        b.iter(|| runtime.block_on(javascript_instance.on_request(&mut head)).unwrap())
+    });
+    eprintln!(
+        "linear memory per instance: hello-filter {} KiB, JavaScript scaffold {} KiB",
+        instance.memory_bytes() >> 10,
+        javascript_instance.memory_bytes() >> 10
+    );
+    drop(javascript_instance);
 
     let fresh = pool(&runtime, "examples/hello-filter", Isolation::Request);
     c.bench_function("fresh instance: instantiate + configure + on-request (hello-filter)", |b| {

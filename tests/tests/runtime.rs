@@ -51,6 +51,9 @@ fn response(status: u16) -> http::response::Parts {
 async fn request_phase_continues_or_answers() {
     let pool = probe_pool(r#"{"tag":"t","deny_path":"/deny"}"#).await;
     let mut instance = pool.checkout(context()).await.unwrap();
+    // A Rust guest's memory: its stack and data, at least a megabyte, in 64 KiB pages.
+    assert!(instance.memory_bytes() >= 1 << 20, "{}", instance.memory_bytes());
+    assert_eq!(instance.memory_bytes() % (64 << 10), 0);
 
     let mut head = request("/ok");
     assert!(matches!(instance.on_request(&mut head).await.unwrap(), HeadOutcome::Continue));

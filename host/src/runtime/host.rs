@@ -143,6 +143,8 @@ pub(crate) struct FilterState {
     pub(crate) cpu_ticks: u64,
     /// The last error-level line the guest logged in the current call (a panic message, usually).
     pub(crate) guest_error: Option<String>,
+    /// Linear memory the instance has (all its memories), in bytes.
+    pub(crate) memory_bytes: usize,
 }
 
 impl FilterState {
@@ -165,6 +167,7 @@ impl FilterState {
             response: None,
             cpu_ticks: 0,
             guest_error: None,
+            memory_bytes: 0,
         }
     }
 
@@ -235,10 +238,11 @@ impl WasiView for FilterState {
 }
 
 impl ResourceLimiter for FilterState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             return Err(wasmtime::Error::new(MemoryLimitExceeded { limit: self.memory_limit, desired }));
         }
+        self.memory_bytes += desired.saturating_sub(current);
         Ok(true)
     }
 

@@ -345,6 +345,11 @@ fn empty_response_parts() -> http::response::Parts {
 }
 
 impl FilterInstance {
+    /// The instance's linear memory (all its memories together), in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.instance.as_ref().map_or(0, |instance| instance.store.data().memory_bytes)
+    }
+
     /// The filter's pool (and so its spec and phases).
     pub fn pool(&self) -> &Arc<FilterPool> {
         &self.pool
