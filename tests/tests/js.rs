@@ -46,9 +46,9 @@ async fn a_config_the_javascript_filter_refuses_fails_the_start() {
     assert!(error.to_string().contains("config.secret must be a string of at least 16 characters"), "{error}");
 }
 
-#[tokio::test]
-async fn a_scaffolded_javascript_filter_builds_and_runs() {
-    // Under target/, so a later run finds it built and only checks it.
+/// The `sluice plugin new --lang js` scaffold, created and built under target/ (so a later run
+/// finds it built and only checks it).
+fn javascript_scaffold() -> std::path::PathBuf {
     let parent = sluice_tests::repo_root().join("target/test-scaffolds");
     std::fs::create_dir_all(&parent).unwrap();
     let dir = parent.join("gate-js");
@@ -56,7 +56,12 @@ async fn a_scaffolded_javascript_filter_builds_and_runs() {
         sluice::packages::new_plugin_in(&parent, "gate-js", sluice::packages::Language::JavaScript).unwrap();
     }
     let options = sluice::packages::BuildOptions { target_dir: None, quiet: true };
-    let component = sluice::packages::build_plugin(&dir, &options).expect("the scaffold builds");
+    sluice::packages::build_plugin(&dir, &options).expect("the scaffold builds")
+}
+
+#[tokio::test]
+async fn a_scaffolded_javascript_filter_builds_and_runs() {
+    let component = javascript_scaffold();
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
@@ -77,4 +82,52 @@ async fn a_scaffolded_javascript_filter_builds_and_runs() {
     let passed = sluice_tests::send(&sluice_tests::http1_client(), request).await;
     assert_eq!(passed.status, 200);
     assert_eq!(passed.headers["x-filtered-by"], "gate-js");
+}
+
+#[tokio::test]
+async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use sluice::runtime::{
+        CallContext, FailurePolicy, FilterPool, FilterSpec, Isolation, Plugin, RequestHead, Runtime, Tenant,
+    };
+
+    // The JavaScript engine's heap grows with every call (it is not collected between calls), so
+    // under a 16 MiB limit an instance would fail after about a thousand calls.
+    let runtime = Runtime::shared().unwrap();
+    let plugin = Plugin::load_file(&runtime, "gate", &javascript_scaffold()).unwrap();
+    let tenant = Arc::new(Tenant { memory_bytes: 16 << 20, ..Tenant::default_tenant() });
+    let spec = FilterSpec {
+        route: "r".into(),
+        name: "gate".into(),
+        plugin: Arc::new(plugin),
+        config: "null".into(),
+        on_error: FailurePolicy::FailClosed,
+        isolation: Isolation::Instance,
+        tenant: tenant.clone(),
+    };
+    let pool = FilterPool::prepare(runtime, spec).await.unwrap();
+    let context = CallContext {
+        route: "r".into(),
+        filter: "gate".into(),
+        tenant,
+        request_id: "test".into(),
+        client_ip: "127.0.0.1".parse().unwrap(),
+        client_identity: None,
+        upstreams: Arc::new(BTreeMap::new()),
+    };
+    let mut retired = 0;
+    let mut last_memory = 0;
+    for call in 0..3000 {
+        let mut instance = pool.checkout(context.clone()).await.unwrap();
+        if instance.memory_bytes() < last_memory {
+            retired += 1;
+        }
+        let mut head = RequestHead { parts: http::Request::get("/").body(()).unwrap().into_parts().0, cache_key: None };
+        instance.on_request(&mut head).await.unwrap_or_else(|error| panic!("call {call}: {error:?}"));
+        last_memory = instance.memory_bytes();
+        assert!(last_memory <= 16 << 20);
+    }
+    assert!(retired >= 1, "a fresh instance replaced a grown one");
 }

@@ -323,6 +323,20 @@ impl Drop for FilterInstance {
         state.call = None;
         state.request = None;
         state.response = None;
+        // Linear memory never shrinks: an instance whose heap has crept up (a leak, or a garbage
+        // collector that lets its heap grow, as JavaScript engines do) is replaced by a fresh one
+        // before it reaches its tenant's limit, rather than failing a request there.
+        let limit = self.pool.spec.tenant.memory_bytes;
+        if state.memory_bytes > limit / 4 * 3 {
+            tracing::debug!(
+                route = %self.pool.spec.route,
+                filter = %self.pool.spec.name,
+                memory_bytes = state.memory_bytes,
+                limit,
+                "instance retired: its memory neared the tenant's limit"
+            );
+            return;
+        }
         self.pool.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(instance);
     }
 }
