@@ -77,9 +77,9 @@ fn node_version() -> Result<(), BuildError> {
 
 fn npm_install(dir: &Path, options: &BuildOptions) -> Result<(), BuildError> {
     let mut npm = Command::new("npm");
-    // `ci` installs exactly the lock file's versions.
-    let verb = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
-    npm.args([verb, "--no-audit", "--no-fund"]).current_dir(dir);
+    // The lock file's versions, without rewriting it. Not `npm ci`: npm 11 refuses its own lock
+    // files when they list platform-specific optional packages (jco's and rolldown's bindings).
+    npm.args(["install", "--no-save", "--no-audit", "--no-fund"]).current_dir(dir);
     run(&mut npm, dir, options)
 }
 
