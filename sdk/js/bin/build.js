@@ -10,7 +10,7 @@
 // component imports no WASI it does not use.
 //
 // Usage: sluice-js-build [--wit DIR] [--out FILE] [FILTER_DIR]
-// Prints the component's path.
+// Without --out, writes dist/NAME.wasm and prints its path.
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
@@ -75,7 +75,8 @@ async function main() {
   if (disabled.length > 0) componentizeArgs.push('--disable', ...disabled);
   execFileSync(command, componentizeArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
   rmSync(bundle, { force: true });
-  process.stdout.write(`${out}\n`);
+  // Asked for a path, the caller knows it; otherwise say where the component is.
+  if (!args.out) process.stdout.write(`${out}\n`);
 }
 
 main().catch((error) => fail(error instanceof Error ? error.message : String(error)));
