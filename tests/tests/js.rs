@@ -130,4 +130,11 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
         assert!(last_memory <= 16 << 20);
     }
     assert!(retired >= 1, "a fresh instance replaced a grown one");
+    let labels = vec![
+        ("route".to_owned(), "r".to_owned()),
+        ("filter".to_owned(), "gate".to_owned()),
+        ("tenant".to_owned(), "default".to_owned()),
+    ];
+    let counted = Runtime::shared().unwrap().services().retirements.get_or_create(&labels).get();
+    assert_eq!(counted, retired, "each retirement is counted");
 }

@@ -157,6 +157,11 @@ impl Metrics {
         self.registry.register("filter_gauge", "Gauges written by filters", services.gauges.clone());
         self.registry.register("filter_histogram", "Histograms written by filters", services.histograms.clone());
         self.registry.register("filter_failures", "Filter calls that failed", services.failures.clone());
+        self.registry.register(
+            "filter_instances_retired",
+            "Warm filter instances retired as their memory neared the tenant's limit",
+            services.retirements.clone(),
+        );
     }
 
     /// The registry in Prometheus text format.

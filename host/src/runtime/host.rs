@@ -57,6 +57,9 @@ pub struct HostServices {
     pub histograms: Family<PluginMetricLabels, Histogram, fn() -> Histogram>,
     /// Failed filter calls by route, filter, tenant and kind (`sluice_filter_failures_total`).
     pub failures: Family<PluginMetricLabels, Counter>,
+    /// Warm instances retired near their memory limit, by route, filter and tenant
+    /// (`sluice_filter_instances_retired_total`).
+    pub retirements: Family<PluginMetricLabels, Counter>,
 }
 
 impl Default for HostServices {
@@ -69,6 +72,7 @@ impl Default for HostServices {
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 4.0, 12))
             }),
             failures: Family::default(),
+            retirements: Family::default(),
         }
     }
 }

@@ -328,6 +328,13 @@ impl Drop for FilterInstance {
         // before it reaches its tenant's limit, rather than failing a request there.
         let limit = self.pool.spec.tenant.memory_bytes;
         if state.memory_bytes > limit / 4 * 3 {
+            let spec = &self.pool.spec;
+            let labels = vec![
+                ("route".to_owned(), spec.route.to_string()),
+                ("filter".to_owned(), spec.name.to_string()),
+                ("tenant".to_owned(), spec.tenant.name.to_string()),
+            ];
+            self.pool.runtime.services().retirements.get_or_create(&labels).inc();
             tracing::debug!(
                 route = %self.pool.spec.route,
                 filter = %self.pool.spec.name,
