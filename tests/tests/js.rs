@@ -138,3 +138,20 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
     let counted = Runtime::shared().unwrap().services().retirements.get_or_create(&labels).get();
     assert_eq!(counted, retired, "each retirement is counted");
 }
+
+#[test]
+fn a_javascript_filter_packs_as_a_plugin_package() {
+    let dir = sluice_tests::repo_root().join("examples/js-sign-filter");
+    let options = sluice::packages::BuildOptions {
+        target_dir: Some(sluice_tests::repo_root().join("target/plugins")),
+        quiet: true,
+    };
+    let package = sluice::packages::oci::pack(&dir, &options).expect("the JS filter packs");
+    assert_eq!(package.info.name, "sign-filter");
+    assert_eq!(package.info.version, "0.1.0");
+    assert!(package.info.description.as_deref().is_some_and(|text| text.contains("HMAC-SHA256")));
+    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.0");
+    // componentize-js imports every interface of the world; no WASI (every WASI feature is
+    // disabled in its build).
+    assert_eq!(package.info.capabilities, ["callout", "clock", "kv", "log", "metrics", "random"].map(String::from));
+}

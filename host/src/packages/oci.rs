@@ -289,20 +289,8 @@ pub fn crate_config_schema(crate_dir: &Path) -> Result<Option<serde_json::Value>
 
 /// Builds the plugin crate at `crate_dir` and describes it as a package.
 pub fn pack(crate_dir: &Path, options: &BuildOptions) -> Result<Package, PackageError> {
-    let manifest_path = crate_dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest_path).map_err(io(manifest_path.display()))?;
-    let cargo: toml::Table =
-        toml::from_str(&text).map_err(|err| PackageError::Invalid(format!("{}: {err}", manifest_path.display())))?;
-    let package = cargo.get("package").and_then(toml::Value::as_table);
-    let field =
-        |name: &str| package.and_then(|package| package.get(name)).and_then(toml::Value::as_str).map(str::to_owned);
-    let name = field("name")
-        .ok_or_else(|| PackageError::Invalid(format!("{} has no package name", manifest_path.display())))?;
-    let version = field("version")
-        .or_else(|| workspace_field(crate_dir, package, "version"))
-        .ok_or_else(|| PackageError::Invalid(format!("{} has no package version", manifest_path.display())))?;
+    let (name, version, description) = package_identity(crate_dir)?;
     let config_schema = crate_config_schema(crate_dir)?;
-    let description = field("description").or_else(|| workspace_field(crate_dir, package, "description"));
     let component_path = build_plugin(crate_dir, options).map_err(|err| PackageError::Build(err.to_string()))?;
     let component = std::fs::read(&component_path).map_err(io(component_path.display()))?;
     let runtime = Runtime::shared().map_err(|err| PackageError::Build(err.to_string()))?;
@@ -316,6 +304,39 @@ pub fn pack(crate_dir: &Path, options: &BuildOptions) -> Result<Package, Package
         config_schema,
     };
     Package::new(info, component)
+}
+
+/// A filter's name, version and description: from Cargo.toml's `[package]` (workspace values
+/// followed), or from a JavaScript filter's package.json.
+fn package_identity(crate_dir: &Path) -> Result<(String, String, Option<String>), PackageError> {
+    let manifest_path = crate_dir.join("Cargo.toml");
+    let package_json = crate_dir.join("package.json");
+    if !manifest_path.exists() && package_json.exists() {
+        let text = std::fs::read_to_string(&package_json).map_err(io(package_json.display()))?;
+        let manifest: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|err| PackageError::Invalid(format!("{}: {err}", package_json.display())))?;
+        let field = |name: &str| manifest.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
+        // A scoped npm name (`@team/filter`) packs under its last part.
+        let name = field("name")
+            .map(|name| name.rsplit('/').next().unwrap_or(&name).to_owned())
+            .ok_or_else(|| PackageError::Invalid(format!("{} has no name", package_json.display())))?;
+        let version = field("version")
+            .ok_or_else(|| PackageError::Invalid(format!("{} has no version", package_json.display())))?;
+        return Ok((name, version, field("description")));
+    }
+    let text = std::fs::read_to_string(&manifest_path).map_err(io(manifest_path.display()))?;
+    let cargo: toml::Table =
+        toml::from_str(&text).map_err(|err| PackageError::Invalid(format!("{}: {err}", manifest_path.display())))?;
+    let package = cargo.get("package").and_then(toml::Value::as_table);
+    let field =
+        |name: &str| package.and_then(|package| package.get(name)).and_then(toml::Value::as_str).map(str::to_owned);
+    let name = field("name")
+        .ok_or_else(|| PackageError::Invalid(format!("{} has no package name", manifest_path.display())))?;
+    let version = field("version")
+        .or_else(|| workspace_field(crate_dir, package, "version"))
+        .ok_or_else(|| PackageError::Invalid(format!("{} has no package version", manifest_path.display())))?;
+    let description = field("description").or_else(|| workspace_field(crate_dir, package, "description"));
+    Ok((name, version, description))
 }
 
 /// A registry reference with Sluice's rules on top: `oci://` is optional, and a digest pin
