@@ -57,24 +57,6 @@ pub enum Command {
     Plugin(PluginCommand),
 }
 
-/// A new filter's language.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Lang {
-    /// Rust, on the `sluice-sdk` crate.
-    Rust,
-    /// JavaScript, on the `@sluice/filter-sdk` package (built with jco).
-    Js,
-}
-
-impl From<Lang> for packages::Language {
-    fn from(lang: Lang) -> Self {
-        match lang {
-            Lang::Rust => Self::Rust,
-            Lang::Js => Self::JavaScript,
-        }
-    }
-}
-
 /// `sluice plugin ...`.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -86,8 +68,8 @@ pub enum PluginCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// The language: `rust` or `js`.
-        #[arg(long, value_enum, default_value_t = Lang::Rust)]
-        lang: Lang,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: packages::Language,
     },
     /// Build a filter crate into a component and print its path.
     Build {
@@ -158,19 +140,17 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Plugin(PluginCommand::New { name, dir, lang }) => {
-            match packages::new_plugin_in(&dir, &name, lang.into()) {
-                Ok(created) => {
-                    println!("created {}", created.display());
-                    println!("build it with: sluice plugin build {}", created.display());
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    ExitCode::FAILURE
-                }
+        Command::Plugin(PluginCommand::New { name, dir, lang }) => match packages::new_plugin_in(&dir, &name, lang) {
+            Ok(created) => {
+                println!("created {}", created.display());
+                println!("build it with: sluice plugin build {}", created.display());
+                ExitCode::SUCCESS
             }
-        }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Plugin(PluginCommand::Build { dir, target_dir }) => {
             let options = packages::BuildOptions { target_dir, quiet: false };
             match packages::build_plugin(&dir, &options) {

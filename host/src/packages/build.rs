@@ -99,12 +99,15 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
             Some(dir) => dir,
             None => crate_dir.join("target"),
         };
-    let manifest = crate_dir.join("Cargo.toml");
-    if !manifest.exists() && crate_dir.join("package.json").exists() {
-        let component = super::build_js::build_js_plugin(crate_dir, options, &target_dir)?;
-        check_component(&component)?;
+    if let Some(manifest) = super::build_js::js_manifest(crate_dir) {
+        let manifest = manifest.map_err(BuildError::NotACrate)?;
+        let component = super::build_js::build_js_plugin(crate_dir, &manifest, options, &target_dir)?;
+        let bytes = std::fs::read(&component)
+            .map_err(|err| BuildError::Io(format!("cannot read {}: {err}", component.display())))?;
+        check_component(&manifest.name, &bytes)?;
         return Ok(component);
     }
+    let manifest = crate_dir.join("Cargo.toml");
     let name = package_name(&manifest)?;
     let toolchain = find_toolchain().ok_or(BuildError::NoToolchain)?;
 
@@ -143,8 +146,7 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
     let component = componentize(&module)
         .map_err(|reason| BuildError::Componentize { module: module_path.display().to_string(), reason })?;
 
-    let runtime = Runtime::shared().map_err(|err| BuildError::Invalid(err.to_string()))?;
-    Plugin::load(&runtime, &name, &component).map_err(|err| BuildError::Invalid(err.to_string()))?;
+    check_component(&name, &component)?;
 
     let out_dir = target_dir.join("sluice");
     std::fs::create_dir_all(&out_dir)
@@ -156,11 +158,9 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
 
 /// Loads a built component as the host would, so that one that does not fit the world fails
 /// its build rather than its first use.
-fn check_component(path: &Path) -> Result<(), BuildError> {
-    let bytes = std::fs::read(path).map_err(|err| BuildError::Io(format!("cannot read {}: {err}", path.display())))?;
-    let name = path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+fn check_component(name: &str, component: &[u8]) -> Result<(), BuildError> {
     let runtime = Runtime::shared().map_err(|err| BuildError::Invalid(err.to_string()))?;
-    Plugin::load(&runtime, &name, &bytes).map_err(|err| BuildError::Invalid(err.to_string()))?;
+    Plugin::load(&runtime, name, component).map_err(|err| BuildError::Invalid(err.to_string()))?;
     Ok(())
 }
 

@@ -14,14 +14,49 @@ use super::{BuildError, BuildOptions};
 /// The SDK's package name, as a filter's package.json depends on it.
 const SDK_PACKAGE: &str = "@sluice/filter-sdk";
 
-/// Builds the JavaScript filter in `dir` into `<target>/sluice/<name>.wasm`.
-pub(super) fn build_js_plugin(dir: &Path, options: &BuildOptions, target_dir: &Path) -> Result<PathBuf, BuildError> {
-    let manifest = read_manifest(&dir.join("package.json"))?;
-    let name = manifest
-        .get("name")
-        .and_then(serde_json::Value::as_str)
-        .map(|name| name.rsplit('/').next().unwrap_or(name).to_owned())
-        .ok_or_else(|| BuildError::NotACrate(format!("{}/package.json has no name", dir.display())))?;
+/// What Sluice reads from a JavaScript filter's package.json.
+#[derive(Debug)]
+pub(super) struct JsManifest {
+    /// The package name without its npm scope (`@team/gate` is `gate`).
+    pub(super) name: String,
+    pub(super) version: Option<String>,
+    pub(super) description: Option<String>,
+    /// `"sluice": { "configSchema": "..." }`, relative to the filter's folder.
+    pub(super) config_schema: Option<String>,
+}
+
+/// The manifest of the JavaScript filter in `dir`; `None` when `dir` is not one (it has a
+/// Cargo.toml, or no package.json).
+pub(super) fn js_manifest(dir: &Path) -> Option<Result<JsManifest, String>> {
+    let path = dir.join("package.json");
+    if dir.join("Cargo.toml").exists() || !path.exists() {
+        return None;
+    }
+    let parsed =
+        std::fs::read_to_string(&path).map_err(|err| format!("cannot read {}: {err}", path.display())).and_then(
+            |text| serde_json::from_str::<serde_json::Value>(&text).map_err(|err| format!("{}: {err}", path.display())),
+        );
+    Some(parsed.and_then(|manifest| {
+        let field = |pointer: &str| manifest.pointer(pointer).and_then(serde_json::Value::as_str).map(str::to_owned);
+        let name = field("/name").ok_or_else(|| format!("{} has no name", path.display()))?;
+        Ok(JsManifest {
+            name: name.rsplit('/').next().unwrap_or(&name).to_owned(),
+            version: field("/version"),
+            description: field("/description"),
+            config_schema: field("/sluice/configSchema"),
+        })
+    }))
+}
+
+/// Builds the JavaScript filter in `dir`, described by `manifest`, into
+/// `<target>/sluice/<name>.wasm`.
+pub(super) fn build_js_plugin(
+    dir: &Path,
+    manifest: &JsManifest,
+    options: &BuildOptions,
+    target_dir: &Path,
+) -> Result<PathBuf, BuildError> {
+    let name = &manifest.name;
     node_version()?;
 
     if stale(&dir.join("node_modules"), &[dir.join("package.json")]) {
@@ -56,12 +91,6 @@ pub(super) fn build_js_plugin(dir: &Path, options: &BuildOptions, target_dir: &P
             .map_err(|err| BuildError::Io(format!("cannot write {}: {err}", out.display())))?;
     }
     Ok(out)
-}
-
-fn read_manifest(path: &Path) -> Result<serde_json::Value, BuildError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| BuildError::NotACrate(format!("cannot read {}: {err}", path.display())))?;
-    serde_json::from_str(&text).map_err(|err| BuildError::NotACrate(format!("{}: {err}", path.display())))
 }
 
 fn node_version() -> Result<(), BuildError> {

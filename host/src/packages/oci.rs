@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::build::{BuildOptions, build_plugin};
+use super::build_js::js_manifest;
 use crate::runtime::{Plugin, Runtime, WIT_PACKAGE, WIT_VERSION};
 
 /// The config blob's media type (CNCF Wasm OCI artifact layout).
@@ -254,34 +255,28 @@ fn workspace_field(crate_dir: &Path, package: Option<&toml::Table>, name: &str) 
 
 /// The JSON Schema a plugin crate names in `[package.metadata.sluice] config-schema`, if any.
 pub fn crate_config_schema(crate_dir: &Path) -> Result<Option<serde_json::Value>, PackageError> {
-    let manifest_path = crate_dir.join("Cargo.toml");
-    let package_json = crate_dir.join("package.json");
     // A JavaScript filter names its schema in package.json: `"sluice": { "configSchema": "..." }`.
-    if !manifest_path.exists() && package_json.exists() {
-        let text = std::fs::read_to_string(&package_json).map_err(io(package_json.display()))?;
-        let manifest: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|err| PackageError::Invalid(format!("{}: {err}", package_json.display())))?;
-        let Some(path) = manifest.pointer("/sluice/configSchema").and_then(serde_json::Value::as_str) else {
-            return Ok(None);
-        };
-        let path = crate_dir.join(path);
-        let text = std::fs::read_to_string(&path).map_err(io(path.display()))?;
-        return serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|err| PackageError::Invalid(format!("{}: {err}", path.display())));
-    }
-    let text = std::fs::read_to_string(&manifest_path).map_err(io(manifest_path.display()))?;
-    let cargo: toml::Table =
-        toml::from_str(&text).map_err(|err| PackageError::Invalid(format!("{}: {err}", manifest_path.display())))?;
-    let metadata: CrateMetadata = cargo
-        .get("package")
-        .and_then(|package| package.get("metadata"))
-        .and_then(|metadata| metadata.get("sluice"))
-        .map(|sluice| sluice.clone().try_into())
-        .transpose()
-        .map_err(|err| PackageError::Invalid(format!("{}: [package.metadata.sluice]: {err}", manifest_path.display())))?
-        .unwrap_or_default();
-    let Some(path) = metadata.config_schema else { return Ok(None) };
+    let schema_path = match js_manifest(crate_dir) {
+        Some(manifest) => manifest.map_err(PackageError::Invalid)?.config_schema.map(PathBuf::from),
+        None => {
+            let manifest_path = crate_dir.join("Cargo.toml");
+            let text = std::fs::read_to_string(&manifest_path).map_err(io(manifest_path.display()))?;
+            let cargo: toml::Table = toml::from_str(&text)
+                .map_err(|err| PackageError::Invalid(format!("{}: {err}", manifest_path.display())))?;
+            let metadata: CrateMetadata = cargo
+                .get("package")
+                .and_then(|package| package.get("metadata"))
+                .and_then(|metadata| metadata.get("sluice"))
+                .map(|sluice| sluice.clone().try_into())
+                .transpose()
+                .map_err(|err| {
+                    PackageError::Invalid(format!("{}: [package.metadata.sluice]: {err}", manifest_path.display()))
+                })?
+                .unwrap_or_default();
+            metadata.config_schema
+        }
+    };
+    let Some(path) = schema_path else { return Ok(None) };
     let path = crate_dir.join(path);
     let text = std::fs::read_to_string(&path).map_err(io(path.display()))?;
     serde_json::from_str(&text).map(Some).map_err(|err| PackageError::Invalid(format!("{}: {err}", path.display())))
@@ -309,21 +304,14 @@ pub fn pack(crate_dir: &Path, options: &BuildOptions) -> Result<Package, Package
 /// A filter's name, version and description: from Cargo.toml's `[package]` (workspace values
 /// followed), or from a JavaScript filter's package.json.
 fn package_identity(crate_dir: &Path) -> Result<(String, String, Option<String>), PackageError> {
-    let manifest_path = crate_dir.join("Cargo.toml");
-    let package_json = crate_dir.join("package.json");
-    if !manifest_path.exists() && package_json.exists() {
-        let text = std::fs::read_to_string(&package_json).map_err(io(package_json.display()))?;
-        let manifest: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|err| PackageError::Invalid(format!("{}: {err}", package_json.display())))?;
-        let field = |name: &str| manifest.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
-        // A scoped npm name (`@team/filter`) packs under its last part.
-        let name = field("name")
-            .map(|name| name.rsplit('/').next().unwrap_or(&name).to_owned())
-            .ok_or_else(|| PackageError::Invalid(format!("{} has no name", package_json.display())))?;
-        let version = field("version")
-            .ok_or_else(|| PackageError::Invalid(format!("{} has no version", package_json.display())))?;
-        return Ok((name, version, field("description")));
+    if let Some(manifest) = js_manifest(crate_dir) {
+        let manifest = manifest.map_err(PackageError::Invalid)?;
+        let version = manifest.version.ok_or_else(|| {
+            PackageError::Invalid(format!("{} has no version", crate_dir.join("package.json").display()))
+        })?;
+        return Ok((manifest.name, version, manifest.description));
     }
+    let manifest_path = crate_dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest_path).map_err(io(manifest_path.display()))?;
     let cargo: toml::Table =
         toml::from_str(&text).map_err(|err| PackageError::Invalid(format!("{}: {err}", manifest_path.display())))?;

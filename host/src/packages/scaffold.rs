@@ -31,13 +31,14 @@ fn sdk_dependency() -> String {
     }
 }
 
-/// The language a new filter is written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The language a new filter is written in (`--lang rust|js`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Language {
-    /// A Rust crate on `sluice-sdk`.
+    /// Rust, on the `sluice-sdk` crate.
     #[default]
     Rust,
-    /// A JavaScript package on `@sluice/filter-sdk`.
+    /// JavaScript, on the `@sluice/filter-sdk` package (built with jco).
+    #[value(name = "js")]
     JavaScript,
 }
 
@@ -70,13 +71,7 @@ pub fn new_plugin_in(parent: &Path, name: &str, language: Language) -> Result<Pa
     if language == Language::JavaScript {
         return write_files(&dir, javascript_files(name));
     }
-    let type_name: String = name
-        .split('-')
-        .map(|word| {
-            let mut chars = word.chars();
-            chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
-        })
-        .collect();
+    let type_name = type_name(name);
     let files = [
         (
             "Cargo.toml",
@@ -176,15 +171,19 @@ fn write_files(dir: &Path, files: Vec<(&str, String)>) -> Result<PathBuf, Scaffo
     Ok(dir.to_path_buf())
 }
 
-/// A JavaScript filter doing what the Rust template does.
-fn javascript_files(name: &str) -> Vec<(&'static str, String)> {
-    let class_name: String = name
-        .split('-')
+/// The filter's type (Rust) or class (JavaScript) name: `rate-gate` is `RateGate`.
+fn type_name(name: &str) -> String {
+    name.split('-')
         .map(|word| {
             let mut chars = word.chars();
             chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
         })
-        .collect();
+        .collect()
+}
+
+/// A JavaScript filter doing what the Rust template does.
+fn javascript_files(name: &str) -> Vec<(&'static str, String)> {
+    let class_name = type_name(name);
     vec![
         (
             "package.json",

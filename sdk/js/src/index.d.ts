@@ -34,19 +34,23 @@ export interface Phases {
 /** Log severity. */
 export type Level = 'trace' | 'debug' | 'info' | 'warn' | 'error';
 
-/** The host's request handle (`sluice:filter/http.request`). Methods returning `result` throw the host's reason. */
-export interface RequestHandle {
-  method(): string;
-  setMethod(method: string): void;
-  pathWithQuery(): string;
-  setPathWithQuery(value: string): void;
-  authority(): string;
+/** Header access on the host's handles. Methods returning `result` throw the host's reason. */
+export interface HeaderHandle {
   header(name: string): Uint8Array | undefined;
   headerAll(name: string): Uint8Array[];
   headers(): Headers;
   setHeader(name: string, value: Uint8Array): void;
   appendHeader(name: string, value: Uint8Array): void;
   removeHeader(name: string): void;
+}
+
+/** The host's request handle (`sluice:filter/http.request`). */
+export interface RequestHandle extends HeaderHandle {
+  method(): string;
+  setMethod(method: string): void;
+  pathWithQuery(): string;
+  setPathWithQuery(value: string): void;
+  authority(): string;
   clientIp(): string;
   clientIdentity(): string | undefined;
   requestId(): string;
@@ -55,15 +59,9 @@ export interface RequestHandle {
 }
 
 /** The host's response handle (`sluice:filter/http.response`). */
-export interface ResponseHandle {
+export interface ResponseHandle extends HeaderHandle {
   status(): number;
   setStatus(status: number): void;
-  header(name: string): Uint8Array | undefined;
-  headerAll(name: string): Uint8Array[];
-  headers(): Headers;
-  setHeader(name: string, value: Uint8Array): void;
-  appendHeader(name: string, value: Uint8Array): void;
-  removeHeader(name: string): void;
 }
 
 /** The `filter` export the host calls (what `defineFilter` returns). */
@@ -95,16 +93,10 @@ export function toBytes(value: BytesLike | undefined | null): Uint8Array;
 export function toText(bytes: Uint8Array): string;
 export function toText(bytes: undefined): undefined;
 
-/** The live request. */
-export class Request {
-  constructor(handle: RequestHandle);
-  readonly handle: RequestHandle;
-  readonly method: string;
-  setMethod(method: string): void;
-  /** Path and query, as the upstream will get them. */
-  readonly path: string;
-  setPath(pathWithQuery: string): void;
-  readonly authority: string;
+/** Header access shared by the request and the response. */
+declare class Message<Handle extends HeaderHandle> {
+  constructor(handle: Handle);
+  readonly handle: Handle;
   header(name: string): string | undefined;
   headerBytes(name: string): Uint8Array | undefined;
   headerAll(name: string): string[];
@@ -112,6 +104,16 @@ export class Request {
   setHeader(name: string, value: BytesLike): void;
   appendHeader(name: string, value: BytesLike): void;
   removeHeader(name: string): void;
+}
+
+/** The live request. */
+export class Request extends Message<RequestHandle> {
+  readonly method: string;
+  setMethod(method: string): void;
+  /** Path and query, as the upstream will get them. */
+  readonly path: string;
+  setPath(pathWithQuery: string): void;
+  readonly authority: string;
   readonly clientIp: string;
   readonly clientIdentity: string | undefined;
   readonly requestId: string;
@@ -120,18 +122,9 @@ export class Request {
 }
 
 /** The live response (response phases). */
-export class Response {
-  constructor(handle: ResponseHandle);
-  readonly handle: ResponseHandle;
+export class Response extends Message<ResponseHandle> {
   readonly status: number;
   setStatus(status: number): void;
-  header(name: string): string | undefined;
-  headerBytes(name: string): Uint8Array | undefined;
-  headerAll(name: string): string[];
-  headers(): Array<[string, string]>;
-  setHeader(name: string, value: BytesLike): void;
-  appendHeader(name: string, value: BytesLike): void;
-  removeHeader(name: string): void;
 }
 
 export const Decision: {

@@ -25,17 +25,11 @@ function headerPairs(headers) {
   return entries.map(([name, value]) => [String(name).toLowerCase(), toBytes(value)]);
 }
 
-/** The live request. Reads and writes go to the host; nothing is copied unless asked for. */
-export class Request {
+/** Header access shared by the request and the response; reads and writes go to the host. */
+class Message {
   constructor(handle) {
     this.handle = handle;
   }
-  get method() { return this.handle.method(); }
-  setMethod(method) { this.handle.setMethod(method); }
-  /** Path and query, as the upstream will get them. */
-  get path() { return this.handle.pathWithQuery(); }
-  setPath(pathWithQuery) { this.handle.setPathWithQuery(pathWithQuery); }
-  get authority() { return this.handle.authority(); }
   /** The first value of header `name` as text, or `undefined`. */
   header(name) { return toText(this.handle.header(name)); }
   /** The first value of header `name` as bytes, or `undefined`. */
@@ -48,6 +42,16 @@ export class Request {
   setHeader(name, value) { this.handle.setHeader(name, toBytes(value)); }
   appendHeader(name, value) { this.handle.appendHeader(name, toBytes(value)); }
   removeHeader(name) { this.handle.removeHeader(name); }
+}
+
+/** The live request. Nothing is copied unless asked for. */
+export class Request extends Message {
+  get method() { return this.handle.method(); }
+  setMethod(method) { this.handle.setMethod(method); }
+  /** Path and query, as the upstream will get them. */
+  get path() { return this.handle.pathWithQuery(); }
+  setPath(pathWithQuery) { this.handle.setPathWithQuery(pathWithQuery); }
+  get authority() { return this.handle.authority(); }
   get clientIp() { return this.handle.clientIp(); }
   /** The verified client certificate's identity (mutual TLS), or `undefined`. */
   get clientIdentity() { return this.handle.clientIdentity(); }
@@ -58,19 +62,9 @@ export class Request {
 }
 
 /** The live response from the upstream (response phases only). */
-export class Response {
-  constructor(handle) {
-    this.handle = handle;
-  }
+export class Response extends Message {
   get status() { return this.handle.status(); }
   setStatus(status) { this.handle.setStatus(status); }
-  header(name) { return toText(this.handle.header(name)); }
-  headerBytes(name) { return this.handle.header(name); }
-  headerAll(name) { return this.handle.headerAll(name).map(toText); }
-  headers() { return this.handle.headers().map(([name, value]) => [name, toText(value)]); }
-  setHeader(name, value) { this.handle.setHeader(name, toBytes(value)); }
-  appendHeader(name, value) { this.handle.appendHeader(name, toBytes(value)); }
-  removeHeader(name) { this.handle.removeHeader(name); }
 }
 
 function localResponse(status, { headers, body } = {}) {
