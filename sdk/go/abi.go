@@ -9,7 +9,12 @@
 
 package sluice
 
-import "unsafe"
+import (
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"unsafe"
+)
 
 // runtimeStarted is set by this package's init, once Go's runtime can allocate.
 var runtimeStarted bool
@@ -17,6 +22,37 @@ var runtimeStarted bool
 func init() {
 	runtimeStarted = true
 	adapterArenaInUse = &adapterArena
+	// The host calls cabi_realloc in the middle of its own calls, where the component model
+	// forbids calling any import, and Go's collector and scavenger ask WASI for the time when an
+	// allocation starts a cycle or grows the heap. So allocation never starts a cycle: the
+	// collector runs at the end of export calls instead (collectIfGrown), outside the host's.
+	debug.SetGCPercent(-1)
+	runtime.MemProfileRate = 0
+}
+
+// The collector's pacing, done by hand: collect once the heap's objects have doubled since the
+// last collection (at least collectionFloor more), like GOGC=100.
+const collectionFloor = 4 << 20
+
+var (
+	heapSample    = []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	heapAfterLast uint64
+)
+
+// collectIfGrown runs the collector when the heap has grown enough since the last run. Called at
+// the end of every export call.
+func collectIfGrown() {
+	metrics.Read(heapSample)
+	if heapSample[0].Value.Kind() != metrics.KindUint64 {
+		return
+	}
+	now := heapSample[0].Value.Uint64()
+	if now < heapAfterLast*2 || now < heapAfterLast+collectionFloor {
+		return
+	}
+	runtime.GC()
+	metrics.Read(heapSample)
+	heapAfterLast = heapSample[0].Value.Uint64()
 }
 
 // adapterArena is the memory the WASI adapter allocates its state from. The adapter makes its

@@ -1,6 +1,7 @@
 package sluice
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 )
@@ -137,7 +138,9 @@ var (
 
 // Register makes newFilter this plugin's filter constructor. Call it from the main package's
 // init. The host calls it once per instance with the route's config for the filter, decoded
-// from JSON into C (the zero C when the route gives none); an error refuses the config, and the
+// from JSON into C (the zero C when the route gives none; a key C has no field for is refused, so
+// that a misspelt setting fails the load instead of being ignored; take a json.RawMessage to
+// decode it yourself); an error refuses the config, and the
 // route does not load, with the error's message saying why. The filter it returns must
 // implement at least one of RequestFilter, RequestBodyFilter, ResponseFilter and
 // ResponseBodyFilter.
@@ -145,7 +148,9 @@ func Register[C any](newFilter func(config C) (any, error)) {
 	constructor = func(raw []byte) (any, error) {
 		var config C
 		if len(raw) > 0 && string(raw) != "null" {
-			if err := json.Unmarshal(raw, &config); err != nil {
+			decoder := json.NewDecoder(bytes.NewReader(raw))
+			decoder.DisallowUnknownFields()
+			if err := decoder.Decode(&config); err != nil {
 				return nil, errors.New("invalid config: " + err.Error())
 			}
 		}

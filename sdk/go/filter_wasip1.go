@@ -32,6 +32,7 @@ func exportConfigure(config unsafe.Pointer, length uint32) unsafe.Pointer {
 		setAreaU8(0, 0)
 		setAreaU8(4, uint8(phases))
 	}
+	collectIfGrown()
 	return returnPointer()
 }
 
@@ -44,6 +45,7 @@ func exportOnRequest(req uint32) unsafe.Pointer {
 	}
 	dropRequest(req)
 	lowerDecision(decision)
+	collectIfGrown()
 	return returnPointer()
 }
 
@@ -58,6 +60,7 @@ func exportOnRequestBody(req uint32, body unsafe.Pointer, length uint32, endOfSt
 	}
 	dropRequest(req)
 	lowerBodyAction(action)
+	collectIfGrown()
 	return returnPointer()
 }
 
@@ -71,6 +74,7 @@ func exportOnResponse(req, resp uint32) unsafe.Pointer {
 	dropRequest(req)
 	dropResponse(resp)
 	lowerDecision(decision)
+	collectIfGrown()
 	return returnPointer()
 }
 
@@ -86,6 +90,7 @@ func exportOnResponseBody(req, resp uint32, body unsafe.Pointer, length uint32, 
 	dropRequest(req)
 	dropResponse(resp)
 	lowerBodyAction(action)
+	collectIfGrown()
 	return returnPointer()
 }
 

@@ -25,7 +25,9 @@ async fn body_echo_origin() -> Origin {
     .await
 }
 
-fn probe_config(origin: &Origin, routes: &str) -> String {
+/// Config with the probe filter (`tests/plugins/probe` in Rust or `tests/plugins/go-probe`, its Go
+/// twin) as plugin `probe`.
+fn probe_config(origin: &Origin, probe: &str, routes: &str) -> String {
     format!(
         r#"
 [[listener]]
@@ -37,15 +39,49 @@ source = "{probe}"
 {routes}
 "#,
         origin = origin.addr,
-        probe = plugin("tests/plugins/probe").display(),
+        probe = plugin(probe).display(),
     )
 }
 
-#[tokio::test]
-async fn request_phase_runs_in_order_and_response_phase_in_reverse() {
+/// The probe tests, run against the Rust probe and its Go twin: the same chain semantics, phase
+/// by phase, whichever language a filter is written in.
+macro_rules! with_each_probe {
+    ($($test:ident),* $(,)?) => {
+        mod rust {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test("tests/plugins/probe").await
+            })*
+        }
+        mod go {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test("tests/plugins/go-probe").await
+            })*
+        }
+    };
+}
+
+with_each_probe!(
+    request_phase_runs_in_order_and_response_phase_in_reverse,
+    a_local_response_ends_the_chain_before_the_upstream,
+    a_response_phase_can_replace_the_response,
+    filters_can_rewrite_the_path,
+    request_bodies_are_buffered_for_filters_that_ask,
+    response_bodies_stream_chunk_by_chunk_through_filters,
+    buffered_response_bodies_let_filters_change_the_head,
+    one_plugin_serves_many_routes_with_their_own_configs,
+    warm_instances_are_reused_unless_requests_are_isolated,
+    key_value_state_is_namespaced_per_tenant,
+    a_config_the_filter_refuses_stops_the_start_naming_route_and_filter,
+    unknown_config_keys_are_refused_by_the_sdk
+);
+
+async fn request_phase_runs_in_order_and_response_phase_in_reverse(probe: &str) {
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         r#"
 [[route]]
 upstream = "app"
@@ -65,11 +101,11 @@ filters = [
     assert_eq!(response.headers["x-first-saw-request-readonly"], "true");
 }
 
-#[tokio::test]
-async fn a_local_response_ends_the_chain_before_the_upstream() {
+async fn a_local_response_ends_the_chain_before_the_upstream(probe: &str) {
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         r#"
 [[route]]
 upstream = "app"
@@ -89,11 +125,11 @@ filters = [
     assert_eq!(get(&proxy, "a", "/public").await.status, 200);
 }
 
-#[tokio::test]
-async fn a_response_phase_can_replace_the_response() {
+async fn a_response_phase_can_replace_the_response(probe: &str) {
     let origin = body_echo_origin().await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { tag = \"p\", replace_status = 503 } }]\n",
     ))
     .await;
@@ -103,22 +139,22 @@ async fn a_response_phase_can_replace_the_response() {
     assert_eq!(response.text(), "replaced by p\n");
 }
 
-#[tokio::test]
-async fn filters_can_rewrite_the_path() {
+async fn filters_can_rewrite_the_path(probe: &str) {
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { tag = \"p\", rewrite_path = \"/old\" } }]\n",
     ))
     .await;
     assert_eq!(get(&proxy, "a", "/old?q=1").await.echo().uri(), "/rewritten");
 }
 
-#[tokio::test]
-async fn request_bodies_are_buffered_for_filters_that_ask() {
+async fn request_bodies_are_buffered_for_filters_that_ask(probe: &str) {
     let origin = body_echo_origin().await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         r#"
 [[route]]
 upstream = "app"
@@ -143,11 +179,11 @@ filters = [{ plugin = "probe", config = { tag = "p", upper_request_body = true, 
     assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
-#[tokio::test]
-async fn response_bodies_stream_chunk_by_chunk_through_filters() {
+async fn response_bodies_stream_chunk_by_chunk_through_filters(probe: &str) {
     let origin = body_echo_origin().await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { tag = \"p\", upper_response_body = true } }]\n",
     ))
     .await;
@@ -157,11 +193,11 @@ async fn response_bodies_stream_chunk_by_chunk_through_filters() {
     assert_eq!(response.text(), "ONE TWO THREE[3 chunks]");
 }
 
-#[tokio::test]
-async fn buffered_response_bodies_let_filters_change_the_head() {
+async fn buffered_response_bodies_let_filters_change_the_head(probe: &str) {
     let origin = body_echo_origin().await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { tag = \"p\", append_response_body = \"!\" } }]\n",
     ))
     .await;
@@ -171,11 +207,11 @@ async fn buffered_response_bodies_let_filters_change_the_head() {
     assert_eq!(response.headers["content-length"], "14");
 }
 
-#[tokio::test]
-async fn one_plugin_serves_many_routes_with_their_own_configs() {
+async fn one_plugin_serves_many_routes_with_their_own_configs(probe: &str) {
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         r#"
 [[route]]
 path_prefix = "/a"
@@ -194,11 +230,11 @@ filters = [{ plugin = "probe", config = { tag = "beta", deny_path = "/b/no" } }]
     assert_eq!(get(&proxy, "a", "/a/no").await.status, 200);
 }
 
-#[tokio::test]
-async fn warm_instances_are_reused_unless_requests_are_isolated() {
+async fn warm_instances_are_reused_unless_requests_are_isolated(probe: &str) {
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         r#"
 [[route]]
 path_prefix = "/warm"
@@ -221,11 +257,11 @@ filters = [{ plugin = "probe", config = { tag = "isolated" }, isolation = "reque
     assert_eq!(isolated, vec!["1", "1", "1"]);
 }
 
-#[tokio::test]
-async fn key_value_state_is_namespaced_per_tenant() {
+async fn key_value_state_is_namespaced_per_tenant(probe: &str) {
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&probe_config(
         &origin,
+        probe,
         r#"
 [admin]
 bind = "127.0.0.1:0"
@@ -279,11 +315,11 @@ async fn the_hello_filter_example_runs() {
     assert_eq!(get(&proxy, "a", "/").await.echo().header("x-hello").as_deref(), Some("from a Wasm filter"));
 }
 
-#[tokio::test]
-async fn a_config_the_filter_refuses_stops_the_start_naming_route_and_filter() {
+async fn a_config_the_filter_refuses_stops_the_start_naming_route_and_filter(probe: &str) {
     let origin = Origin::echo("app").await;
     let config = probe_config(
         &origin,
+        probe,
         "[[route]]\nname = \"picky\"\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { refuse = true } }]\n",
     );
     let snapshot = sluice::config::Snapshot::from_toml(&config).unwrap();
@@ -293,15 +329,16 @@ async fn a_config_the_filter_refuses_stops_the_start_naming_route_and_filter() {
     assert!(error.position.is_some());
 }
 
-#[tokio::test]
-async fn unknown_config_keys_are_refused_by_the_sdk() {
+async fn unknown_config_keys_are_refused_by_the_sdk(probe: &str) {
     let origin = Origin::echo("app").await;
     let config = probe_config(
         &origin,
+        probe,
         "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { colour = \"red\" } }]\n",
     );
     let error = sluice::config::Snapshot::from_toml(&config).unwrap().prepare_filters().await.unwrap_err();
-    assert!(error.message.contains("unknown field `colour`"), "{error}");
+    // serde says "unknown field `colour`", Go's encoding/json `unknown field "colour"`.
+    assert!(error.message.contains("unknown field") && error.message.contains("colour"), "{error}");
 }
 
 fn canary_config(origin: &Origin, sticky: bool) -> String {

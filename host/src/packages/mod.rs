@@ -1,8 +1,8 @@
 //! Plugin packages: building filter crates into components, scaffolding new ones, and packing,
 //! pushing and pulling them as OCI artifacts.
 
-pub mod build;
 mod adapter_arena;
+pub mod build;
 mod build_go;
 mod build_js;
 pub mod oci;
