@@ -99,9 +99,9 @@ func (r *Request) SetCacheKey(key string) { requestSetCacheKey(r.handle, key) }
 // Status returns the status code.
 func (r *Response) Status() int { return int(responseStatus(r.handle)) }
 
-// SetStatus changes the status code (100 to 599).
+// SetStatus changes the status code (100 to 599; the host refuses others).
 func (r *Response) SetStatus(status int) error {
-	if status < 100 || status > 599 {
+	if status < 0 || status > 0xffff {
 		return errors.New("status out of range: " + strconv.Itoa(status))
 	}
 	return responseSetStatus(r.handle, uint16(status))

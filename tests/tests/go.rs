@@ -101,3 +101,129 @@ async fn a_scaffolded_go_filter_builds_and_runs() {
     assert_eq!(passed.status, 200);
     assert_eq!(passed.headers["x-filtered-by"], "gate-go");
 }
+
+#[tokio::test]
+async fn a_go_filter_reaches_every_host_function_through_the_sdk() {
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
+         [upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
+         [tenant.acme]\ncallouts = [\"app\"]\n\
+         [plugin.probe]\nsource = \"{probe}\"\n\
+         [[route]]\nname = \"go-host\"\ntenant = \"acme\"\nupstream = \"app\"\n\
+         filters = [{{ plugin = \"probe\", config = {{ tag = \"g\", host_calls = \"app\" }} }}]\n",
+        origin = origin.addr,
+        probe = plugin("tests/plugins/go-probe").display(),
+    ))
+    .await;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let request = http::Request::get(proxy.url("/probe?x=1"))
+        .header("host", "app.test")
+        .header("x-multi", "a")
+        .header("x-multi", "b")
+        .header("x-remove-me", "1")
+        .body(sluice::body::empty())
+        .unwrap();
+    let response = send(&http1_client(), request).await;
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+
+    // The response handle: read, appended, removed, status changed; an invalid status refused.
+    assert_eq!(response.status.as_u16(), 203);
+    assert_eq!(response.headers["x-host-response-status"], "200");
+    assert_eq!(response.headers["x-host-response-content-type"], "application/json");
+    assert_eq!(response.headers["x-host-response-multi-count"], "2");
+    assert_eq!(response.headers["x-host-set-status-invalid"], "refused");
+    assert!(!response.headers.contains_key("x-powered-by"));
+
+    // The request handle and the capability interfaces, as the filter reported them upstream.
+    let echo = response.echo();
+    let host = |name: &str| echo.header(&format!("x-host-{name}")).unwrap_or_else(|| panic!("x-host-{name} missing"));
+    assert_eq!(host("method"), "GET");
+    assert_eq!(host("authority"), "app.test");
+    assert_eq!(host("path-with-query"), "/probe?x=1");
+    assert_eq!(host("client-ip"), "127.0.0.1");
+    assert_eq!(host("request-id"), response.headers["x-request-id"].to_str().unwrap());
+    assert_eq!(host("route"), "go-host");
+    assert_eq!(host("header-all"), "a|b");
+    assert_eq!(host("header-absent"), "true");
+    assert_eq!(host("headers"), "x-multi=a,x-multi=b");
+    assert_eq!(host("set-header-invalid"), "refused");
+    assert_eq!(host("set-path-invalid"), "refused");
+    assert_eq!(echo.header("x-remove-me"), None);
+    assert_eq!(
+        host("kv"),
+        "set=ok,get=v1/true,cas=true,cas-stale=false,cas-absent=true,delete=true,get-deleted=false,\
+         increment=5,increment-text=true"
+    );
+    assert_eq!(host("random-len"), "24");
+    assert_eq!(host("random-u64-differ"), "true");
+    let now: u128 = host("now-ms").parse().unwrap();
+    assert!((before..=after).contains(&now), "the host's clock: {before} <= {now} <= {after}");
+    assert_eq!(host("monotonic"), "true");
+    assert!(host("callout").starts_with("200 "), "{}", host("callout"));
+    assert_eq!(host("callout-content-type"), "application/json");
+    assert!(host("callout-unknown").starts_with("callout not-granted: "), "{}", host("callout-unknown"));
+
+    let admin = proxy.admin.unwrap();
+    let metrics =
+        send(&http1_client(), http::Request::get(format!("http://{admin}/metrics")).body(sluice::body::empty()).unwrap())
+            .await
+            .text();
+    for expected in ["name=\"probe_gauge\",kind=\"go\"} -7", "name=\"probe_seconds\""] {
+        assert!(metrics.contains(expected), "{expected} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use sluice::runtime::{
+        BodyOutcome, CallContext, FailurePolicy, FilterPool, FilterSpec, Isolation, Plugin, RequestHead, Runtime,
+        Tenant,
+    };
+
+    // Every call hands the filter 256 KiB of body and 64 headers, which the host writes into memory
+    // the Go SDK allocates; its collector runs between calls (never inside the host's), so the
+    // heap stays bounded and no call fails.
+    let runtime = Runtime::shared().unwrap();
+    let plugin = Plugin::load_file(&runtime, "probe", &plugin("tests/plugins/go-probe")).unwrap();
+    let tenant = Arc::new(Tenant { memory_bytes: 32 << 20, ..Tenant::default_tenant() });
+    let spec = FilterSpec {
+        route: "r".into(),
+        name: "probe".into(),
+        plugin: Arc::new(plugin),
+        config: r#"{"tag":"big","upper_request_body":true}"#.into(),
+        on_error: FailurePolicy::FailClosed,
+        isolation: Isolation::Instance,
+        tenant,
+    };
+    let pool = FilterPool::prepare(runtime, spec).await.unwrap();
+    let context = CallContext {
+        route: "r".into(),
+        filter: "probe".into(),
+        tenant: Arc::new(Tenant::default_tenant()),
+        request_id: "test".into(),
+        client_ip: "127.0.0.1".parse().unwrap(),
+        client_identity: None,
+        upstreams: Arc::new(BTreeMap::new()),
+    };
+    let body = bytes::Bytes::from(b"abcdefgh".repeat(32 << 10));
+    let mut instance = pool.checkout(context).await.unwrap();
+    for call in 0..2000 {
+        let mut builder = http::Request::post("/upload");
+        for index in 0..64 {
+            builder = builder.header(format!("x-header-{index}"), "v".repeat(100));
+        }
+        let mut head = RequestHead { parts: builder.body(()).unwrap().into_parts().0, cache_key: None };
+        instance.on_request(&mut head).await.unwrap_or_else(|error| panic!("call {call}: {error:?}"));
+        let outcome = instance.on_request_body(&mut head, body.clone()).await;
+        let outcome = outcome.unwrap_or_else(|error| panic!("call {call}: {error:?}"));
+        let BodyOutcome::Replace(upper) = outcome else { panic!("call {call}: the body was not replaced") };
+        assert_eq!(upper.len(), body.len());
+        assert!(upper.starts_with(b"ABCDEFGH"));
+        assert_eq!(head.parts.headers["x-big-instance-requests"], (call + 1).to_string().as_str(), "one warm instance");
+    }
+    assert!(instance.memory_bytes() <= 32 << 20);
+}

@@ -216,7 +216,7 @@ func callEveryHostFunction(req *sluice.Request, upstream string) {
 // reportResponseCalls exercises the response handle's functions.
 func reportResponseCalls(resp *sluice.Response) {
 	_ = resp.SetHeader("x-host-response-status", strconv.Itoa(resp.Status()))
-	_ = resp.SetHeader("x-host-response-server", resp.HeaderString("server"))
+	_ = resp.SetHeader("x-host-response-content-type", resp.HeaderString("content-type"))
 	_ = resp.SetHeader("x-host-response-headers", strconv.Itoa(len(resp.Headers())))
 	_ = resp.AppendHeader("x-host-response-multi", "a")
 	_ = resp.AppendHeader("x-host-response-multi", "b")
