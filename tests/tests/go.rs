@@ -229,3 +229,20 @@ async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() 
     }
     assert!(instance.memory_bytes() <= 32 << 20);
 }
+
+#[test]
+fn a_go_filter_packs_as_a_plugin_package() {
+    let dir = sluice_tests::repo_root().join("examples/go-header-policy");
+    let options = sluice::packages::BuildOptions {
+        target_dir: Some(sluice_tests::repo_root().join("target/plugins")),
+        quiet: true,
+    };
+    let package = sluice::packages::oci::pack(&dir, &options).expect("the Go filter packs");
+    assert_eq!(package.info.name, "header-policy");
+    assert_eq!(package.info.version, "0.1.0");
+    assert!(package.info.description.as_deref().is_some_and(|text| text.contains("header policy")));
+    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.0");
+    // Go's linker keeps only the host functions the filter calls, and Go's runtime needs WASI
+    // (clocks, randomness, stderr) through the adapter: no preopens, no environment.
+    assert_eq!(package.info.capabilities, ["log", "metrics", "wasi"].map(String::from));
+}

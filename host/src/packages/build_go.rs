@@ -23,13 +23,31 @@ const SDK_MODULE: &str = "sluice.dev/sluice";
 /// The world every filter is built against, embedded in the core module for `wit-component`.
 const WIT: &str = include_str!("../../../wit/filter.wit");
 
-/// What Sluice reads from a Go filter's go.mod.
+/// What Sluice reads from a Go filter's go.mod, and from the `sluice.toml` beside it (Go modules
+/// carry no version or description of their own).
 #[derive(Debug)]
 pub(super) struct GoManifest {
-    /// The module path's last element (`example.com/filters/gate` is `gate`).
+    /// `name` in sluice.toml, else the module path's last element (`example.com/filters/gate` is
+    /// `gate`).
     pub(super) name: String,
+    /// sluice.toml's `version` (needed to pack the filter).
+    pub(super) version: Option<String>,
+    /// sluice.toml's `description`.
+    pub(super) description: Option<String>,
+    /// sluice.toml's `config-schema`, relative to the filter's folder.
+    pub(super) config_schema: Option<String>,
     /// The folder the go.mod's `replace` points the SDK to, when it does.
     sdk_dir: Option<PathBuf>,
+}
+
+/// A Go filter's sluice.toml.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct SluiceToml {
+    name: Option<String>,
+    version: Option<String>,
+    description: Option<String>,
+    config_schema: Option<String>,
 }
 
 /// The manifest of the Go filter in `dir`; `None` when `dir` is not one (it has a Cargo.toml or a
@@ -63,8 +81,22 @@ pub(super) fn go_manifest(dir: &Path) -> Option<Result<GoManifest, String>> {
     let Some(module) = module else {
         return Some(Err(format!("{} has no module line", path.display())));
     };
-    let name = module.rsplit('/').next().unwrap_or(&module).to_owned();
-    Some(Ok(GoManifest { name, sdk_dir }))
+    let metadata_path = dir.join("sluice.toml");
+    let metadata = match std::fs::read_to_string(&metadata_path) {
+        Ok(text) => match toml::from_str::<SluiceToml>(&text) {
+            Ok(metadata) => metadata,
+            Err(err) => return Some(Err(format!("{}: {err}", metadata_path.display()))),
+        },
+        Err(_) => SluiceToml::default(),
+    };
+    let name = metadata.name.unwrap_or_else(|| module.rsplit('/').next().unwrap_or(&module).to_owned());
+    Some(Ok(GoManifest {
+        name,
+        version: metadata.version,
+        description: metadata.description,
+        config_schema: metadata.config_schema,
+        sdk_dir,
+    }))
 }
 
 /// Builds the Go filter in `dir`, described by `manifest`, into `<target>/sluice/<name>.wasm`.

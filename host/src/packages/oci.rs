@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::build::{BuildOptions, build_plugin};
+use super::build_go::go_manifest;
 use super::build_js::js_manifest;
 use crate::runtime::{Plugin, Runtime, WIT_PACKAGE, WIT_VERSION};
 
@@ -256,9 +257,11 @@ fn workspace_field(crate_dir: &Path, package: Option<&toml::Table>, name: &str) 
 /// The JSON Schema a plugin crate names in `[package.metadata.sluice] config-schema`, if any.
 pub fn crate_config_schema(crate_dir: &Path) -> Result<Option<serde_json::Value>, PackageError> {
     // A JavaScript filter names its schema in package.json: `"sluice": { "configSchema": "..." }`.
-    let schema_path = match js_manifest(crate_dir) {
-        Some(manifest) => manifest.map_err(PackageError::Invalid)?.config_schema.map(PathBuf::from),
-        None => {
+    // A Go filter names it in sluice.toml: `config-schema = "..."`.
+    let schema_path = match (js_manifest(crate_dir), go_manifest(crate_dir)) {
+        (Some(manifest), _) => manifest.map_err(PackageError::Invalid)?.config_schema.map(PathBuf::from),
+        (None, Some(manifest)) => manifest.map_err(PackageError::Invalid)?.config_schema.map(PathBuf::from),
+        (None, None) => {
             let manifest_path = crate_dir.join("Cargo.toml");
             let text = std::fs::read_to_string(&manifest_path).map_err(io(manifest_path.display()))?;
             let cargo: toml::Table = toml::from_str(&text)
@@ -302,8 +305,19 @@ pub fn pack(crate_dir: &Path, options: &BuildOptions) -> Result<Package, Package
 }
 
 /// A filter's name, version and description: from Cargo.toml's `[package]` (workspace values
-/// followed), or from a JavaScript filter's package.json.
+/// followed), from a JavaScript filter's package.json, or from a Go filter's go.mod and
+/// sluice.toml.
 fn package_identity(crate_dir: &Path) -> Result<(String, String, Option<String>), PackageError> {
+    if let Some(manifest) = go_manifest(crate_dir) {
+        let manifest = manifest.map_err(PackageError::Invalid)?;
+        let version = manifest.version.ok_or_else(|| {
+            PackageError::Invalid(format!(
+                "{} has no version (a Go filter's package metadata lives there: version = \"0.1.0\")",
+                crate_dir.join("sluice.toml").display()
+            ))
+        })?;
+        return Ok((manifest.name, version, manifest.description));
+    }
     if let Some(manifest) = js_manifest(crate_dir) {
         let manifest = manifest.map_err(PackageError::Invalid)?;
         let version = manifest.version.ok_or_else(|| {

@@ -1,6 +1,7 @@
 //! Reloading when files change: the configuration file and local plugin sources (component
-//! files, and the `Cargo.toml` or `package.json`, `src/` and `wit/` of plugin folders) are
-//! watched, and a change triggers a reload once the writes settle.
+//! files, and the `Cargo.toml` or `package.json`, `src/` and `wit/` of plugin folders, or the
+//! `.go` files and `go.mod` of Go filters) are watched, and a change triggers a reload once the
+//! writes settle.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,9 @@ struct WatchSet {
     folders: BTreeSet<(PathBuf, bool)>,
     files: BTreeSet<PathBuf>,
     trees: BTreeSet<PathBuf>,
+    /// Go filters' folders: their `.go` files (at any depth) count, nothing else there does
+    /// (builds write under them).
+    go_modules: BTreeSet<PathBuf>,
 }
 
 impl WatchSet {
@@ -32,7 +36,14 @@ impl WatchSet {
         // watch on the file itself.
         set.add_file(config);
         for source in plugin_sources {
-            if source.is_dir() {
+            if source.join("go.mod").is_file()
+                && let Ok(folder) = source.canonicalize()
+            {
+                set.add_file(&folder.join("go.mod"));
+                set.add_file(&folder.join("sluice.toml"));
+                set.folders.insert((folder.clone(), true));
+                set.go_modules.insert(folder);
+            } else if source.is_dir() {
                 // A Rust crate, or a JavaScript package.
                 set.add_file(&source.join("Cargo.toml"));
                 set.add_file(&source.join("package.json"));
@@ -61,7 +72,10 @@ impl WatchSet {
     }
 
     fn matters(&self, path: &Path) -> bool {
-        self.files.contains(path) || self.trees.iter().any(|tree| path.starts_with(tree))
+        self.files.contains(path)
+            || self.trees.iter().any(|tree| path.starts_with(tree))
+            || path.extension().is_some_and(|extension| extension == "go")
+                && self.go_modules.iter().any(|module| path.starts_with(module))
     }
 }
 
@@ -156,6 +170,26 @@ mod tests {
         assert!(set.matters(&plugin.join("src/deep/mod.rs")));
         assert!(!set.matters(&plugin.join("target/release/x.wasm")), "build output never triggers a reload");
         assert!(!set.matters(&root.join("notes.txt")));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn go_filters_are_watched_by_their_go_files() {
+        let root = std::env::temp_dir().join(format!("sluice-watch-go-{}", std::process::id()));
+        let plugin = root.join("gate");
+        std::fs::create_dir_all(plugin.join("internal/rules")).unwrap();
+        std::fs::create_dir_all(plugin.join("target/sluice")).unwrap();
+        std::fs::write(plugin.join("go.mod"), "module example.com/gate\n").unwrap();
+        let config = root.join("sluice.toml");
+        std::fs::write(&config, "").unwrap();
+        let set = WatchSet::of(&config, &[plugin.clone()]);
+        let plugin = plugin.canonicalize().unwrap();
+        assert!(set.matters(&plugin.join("go.mod")));
+        assert!(set.matters(&plugin.join("sluice.toml")));
+        assert!(set.matters(&plugin.join("main.go")));
+        assert!(set.matters(&plugin.join("internal/rules/rules.go")));
+        assert!(!set.matters(&plugin.join("target/sluice/gate.wasm")), "build output never triggers a reload");
+        assert!(!set.matters(&plugin.join("README.md")));
         let _ = std::fs::remove_dir_all(&root);
     }
 }
