@@ -182,7 +182,7 @@ mod tests {
         std::fs::write(plugin.join("go.mod"), "module example.com/gate\n").unwrap();
         let config = root.join("sluice.toml");
         std::fs::write(&config, "").unwrap();
-        let set = WatchSet::of(&config, &[plugin.clone()]);
+        let set = WatchSet::of(&config, std::slice::from_ref(&plugin));
         let plugin = plugin.canonicalize().unwrap();
         assert!(set.matters(&plugin.join("go.mod")));
         assert!(set.matters(&plugin.join("sluice.toml")));
