@@ -1,7 +1,7 @@
 //! The cost of calling a filter: a warm on-request call (the steady state), a response-phase
 //! call, and a request served by a fresh instance (`isolation = "request"`); the same warm call
-//! on a JavaScript filter (the `sluice plugin new --lang js` scaffold); and each instance's linear
-//! memory, printed.
+//! on a JavaScript and a Go filter (the `sluice plugin new --lang js|go` scaffolds); and each
+//! instance's linear memory, printed.
 //!
 //! Run: `cargo bench -p sluice-benches --bench filter_calls`
 
@@ -39,13 +39,13 @@ fn pool(runtime: &tokio::runtime::Runtime, relative: &str, isolation: Isolation)
     pool_of(runtime, &sluice_benches::plugin(relative), isolation)
 }
 
-/// The JavaScript scaffold, created and built under target/ (kept between runs).
-fn javascript_scaffold() -> std::path::PathBuf {
+/// The scaffold in `language`, created and built under target/ (kept between runs).
+fn scaffold(language: sluice::packages::Language, name: &str) -> std::path::PathBuf {
     let parent = sluice_benches::repo_root().join("target/bench-scaffolds");
     std::fs::create_dir_all(&parent).unwrap();
-    let dir = parent.join("gate-js");
+    let dir = parent.join(name);
     if !dir.exists() {
-        sluice::packages::new_plugin_in(&parent, "gate-js", sluice::packages::Language::JavaScript).unwrap();
+        sluice::packages::new_plugin_in(&parent, name, language).unwrap();
     }
     let options = sluice::packages::BuildOptions { target_dir: None, quiet: true };
     sluice::packages::build_plugin(&dir, &options).unwrap()
@@ -87,8 +87,12 @@ fn filter_calls(c: &mut Criterion) {
     // Per request as the proxy does it: check out a warm instance, call, return it. A JavaScript
     // instance's heap grows with every call, so the pool retires and replaces instances as they
     // near their memory limit; that cost is part of the figure.
-    let javascript = pool_of(&runtime, &javascript_scaffold(), Isolation::Instance);
-    for (name, pool) in [("hello-filter", &warm), ("JavaScript scaffold", &javascript)] {
+    use sluice::packages::Language;
+    let javascript_component = scaffold(Language::JavaScript, "gate-js");
+    let go_component = scaffold(Language::Go, "gate-go");
+    let javascript = pool_of(&runtime, &javascript_component, Isolation::Instance);
+    let go = pool_of(&runtime, &go_component, Isolation::Instance);
+    for (name, pool) in [("hello-filter", &warm), ("JavaScript scaffold", &javascript), ("Go scaffold", &go)] {
         c.bench_function(&format!("checkout + warm on-request + return, 10 headers ({name})"), |b| {
             b.iter(|| {
                 runtime.block_on(async {
@@ -99,14 +103,17 @@ fn filter_calls(c: &mut Criterion) {
         });
     }
     // A fresh, configured instance: what each one starts with.
-    let fresh_javascript = pool_of(&runtime, &javascript_scaffold(), Isolation::Request);
+    let fresh_javascript = pool_of(&runtime, &javascript_component, Isolation::Request);
     let javascript_instance = runtime.block_on(fresh_javascript.checkout(context())).unwrap();
+    let fresh_go = pool_of(&runtime, &go_component, Isolation::Request);
+    let go_instance = runtime.block_on(fresh_go.checkout(context())).unwrap();
     eprintln!(
-        "linear memory of a configured instance: hello-filter {} KiB, JavaScript scaffold {} KiB",
+        "linear memory of a configured instance: hello-filter {} KiB, JavaScript scaffold {} KiB, Go scaffold {} KiB",
         instance.memory_bytes() >> 10,
-        javascript_instance.memory_bytes() >> 10
+        javascript_instance.memory_bytes() >> 10,
+        go_instance.memory_bytes() >> 10
     );
-    drop(javascript_instance);
+    drop((javascript_instance, go_instance));
 
     let fresh = pool(&runtime, "examples/hello-filter", Isolation::Request);
     c.bench_function("fresh instance: instantiate + configure + on-request (hello-filter)", |b| {
