@@ -12,6 +12,8 @@ if ! command -v cargo >/dev/null; then
 fi
 
 sdk/rust/install-toolchain.sh
+# The /partners route runs a filter written in Go (examples/go-header-policy).
+sdk/go/install-toolchain.sh >/dev/null
 
 say "Building sluice and the example origin"
 cargo build --quiet -p sluice -p echo-origin
