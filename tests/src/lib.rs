@@ -281,6 +281,51 @@ pub fn init_test_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter("sluice=debug").with_test_writer().try_init();
 }
 
+/// Log lines of this test process, as JSON, for assertions on what was logged.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured() -> &'static CapturedLogs {
+    static LOGS: std::sync::OnceLock<CapturedLogs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = CapturedLogs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter("sluice=info")
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    })
+}
+
+/// Captures this test process's logs (as JSON) from now on, for [`logged_failure`]. Call it before
+/// anything else logs (before [`TestProxy::start`]).
+pub fn capture_logs() {
+    captured();
+}
+
+/// The filter failure logged for `request_id` (the JSON event), from logs captured with
+/// [`capture_logs`].
+pub fn logged_failure(request_id: &str) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&captured().0.lock().unwrap()).into_owned();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["request_id"] == request_id && event["error.kind"].is_string())
+        .unwrap_or_else(|| panic!("no filter failure logged for {request_id}:\n{text}"))
+}
+
 /// A client speaking HTTP/1.1 with keep-alive.
 pub fn http1_client() -> Client<HttpConnector, ProxyBody> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())

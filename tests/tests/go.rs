@@ -246,3 +246,33 @@ fn a_go_filter_packs_as_a_plugin_package() {
     // (clocks, randomness, stderr) through the adapter: no preopens, no environment.
     assert_eq!(package.info.capabilities, ["log", "metrics", "wasi"].map(String::from));
 }
+
+#[tokio::test]
+async fn a_panicking_go_filter_fails_only_its_request_and_logs_the_panic() {
+    sluice_tests::capture_logs();
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
+         [plugin.probe]\nsource = \"{probe}\"\n\
+         [[route]]\nname = \"fragile\"\nupstream = \"app\"\n\
+         filters = [{{ plugin = \"probe\", config = {{ tag = \"g\", panic_path = \"/boom\" }} }}]\n",
+        origin = origin.addr,
+        probe = plugin("tests/plugins/go-probe").display(),
+    ))
+    .await;
+    let failed = get(&proxy, "app.test", "/boom").await;
+    assert_eq!(failed.status, 500);
+    let request_id = failed.headers["x-request-id"].to_str().unwrap();
+    let line = sluice_tests::logged_failure(request_id);
+    assert_eq!(line["route"], "fragile");
+    assert_eq!(line["filter"], "probe");
+    // Go's runtime writes the panic to stderr and exits: the message and the goroutine's stack
+    // are the failure's guest message.
+    let message = line["guest_message"].as_str().unwrap();
+    assert!(message.starts_with("panic: go-probe panicked on /boom"), "{message}");
+    assert!(message.contains("main.(*Probe).OnRequest"), "{message}");
+    // The trapped instance was discarded; the next request gets a fresh one and succeeds.
+    let next = get(&proxy, "app.test", "/fine").await;
+    assert_eq!(next.status, 200);
+    assert_eq!(next.echo().header("x-g-instance-requests").as_deref(), Some("1"));
+}

@@ -1,52 +1,13 @@
 //! Hostile filters fail only their own request, by their policy, with a log line naming route,
 //! filter and request id, while requests on other routes keep succeeding.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use http::StatusCode;
-use sluice_tests::{Collected, Origin, TestProxy, get, plugin};
-
-/// Log lines of this test process, as JSON, for assertions on what was logged.
-#[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static CapturedLogs {
-    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = CapturedLogs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter("sluice=info")
-            .with_writer(move || writer.clone())
-            .init();
-        logs
-    })
-}
-
-/// The failure log line for `request_id`.
-fn failure_line(request_id: &str) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|event| event["request_id"] == request_id && event["error.kind"].is_string())
-        .unwrap_or_else(|| panic!("no filter failure logged for {request_id}:\n{text}"))
-}
+use sluice_tests::{Collected, Origin, TestProxy, capture_logs, get, logged_failure, plugin};
 
 async fn hostile_proxy(origin: &Origin) -> TestProxy {
-    logs();
+    capture_logs();
     let route = |name: &str, mode: &str, extra: &str| {
         format!(
             "[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\ntenant = \"attacker\"\nupstream = \"app\"\n\
@@ -121,7 +82,7 @@ async fn hostile_filters_fail_only_their_own_requests() {
         assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR, "{expected_kind}: {}", response.text());
         let id = request_id(&response);
         assert!(response.text().contains(&id));
-        let line = failure_line(&id);
+        let line = logged_failure(&id);
         assert_eq!(line["error.kind"], expected_kind, "{line}");
         assert_eq!(line["filter"], "hostile");
         assert_eq!(line["tenant"], "attacker");
@@ -133,7 +94,7 @@ async fn hostile_filters_fail_only_their_own_requests() {
 
     // The trap's log line carries the guest's panic message and a backtrace with function names.
     let trap = get(&proxy, "a", "/trap").await;
-    let line = failure_line(&request_id(&trap));
+    let line = logged_failure(&request_id(&trap));
     assert!(line["guest_message"].as_str().unwrap().contains("hostile filter gave up on purpose"), "{line}");
     assert!(line["message"].as_str().unwrap().contains("on_request"), "{line}");
 
@@ -148,7 +109,7 @@ async fn fail_open_skips_the_failing_filter() {
     let proxy = hostile_proxy(&origin).await;
     let response = get(&proxy, "a", "/loop-open").await;
     assert_eq!(response.status, StatusCode::OK);
-    let line = failure_line(&request_id(&response));
+    let line = logged_failure(&request_id(&response));
     assert_eq!(line["policy"], "fail-open");
     assert_eq!(line["error.kind"], "cpu_limit");
 }
@@ -257,7 +218,7 @@ async fn key_value_namespaces_keep_tenants_apart() {
 
 #[tokio::test]
 async fn a_tenant_over_its_cpu_rate_is_paused_not_failed_and_its_call_limit_still_holds() {
-    logs();
+    capture_logs();
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&format!(
         r#"
@@ -289,14 +250,14 @@ filters = [{{ plugin = "hostile", config = {{ mode = "none" }} }}]
     // guest time with the CPU-limit failure.
     let looped = get(&proxy, "a", "/loop").await;
     assert_eq!(looped.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(failure_line(&request_id(&looped))["error.kind"], "cpu_limit");
+    assert_eq!(logged_failure(&request_id(&looped))["error.kind"], "cpu_limit");
     // Calls that stay within their means are unaffected.
     assert_eq!(get(&proxy, "a", "/ok").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_guest_reaching_for_files_and_environment_through_wasi_gets_neither() {
-    logs();
+    capture_logs();
     let origin = Origin::echo("app").await;
     let probe = plugin("tests/plugins/wasi-probe");
     // The component really imports WASI: the preview 1 adapter turned its calls into WASI 0.2.

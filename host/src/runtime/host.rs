@@ -147,6 +147,9 @@ pub(crate) struct FilterState {
     pub(crate) cpu_ticks: u64,
     /// The last error-level line the guest logged in the current call (a panic message, usually).
     pub(crate) guest_error: Option<String>,
+    /// What the guest wrote to WASI stderr in the current call (its first 4 KiB): the message of
+    /// a runtime that reports a panic there and exits, as Go's does.
+    pub(crate) guest_stderr: Option<Arc<std::sync::Mutex<String>>>,
     /// Linear memory the instance has (all its memories), in bytes.
     pub(crate) memory_bytes: usize,
 }
@@ -171,8 +174,20 @@ impl FilterState {
             response: None,
             cpu_ticks: 0,
             guest_error: None,
+            guest_stderr: None,
             memory_bytes: 0,
         }
+    }
+
+    /// Why the current call failed, in the guest's words: what it logged at error level, else what
+    /// it wrote to stderr.
+    pub(crate) fn take_guest_message(&mut self) -> Option<String> {
+        self.guest_error.take().or_else(|| {
+            let mut written = self.guest_stderr.as_ref()?.lock().ok()?;
+            let message = std::mem::take(&mut *written);
+            let message = message.trim();
+            (!message.is_empty()).then(|| message.to_owned())
+        })
     }
 
     pub(crate) fn new_request_handle(&mut self) -> wasmtime::Result<Resource<RequestHandle>> {

@@ -222,23 +222,26 @@ impl FilterPool {
 async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, Phases), FilterError> {
     let fail =
         |kind, guest_message| FilterError { route: spec.route.clone(), filter: spec.name.clone(), kind, guest_message };
+    let stderr_kept = spec.plugin.uses_wasi.then(|| Arc::new(Mutex::new(String::new())));
     let wasi = spec.plugin.uses_wasi.then(|| {
-        let stream = |stream_name: &'static str| {
+        let stream = |stream_name: &'static str, kept: Option<Arc<Mutex<String>>>| {
             AsyncStdoutStream::new(
                 8192,
-                GuestOutput { route: spec.route.clone(), filter: spec.name.clone(), stream_name },
+                GuestOutput { route: spec.route.clone(), filter: spec.name.clone(), stream_name, kept },
             )
         };
         // Nothing ambient: no files, no environment, no sockets.
         WasiCtxBuilder::new()
-            .stdout(stream("stdout"))
-            .stderr(stream("stderr"))
+            .stdout(stream("stdout", None))
+            .stderr(stream("stderr", stderr_kept.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build()
     });
-    let state = FilterState::new(runtime.services.clone(), spec.route.clone(), spec.name.clone(), &spec.tenant, wasi);
+    let mut state =
+        FilterState::new(runtime.services.clone(), spec.route.clone(), spec.name.clone(), &spec.tenant, wasi);
+    state.guest_stderr = stderr_kept;
     // Deadlines count epochs: the ticker must run before a guest does.
     runtime.start_epoch_ticker();
     let mut store = Store::new(runtime.engine(), state);
@@ -264,14 +267,14 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     start_call(&mut store);
     let filter = match spec.plugin.pre.instantiate_async(&mut store).await {
         Ok(filter) => filter,
-        Err(err) => return Err(fail(classify(&err), store.data_mut().guest_error.take())),
+        Err(err) => return Err(fail(classify(&err), store.data_mut().take_guest_message())),
     };
     start_call(&mut store);
     let configured = filter.sluice_filter_filter().call_configure(&mut store, &spec.config).await;
     match configured {
         Ok(Ok(phases)) => Ok((Instance { store, filter }, phases)),
         Ok(Err(refusal)) => Err(fail(FilterErrorKind::ConfigRefused(refusal), None)),
-        Err(err) => Err(fail(classify(&err), store.data_mut().guest_error.take())),
+        Err(err) => Err(fail(classify(&err), store.data_mut().take_guest_message())),
     }
 }
 
@@ -284,6 +287,11 @@ fn start_call(store: &mut Store<FilterState>) {
     let state = store.data_mut();
     state.cpu_ticks = 0;
     state.guest_error = None;
+    if let Some(written) = &state.guest_stderr
+        && let Ok(mut written) = written.lock()
+    {
+        written.clear();
+    }
     store.set_epoch_deadline(1);
 }
 
@@ -408,7 +416,7 @@ impl FilterInstance {
         }
         result.map_err(|err| {
             self.poisoned = true;
-            let guest_message = instance.store.data_mut().guest_error.take();
+            let guest_message = instance.store.data_mut().take_guest_message();
             self.pool.error(classify(&err), guest_message)
         })
     }
@@ -546,12 +554,17 @@ async fn call_phase(store: &mut Store<FilterState>, filter: &Filter, call: Phase
     answer
 }
 
-/// Where a guest's WASI stdout and stderr go: the log, a line per write.
+/// Where a guest's WASI stdout and stderr go: the log, a line per write; for stderr also the
+/// start of what the call wrote, kept as the guest's message should the call fail.
 struct GuestOutput {
     route: Arc<str>,
     filter: Arc<str>,
     stream_name: &'static str,
+    kept: Option<Arc<Mutex<String>>>,
 }
+
+/// How much of a call's stderr is kept for its failure message.
+const STDERR_KEPT_BYTES: usize = 4096;
 
 impl tokio::io::AsyncWrite for GuestOutput {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
@@ -559,6 +572,14 @@ impl tokio::io::AsyncWrite for GuestOutput {
         let text = text.trim_end();
         if !text.is_empty() {
             tracing::info!(target: "sluice::filter", route = %self.route, filter = %self.filter, stream = self.stream_name, "{text}");
+        }
+        if let Some(kept) = &self.kept
+            && let Ok(mut kept) = kept.lock()
+            && kept.len() < STDERR_KEPT_BYTES
+        {
+            // The start of what it wrote: a panic's message comes first, its stack after.
+            let end = bytes.len().min(STDERR_KEPT_BYTES - kept.len());
+            kept.push_str(&String::from_utf8_lossy(&bytes[..end]));
         }
         Poll::Ready(Ok(bytes.len()))
     }

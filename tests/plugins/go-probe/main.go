@@ -27,6 +27,8 @@ type Config struct {
 	Refuse             bool    `json:"refuse"`
 	// HostCalls: call every host function (callouts go to the upstream named here).
 	HostCalls string `json:"host_calls"`
+	// PanicPath: panic in the request phase for this path.
+	PanicPath string `json:"panic_path"`
 }
 
 // Probe is the base filter: request and response heads.
@@ -63,6 +65,9 @@ func (withBufferedResponseBody) BufferResponseBody() bool { return true }
 func (p *Probe) OnRequest(req *sluice.Request) sluice.Decision {
 	p.chunks = 0
 	p.served++
+	if p.config.PanicPath != "" && p.config.PanicPath == req.Path() {
+		panic("go-probe panicked on " + req.Path())
+	}
 	_ = req.SetHeader("x-"+p.config.Tag+"-instance-requests", strconv.FormatUint(p.served, 10))
 	if p.config.DenyPath != nil && *p.config.DenyPath == req.Path() {
 		return sluice.Respond(sluice.NewResponse(403).
