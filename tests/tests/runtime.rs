@@ -198,3 +198,33 @@ async fn a_warm_instance_serves_more_calls_than_the_handle_limit() {
         parts.headers.clear();
     }
 }
+
+/// The initial size, in bytes, of the first linear memory of the core module in `component`.
+fn initial_memory_bytes(component: &[u8]) -> u64 {
+    wasmparser::Parser::new(0)
+        .parse_all(component)
+        .find_map(|payload| match payload {
+            Ok(wasmparser::Payload::MemorySection(memories)) => memories.into_iter().next()?.ok(),
+            _ => None,
+        })
+        .expect("a memory")
+        .initial
+        * 65536
+}
+
+#[tokio::test]
+async fn a_rust_filter_serves_from_its_initial_memory_without_growing_it() {
+    // The Rust SDK's allocator starts from a static arena, so a typical filter never grows its
+    // memory: growing it would cost page-protection changes for every fresh instance.
+    let path = plugin("tests/plugins/probe");
+    let pool = probe_pool("{\"tag\":\"t\",\"count\":false}").await;
+    let initial = initial_memory_bytes(&std::fs::read(&path).unwrap());
+    let mut instance = pool.checkout(context()).await.unwrap();
+    for call in 0..100 {
+        let mut head = request(&format!("/call/{call}"));
+        instance.on_request(&mut head).await.unwrap();
+        let mut parts = response(200);
+        instance.on_response(&mut head, &mut parts).await.unwrap();
+        assert_eq!(instance.memory_bytes() as u64, initial, "call {call} grew the memory");
+    }
+}

@@ -47,6 +47,8 @@ pub mod bindings {
     });
 }
 
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+mod allocator;
 mod filter;
 pub mod host;
 mod http;
