@@ -56,7 +56,7 @@ say "Running the JavaScript example filter's own unit tests (node --test)"
 (cd examples/js-sign-filter && node --test test/)
 say "Running the Go SDK's and the Go example filter's own unit tests (go test, natively)"
 for module in sdk/go examples/go-header-policy; do
-  (cd "$module" && GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=mod "$go_bin" test ./...)
+  (cd "$module" && GOTOOLCHAIN=local GOPROXY=off "$go_bin" test ./...)
 done
 
 if cargo nextest --version >/dev/null 2>&1; then

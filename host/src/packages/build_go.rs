@@ -134,7 +134,6 @@ pub(super) fn build_go_plugin(
         .env("GOARCH", "wasm")
         .env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
-        .env("GOFLAGS", "-mod=mod")
         .env("CGO_ENABLED", "0");
     let built = run_go(&mut build, dir, options);
     let module = built.and_then(|()| {
