@@ -228,3 +228,66 @@ async fn a_rust_filter_serves_from_its_initial_memory_without_growing_it() {
         assert_eq!(instance.memory_bytes() as u64, initial, "call {call} grew the memory");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_calls_take_their_tenants_lane_one_at_a_time_while_short_calls_never_wait() {
+    use sluice::runtime::FilterErrorKind;
+
+    let runtime = Runtime::shared().unwrap();
+    let pool_for = |tenant: Arc<Tenant>, relative: &str, config: &str| {
+        let runtime = runtime.clone();
+        let plugin = Plugin::load_file(&runtime, "p", &plugin(relative)).unwrap();
+        let spec = FilterSpec {
+            route: "r".into(),
+            name: "p".into(),
+            plugin: Arc::new(plugin),
+            config: config.into(),
+            on_error: FailurePolicy::FailClosed,
+            isolation: Isolation::Instance,
+            tenant,
+        };
+        FilterPool::prepare(runtime, spec)
+    };
+    let attacker = Arc::new(Tenant {
+        name: "attacker".into(),
+        cpu_per_call: std::time::Duration::from_millis(100),
+        ..Tenant::default_tenant()
+    });
+    let victim = Arc::new(Tenant { name: "victim".into(), ..Tenant::default_tenant() });
+    let looping = pool_for(attacker.clone(), "tests/plugins/hostile", r#"{"mode":"loop"}"#).await.unwrap();
+    let probe = pool_for(victim.clone(), "tests/plugins/probe", r#"{"tag":"v"}"#).await.unwrap();
+
+    // Three spinning calls of the attacker at once: each becomes a long call after a tick or two.
+    let attacks: Vec<_> = (0..3)
+        .map(|_| {
+            let looping = looping.clone();
+            tokio::spawn(async move {
+                let mut instance = looping.checkout(context()).await.unwrap();
+                instance.on_request(&mut request("/spin")).await.map(|_| ())
+            })
+        })
+        .collect();
+    let lane = &attacker.long_calls;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while lane.available() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a spinning call took the attacker's lane");
+
+    // While the attacker holds its lane, the victim's calls are short and never wait for it.
+    for call in 0..20 {
+        let mut instance = probe.checkout(context()).await.unwrap();
+        let outcome = instance.on_request(&mut request(&format!("/victim/{call}"))).await;
+        assert!(matches!(outcome, Ok(HeadOutcome::Continue)), "{outcome:?}");
+    }
+    assert_eq!(victim.long_calls.available(), 1, "short calls take no lane");
+
+    // Each attack still ran until its own CPU limit (it waited for the lane, paused, not failed).
+    for attack in attacks {
+        let error = attack.await.unwrap().expect_err("a spinning call ends at its CPU limit");
+        assert!(matches!(error.kind, FilterErrorKind::CpuLimit(_)), "{error:?}");
+    }
+    assert_eq!(lane.available(), 1, "every lane was given back");
+}

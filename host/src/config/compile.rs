@@ -29,9 +29,9 @@ use crate::routing::{
     Backends, HeaderCondition, HeaderMatch, HostPattern, Mirror, PathMatch, PathRewrite, Redirect, Route, RouteAction,
     RouteTable,
 };
-use crate::runtime::CpuRate;
 use crate::runtime::kv::KvQuota;
 use crate::runtime::{Canary, FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
+use crate::runtime::{CpuRate, LongCallLane};
 use crate::server::tls::{self, CertificatePaths, TlsSettings};
 use crate::upstream::{
     BalancerKind, CheckKind, DnsResolver, HashKey, HealthCheck, OutlierPolicy, PoolSettings, ResolverSettings,
@@ -704,6 +704,7 @@ impl Compiler<'_> {
             kv: KvQuota { max_keys: section.kv_max_keys, max_bytes: section.kv_max_bytes },
             plugins,
             cpu_rate: section.cpu_ms_per_second.map(CpuRate::new),
+            long_calls: LongCallLane::default(),
         })
     }
 

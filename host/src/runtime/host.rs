@@ -152,6 +152,27 @@ pub(crate) struct FilterState {
     pub(crate) guest_stderr: Option<Arc<std::sync::Mutex<String>>>,
     /// Linear memory the instance has (all its memories), in bytes.
     pub(crate) memory_bytes: usize,
+    /// The lanes the current call holds once it has become a long call (tenant's, then
+    /// everyone's), filled by the epoch callback's wait and emptied when the call returns.
+    pub(crate) long_call: Arc<std::sync::Mutex<Option<LongCallPermits>>>,
+}
+
+/// The lanes a long call holds.
+pub(crate) struct LongCallPermits {
+    _tenant: tokio::sync::OwnedSemaphorePermit,
+    _everyone: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl LongCallPermits {
+    /// Waits (paused, not spinning) for `tenant`'s lane and then for one of everyone's.
+    pub(crate) async fn acquire(
+        tenant: Arc<tokio::sync::Semaphore>,
+        everyone: Arc<tokio::sync::Semaphore>,
+    ) -> Option<Self> {
+        let tenant = tenant.acquire_owned().await.ok()?;
+        let everyone = everyone.acquire_owned().await.ok()?;
+        Some(Self { _tenant: tenant, _everyone: everyone })
+    }
 }
 
 impl FilterState {
@@ -176,6 +197,7 @@ impl FilterState {
             guest_error: None,
             guest_stderr: None,
             memory_bytes: 0,
+            long_call: Arc::default(),
         }
     }
 

@@ -29,7 +29,7 @@ pub use pool::{
     BodyOutcome, Canary, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec,
     HeadOutcome, Isolation, RequestHead, RouteFilter,
 };
-pub use tenant::{CpuRate, Tenant};
+pub use tenant::{CpuRate, LongCallLane, Tenant};
 
 pub use bindings::sluice::filter::types::Phases;
 
@@ -52,6 +52,9 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     /// Started with the first filter: a proxy without filters has no thread waking every tick.
     epoch_ticker: std::sync::Once,
+    /// Lanes for long calls, all tenants together: one fewer than the CPUs (at least one), so
+    /// that spinning guests always leave a worker for short calls (see `LongCallLane`).
+    pub(crate) long_call_lanes: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -127,6 +130,9 @@ impl Runtime {
             services: Arc::new(HostServices::default()),
             cache_dir,
             epoch_ticker: std::sync::Once::new(),
+            long_call_lanes: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |cpus| cpus.get().saturating_sub(1).max(1)),
+            )),
         })
     }
 

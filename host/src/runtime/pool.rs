@@ -18,8 +18,8 @@ use wasmtime_wasi::cli::AsyncStdoutStream;
 use super::bindings::Plugin as Filter;
 use super::bindings::sluice::filter::types::{self as wit, Phases};
 use super::host::{
-    CallContext, CpuLimitExceeded, FilterState, MemoryLimitExceeded, RequestHandle, RequestSlot, ResponseHandle,
-    ResponseSlot,
+    CallContext, CpuLimitExceeded, FilterState, LongCallPermits, MemoryLimitExceeded, RequestHandle, RequestSlot,
+    ResponseHandle, ResponseSlot,
 };
 use super::plugin::Plugin;
 use super::tenant::Tenant;
@@ -249,6 +249,8 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     let limit_ticks = ticks_for(spec.tenant.cpu_per_call);
     let limit_ms = spec.tenant.cpu_per_call.as_millis();
     let cpu_rate = spec.tenant.cpu_rate.clone();
+    let tenant_lane = spec.tenant.long_calls.0.clone();
+    let everyones_lanes = runtime.long_call_lanes.clone();
     store.epoch_deadline_callback(move |mut context| {
         let state = context.data_mut();
         state.cpu_ticks += 1;
@@ -258,19 +260,37 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
         // Past its tenant's CPU rate the guest sleeps before going on, which frees the worker
         // for everyone else; within it, it lets other tasks run on this thread and carries on.
         let pause = cpu_rate.as_ref().map_or(Duration::ZERO, |rate| rate.charge(EPOCH_TICK));
-        if pause.is_zero() {
-            Ok(UpdateDeadline::Yield(1))
-        } else {
-            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))))
+        // A call still running at its second tick (the first may land just after it started) is
+        // a long call: it waits for its lanes before going on (see `LongCallLane`).
+        let needs_lane = state.cpu_ticks >= LONG_CALL_TICKS && state.long_call.lock().is_ok_and(|held| held.is_none());
+        if pause.is_zero() && !needs_lane {
+            return Ok(UpdateDeadline::Yield(1));
         }
+        let slot = state.long_call.clone();
+        let lanes = needs_lane.then(|| (tenant_lane.clone(), everyones_lanes.clone()));
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                tokio::time::sleep(pause).await;
+                if let Some((tenant, everyone)) = lanes {
+                    let permits = LongCallPermits::acquire(tenant, everyone).await;
+                    if let Ok(mut held) = slot.lock() {
+                        *held = permits;
+                    }
+                }
+            }),
+        ))
     });
     start_call(&mut store);
-    let filter = match spec.plugin.pre.instantiate_async(&mut store).await {
+    let instantiated = spec.plugin.pre.instantiate_async(&mut store).await;
+    end_call(&mut store);
+    let filter = match instantiated {
         Ok(filter) => filter,
         Err(err) => return Err(fail(classify(&err), store.data_mut().take_guest_message())),
     };
     start_call(&mut store);
     let configured = filter.sluice_filter_filter().call_configure(&mut store, &spec.config).await;
+    end_call(&mut store);
     match configured {
         Ok(Ok(phases)) => Ok((Instance { store, filter }, phases)),
         Ok(Err(refusal)) => Err(fail(FilterErrorKind::ConfigRefused(refusal), None)),
@@ -281,6 +301,16 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
 fn ticks_for(limit: Duration) -> u64 {
     // One tick of slack: the first tick may land just after the call starts.
     u64::try_from(limit.as_nanos() / EPOCH_TICK.as_nanos()).unwrap_or(u64::MAX).max(1) + 1
+}
+
+/// Ticks after which a call is a long call and needs its lanes.
+const LONG_CALL_TICKS: u64 = 2;
+
+/// Gives back the lanes a call took, once it has returned.
+fn end_call(store: &mut Store<FilterState>) {
+    if let Ok(mut held) = store.data().long_call.lock() {
+        *held = None;
+    }
 }
 
 fn start_call(store: &mut Store<FilterState>) {
@@ -406,6 +436,7 @@ impl FilterInstance {
         }
         start_call(&mut instance.store);
         let result = call_phase(&mut instance.store, &instance.filter, call).await;
+        end_call(&mut instance.store);
         let state = instance.store.data_mut();
         if let Some(slot) = state.request.take() {
             request.parts = slot.parts;

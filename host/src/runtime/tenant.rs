@@ -29,7 +29,40 @@ pub struct Tenant {
     pub plugins: Option<BTreeSet<String>>,
     /// Guest CPU time all its instances together may use per second (`None`: no limit).
     pub cpu_rate: Option<CpuRate>,
+    /// Its lane for long calls: one at a time.
+    pub long_calls: LongCallLane,
 }
+
+/// Calls that run past their first milliseconds ("long calls") take a lane: one per tenant, and
+/// all tenants together at most one fewer than the CPUs (`Runtime`'s lanes). A long call waits,
+/// paused, for its lanes, so a tenant whose filters spin keeps at most one worker busy and never
+/// all of them, whatever its CPU rate, while short calls (the usual filter call, microseconds)
+/// never wait. The lane is held until the call returns.
+#[derive(Debug, Clone)]
+pub struct LongCallLane(pub(crate) Arc<tokio::sync::Semaphore>);
+
+impl LongCallLane {
+    /// Whether the lane is free (1) or held by a long call (0).
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+impl Default for LongCallLane {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(1)))
+    }
+}
+
+impl PartialEq for LongCallLane {
+    /// Lanes are the tenant's running state, not its grants: two tenants with the same grants
+    /// are equal whatever their lanes are doing.
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LongCallLane {}
 
 /// A tenant's share of CPU: guest time per second of wall time, all its instances together.
 ///
@@ -85,6 +118,7 @@ impl Tenant {
             kv: KvQuota { max_keys: 100_000, max_bytes: 64 << 20 },
             plugins: None,
             cpu_rate: None,
+            long_calls: LongCallLane::default(),
         }
     }
 }
