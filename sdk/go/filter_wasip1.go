@@ -41,7 +41,7 @@ func exportOnRequest(req uint32) unsafe.Pointer {
 	keepForHost = nil
 	decision := Continue()
 	if filter, ok := active.(RequestFilter); ok {
-		decision = filter.OnRequest(&Request{handle: req})
+		decision = filter.OnRequest(newRequest(req))
 	}
 	dropRequest(req)
 	lowerDecision(decision)
@@ -56,7 +56,7 @@ func exportOnRequestBody(req uint32, body unsafe.Pointer, length uint32, endOfSt
 	keepForHost = nil
 	action := Pass()
 	if filter, ok := active.(RequestBodyFilter); ok {
-		action = filter.OnRequestBody(&Request{handle: req}, chunk, endOfStream != 0)
+		action = filter.OnRequestBody(newRequest(req), chunk, endOfStream != 0)
 	}
 	dropRequest(req)
 	lowerBodyAction(action)
@@ -69,7 +69,7 @@ func exportOnResponse(req, resp uint32) unsafe.Pointer {
 	keepForHost = nil
 	decision := Continue()
 	if filter, ok := active.(ResponseFilter); ok {
-		decision = filter.OnResponse(&Request{handle: req}, &Response{handle: resp})
+		decision = filter.OnResponse(newRequest(req), newResponse(resp))
 	}
 	dropRequest(req)
 	dropResponse(resp)
@@ -85,7 +85,7 @@ func exportOnResponseBody(req, resp uint32, body unsafe.Pointer, length uint32, 
 	keepForHost = nil
 	action := Pass()
 	if filter, ok := active.(ResponseBodyFilter); ok {
-		action = filter.OnResponseBody(&Request{handle: req}, &Response{handle: resp}, chunk, endOfStream != 0)
+		action = filter.OnResponseBody(newRequest(req), newResponse(resp), chunk, endOfStream != 0)
 	}
 	dropRequest(req)
 	dropResponse(resp)

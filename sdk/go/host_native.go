@@ -7,30 +7,31 @@ package sluice
 
 func noHost() { panic("sluice: host calls work only inside Sluice (build with `sluice plugin build`)") }
 
-func requestMethod(uint32) string                       { noHost(); return "" }
-func requestSetMethod(uint32, string) error             { noHost(); return nil }
-func requestPathWithQuery(uint32) string                { noHost(); return "" }
-func requestSetPathWithQuery(uint32, string) error      { noHost(); return nil }
-func requestAuthority(uint32) string                    { noHost(); return "" }
-func requestHeader(uint32, string) ([]byte, bool)       { noHost(); return nil, false }
-func requestHeaderAll(uint32, string) [][]byte          { noHost(); return nil }
-func requestHeaders(uint32) []Header                    { noHost(); return nil }
-func requestSetHeader(uint32, string, []byte) error     { noHost(); return nil }
-func requestAppendHeader(uint32, string, []byte) error  { noHost(); return nil }
-func requestRemoveHeader(uint32, string)                { noHost() }
-func requestClientIP(uint32) string                     { noHost(); return "" }
-func requestClientIdentity(uint32) (string, bool)       { noHost(); return "", false }
-func requestID(uint32) string                           { noHost(); return "" }
-func requestRoute(uint32) string                        { noHost(); return "" }
-func requestSetCacheKey(uint32, string)                 { noHost() }
-func responseStatus(uint32) uint16                      { noHost(); return 0 }
-func responseSetStatus(uint32, uint16) error            { noHost(); return nil }
-func responseHeader(uint32, string) ([]byte, bool)      { noHost(); return nil, false }
-func responseHeaderAll(uint32, string) [][]byte         { noHost(); return nil }
-func responseHeaders(uint32) []Header                   { noHost(); return nil }
-func responseSetHeader(uint32, string, []byte) error    { noHost(); return nil }
-func responseAppendHeader(uint32, string, []byte) error { noHost(); return nil }
-func responseRemoveHeader(uint32, string)               { noHost() }
+var requestHeaderHost, responseHeaderHost = nativeHeaderHost(), nativeHeaderHost()
+
+func nativeHeaderHost() *headerHost {
+	return &headerHost{
+		get:    func(uint32, string) ([]byte, bool) { noHost(); return nil, false },
+		getAll: func(uint32, string) [][]byte { noHost(); return nil },
+		all:    func(uint32) []Header { noHost(); return nil },
+		set:    func(uint32, string, []byte) error { noHost(); return nil },
+		add:    func(uint32, string, []byte) error { noHost(); return nil },
+		remove: func(uint32, string) { noHost() },
+	}
+}
+
+func requestMethod(uint32) string                  { noHost(); return "" }
+func requestSetMethod(uint32, string) error        { noHost(); return nil }
+func requestPathWithQuery(uint32) string           { noHost(); return "" }
+func requestSetPathWithQuery(uint32, string) error { noHost(); return nil }
+func requestAuthority(uint32) string               { noHost(); return "" }
+func requestClientIP(uint32) string                { noHost(); return "" }
+func requestClientIdentity(uint32) (string, bool)  { noHost(); return "", false }
+func requestID(uint32) string                      { noHost(); return "" }
+func requestRoute(uint32) string                   { noHost(); return "" }
+func requestSetCacheKey(uint32, string)            { noHost() }
+func responseStatus(uint32) uint16                 { noHost(); return 0 }
+func responseSetStatus(uint32, uint16) error       { noHost(); return nil }
 
 func hostLog(Level, string)                                         { noHost() }
 func kvGet(string) ([]byte, bool, error)                            { noHost(); return nil, false, nil }

@@ -13,11 +13,66 @@ type Header struct {
 
 // Request is the request being served, read and changed through the host: nothing is copied
 // unless a method is called. It is valid only during the call it was passed to.
-type Request struct{ handle uint32 }
+type Request struct{ headerFields }
 
 // Response is the response on its way to the client. It is valid only during the call it was
 // passed to.
-type Response struct{ handle uint32 }
+type Response struct{ headerFields }
+
+func newRequest(handle uint32) *Request { return &Request{headerFields{handle, requestHeaderHost}} }
+
+func newResponse(handle uint32) *Response { return &Response{headerFields{handle, responseHeaderHost}} }
+
+// headerFields gives Request and Response their header methods, each through its own resource's
+// host functions.
+type headerFields struct {
+	handle uint32
+	host   *headerHost
+}
+
+// headerHost is one resource's header functions.
+type headerHost struct {
+	get    func(handle uint32, name string) ([]byte, bool)
+	getAll func(handle uint32, name string) [][]byte
+	all    func(handle uint32) []Header
+	set    func(handle uint32, name string, value []byte) error
+	add    func(handle uint32, name string, value []byte) error
+	remove func(handle uint32, name string)
+}
+
+// Header returns the first value of a header and whether it was present.
+func (f *headerFields) Header(name string) ([]byte, bool) { return f.host.get(f.handle, name) }
+
+// HeaderString returns the first value of a header as a string ("" when absent).
+func (f *headerFields) HeaderString(name string) string {
+	value, _ := f.Header(name)
+	return string(value)
+}
+
+// HeaderAll returns every value of a header, in order.
+func (f *headerFields) HeaderAll(name string) [][]byte { return f.host.getAll(f.handle, name) }
+
+// Headers returns every header.
+func (f *headerFields) Headers() []Header { return f.host.all(f.handle) }
+
+// SetHeader sets a header, replacing any values it had; refused (with the host's reason) for an
+// invalid name or value, or a change the phase does not allow.
+func (f *headerFields) SetHeader(name string, value string) error {
+	return f.host.set(f.handle, name, []byte(value))
+}
+
+// SetHeaderBytes is SetHeader with a raw value.
+func (f *headerFields) SetHeaderBytes(name string, value []byte) error {
+	return f.host.set(f.handle, name, value)
+}
+
+// AppendHeader adds a value to a header.
+func (f *headerFields) AppendHeader(name string, value string) error {
+	return f.host.add(f.handle, name, []byte(value))
+}
+
+// RemoveHeader removes every value of a header.
+func (f *headerFields) RemoveHeader(name string) { f.host.remove(f.handle, name) }
 
 // Method returns the request method, such as "GET".
 func (r *Request) Method() string { return requestMethod(r.handle) }
@@ -47,39 +102,6 @@ func (r *Request) SetPathWithQuery(value string) error {
 // Authority returns the host the client asked for, with the port if it gave one.
 func (r *Request) Authority() string { return requestAuthority(r.handle) }
 
-// Header returns the first value of a header and whether it was present.
-func (r *Request) Header(name string) ([]byte, bool) { return requestHeader(r.handle, name) }
-
-// HeaderString returns the first value of a header as a string ("" when absent).
-func (r *Request) HeaderString(name string) string {
-	value, _ := r.Header(name)
-	return string(value)
-}
-
-// HeaderAll returns every value of a header, in order.
-func (r *Request) HeaderAll(name string) [][]byte { return requestHeaderAll(r.handle, name) }
-
-// Headers returns every header.
-func (r *Request) Headers() []Header { return requestHeaders(r.handle) }
-
-// SetHeader sets a header, replacing any values it had; refused for an invalid name or value.
-func (r *Request) SetHeader(name string, value string) error {
-	return requestSetHeader(r.handle, name, []byte(value))
-}
-
-// SetHeaderBytes is SetHeader with a raw value.
-func (r *Request) SetHeaderBytes(name string, value []byte) error {
-	return requestSetHeader(r.handle, name, value)
-}
-
-// AppendHeader adds a value to a header.
-func (r *Request) AppendHeader(name string, value string) error {
-	return requestAppendHeader(r.handle, name, []byte(value))
-}
-
-// RemoveHeader removes every value of a header.
-func (r *Request) RemoveHeader(name string) { requestRemoveHeader(r.handle, name) }
-
 // ClientIP returns the client's IP address.
 func (r *Request) ClientIP() string { return requestClientIP(r.handle) }
 
@@ -106,36 +128,3 @@ func (r *Response) SetStatus(status int) error {
 	}
 	return responseSetStatus(r.handle, uint16(status))
 }
-
-// Header returns the first value of a header and whether it was present.
-func (r *Response) Header(name string) ([]byte, bool) { return responseHeader(r.handle, name) }
-
-// HeaderString returns the first value of a header as a string ("" when absent).
-func (r *Response) HeaderString(name string) string {
-	value, _ := r.Header(name)
-	return string(value)
-}
-
-// HeaderAll returns every value of a header, in order.
-func (r *Response) HeaderAll(name string) [][]byte { return responseHeaderAll(r.handle, name) }
-
-// Headers returns every header.
-func (r *Response) Headers() []Header { return responseHeaders(r.handle) }
-
-// SetHeader sets a header, replacing any values it had.
-func (r *Response) SetHeader(name string, value string) error {
-	return responseSetHeader(r.handle, name, []byte(value))
-}
-
-// SetHeaderBytes is SetHeader with a raw value.
-func (r *Response) SetHeaderBytes(name string, value []byte) error {
-	return responseSetHeader(r.handle, name, value)
-}
-
-// AppendHeader adds a value to a header.
-func (r *Response) AppendHeader(name string, value string) error {
-	return responseAppendHeader(r.handle, name, []byte(value))
-}
-
-// RemoveHeader removes every value of a header.
-func (r *Response) RemoveHeader(name string) { responseRemoveHeader(r.handle, name) }

@@ -158,42 +158,6 @@ func requestAuthority(h uint32) string {
 	return stringResult()
 }
 
-func requestHeader(h uint32, name string) ([]byte, bool) {
-	importRequestHeader(h, stringPointer(name), uint32(len(name)), returnPointer())
-	runtime.KeepAlive(name)
-	return optionBytesResult()
-}
-
-func requestHeaderAll(h uint32, name string) [][]byte {
-	importRequestHeaderAll(h, stringPointer(name), uint32(len(name)), returnPointer())
-	runtime.KeepAlive(name)
-	return byteListsResult()
-}
-
-func requestHeaders(h uint32) []Header {
-	importRequestHeaders(h, returnPointer())
-	return headersResult()
-}
-
-func requestSetHeader(h uint32, name string, value []byte) error {
-	importRequestSetHeader(h, stringPointer(name), uint32(len(name)), bytesPointer(value), uint32(len(value)), returnPointer())
-	runtime.KeepAlive(name)
-	runtime.KeepAlive(value)
-	return unitResult()
-}
-
-func requestAppendHeader(h uint32, name string, value []byte) error {
-	importRequestAppendHeader(h, stringPointer(name), uint32(len(name)), bytesPointer(value), uint32(len(value)), returnPointer())
-	runtime.KeepAlive(name)
-	runtime.KeepAlive(value)
-	return unitResult()
-}
-
-func requestRemoveHeader(h uint32, name string) {
-	importRequestRemoveHeader(h, stringPointer(name), uint32(len(name)))
-	runtime.KeepAlive(name)
-}
-
 func requestClientIP(h uint32) string {
 	importRequestClientIP(h, returnPointer())
 	return stringResult()
@@ -226,38 +190,49 @@ func responseSetStatus(h uint32, status uint16) error {
 	return unitResult()
 }
 
-func responseHeader(h uint32, name string) ([]byte, bool) {
-	importResponseHeader(h, stringPointer(name), uint32(len(name)), returnPointer())
-	runtime.KeepAlive(name)
-	return optionBytesResult()
-}
+// The header functions of both resources have the same shapes; these lower and lift them once.
+type (
+	nameImport      func(self uint32, name unsafe.Pointer, nameLength uint32, ret unsafe.Pointer)
+	handleImport    func(self uint32, ret unsafe.Pointer)
+	nameValueImport func(self uint32, name unsafe.Pointer, nameLength uint32, value unsafe.Pointer, valueLength uint32, ret unsafe.Pointer)
+	removeImport    func(self uint32, name unsafe.Pointer, nameLength uint32)
+)
 
-func responseHeaderAll(h uint32, name string) [][]byte {
-	importResponseHeaderAll(h, stringPointer(name), uint32(len(name)), returnPointer())
-	runtime.KeepAlive(name)
-	return byteListsResult()
-}
+var requestHeaderHost = headerHostOf(importRequestHeader, importRequestHeaderAll, importRequestHeaders,
+	importRequestSetHeader, importRequestAppendHeader, importRequestRemoveHeader)
 
-func responseHeaders(h uint32) []Header {
-	importResponseHeaders(h, returnPointer())
-	return headersResult()
-}
+var responseHeaderHost = headerHostOf(importResponseHeader, importResponseHeaderAll, importResponseHeaders,
+	importResponseSetHeader, importResponseAppendHeader, importResponseRemoveHeader)
 
-func responseSetHeader(h uint32, name string, value []byte) error {
-	importResponseSetHeader(h, stringPointer(name), uint32(len(name)), bytesPointer(value), uint32(len(value)), returnPointer())
-	runtime.KeepAlive(name)
-	runtime.KeepAlive(value)
-	return unitResult()
-}
-
-func responseAppendHeader(h uint32, name string, value []byte) error {
-	importResponseAppendHeader(h, stringPointer(name), uint32(len(name)), bytesPointer(value), uint32(len(value)), returnPointer())
-	runtime.KeepAlive(name)
-	runtime.KeepAlive(value)
-	return unitResult()
-}
-
-func responseRemoveHeader(h uint32, name string) {
-	importResponseRemoveHeader(h, stringPointer(name), uint32(len(name)))
-	runtime.KeepAlive(name)
+func headerHostOf(get, getAll nameImport, all handleImport, set, add nameValueImport, remove removeImport) *headerHost {
+	setVia := func(call nameValueImport) func(uint32, string, []byte) error {
+		return func(h uint32, name string, value []byte) error {
+			call(h, stringPointer(name), uint32(len(name)), bytesPointer(value), uint32(len(value)), returnPointer())
+			runtime.KeepAlive(name)
+			runtime.KeepAlive(value)
+			return unitResult()
+		}
+	}
+	return &headerHost{
+		get: func(h uint32, name string) ([]byte, bool) {
+			get(h, stringPointer(name), uint32(len(name)), returnPointer())
+			runtime.KeepAlive(name)
+			return optionBytesResult()
+		},
+		getAll: func(h uint32, name string) [][]byte {
+			getAll(h, stringPointer(name), uint32(len(name)), returnPointer())
+			runtime.KeepAlive(name)
+			return byteListsResult()
+		},
+		all: func(h uint32) []Header {
+			all(h, returnPointer())
+			return headersResult()
+		},
+		set: setVia(set),
+		add: setVia(add),
+		remove: func(h uint32, name string) {
+			remove(h, stringPointer(name), uint32(len(name)))
+			runtime.KeepAlive(name)
+		},
+	}
 }
