@@ -239,6 +239,25 @@ pub fn plugin(relative: &str) -> PathBuf {
     build_plugin(&repo_root().join(relative), &options).unwrap_or_else(|err| panic!("building {relative}: {err}"))
 }
 
+/// The `sluice plugin new --lang LANGUAGE NAME` scaffold, created once under
+/// target/test-scaffolds (a later run finds it there) and built with `sluice plugin build`'s code;
+/// returns its component.
+pub fn scaffold(language: sluice::packages::Language, name: &str) -> PathBuf {
+    let parent = repo_root().join("target/test-scaffolds");
+    let dir = parent.join(name);
+    if !dir.exists() {
+        // Created aside and renamed into place: test processes running in parallel never see half
+        // a scaffold (the one that renames second keeps the first one's).
+        let staging = parent.join(format!(".{name}.{}", std::process::id()));
+        std::fs::create_dir_all(&staging).expect("create the scaffold's staging folder");
+        sluice::packages::new_plugin_in(&staging, name, language).expect("scaffold");
+        let _ = std::fs::rename(staging.join(name), &dir);
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let options = BuildOptions { target_dir: None, quiet: true };
+    build_plugin(&dir, &options).unwrap_or_else(|err| panic!("building the {name} scaffold: {err}"))
+}
+
 /// A Sluice started in-process from a TOML literal.
 pub struct TestProxy {
     /// The first listener's address.

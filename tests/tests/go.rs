@@ -69,22 +69,9 @@ async fn a_config_the_go_filter_refuses_fails_the_start() {
     }
 }
 
-/// The `sluice plugin new --lang go` scaffold, created and built under target/ (so a later run
-/// finds it built and only checks it).
-fn go_scaffold() -> std::path::PathBuf {
-    let parent = sluice_tests::repo_root().join("target/test-scaffolds");
-    std::fs::create_dir_all(&parent).unwrap();
-    let dir = parent.join("gate-go");
-    if !dir.exists() {
-        sluice::packages::new_plugin_in(&parent, "gate-go", sluice::packages::Language::Go).unwrap();
-    }
-    let options = sluice::packages::BuildOptions { target_dir: None, quiet: true };
-    sluice::packages::build_plugin(&dir, &options).expect("the scaffold builds")
-}
-
 #[tokio::test]
 async fn a_scaffolded_go_filter_builds_and_runs() {
-    let component = go_scaffold();
+    let component = sluice_tests::scaffold(sluice::packages::Language::Go, "gate-go");
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\

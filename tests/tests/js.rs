@@ -46,22 +46,9 @@ async fn a_config_the_javascript_filter_refuses_fails_the_start() {
     assert!(error.to_string().contains("config.secret must be a string of at least 16 characters"), "{error}");
 }
 
-/// The `sluice plugin new --lang js` scaffold, created and built under target/ (so a later run
-/// finds it built and only checks it).
-fn javascript_scaffold() -> std::path::PathBuf {
-    let parent = sluice_tests::repo_root().join("target/test-scaffolds");
-    std::fs::create_dir_all(&parent).unwrap();
-    let dir = parent.join("gate-js");
-    if !dir.exists() {
-        sluice::packages::new_plugin_in(&parent, "gate-js", sluice::packages::Language::JavaScript).unwrap();
-    }
-    let options = sluice::packages::BuildOptions { target_dir: None, quiet: true };
-    sluice::packages::build_plugin(&dir, &options).expect("the scaffold builds")
-}
-
 #[tokio::test]
 async fn a_scaffolded_javascript_filter_builds_and_runs() {
-    let component = javascript_scaffold();
+    let component = sluice_tests::scaffold(sluice::packages::Language::JavaScript, "gate-js");
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
@@ -96,7 +83,9 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
     // The JavaScript engine's heap grows with every call (it is not collected between calls), so
     // under a 16 MiB limit an instance would fail after about a thousand calls.
     let runtime = Runtime::shared().unwrap();
-    let plugin = Plugin::load_file(&runtime, "gate", &javascript_scaffold()).unwrap();
+    let plugin =
+        Plugin::load_file(&runtime, "gate", &sluice_tests::scaffold(sluice::packages::Language::JavaScript, "gate-js"))
+            .unwrap();
     let tenant = Arc::new(Tenant { memory_bytes: 16 << 20, ..Tenant::default_tenant() });
     let spec = FilterSpec {
         route: "r".into(),
