@@ -229,33 +229,49 @@ async fn a_rust_filter_serves_from_its_initial_memory_without_growing_it() {
     }
 }
 
+async fn pool_for(tenant: Arc<Tenant>, relative: &str, config: &str) -> Arc<FilterPool> {
+    let runtime = Runtime::shared().unwrap();
+    let plugin = Plugin::load_file(&runtime, "p", &plugin(relative)).unwrap();
+    let spec = FilterSpec {
+        route: "r".into(),
+        name: "p".into(),
+        plugin: Arc::new(plugin),
+        config: config.into(),
+        on_error: FailurePolicy::FailClosed,
+        isolation: Isolation::Instance,
+        tenant,
+    };
+    FilterPool::prepare(runtime, spec).await.unwrap()
+}
+
+/// A tenant whose calls may each run 100 ms.
+fn attacker() -> Arc<Tenant> {
+    Arc::new(Tenant {
+        name: "attacker".into(),
+        cpu_per_call: std::time::Duration::from_millis(100),
+        ..Tenant::default_tenant()
+    })
+}
+
+/// Waits (yielding, bounded) until `lane` is as `available` says.
+async fn until_lane(lane: &sluice::runtime::LongCallLane, available: usize) {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while lane.available() != available {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the lane never had {available} free"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_calls_take_their_tenants_lane_one_at_a_time_while_short_calls_never_wait() {
     use sluice::runtime::FilterErrorKind;
 
-    let runtime = Runtime::shared().unwrap();
-    let pool_for = |tenant: Arc<Tenant>, relative: &str, config: &str| {
-        let runtime = runtime.clone();
-        let plugin = Plugin::load_file(&runtime, "p", &plugin(relative)).unwrap();
-        let spec = FilterSpec {
-            route: "r".into(),
-            name: "p".into(),
-            plugin: Arc::new(plugin),
-            config: config.into(),
-            on_error: FailurePolicy::FailClosed,
-            isolation: Isolation::Instance,
-            tenant,
-        };
-        FilterPool::prepare(runtime, spec)
-    };
-    let attacker = Arc::new(Tenant {
-        name: "attacker".into(),
-        cpu_per_call: std::time::Duration::from_millis(100),
-        ..Tenant::default_tenant()
-    });
+    let attacker = attacker();
     let victim = Arc::new(Tenant { name: "victim".into(), ..Tenant::default_tenant() });
-    let looping = pool_for(attacker.clone(), "tests/plugins/hostile", r#"{"mode":"loop"}"#).await.unwrap();
-    let probe = pool_for(victim.clone(), "tests/plugins/probe", r#"{"tag":"v"}"#).await.unwrap();
+    let looping = pool_for(attacker.clone(), "tests/plugins/hostile", r#"{"mode":"loop"}"#).await;
+    let probe = pool_for(victim.clone(), "tests/plugins/probe", r#"{"tag":"v"}"#).await;
 
     // Three spinning calls of the attacker at once: each becomes a long call after a tick or two.
     let attacks: Vec<_> = (0..3)
@@ -268,13 +284,7 @@ async fn long_calls_take_their_tenants_lane_one_at_a_time_while_short_calls_neve
         })
         .collect();
     let lane = &attacker.long_calls;
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while lane.available() > 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("a spinning call took the attacker's lane");
+    until_lane(lane, 0).await;
 
     // While the attacker holds its lane, the victim's calls are short and never wait for it.
     for call in 0..20 {
@@ -290,4 +300,28 @@ async fn long_calls_take_their_tenants_lane_one_at_a_time_while_short_calls_neve
         assert!(matches!(error.kind, FilterErrorKind::CpuLimit(_)), "{error:?}");
     }
     assert_eq!(lane.available(), 1, "every lane was given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cut_short_gives_back_its_lane_and_its_instance_is_not_reused() {
+    let attacker = attacker();
+    let looping = pool_for(attacker.clone(), "tests/plugins/hostile", r#"{"mode":"loop"}"#).await;
+    let call = tokio::spawn({
+        let looping = looping.clone();
+        async move {
+            let mut instance = looping.checkout(context()).await.unwrap();
+            instance.on_request(&mut request("/spin")).await.map(|_| ())
+        }
+    });
+    until_lane(&attacker.long_calls, 0).await;
+    // The request goes away while its filter spins: the call is dropped midway.
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    assert_eq!(attacker.long_calls.available(), 1, "the lane came back with the dropped instance");
+    // The next call runs on a fresh instance and takes the lane again.
+    let mut instance = looping.checkout(context()).await.unwrap();
+    let error = instance.on_request(&mut request("/spin")).await.expect_err("spins to its CPU limit");
+    assert!(matches!(error.kind, sluice::runtime::FilterErrorKind::CpuLimit(_)), "{error:?}");
+    drop(instance);
+    assert_eq!(attacker.long_calls.available(), 1);
 }

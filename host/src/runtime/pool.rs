@@ -434,9 +434,13 @@ impl FilterInstance {
             state.response = Some(ResponseSlot { parts: std::mem::replace(parts, empty_response_parts()), writable });
             response_parts = Some(parts);
         }
+        // A call cut short (its request dropped while the guest runs) leaves the guest midway,
+        // perhaps holding its long-call lanes: such an instance is never reused.
+        let poisoned_before = std::mem::replace(&mut self.poisoned, true);
         start_call(&mut instance.store);
         let result = call_phase(&mut instance.store, &instance.filter, call).await;
         end_call(&mut instance.store);
+        self.poisoned = poisoned_before;
         let state = instance.store.data_mut();
         if let Some(slot) = state.request.take() {
             request.parts = slot.parts;
