@@ -37,7 +37,7 @@ fi
 
 python=""
 for candidate in python3 python; do
-  if command -v "$candidate" >/dev/null && "$candidate" -c 'import venv' 2>/dev/null; then
+  if command -v "$candidate" >/dev/null && "$candidate" -c 'import venv, ensurepip' 2>/dev/null; then
     python=$candidate
     break
   fi
