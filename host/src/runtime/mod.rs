@@ -158,9 +158,11 @@ impl Runtime {
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
+    std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from).or_else(sluice_cache_home)
+}
+
+/// Sluice's folder in the user's cache: `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
+pub(crate) fn sluice_cache_home() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
