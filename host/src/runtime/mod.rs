@@ -70,7 +70,8 @@ pub struct RuntimeError(String);
 
 impl Runtime {
     /// The process's runtime, started on first use with the compiled-component cache in
-    /// `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
+    /// `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice/compiled`, else
+    /// `~/.cache/sluice/compiled`.
     pub fn shared() -> Result<Arc<Self>, RuntimeError> {
         static SHARED: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
         SHARED
@@ -158,7 +159,9 @@ impl Runtime {
 }
 
 fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from).or_else(sluice_cache_home)
+    // A folder of its own: wasmtime's cache clean-up removes whatever else it finds in its
+    // directory, and Sluice's cache home also holds the package store and the Go toolchain.
+    std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from).or_else(|| Some(sluice_cache_home()?.join("compiled")))
 }
 
 /// Sluice's folder in the user's cache: `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
