@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use http::StatusCode;
-use sluice_tests::{Collected, Origin, TestProxy, capture_logs, get, logged_failure, plugin};
+use http::{Request, StatusCode};
+use sluice::body;
+use sluice_tests::{Collected, Origin, TestProxy, capture_logs, get, http1_client, logged_failure, plugin, send};
 
 async fn hostile_proxy(origin: &Origin) -> TestProxy {
     capture_logs();
@@ -24,6 +25,9 @@ async fn hostile_proxy(origin: &Origin) -> TestProxy {
         "[[route]]\nname = \"callout-granted\"\npath_prefix = \"/callout-granted\"\ntenant = \"victim\"\nupstream = \"app\"\n\
          filters = [{ plugin = \"hostile\", config = { mode = \"callout\", upstream = \"secret\" } }]\n"
             .to_owned(),
+        "[[route]]\nname = \"work\"\npath_prefix = \"/work\"\ntenant = \"victim\"\nupstream = \"app\"\n\
+         filters = [{ plugin = \"hostile\", config = { mode = \"work\", work_ms = 10, upstream = \"secret\" } }]\n"
+            .to_owned(),
         "[[route]]\nname = \"good\"\npath_prefix = \"/good\"\ntenant = \"victim\"\nupstream = \"app\"\n\
          filters = [{ plugin = \"hostile\", config = { mode = \"none\" } }]\n"
             .to_owned(),
@@ -31,6 +35,8 @@ async fn hostile_proxy(origin: &Origin) -> TestProxy {
     TestProxy::start(&format!(
         r#"
 [[listener]]
+bind = "127.0.0.1:0"
+[admin]
 bind = "127.0.0.1:0"
 [upstream.app]
 servers = [{{ addr = "{origin}" }}]
@@ -150,6 +156,31 @@ async fn callouts_to_granted_upstreams_are_answered() {
     assert_eq!(response.status, StatusCode::OK, "{}", response.text());
     // The filter answered with the upstream's reply to its callout.
     assert_eq!(response.echo().uri(), "/secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_but_legitimate_call_moves_to_the_long_call_threads_and_its_callouts_are_answered() {
+    let origin = Origin::echo("app").await;
+    let proxy = hostile_proxy(&origin).await;
+    // Each call computes for 10 ms, past the point where a call becomes a long call, then calls
+    // out: the callout is sent from the proxy's workers and answered.
+    for _ in 0..3 {
+        let response = get(&proxy, "a", "/work").await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+        assert_eq!(response.echo().uri(), "/secret");
+    }
+    // The upstream's pooled connections serve short calls' callouts and proxied requests alike.
+    let response = get(&proxy, "a", "/callout-granted").await;
+    assert_eq!(response.echo().uri(), "/secret");
+    assert_eq!(get(&proxy, "a", "/good").await.status, StatusCode::OK);
+
+    let admin = proxy.admin.unwrap();
+    let metrics = send(&http1_client(), Request::get(format!("http://{admin}/metrics")).body(body::empty()).unwrap())
+        .await
+        .text();
+    let long_calls = "sluice_filter_long_calls_total{route=\"work\",filter=\"hostile\",tenant=\"victim\"} 3";
+    assert!(metrics.contains(long_calls), "{metrics}");
+    assert!(!metrics.contains("sluice_filter_long_calls_total{route=\"good\""), "short calls stay on the workers");
 }
 
 #[tokio::test]

@@ -42,9 +42,21 @@ struct Args {
     /// Sluice's worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Tenant A's attacks, shared out among the attackers in turn.
+    #[arg(long, value_delimiter = ',', default_value = "loop,memory")]
+    attacks: Vec<Attack>,
     /// Tenant A's `cpu_ms_per_second` (omit for no rate limit).
     #[arg(long)]
     attacker_cpu_ms_per_second: Option<u64>,
+}
+
+/// What an attacker does to tenant A's filters.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Attack {
+    /// Spin until the CPU limit per call.
+    Loop,
+    /// Grow memory until the memory limit.
+    Memory,
 }
 
 /// A small origin answering 200 with a short body.
@@ -153,7 +165,10 @@ async fn phase(base: &str, args: &Args, attack: bool) -> Phase {
         .collect();
     let attackers: Vec<_> = (0..if attack { args.attackers } else { 0 })
         .map(|index| {
-            let path = if index % 2 == 0 { "/a/loop" } else { "/a/memory" };
+            let path = match args.attacks[index % args.attacks.len()] {
+                Attack::Loop => "/a/loop",
+                Attack::Memory => "/a/memory",
+            };
             // Attack answers (500s) are counted, not timed.
             tokio::spawn(client_loop(format!("{base}{path}"), stop.clone(), false, Arc::new(AtomicU64::new(0))))
         })

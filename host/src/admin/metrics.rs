@@ -162,6 +162,11 @@ impl Metrics {
             "Warm filter instances retired as their memory neared the tenant's limit",
             services.retirements.clone(),
         );
+        self.registry.register(
+            "filter_long_calls",
+            "Filter calls that ran past their first milliseconds and moved to the long-call threads",
+            services.long_calls.clone(),
+        );
     }
 
     /// The registry in Prometheus text format.

@@ -24,6 +24,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::Plugin as Filter;
 use super::bindings::sluice::filter::{callout, clock, http as wit_http, kv, log, metrics, random, types};
 use super::kv::{KvError, KvStore};
+use super::long_calls::{CallClock, LongCallPermits};
 use super::tenant::Tenant;
 use crate::body;
 use crate::upstream::Upstream;
@@ -60,6 +61,9 @@ pub struct HostServices {
     /// Warm instances retired near their memory limit, by route, filter and tenant
     /// (`sluice_filter_instances_retired_total`).
     pub retirements: Family<PluginMetricLabels, Counter>,
+    /// Calls that became long calls and moved to the long-call threads, by route, filter and
+    /// tenant (`sluice_filter_long_calls_total`).
+    pub long_calls: Family<PluginMetricLabels, Counter>,
 }
 
 impl Default for HostServices {
@@ -73,6 +77,7 @@ impl Default for HostServices {
             }),
             failures: Family::default(),
             retirements: Family::default(),
+            long_calls: Family::default(),
         }
     }
 }
@@ -143,8 +148,12 @@ pub(crate) struct FilterState {
     pub(crate) call: Option<CallContext>,
     pub(crate) request: Option<RequestSlot>,
     pub(crate) response: Option<ResponseSlot>,
-    /// Epoch ticks the current call has run for.
+    /// Epoch ticks the current call has run through.
     pub(crate) cpu_ticks: u64,
+    /// Guest time the current call has been charged.
+    pub(crate) cpu_used: Duration,
+    /// Shared with the current call's future: where it runs and its CPU time there.
+    pub(crate) clock: Arc<CallClock>,
     /// The last error-level line the guest logged in the current call (a panic message, usually).
     pub(crate) guest_error: Option<String>,
     /// What the guest wrote to WASI stderr in the current call (its first 4 KiB): the message of
@@ -155,24 +164,6 @@ pub(crate) struct FilterState {
     /// The lanes the current call holds once it has become a long call (tenant's, then
     /// everyone's), filled by the epoch callback's wait and emptied when the call returns.
     pub(crate) long_call: Arc<std::sync::Mutex<Option<LongCallPermits>>>,
-}
-
-/// The lanes a long call holds.
-pub(crate) struct LongCallPermits {
-    _tenant: tokio::sync::OwnedSemaphorePermit,
-    _everyone: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl LongCallPermits {
-    /// Waits (paused, not spinning) for `tenant`'s lane and then for one of everyone's.
-    pub(crate) async fn acquire(
-        tenant: Arc<tokio::sync::Semaphore>,
-        everyone: Arc<tokio::sync::Semaphore>,
-    ) -> Option<Self> {
-        let tenant = tenant.acquire_owned().await.ok()?;
-        let everyone = everyone.acquire_owned().await.ok()?;
-        Some(Self { _tenant: tenant, _everyone: everyone })
-    }
 }
 
 impl FilterState {
@@ -194,11 +185,24 @@ impl FilterState {
             request: None,
             response: None,
             cpu_ticks: 0,
+            cpu_used: Duration::ZERO,
+            clock: Arc::default(),
             guest_error: None,
             guest_stderr: None,
             memory_bytes: 0,
             long_call: Arc::default(),
         }
+    }
+
+    /// Counts the current call as a long call (`sluice_filter_long_calls_total`).
+    pub(crate) fn count_long_call(&self) {
+        let [route, filter, tenant] = &self.owner;
+        let labels = vec![
+            ("route".to_owned(), route.to_string()),
+            ("filter".to_owned(), filter.to_string()),
+            ("tenant".to_owned(), tenant.to_string()),
+        ];
+        self.services.long_calls.get_or_create(&labels).inc();
     }
 
     /// Why the current call failed, in the guest's words: what it logged at error level, else what
@@ -623,13 +627,19 @@ impl callout::Host for FilterState {
         let Some(upstream) = context.upstreams.get(&upstream_name) else {
             return Ok(Err(callout::CalloutError::UnknownUpstream(format!("no upstream named {upstream_name:?}"))));
         };
-        let client_ip = context.client_ip;
-        Ok(send_callout(upstream, client_ip, request).await.map_err(callout::CalloutError::Failed))
+        let exchange = send_callout(upstream.clone(), context.client_ip, request);
+        let answer = match self.clock.home() {
+            // From a long-call thread, the exchange runs on the proxy's workers: the connection it
+            // may open joins the upstream's pool and must be driven from there.
+            Some(home) => home.spawn(exchange).await.unwrap_or_else(|err| Err(format!("callout task failed: {err}"))),
+            None => exchange.await,
+        };
+        Ok(answer.map_err(callout::CalloutError::Failed))
     }
 }
 
 async fn send_callout(
-    upstream: &Upstream,
+    upstream: Arc<Upstream>,
     client_ip: std::net::IpAddr,
     request: callout::CalloutRequest,
 ) -> Result<callout::CalloutResponse, String> {

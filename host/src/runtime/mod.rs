@@ -12,6 +12,7 @@
 mod bindings;
 mod host;
 pub mod kv;
+mod long_calls;
 mod plugin;
 mod pool;
 mod tenant;
@@ -52,8 +53,8 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     /// Started with the first filter: a proxy without filters has no thread waking every tick.
     epoch_ticker: std::sync::Once,
-    /// Lanes for long calls, all tenants together: one fewer than the CPUs (at least one), so
-    /// that spinning guests always leave a worker for short calls (see `LongCallLane`).
+    /// Lanes for long calls, all tenants together: one per long-call thread (see `LongCallLane`
+    /// and `long_calls`).
     pub(crate) long_call_lanes: Arc<tokio::sync::Semaphore>,
 }
 
@@ -131,9 +132,7 @@ impl Runtime {
             services: Arc::new(HostServices::default()),
             cache_dir,
             epoch_ticker: std::sync::Once::new(),
-            long_call_lanes: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |cpus| cpus.get().saturating_sub(1).max(1)),
-            )),
+            long_call_lanes: Arc::new(tokio::sync::Semaphore::new(long_calls::long_call_thread_count())),
         })
     }
 

@@ -18,9 +18,10 @@ use wasmtime_wasi::cli::AsyncStdoutStream;
 use super::bindings::Plugin as Filter;
 use super::bindings::sluice::filter::types::{self as wit, Phases};
 use super::host::{
-    CallContext, CpuLimitExceeded, FilterState, LongCallPermits, MemoryLimitExceeded, RequestHandle, RequestSlot,
-    ResponseHandle, ResponseSlot,
+    CallContext, CpuLimitExceeded, FilterState, MemoryLimitExceeded, RequestHandle, RequestSlot, ResponseHandle,
+    ResponseSlot,
 };
+use super::long_calls::{self, LongCallPermits};
 use super::plugin::Plugin;
 use super::tenant::Tenant;
 use super::{EPOCH_TICK, Runtime};
@@ -210,7 +211,7 @@ impl FilterPool {
             None => instantiate(&self.runtime, &self.spec).await?.0,
         };
         instance.store.data_mut().call = Some(context);
-        Ok(FilterInstance { pool: self.clone(), instance: Some(instance), poisoned: false, _permit: permit })
+        Ok(FilterInstance { pool: self.clone(), instance: Some(instance), _permit: permit })
     }
 
     fn error(&self, kind: FilterErrorKind, guest_message: Option<String>) -> FilterError {
@@ -246,61 +247,77 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     runtime.start_epoch_ticker();
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|state| state);
-    let limit_ticks = ticks_for(spec.tenant.cpu_per_call);
-    let limit_ms = spec.tenant.cpu_per_call.as_millis();
+    let limit = spec.tenant.cpu_per_call;
     let cpu_rate = spec.tenant.cpu_rate.clone();
     let tenant_lane = spec.tenant.long_calls.0.clone();
     let everyones_lanes = runtime.long_call_lanes.clone();
     store.epoch_deadline_callback(move |mut context| {
         let state = context.data_mut();
         state.cpu_ticks += 1;
-        if state.cpu_ticks > limit_ticks {
-            return Err(wasmtime::Error::new(CpuLimitExceeded { limit_ms }));
+        let used = state.clock.charge(EPOCH_TICK);
+        state.cpu_used += used;
+        // One tick of slack: the first tick may land just after the call starts.
+        if state.cpu_used > limit + EPOCH_TICK {
+            return Err(wasmtime::Error::new(CpuLimitExceeded { limit_ms: limit.as_millis() }));
         }
-        // Past its tenant's CPU rate the guest sleeps before going on, which frees the worker
+        // Past its tenant's CPU rate the guest sleeps before going on, which frees the thread
         // for everyone else; within it, it lets other tasks run on this thread and carries on.
-        let pause = cpu_rate.as_ref().map_or(Duration::ZERO, |rate| rate.charge(EPOCH_TICK));
+        let pause = cpu_rate.as_ref().map_or(Duration::ZERO, |rate| rate.charge(used));
         // A call still running at its second tick (the first may land just after it started) is
-        // a long call: it waits for its lanes before going on (see `LongCallLane`).
-        let needs_lane = state.cpu_ticks >= LONG_CALL_TICKS && state.long_call.lock().is_ok_and(|held| held.is_none());
-        if pause.is_zero() && !needs_lane {
+        // a long call: it moves to a long-call thread and waits for its lanes before going on
+        // (see `long_calls` and `LongCallLane`).
+        let becomes_long =
+            state.cpu_ticks >= LONG_CALL_TICKS && state.long_call.lock().is_ok_and(|held| held.is_none());
+        if pause.is_zero() && !becomes_long {
             return Ok(UpdateDeadline::Yield(1));
         }
+        if becomes_long {
+            state.clock.request_move();
+            if state.cpu_ticks == LONG_CALL_TICKS {
+                state.count_long_call();
+            }
+        }
         let slot = state.long_call.clone();
-        let lanes = needs_lane.then(|| (tenant_lane.clone(), everyones_lanes.clone()));
+        let lanes = becomes_long.then(|| (tenant_lane.clone(), everyones_lanes.clone()));
         Ok(UpdateDeadline::YieldCustom(
             1,
             Box::pin(async move {
-                tokio::time::sleep(pause).await;
                 if let Some((tenant, everyone)) = lanes {
+                    // Pause once, so that the call moves before it waits or runs on.
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(pause).await;
                     let permits = LongCallPermits::acquire(tenant, everyone).await;
                     if let Ok(mut held) = slot.lock() {
                         *held = permits;
                     }
+                } else {
+                    tokio::time::sleep(pause).await;
                 }
             }),
         ))
     });
-    start_call(&mut store);
-    let instantiated = spec.plugin.pre.instantiate_async(&mut store).await;
-    end_call(&mut store);
-    let filter = match instantiated {
-        Ok(filter) => filter,
-        Err(err) => return Err(fail(classify(&err), store.data_mut().take_guest_message())),
-    };
-    start_call(&mut store);
-    let configured = filter.sluice_filter_filter().call_configure(&mut store, &spec.config).await;
-    end_call(&mut store);
-    match configured {
-        Ok(Ok(phases)) => Ok((Instance { store, filter }, phases)),
-        Ok(Err(refusal)) => Err(fail(FilterErrorKind::ConfigRefused(refusal), None)),
+    let pre = spec.plugin.pre.clone();
+    let config = spec.config.clone();
+    let clock = store.data().clock.clone();
+    let (mut store, outcome) = long_calls::run(clock, async move {
+        start_call(&mut store);
+        let instantiated = pre.instantiate_async(&mut store).await;
+        end_call(&mut store);
+        let filter = match instantiated {
+            Ok(filter) => filter,
+            Err(err) => return (store, Err(err)),
+        };
+        start_call(&mut store);
+        let configured = filter.sluice_filter_filter().call_configure(&mut store, &config).await;
+        end_call(&mut store);
+        (store, configured.map(|answer| (filter, answer)))
+    })
+    .await;
+    match outcome {
+        Ok((filter, Ok(phases))) => Ok((Instance { store, filter }, phases)),
+        Ok((_, Err(refusal))) => Err(fail(FilterErrorKind::ConfigRefused(refusal), None)),
         Err(err) => Err(fail(classify(&err), store.data_mut().take_guest_message())),
     }
-}
-
-fn ticks_for(limit: Duration) -> u64 {
-    // One tick of slack: the first tick may land just after the call starts.
-    u64::try_from(limit.as_nanos() / EPOCH_TICK.as_nanos()).unwrap_or(u64::MAX).max(1) + 1
 }
 
 /// Ticks after which a call is a long call and needs its lanes.
@@ -316,6 +333,7 @@ fn end_call(store: &mut Store<FilterState>) {
 fn start_call(store: &mut Store<FilterState>) {
     let state = store.data_mut();
     state.cpu_ticks = 0;
+    state.cpu_used = Duration::ZERO;
     state.guest_error = None;
     if let Some(written) = &state.guest_stderr
         && let Ok(mut written) = written.lock()
@@ -340,8 +358,8 @@ fn classify(error: &wasmtime::Error) -> FilterErrorKind {
 /// (unless the route isolates requests); a failed one is thrown away.
 pub struct FilterInstance {
     pool: Arc<FilterPool>,
+    /// `None` once a call has failed (or was cut short): its instance is gone.
     instance: Option<Instance>,
-    poisoned: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -354,7 +372,7 @@ impl std::fmt::Debug for FilterInstance {
 impl Drop for FilterInstance {
     fn drop(&mut self) {
         let Some(mut instance) = self.instance.take() else { return };
-        if self.poisoned || self.pool.spec.isolation == Isolation::Request {
+        if self.pool.spec.isolation == Isolation::Request {
             return;
         }
         let state = instance.store.data_mut();
@@ -422,7 +440,11 @@ impl FilterInstance {
         response: Option<(&mut http::response::Parts, bool)>,
         call: PhaseCall,
     ) -> Result<PhaseAnswer, FilterError> {
-        let instance = self.instance.as_mut().expect("a checked-out instance is present until dropped");
+        // A failed call drops its instance: the request's later phases skip the filter.
+        let Some(mut instance) = self.instance.take() else {
+            let failed_before = FilterErrorKind::Trap("the instance failed earlier in this request".into());
+            return Err(self.pool.error(failed_before, None));
+        };
         let state = instance.store.data_mut();
         state.request = Some(RequestSlot {
             parts: std::mem::replace(&mut request.parts, empty_request_parts()),
@@ -434,26 +456,32 @@ impl FilterInstance {
             state.response = Some(ResponseSlot { parts: std::mem::replace(parts, empty_response_parts()), writable });
             response_parts = Some(parts);
         }
-        // A call cut short (its request dropped while the guest runs) leaves the guest midway,
-        // perhaps holding its long-call lanes: such an instance is never reused.
-        let poisoned_before = std::mem::replace(&mut self.poisoned, true);
-        start_call(&mut instance.store);
-        let result = call_phase(&mut instance.store, &instance.filter, call).await;
-        end_call(&mut instance.store);
-        self.poisoned = poisoned_before;
-        let state = instance.store.data_mut();
-        if let Some(slot) = state.request.take() {
+        // The call owns the instance while it runs (it may move to a long-call thread). A call
+        // cut short (its request dropped while the guest runs) drops it there, midway: such an
+        // instance is never reused.
+        let clock = instance.store.data().clock.clone();
+        let (instance, (request_slot, response_slot), result) = long_calls::run(clock, async move {
+            start_call(&mut instance.store);
+            let result = call_phase(&mut instance.store, &instance.filter, call).await;
+            end_call(&mut instance.store);
+            let state = instance.store.data_mut();
+            let heads = (state.request.take(), state.response.take());
+            let result = result.map_err(|err| (classify(&err), state.take_guest_message()));
+            // A failed instance is never reused. It is dropped here, where it failed: for a call
+            // that spun or grew to its limit that is a long-call thread, which also takes the
+            // cost of handing its memory back.
+            (result.is_ok().then_some(instance), heads, result)
+        })
+        .await;
+        if let Some(slot) = request_slot {
             request.parts = slot.parts;
             request.cache_key = slot.cache_key;
         }
-        if let (Some(parts), Some(slot)) = (response_parts, state.response.take()) {
+        if let (Some(parts), Some(slot)) = (response_parts, response_slot) {
             *parts = slot.parts;
         }
-        result.map_err(|err| {
-            self.poisoned = true;
-            let guest_message = instance.store.data_mut().take_guest_message();
-            self.pool.error(classify(&err), guest_message)
-        })
+        self.instance = instance;
+        result.map_err(|(kind, guest_message)| self.pool.error(kind, guest_message))
     }
 
     /// `on-request`.

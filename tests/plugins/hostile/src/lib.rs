@@ -2,15 +2,18 @@
 //! host contains it.
 
 use serde::Deserialize;
-use sluice_sdk::{Decision, Filter, LocalResponse, Request, callout, export_filter};
+use sluice_sdk::{Decision, Filter, LocalResponse, Request, callout, clock, export_filter};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `loop`, `memory`, `trap`, `bad-header`, `callout` or `none`.
+    /// `loop`, `memory`, `trap`, `bad-header`, `callout`, `work` or `none`.
     mode: String,
-    /// The upstream `callout` mode calls.
+    /// The upstream `callout` and `work` modes call.
     upstream: String,
+    /// How long `work` computes before its callout, in milliseconds: a heavy but legitimate
+    /// filter, not a hostile one.
+    work_ms: u64,
 }
 
 pub struct Hostile {
@@ -47,11 +50,26 @@ impl Filter for Hostile {
                 let _ = request.set_header("x-refused-framing", framing);
                 Decision::Continue
             }
-            "callout" => match callout::get(&self.config.upstream, "/secret") {
-                Ok(response) => Decision::Respond(LocalResponse::new(200).body(response.body)),
-                Err(error) => Decision::Respond(LocalResponse::new(403).body(format!("{error:?}"))),
-            },
+            "callout" => self.call_out(),
+            "work" => {
+                let until = clock::monotonic_ns() + self.config.work_ms * 1_000_000;
+                let mut sum: u64 = 0;
+                while clock::monotonic_ns() < until {
+                    sum = std::hint::black_box(sum.wrapping_add(1));
+                }
+                self.call_out()
+            }
             _ => Decision::Continue,
+        }
+    }
+}
+
+impl Hostile {
+    /// Answers with what the upstream said to a callout, or 403 with the callout's error.
+    fn call_out(&self) -> Decision {
+        match callout::get(&self.config.upstream, "/secret") {
+            Ok(response) => Decision::Respond(LocalResponse::new(200).body(response.body)),
+            Err(error) => Decision::Respond(LocalResponse::new(403).body(format!("{error:?}"))),
         }
     }
 }
