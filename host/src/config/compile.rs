@@ -133,8 +133,10 @@ pub(super) fn compile(
     let plugin_names: HashSet<String> = file.plugin.keys().cloned().collect();
     let mut tenants = BTreeMap::new();
     for (name, tenant) in &file.tenant {
-        tenants.insert(name.clone(), Arc::new(cx.tenant(name, tenant, &upstreams, &plugin_names)?));
+        let tenant = cx.tenant(name, tenant, &upstreams, &plugin_names)?;
+        tenants.insert(name.clone(), Arc::new(with_running_state(tenant, previous)));
     }
+    let default_tenant = Arc::new(with_running_state(Tenant::default_tenant(), previous));
     let store = match &file.server.package_store {
         Some(path) => Store::at(base_dir.join(path)),
         None => Store::default_location(),
@@ -148,7 +150,13 @@ pub(super) fn compile(
             plugin_sources.push(base_dir.join(source));
         }
     }
-    let defaults = Defaults { server: &server, upstreams: &upstreams, tenants: &tenants, plugins: &plugins };
+    let defaults = Defaults {
+        server: &server,
+        upstreams: &upstreams,
+        tenants: &tenants,
+        default_tenant: &default_tenant,
+        plugins: &plugins,
+    };
 
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
@@ -193,11 +201,26 @@ struct Compiler<'a> {
     base_dir: &'a Path,
 }
 
+/// `tenant` with the running state (long-call lane, CPU budget) of the running config's tenant of
+/// the same name: warm pools carried over a reload keep using that state, and the new
+/// generation's pools must share it rather than start afresh beside it.
+fn with_running_state(mut tenant: Tenant, previous: Option<&Snapshot>) -> Tenant {
+    let running = previous.and_then(|previous| {
+        previous.routes.routes().iter().map(|route| &route.tenant).find(|running| running.name == tenant.name)
+    });
+    if let Some(running) = running {
+        tenant.take_running_state_from(running);
+    }
+    tenant
+}
+
 /// What routes refer to, compiled before them.
 struct Defaults<'a> {
     server: &'a ServerSettings,
     upstreams: &'a BTreeMap<String, Arc<Upstream>>,
     tenants: &'a BTreeMap<String, Arc<Tenant>>,
+    /// The tenant of routes that name none: one for all of them.
+    default_tenant: &'a Arc<Tenant>,
     plugins: &'a BTreeMap<String, Arc<Plugin>>,
 }
 
@@ -1062,7 +1085,7 @@ impl Compiler<'_> {
                     format!("no tenant named {:?} (defined: {})", tenant.get_ref(), list_or_none(&known)),
                 )
             })?,
-            None => Arc::new(Tenant::default_tenant()),
+            None => defaults.default_tenant.clone(),
         };
 
         let mut filters = Vec::new();
@@ -1211,6 +1234,36 @@ mod tests {
         let snapshot = Snapshot::from_toml(&format!("{BASE}[[route]]\nupstream = \"app\"\n")).unwrap();
         assert_eq!(snapshot.routes.routes().len(), 1);
         assert_eq!(&*snapshot.routes.routes()[0].name, "route-1");
+    }
+
+    #[test]
+    fn a_tenants_running_state_carries_over_a_reload() {
+        let config = |extra: &str| {
+            format!(
+                "{BASE}[tenant.acme]\ncpu_ms_per_second = 100\n{extra}\
+                 [[route]]\nupstream = \"app\"\ntenant = \"acme\"\n\
+                 [[route]]\nupstream = \"app\"\n[[route]]\nupstream = \"app\"\n"
+            )
+        };
+        let first = Snapshot::from_toml(&config("")).unwrap();
+        let second = Snapshot::from_toml_after(&config("[tenant.other]\n"), &first).unwrap();
+        let fresh = Snapshot::from_toml(&config("")).unwrap();
+        let tenant = |snapshot: &Snapshot, route: usize| snapshot.routes.routes()[route].tenant.clone();
+        let same_lane = |a: &Tenant, b: &Tenant| Arc::ptr_eq(&a.long_calls.0, &b.long_calls.0);
+
+        assert!(same_lane(&tenant(&first, 0), &tenant(&second, 0)), "acme keeps its lane over the reload");
+        assert!(!same_lane(&tenant(&first, 0), &tenant(&fresh, 0)), "a fresh start has fresh lanes");
+        // Routes that name no tenant share the default tenant's lane, over reloads too.
+        assert!(same_lane(&tenant(&first, 1), &tenant(&first, 2)));
+        assert!(same_lane(&tenant(&first, 1), &tenant(&second, 2)));
+
+        // The CPU budget too: what the running generation spent, the next one cannot spend again.
+        let spent = tenant(&first, 0).cpu_rate.clone().unwrap();
+        assert!(!spent.charge(std::time::Duration::from_millis(100)).is_zero());
+        let next = tenant(&second, 0).cpu_rate.clone().unwrap();
+        assert!(!next.charge(std::time::Duration::from_millis(1)).is_zero());
+        let unspent = tenant(&fresh, 0).cpu_rate.clone().unwrap();
+        assert!(unspent.charge(std::time::Duration::from_millis(1)).is_zero());
     }
 
     #[test]

@@ -107,6 +107,15 @@ impl CpuRate {
 }
 
 impl Tenant {
+    /// Shares `running`'s lane and CPU budget: the same tenant, in the configuration a reload
+    /// replaces.
+    pub fn take_running_state_from(&mut self, running: &Tenant) {
+        self.long_calls = running.long_calls.clone();
+        if let (Some(rate), Some(running_rate)) = (&mut self.cpu_rate, &running.cpu_rate) {
+            rate.spent_until = running_rate.spent_until.clone();
+        }
+    }
+
     /// The tenant of routes that name none: modest limits and no callouts.
     pub fn default_tenant() -> Self {
         Self {
