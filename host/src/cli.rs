@@ -270,13 +270,20 @@ fn package_command(command: PluginCommand) -> Result<(), packages::oci::PackageE
         .build()
         .map_err(|err| PackageError::Io(err.to_string()))?;
     let megabytes = |bytes: usize| bytes as f64 / 1_048_576.0;
-    // One line per blob, rewritten in place as bytes move; a line per step when not a terminal.
+    // One line per blob, rewritten in place as bytes move; when not a terminal (a CI log), a line
+    // at the start and at each further tenth.
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let tenths_shown = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
     let progress = move |blob: &str, done: u64, total: u64| {
         let line = format!("  {blob}: {:.2} of {:.2} MB", done as f64 / 1_048_576.0, total as f64 / 1_048_576.0);
         if interactive {
             eprint!("\r{line}{}", if done >= total { "\n" } else { "" });
-        } else if done == 0 || done >= total {
+            return;
+        }
+        let tenth = if total == 0 { 10 } else { done * 10 / total };
+        let mut shown = tenths_shown.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if done == 0 || shown.get(blob) != Some(&tenth) {
+            shown.insert(blob.to_owned(), tenth);
             eprintln!("{line}");
         }
     };

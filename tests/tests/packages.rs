@@ -26,13 +26,29 @@ fn scratch(name: &str) -> PathBuf {
 
 impl Registry {
     async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "").await
+    }
+
+    /// A registry that lets in only `user` with `password` (HTTP basic authentication).
+    async fn start_with_user(dir: &Path, user: &str, password: &str) -> Self {
+        let hash = bcrypt::hash(password, 4).expect("bcrypt");
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("htpasswd");
+        Self::start_with(
+            dir,
+            &format!("auth:\n  htpasswd:\n    realm: sluice-tests\n    path: {}\n", htpasswd.display()),
+        )
+        .await
+    }
+
+    async fn start_with(dir: &Path, extra_config: &str) -> Self {
         // The registry takes a fixed address: ask the kernel for a free port, then hand it over.
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("address").port();
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra_config}",
                 dir.join("data").display()
             ),
         )
@@ -100,6 +116,39 @@ async fn packages_round_trip_through_a_registry() {
     assert_eq!(oci::pull(&pinned).await.expect("pinned pull").digest(), package.digest());
 }
 
+#[tokio::test]
+async fn a_push_reports_each_chunk_and_skips_blobs_the_registry_has() {
+    let dir = scratch("progress");
+    let registry = Registry::start(&dir).await;
+    let package = pack_hello();
+    let reports = std::sync::Mutex::new(Vec::new());
+    let record = |blob: &str, done: u64, total: u64| {
+        if blob == "component" {
+            reports.lock().unwrap().push((done, total));
+        }
+    };
+    let chunk = 16 << 10;
+    let size = package.component.len() as u64;
+    let reference = oci::parse_reference(&format!("{}/filters/progress:0.1.0", registry.address)).expect("reference");
+    assert_eq!(oci::push_in_chunks(&package, &reference, chunk, &record).await.expect("push"), package.digest());
+
+    // A report as the component starts and one after every chunk, bytes rising to its size.
+    let sent: Vec<u64> = std::mem::take(&mut *reports.lock().unwrap()).into_iter().map(|(done, _)| done).collect();
+    assert!(size > 2 * chunk as u64, "the component spans several chunks ({size} bytes)");
+    assert_eq!(sent.len() as u64, 1 + size.div_ceil(chunk as u64), "{sent:?}");
+    assert_eq!((sent.first(), sent.last()), (Some(&0), Some(&size)));
+    assert!(sent.windows(2).all(|pair| pair[0] < pair[1]), "{sent:?}");
+    // The chunks went up as one blob: what comes back is what went up.
+    let pulled = oci::pull(&reference).await.expect("pull");
+    assert_eq!(pulled.component, package.component);
+
+    // Under another tag the registry has the blobs already: nothing is sent again.
+    let again = oci::parse_reference(&format!("{}/filters/progress:again", registry.address)).expect("reference");
+    oci::push_in_chunks(&package, &again, chunk, &record).await.expect("second push");
+    assert_eq!(*reports.lock().unwrap(), [(0, size), (size, size)]);
+    assert_eq!(oci::pull(&again).await.expect("pull").digest(), package.digest());
+}
+
 fn config(origin: &Origin, store: &Path, source: &str) -> String {
     format!(
         "[server]\nwatch = false\npackage_store = \"{store}\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n\
@@ -158,21 +207,72 @@ async fn a_digest_that_does_not_match_is_refused() {
     assert_eq!(error.key, "plugin.hello.source");
 }
 
+/// Runs the `sluice` binary (tests/run.sh builds it before the tests) with `env`, its package
+/// store in `dir`.
+fn sluice_cli(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
+    std::process::Command::new(repo_root().join("target/debug/sluice"))
+        .args(args)
+        .env("SLUICE_PACKAGE_STORE", dir.join("store"))
+        .env("SLUICE_PLUGIN_TARGET_DIR", repo_root().join("target/plugins"))
+        .envs(env.iter().map(|(name, value)| (name, value.as_os_str())))
+        .output()
+        .expect("run sluice")
+}
+
+/// What a `sluice` run that must succeed printed on stdout.
+fn succeeded(args: &[&str], output: std::process::Output) -> String {
+    assert!(output.status.success(), "sluice {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("text").trim().to_owned()
+}
+
+#[tokio::test]
+async fn pushes_and_pulls_sign_in_with_the_environment_or_a_docker_config() {
+    let dir = scratch("auth");
+    let registry = Registry::start_with_user(&dir, "publisher", "s3cret").await;
+    let layout = dir.join("package");
+    let hello = repo_root().join("examples/hello-filter");
+    let pack = ["plugin", "pack", hello.to_str().expect("path"), "-o", layout.to_str().expect("path")];
+    let packed = succeeded(&pack, sluice_cli(&dir, &pack, &[]));
+    let reference = format!("{}/filters/hello:0.1.0", registry.address);
+    let push = ["plugin", "push", layout.to_str().expect("path"), &reference];
+    let pull = ["plugin", "pull", &reference];
+
+    // No credentials (and an empty Docker config): refused, and the error says so.
+    let empty = dir.join("no-docker-config");
+    std::fs::create_dir_all(&empty).expect("folder");
+    let refused = sluice_cli(&dir, &push, &[("DOCKER_CONFIG", &empty)]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("401") || message.to_lowercase().contains("unauthorized"), "{message}");
+
+    // From the environment: the blobs go up chunk by chunk with the same credentials.
+    let user = Path::new("publisher");
+    let password = Path::new("s3cret");
+    let signed_in = [
+        ("DOCKER_CONFIG", empty.as_path()),
+        ("SLUICE_REGISTRY_USERNAME", user),
+        ("SLUICE_REGISTRY_PASSWORD", password),
+    ];
+    assert_eq!(succeeded(&push, sluice_cli(&dir, &push, &signed_in)), packed);
+
+    // From a Docker config file, as `docker login` leaves it.
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).expect("folder");
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("publisher:s3cret");
+    let config = serde_json::json!({ "auths": { registry.address.as_str(): { "auth": auth } } });
+    std::fs::write(docker.join("config.json"), config.to_string()).expect("docker config");
+    assert_eq!(succeeded(&pull, sluice_cli(&dir, &pull, &[("DOCKER_CONFIG", &docker)])), packed);
+    let tag = format!("{}/filters/hello:again", registry.address);
+    let push_again = ["plugin", "push", layout.to_str().expect("path"), &tag];
+    assert_eq!(succeeded(&push_again, sluice_cli(&dir, &push_again, &[("DOCKER_CONFIG", &docker)])), packed);
+}
+
 #[tokio::test]
 async fn the_cli_packs_pushes_and_inspects() {
     let dir = scratch("cli");
     let registry = Registry::start(&dir).await;
-    // The binary tests/run.sh builds before the tests.
-    let sluice = |args: &[&str]| {
-        let output = std::process::Command::new(repo_root().join("target/debug/sluice"))
-            .args(args)
-            .env("SLUICE_PACKAGE_STORE", dir.join("store"))
-            .env("SLUICE_PLUGIN_TARGET_DIR", repo_root().join("target/plugins"))
-            .output()
-            .expect("run sluice");
-        assert!(output.status.success(), "sluice {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).expect("text").trim().to_owned()
-    };
+    let sluice = |args: &[&str]| succeeded(args, sluice_cli(&dir, args, &[]));
     let layout = dir.join("package");
     let hello = repo_root().join("examples/hello-filter");
     let packed = sluice(&["plugin", "pack", hello.to_str().expect("path"), "-o", layout.to_str().expect("path")]);

@@ -7,6 +7,7 @@ mod build_go;
 mod build_js;
 pub mod oci;
 pub mod scaffold;
+mod upload;
 
 pub use build::{BuildError, BuildOptions, build_plugin, componentize};
 pub use scaffold::{Language, ScaffoldError, new_plugin, new_plugin_in};

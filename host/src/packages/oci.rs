@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use super::build::{BuildOptions, build_plugin};
 use super::build_go::go_manifest;
 use super::build_js::js_manifest;
+use super::upload::{self, BlobUploader};
 use crate::runtime::{Plugin, Runtime, WIT_PACKAGE, WIT_VERSION};
 
 /// The config blob's media type (CNCF Wasm OCI artifact layout).
@@ -348,24 +349,23 @@ pub fn parse_reference(text: &str) -> Result<Reference, PackageError> {
     text.parse::<Reference>().map_err(|err| PackageError::Invalid(format!("{text:?} is not an OCI reference: {err}")))
 }
 
-/// A registry client: plain HTTP for registries on loopback (as Docker allows) and for those
-/// listed in `SLUICE_INSECURE_REGISTRIES` (comma-separated `host:port`), HTTPS for the rest.
-fn client() -> Client {
-    let mut insecure: Vec<String> = std::env::var("SLUICE_INSECURE_REGISTRIES")
-        .map(|list| list.split(',').map(|host| host.trim().to_owned()).filter(|host| !host.is_empty()).collect())
-        .unwrap_or_default();
-    insecure.extend(["localhost", "127.0.0.1", "[::1]"].map(String::from));
-    Client::new(ClientConfig { protocol: ClientProtocol::HttpsExcept(insecure), ..ClientConfig::default() })
+/// Whether `registry` (`host[:port]`) is spoken to over plain HTTP: registries on loopback (as
+/// Docker allows) and those listed in `SLUICE_INSECURE_REGISTRIES` (comma-separated
+/// `host:port`); HTTPS for the rest.
+fn plain_http(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => host,
+        _ => registry,
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+        || std::env::var("SLUICE_INSECURE_REGISTRIES")
+            .is_ok_and(|list| list.split(',').any(|insecure| insecure.trim() == registry))
 }
 
-/// `HttpsExcept` compares whole `host:port` strings: list the loopback registry's own.
+/// A registry client for `reference`'s registry.
 fn client_for(reference: &Reference) -> Client {
-    let registry = reference.resolve_registry().to_owned();
-    let host = registry.rsplit_once(':').map_or(registry.as_str(), |(host, _)| host);
-    if matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
-        return Client::new(ClientConfig { protocol: ClientProtocol::Http, ..ClientConfig::default() });
-    }
-    client()
+    let protocol = if plain_http(reference.resolve_registry()) { ClientProtocol::Http } else { ClientProtocol::Https };
+    Client::new(ClientConfig { protocol, ..ClientConfig::default() })
 }
 
 /// Credentials for `registry`: `SLUICE_REGISTRY_USERNAME` and `SLUICE_REGISTRY_PASSWORD`, else
@@ -411,20 +411,40 @@ pub async fn push(package: &Package, reference: &Reference) -> Result<String, Pa
     push_with_progress(package, reference, &quiet).await
 }
 
-/// [`push`], reporting each blob as it starts and ends.
+/// [`push`], reporting bytes as they are sent.
 pub async fn push_with_progress(
     package: &Package,
     reference: &Reference,
     progress: Progress<'_>,
 ) -> Result<String, PackageError> {
+    push_in_chunks(package, reference, upload::CHUNK_BYTES, progress).await
+}
+
+/// [`push_with_progress`] sending `chunk_bytes` per request.
+pub async fn push_in_chunks(
+    package: &Package,
+    reference: &Reference,
+    chunk_bytes: usize,
+    progress: Progress<'_>,
+) -> Result<String, PackageError> {
     let client = client_for(reference);
-    let auth = credentials(reference.resolve_registry());
-    client.auth(reference, &auth, RegistryOperation::Push).await.map_err(registry_error)?;
+    let registry = reference.resolve_registry();
+    let auth = credentials(registry);
+    // oci-client negotiates the token (the registry's challenge, the token service); the blobs
+    // go up through Sluice's own uploader with it, which reports as chunks are sent.
+    let token = client.auth(reference, &auth, RegistryOperation::Push).await.map_err(registry_error)?;
+    let authorization = match (token.as_ref(), &auth) {
+        (Some(token), _) | (None, RegistryAuth::Bearer(token)) => Some(format!("Bearer {token}")),
+        (None, RegistryAuth::Basic(user, password)) => {
+            use base64::Engine;
+            Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))))
+        }
+        (None, RegistryAuth::Anonymous) => None,
+    };
+    let scheme = if plain_http(registry) { "http" } else { "https" };
+    let uploader = BlobUploader::new(scheme, registry, reference.repository(), authorization, chunk_bytes)?;
     for (name, blob) in [("config", &package.config), ("component", &package.component)] {
-        let size = blob.len() as u64;
-        progress(name, 0, size);
-        client.push_blob(reference, blob, &digest(blob)).await.map_err(registry_error)?;
-        progress(name, size, size);
+        uploader.upload(name, blob, progress).await?;
     }
     let content_type = http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
     client.push_manifest_raw(reference, package.manifest.clone(), content_type).await.map_err(registry_error)?;
