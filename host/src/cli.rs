@@ -280,7 +280,7 @@ fn package_command(command: PluginCommand) -> Result<(), packages::oci::PackageE
             eprint!("\r{line}{}", if done >= total { "\n" } else { "" });
             return;
         }
-        let tenth = if total == 0 { 10 } else { done * 10 / total };
+        let tenth = (done * 10).checked_div(total).unwrap_or(10);
         let mut shown = tenths_shown.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if done == 0 || shown.get(blob) != Some(&tenth) {
             shown.insert(blob.to_owned(), tenth);
