@@ -161,6 +161,10 @@ async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() 
     // Every call hands the filter 256 KiB of body and 64 headers, which the host writes into memory
     // the Go SDK allocates; its collector runs between calls (never inside the host's), so the
     // heap stays bounded and no call fails.
+    // These calls take milliseconds each, so they run as long calls. What is tested here is the
+    // instance's memory, not scheduling: at the default (idle) priority, a CI machine busy with
+    // other tests would leave them waiting for its CPU.
+    sluice::runtime::set_long_call_priority(sluice::runtime::LongCallPriority::Niceness(0));
     let runtime = Runtime::shared().unwrap();
     let plugin = Plugin::load_file(&runtime, "probe", &plugin("tests/plugins/go-probe")).unwrap();
     let tenant = Arc::new(Tenant { memory_bytes: 32 << 20, ..Tenant::default_tenant() });

@@ -16,9 +16,9 @@ use toml::Spanned;
 use std::path::Path;
 
 use super::file::{
-    CompressionSection, ConfigFile, FilterEntry, HeaderCondition as WrittenHeaderCondition, IsolationSetting, OnError,
-    PluginSection, ResolverSection, RetrySection, RouteCacheSection, RouteSection, ServerSection, TenantSection,
-    TlsSection, UpstreamSection, UpstreamTlsSection,
+    CompressionSection, ConfigFile, FilterEntry, HeaderCondition as WrittenHeaderCondition, IsolationSetting,
+    LongCallPriorityValue, OnError, PluginSection, ResolverSection, RetrySection, RouteCacheSection, RouteSection,
+    ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
 };
 use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
 use crate::cache::CacheSettings;
@@ -30,7 +30,9 @@ use crate::routing::{
     RouteTable,
 };
 use crate::runtime::kv::KvQuota;
-use crate::runtime::{Canary, FailurePolicy, FilterSpec, Isolation, Plugin, RouteFilter, Runtime, Tenant};
+use crate::runtime::{
+    Canary, FailurePolicy, FilterSpec, Isolation, LongCallPriority, Plugin, RouteFilter, Runtime, Tenant,
+};
 use crate::runtime::{CpuRate, LongCallLane};
 use crate::server::tls::{self, CertificatePaths, TlsSettings};
 use crate::upstream::{
@@ -274,6 +276,22 @@ impl Compiler<'_> {
         }
         let via_name = HeaderValue::try_from(format!("1.1 {}", section.via_name))
             .map_err(|_| self.error(None, "server.via_name", "must be printable text"))?;
+        let long_call_priority = match &section.long_call_priority {
+            None => LongCallPriority::Idle,
+            Some(written) => match written.get_ref() {
+                LongCallPriorityValue::Name(name) if name == "idle" => LongCallPriority::Idle,
+                LongCallPriorityValue::Niceness(niceness @ 0..=19) => {
+                    LongCallPriority::Niceness(u8::try_from(*niceness).unwrap_or(19))
+                }
+                _ => {
+                    return Err(self.spanned_error(
+                        written,
+                        "server.long_call_priority",
+                        "must be \"idle\" or a niceness from 0 to 19",
+                    ));
+                }
+            },
+        };
         Ok(ServerSettings {
             max_connections: section.max_connections,
             max_header_bytes: section.max_header_bytes,
@@ -286,6 +304,7 @@ impl Compiler<'_> {
             hide_headers,
             via_name,
             watch: section.watch,
+            long_call_priority,
         })
     }
 
@@ -1295,6 +1314,8 @@ mod tests {
             ("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "server.trusted_proxies[0]"),
             ("[resolver]\nnameservers = [\"dns.example\"]\n", "resolver.nameservers[0]"),
             ("[resolver]\nmin_ttl = \"2h\"\n", "resolver.min_ttl"),
+            ("[server]\nlong_call_priority = 20\n", "server.long_call_priority"),
+            ("[server]\nlong_call_priority = \"background\"\n", "server.long_call_priority"),
             (
                 "[[route]]\nupstream = \"app\"\ncache = { bypass_headers = [\"bad header\"] }\n",
                 "route[0].cache.bypass_headers[0]",

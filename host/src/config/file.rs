@@ -208,6 +208,18 @@ pub struct ServerSection {
     pub watch: bool,
     /// Where pulled plugin packages are kept (default: `~/.cache/sluice/packages`).
     pub package_store: Option<String>,
+    /// The CPU priority of long filter calls: `"idle"` (default) or a niceness from 0 to 19.
+    pub long_call_priority: Option<Spanned<LongCallPriorityValue>>,
+}
+
+/// `server.long_call_priority` as written: a name or a niceness.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum LongCallPriorityValue {
+    /// `"idle"`.
+    Name(String),
+    /// A niceness.
+    Niceness(i64),
 }
 
 impl Default for ServerSection {
@@ -225,6 +237,7 @@ impl Default for ServerSection {
             via_name: "sluice".into(),
             watch: true,
             package_store: None,
+            long_call_priority: None,
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct ServerSettings {
     pub via_name: HeaderValue,
     /// Reload when the configuration file or a local plugin changes.
     pub watch: bool,
+    /// The CPU priority of the long-call threads.
+    pub long_call_priority: crate::runtime::LongCallPriority,
 }
 
 /// A client listener.

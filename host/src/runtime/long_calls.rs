@@ -2,9 +2,10 @@
 //!
 //! A filter call is usually a few microseconds and runs on the proxy's worker thread, inline in
 //! the request. One that keeps running (a filter that spins, or a heavy but legitimate one) is
-//! moved, at its next pause, to threads of its own that run at the lowest CPU priority: on a busy
-//! machine the proxy's workers, with everyone's short calls, always come first, and a tenant whose
-//! filters spin only gets CPU that nobody else wants. There, its CPU time is the kernel's count
+//! moved, at its next pause, to threads of its own that run at the lowest CPU priority (by
+//! default; see [`LongCallPriority`]): on a busy machine the proxy's workers, with everyone's
+//! short calls, always come first, and a tenant whose filters spin only gets CPU that nobody
+//! else wants. There, its CPU time is the kernel's count
 //! for its thread, so a call that waits for a CPU is not charged for the wait.
 //!
 //! A call moves as a whole: its future (which owns the instance) is handed over between two
@@ -178,18 +179,20 @@ impl<T> Future for OnLongCallThread<T> {
     }
 }
 
-/// The long-call threads: one per CPU, at the lowest priority; started with the first long call
+/// The long-call threads: one per CPU, at the chosen priority; started with the first long call
 /// and kept for the life of the process.
 fn long_call_threads() -> Option<&'static tokio::runtime::Runtime> {
     static THREADS: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     THREADS
         .get_or_init(|| {
+            let priority = PRIORITY.lock().map_or(LongCallPriority::Idle, |chosen| *chosen);
+            let _ = STARTED.set(priority);
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(long_call_thread_count())
                 .thread_name("sluice-long-call")
-                .on_thread_start(|| {
+                .on_thread_start(move || {
                     ON_LONG_CALL_THREAD.set(true);
-                    lower_this_threads_priority();
+                    lower_this_threads_priority(priority);
                 })
                 .enable_all()
                 .build()
@@ -204,15 +207,55 @@ pub(crate) fn long_call_thread_count() -> usize {
     std::thread::available_parallelism().map_or(1, |cpus| cpus.get())
 }
 
-fn lower_this_threads_priority() {
-    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-    // SCHED_IDLE rather than a high niceness: any proxy worker that wakes up takes the CPU from
-    // a long call at once, instead of waiting out the long call's time slice.
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(err) =
-        thread_priority::set_thread_priority_and_policy(thread_priority::thread_native_id(), ThreadPriority::Min, idle)
-    {
-        tracing::warn!(error = ?err, "cannot lower the priority of a long-call thread");
+/// How long calls run next to the proxy's workers (`[server] long_call_priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LongCallPriority {
+    /// Linux `SCHED_IDLE`: only CPU nobody else wants, and any other thread that wakes takes the
+    /// CPU at once. The strongest isolation; on a host shared with other busy processes, long
+    /// calls wait for them too.
+    #[default]
+    Idle,
+    /// Ordinary scheduling at this niceness (0 to 19): a share of the CPU against the workers'
+    /// 0, about 10% of theirs at 10 and 1.5% at 19.
+    Niceness(u8),
+}
+
+/// The priority long-call threads take when they start.
+static PRIORITY: Mutex<LongCallPriority> = Mutex::new(LongCallPriority::Idle);
+
+/// Sets the priority of the long-call threads. It holds from their start, with the process's
+/// first long call: an unprivileged thread may lower its priority but never raise it again, so
+/// a change after that takes a restart. Returns whether the running threads have it.
+pub fn set_long_call_priority(priority: LongCallPriority) -> bool {
+    if let Ok(mut chosen) = PRIORITY.lock() {
+        *chosen = priority;
+    }
+    match STARTED.get() {
+        None => true,
+        Some(started) => *started == priority,
+    }
+}
+
+/// The priority the long-call threads started with, once they have.
+static STARTED: OnceLock<LongCallPriority> = OnceLock::new();
+
+fn lower_this_threads_priority(priority: LongCallPriority) {
+    let lowered = match priority {
+        LongCallPriority::Idle => {
+            use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            let thread = thread_priority::thread_native_id();
+            thread_priority::set_thread_priority_and_policy(thread, ThreadPriority::Min, idle)
+                .map_err(|err| format!("{err:?}"))
+        }
+        // On Linux a thread id names one thread for `setpriority`: only this thread is lowered.
+        LongCallPriority::Niceness(niceness) => {
+            rustix::process::setpriority_process(Some(rustix::thread::gettid()), i32::from(niceness.min(19)))
+                .map_err(|err| err.to_string())
+        }
+    };
+    if let Err(err) = lowered {
+        tracing::warn!(error = %err, ?priority, "cannot lower the priority of a long-call thread");
     }
 }
 

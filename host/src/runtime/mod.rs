@@ -8,6 +8,8 @@
 //!   engine's settings, so a restart does not recompile.
 //! - Each filter in a route is a [`FilterPool`]: an `InstancePre` and a bounded pool of warm,
 //!   configured instances. A trapped or over-limit instance is thrown away, never reused.
+//! - A call that runs past its first milliseconds leaves the proxy's workers for low-priority
+//!   long-call threads (`long_calls`), one at a time per tenant ([`LongCallLane`]).
 
 mod bindings;
 mod host;
@@ -25,6 +27,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use host::{CallContext, HostServices};
+pub use long_calls::{LongCallPriority, set_long_call_priority};
 pub use plugin::{Plugin, PluginError, WIT_PACKAGE, WIT_VERSION};
 pub use pool::{
     BodyOutcome, Canary, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec,

@@ -56,6 +56,11 @@ pub enum ShutdownOutcome {
 impl Server {
     /// Binds every listener of `snapshot` (and its admin listener) and starts serving.
     pub async fn start(snapshot: Snapshot) -> io::Result<Self> {
+        if !crate::runtime::set_long_call_priority(snapshot.server.long_call_priority) {
+            tracing::warn!(
+                "server.long_call_priority differs from what this process's long-call threads started with; it takes effect on restart"
+            );
+        }
         // Every filter's first instance starts now, so that a config its plugin refuses fails the
         // start rather than the first request.
         snapshot.prepare_filters().await.map_err(|err| io::Error::other(err.to_string()))?;

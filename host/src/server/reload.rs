@@ -146,7 +146,11 @@ impl Reloader {
         for upstream in next.upstreams.values() {
             upstream.start_health_checks();
         }
-        let pending_restart = restart_only_changes(previous, &next);
+        let mut pending_restart = restart_only_changes(previous, &next);
+        // The long-call threads keep the priority they started with (they may not raise it).
+        if !crate::runtime::set_long_call_priority(next.server.long_call_priority) {
+            pending_restart.push("server.long_call_priority".to_owned());
+        }
         let generation = self.status().generation + 1;
         self.snapshot.store(Arc::new(next));
         Ok((generation, pending_restart))
