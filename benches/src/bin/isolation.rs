@@ -8,7 +8,7 @@
 //! median p50 and p99 across rounds and the ratio under attack.
 //!
 //! Run: `cargo run --release -p sluice-benches --bin isolation -- [--rounds 3] [--seconds 5]
-//! [--attacker-cpu-ms-per-second 100]`
+//! [--attacker-cpu-ms-per-second 100] [--long-call-priority idle|0-19] [--attacks loop,memory]`
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -48,6 +48,9 @@ struct Args {
     /// Tenant A's `cpu_ms_per_second` (omit for no rate limit).
     #[arg(long)]
     attacker_cpu_ms_per_second: Option<u64>,
+    /// `server.long_call_priority`: `idle` or a niceness (omit for the default).
+    #[arg(long)]
+    long_call_priority: Option<String>,
 }
 
 /// What an attacker does to tenant A's filters.
@@ -78,11 +81,12 @@ async fn origin() -> std::net::SocketAddr {
     addr
 }
 
-fn config(origin: std::net::SocketAddr, cpu_ms_per_second: Option<u64>) -> String {
+fn config(origin: std::net::SocketAddr, cpu_ms_per_second: Option<u64>, priority: Option<&str>) -> String {
     format!(
         r#"
 [server]
 watch = false
+{priority}
 [[listener]]
 bind = "127.0.0.1:0"
 [upstream.app]
@@ -116,6 +120,12 @@ filters = [{{ plugin = "hello" }}]
         hostile = plugin("tests/plugins/hostile").display(),
         hello = plugin("examples/hello-filter").display(),
         cpu_rate = cpu_ms_per_second.map(|rate| format!("cpu_ms_per_second = {rate}")).unwrap_or_default(),
+        priority = priority
+            .map(|priority| match priority.parse::<u8>() {
+                Ok(niceness) => format!("long_call_priority = {niceness}"),
+                Err(_) => format!("long_call_priority = {priority:?}"),
+            })
+            .unwrap_or_default(),
     )
 }
 
@@ -206,7 +216,9 @@ fn main() {
     let clients = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let origin = clients.block_on(origin());
     let server = sluice.block_on(async {
-        let snapshot = Snapshot::from_toml(&config(origin, args.attacker_cpu_ms_per_second)).expect("config");
+        let snapshot =
+            Snapshot::from_toml(&config(origin, args.attacker_cpu_ms_per_second, args.long_call_priority.as_deref()))
+                .expect("config");
         Server::start(snapshot).await.expect("start sluice")
     });
     let base = format!("http://{}", server.listener_addrs()[0].1);

@@ -152,6 +152,8 @@ pub(crate) struct FilterState {
     pub(crate) cpu_ticks: u64,
     /// Guest time the current call has been charged.
     pub(crate) cpu_used: Duration,
+    /// Guest time the current call may take.
+    pub(crate) cpu_limit: Duration,
     /// Shared with the current call's future: where it runs and its CPU time there.
     pub(crate) clock: Arc<CallClock>,
     /// The last error-level line the guest logged in the current call (a panic message, usually).
@@ -186,6 +188,7 @@ impl FilterState {
             response: None,
             cpu_ticks: 0,
             cpu_used: Duration::ZERO,
+            cpu_limit: tenant.cpu_per_call,
             clock: Arc::default(),
             guest_error: None,
             guest_stderr: None,

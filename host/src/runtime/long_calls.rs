@@ -26,35 +26,37 @@ use tokio::task::JoinHandle;
 pub(crate) struct CallClock {
     /// Set by the epoch callback once the call is long: it moves at its next pause.
     move_requested: AtomicBool,
-    /// The thread's CPU time (in ns, plus one) when the call was last resumed or charged on a
-    /// long-call thread; 0 while the call runs on a worker.
-    resumed_at: AtomicU64,
+    /// Set when the call has moved to a long-call thread.
+    moved: AtomicBool,
+    /// The thread's CPU time (in ns, plus one) when the call was last charged or resumed on it;
+    /// 0 before the first measurement on a worker.
+    measured_from: AtomicU64,
     /// The runtime the call came from: callouts made from a long-call thread are sent from there,
     /// so that the connections they open and pool are driven by the proxy's workers.
     home: Mutex<Option<Handle>>,
 }
 
 impl CallClock {
-    /// Asks for the call to move to a long-call thread at its next pause.
-    pub(crate) fn request_move(&self) {
-        self.move_requested.store(true, Ordering::Relaxed);
+    /// Asks for the call to move to a long-call thread at its next pause; false if it already
+    /// had.
+    pub(crate) fn request_move(&self) -> bool {
+        !self.move_requested.swap(true, Ordering::Relaxed)
     }
 
-    /// The guest time used since the last charge: measured on a long-call thread, else `tick`
-    /// (a worker is shared with other tasks, and a call there is short).
+    /// The guest time used since the last charge, as the kernel counts this thread's CPU time.
+    /// The first charge on a worker, which cannot know when the call started on this thread,
+    /// is `tick`.
     pub(crate) fn charge(&self, tick: Duration) -> Duration {
-        let resumed_at = self.resumed_at.load(Ordering::Relaxed);
-        if resumed_at == 0 {
-            return tick;
-        }
         let now = thread_cpu_nanos() + 1;
-        self.resumed_at.store(now, Ordering::Relaxed);
-        Duration::from_nanos(now.saturating_sub(resumed_at))
+        match self.measured_from.swap(now, Ordering::Relaxed) {
+            0 => tick,
+            from => Duration::from_nanos(now.saturating_sub(from)),
+        }
     }
 
     /// The proxy runtime to send callouts from, when the call runs on a long-call thread.
     pub(crate) fn home(&self) -> Option<Handle> {
-        if self.resumed_at.load(Ordering::Relaxed) == 0 {
+        if !self.moved.load(Ordering::Relaxed) {
             return None;
         }
         self.home.lock().ok()?.clone()
@@ -86,7 +88,8 @@ pub(crate) fn run<T: Send + 'static>(
     call: impl Future<Output = T> + Send + 'static,
 ) -> impl Future<Output = T> + Send {
     clock.move_requested.store(false, Ordering::Relaxed);
-    clock.resumed_at.store(0, Ordering::Relaxed);
+    clock.moved.store(false, Ordering::Relaxed);
+    clock.measured_from.store(0, Ordering::Relaxed);
     GuestCall { clock, place: Place::Inline(Box::pin(call)) }
 }
 
@@ -125,6 +128,9 @@ impl<T: Send + 'static> Future for GuestCall<T> {
                         this.place = Place::Done;
                         return Poll::Ready(value);
                     }
+                    // Paused on a worker, the call may resume on another one, whose CPU clock is
+                    // not this one's: measuring starts over at its next charge.
+                    this.clock.measured_from.store(0, Ordering::Relaxed);
                     if !this.clock.move_requested.load(Ordering::Relaxed) {
                         return Poll::Pending;
                     }
@@ -133,6 +139,7 @@ impl<T: Send + 'static> Future for GuestCall<T> {
                     if let Ok(mut home) = this.clock.home.lock() {
                         *home = Handle::try_current().ok();
                     }
+                    this.clock.moved.store(true, Ordering::Relaxed);
                     this.place = Place::Moved(threads.spawn(OnLongCallThread { clock: this.clock.clone(), call }));
                 }
                 Place::Moved(handle) => {
@@ -164,7 +171,8 @@ impl<T> Drop for GuestCall<T> {
     }
 }
 
-/// A call on a long-call thread: notes the thread's CPU time at each resumption.
+/// A call on a long-call thread: notes the thread's CPU time at each resumption (each poll may
+/// be on another of the threads).
 struct OnLongCallThread<T> {
     clock: Arc<CallClock>,
     call: BoxedCall<T>,
@@ -174,7 +182,7 @@ impl<T> Future for OnLongCallThread<T> {
     type Output = T;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        self.clock.resumed_at.store(thread_cpu_nanos() + 1, Ordering::Relaxed);
+        self.clock.measured_from.store(thread_cpu_nanos() + 1, Ordering::Relaxed);
         self.call.as_mut().poll(cx)
     }
 }
@@ -289,8 +297,15 @@ mod tests {
         (on_long_call_thread(), charged)
     }
 
+    /// These tests are about where calls run, not their priority: at the default (idle) one they
+    /// would wait for any busy process on the machine.
+    fn ordinary_priority() {
+        set_long_call_priority(LongCallPriority::Niceness(0));
+    }
+
     #[tokio::test]
     async fn a_call_that_asks_to_move_finishes_on_a_long_call_thread_and_is_charged_its_cpu_time() {
+        ordinary_priority();
         let clock = Arc::new(CallClock::default());
         let (moved, charged) = run(clock.clone(), spin(Duration::from_millis(5), clock.clone(), 3)).await;
         assert!(moved, "the call ended on a long-call thread");
@@ -305,6 +320,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_a_moved_call_cancels_it_there() {
+        ordinary_priority();
         let clock = Arc::new(CallClock::default());
         let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
         let endless = {
@@ -331,6 +347,7 @@ mod tests {
     #[tokio::test]
     #[should_panic(expected = "guest host bug")]
     async fn a_panic_in_a_moved_call_reaches_the_caller() {
+        ordinary_priority();
         let clock = Arc::new(CallClock::default());
         let panicking = {
             let clock = clock.clone();

@@ -247,7 +247,6 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     runtime.start_epoch_ticker();
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|state| state);
-    let limit = spec.tenant.cpu_per_call;
     let cpu_rate = spec.tenant.cpu_rate.clone();
     let tenant_lane = spec.tenant.long_calls.0.clone();
     let everyones_lanes = runtime.long_call_lanes.clone();
@@ -257,25 +256,26 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
         let used = state.clock.charge(EPOCH_TICK);
         state.cpu_used += used;
         // One tick of slack: the first tick may land just after the call starts.
-        if state.cpu_used > limit + EPOCH_TICK {
-            return Err(wasmtime::Error::new(CpuLimitExceeded { limit_ms: limit.as_millis() }));
+        if state.cpu_used > state.cpu_limit + EPOCH_TICK {
+            return Err(wasmtime::Error::new(CpuLimitExceeded { limit_ms: state.cpu_limit.as_millis() }));
         }
         // Past its tenant's CPU rate the guest sleeps before going on, which frees the thread
-        // for everyone else; within it, it lets other tasks run on this thread and carries on.
+        // for everyone else.
         let pause = cpu_rate.as_ref().map_or(Duration::ZERO, |rate| rate.charge(used));
-        // A call still running at its second tick (the first may land just after it started) is
-        // a long call: it moves to a long-call thread and waits for its lanes before going on
-        // (see `long_calls` and `LongCallLane`).
-        let becomes_long =
-            state.cpu_ticks >= LONG_CALL_TICKS && state.long_call.lock().is_ok_and(|held| held.is_none());
+        let on_worker = state.long_call.lock().is_ok_and(|held| held.is_none());
+        // A call that has used 2 ms of CPU (its first tick counted as a whole one) is a long
+        // call: it moves to a long-call thread and waits for its lanes before going on (see
+        // `long_calls` and `LongCallLane`). Its CPU is what the kernel counted, so a short call
+        // that was merely preempted on a busy machine stays; one held up that long in wall time
+        // moves all the same.
+        let becomes_long = on_worker && (state.cpu_used >= LONG_CALL_CPU || state.cpu_ticks >= LONG_CALL_MAX_TICKS);
         if pause.is_zero() && !becomes_long {
-            return Ok(UpdateDeadline::Yield(1));
+            // On a worker the call runs on without pausing until it is long, so that its CPU
+            // is measured on one thread; on a long-call thread it lets the others take turns.
+            return Ok(if on_worker { UpdateDeadline::Continue(1) } else { UpdateDeadline::Yield(1) });
         }
-        if becomes_long {
-            state.clock.request_move();
-            if state.cpu_ticks == LONG_CALL_TICKS {
-                state.count_long_call();
-            }
+        if becomes_long && state.clock.request_move() {
+            state.count_long_call();
         }
         let slot = state.long_call.clone();
         let lanes = becomes_long.then(|| (tenant_lane.clone(), everyones_lanes.clone()));
@@ -299,15 +299,18 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     let pre = spec.plugin.pre.clone();
     let config = spec.config.clone();
     let clock = store.data().clock.clone();
+    // Starting and configuring an instance happens once per instance, not per request: it may
+    // take longer than a call (compiling a WAF's rules, say).
+    let setup_limit = spec.tenant.cpu_per_call * SETUP_CPU_FACTOR;
     let (mut store, outcome) = long_calls::run(clock, async move {
-        start_call(&mut store);
+        start_call(&mut store, setup_limit);
         let instantiated = pre.instantiate_async(&mut store).await;
         end_call(&mut store);
         let filter = match instantiated {
             Ok(filter) => filter,
             Err(err) => return (store, Err(err)),
         };
-        start_call(&mut store);
+        start_call(&mut store, setup_limit);
         let configured = filter.sluice_filter_filter().call_configure(&mut store, &config).await;
         end_call(&mut store);
         (store, configured.map(|answer| (filter, answer)))
@@ -320,8 +323,11 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     }
 }
 
-/// Ticks after which a call is a long call and needs its lanes.
-const LONG_CALL_TICKS: u64 = 2;
+/// CPU time after which a call is a long call and needs its lanes.
+const LONG_CALL_CPU: Duration = Duration::from_millis(2);
+
+/// Epoch ticks after which a call is a long call whatever its CPU time.
+const LONG_CALL_MAX_TICKS: u64 = 4;
 
 /// Gives back the lanes a call took, once it has returned.
 fn end_call(store: &mut Store<FilterState>) {
@@ -330,8 +336,12 @@ fn end_call(store: &mut Store<FilterState>) {
     }
 }
 
-fn start_call(store: &mut Store<FilterState>) {
+/// How many times its tenant's CPU time per call an instance's start and `configure` may take.
+const SETUP_CPU_FACTOR: u32 = 10;
+
+fn start_call(store: &mut Store<FilterState>, cpu_limit: Duration) {
     let state = store.data_mut();
+    state.cpu_limit = cpu_limit;
     state.cpu_ticks = 0;
     state.cpu_used = Duration::ZERO;
     state.guest_error = None;
@@ -460,8 +470,9 @@ impl FilterInstance {
         // cut short (its request dropped while the guest runs) drops it there, midway: such an
         // instance is never reused.
         let clock = instance.store.data().clock.clone();
+        let cpu_limit = self.pool.spec.tenant.cpu_per_call;
         let (instance, (request_slot, response_slot), result) = long_calls::run(clock, async move {
-            start_call(&mut instance.store);
+            start_call(&mut instance.store, cpu_limit);
             let result = call_phase(&mut instance.store, &instance.filter, call).await;
             end_call(&mut instance.store);
             let state = instance.store.data_mut();
