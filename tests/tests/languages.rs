@@ -104,15 +104,17 @@ async fn a_rust_a_javascript_and_a_go_filter_chain_and_swap_under_load() {
     let server = proxy.take_server();
     let url = proxy.url("/upload");
     let stop = Arc::new(AtomicBool::new(false));
+    // Each client adds a permit once it has its first answer.
+    let answered = Arc::new(tokio::sync::Semaphore::new(0));
     let mut clients = Vec::new();
     for client_index in 0..32 {
-        let (url, stop) = (url.clone(), stop.clone());
+        let (url, stop, answered) = (url.clone(), stop.clone(), answered.clone());
         clients.push(tokio::spawn(async move {
             let client = http1_client();
             let mut versions = Vec::new();
             let mut sequence = 0;
-            // Each client goes on until it has seen the swap (or was told to stop).
-            while !stop.load(Ordering::Relaxed) || versions.is_empty() {
+            // Each client goes on until it is told to stop and has seen the swap.
+            while !stop.load(Ordering::Relaxed) || versions.last() != Some(&2) {
                 sequence += 1;
                 let sent = format!("payload {client_index}/{sequence} from a client");
                 let request = Request::post(&url)
@@ -121,11 +123,15 @@ async fn a_rust_a_javascript_and_a_go_filter_chain_and_swap_under_load() {
                     .expect("request");
                 let response = send(&client, request).await;
                 versions.push(check(response.status, &response.headers, &sent, &response.body));
+                if versions.len() == 1 {
+                    answered.add_permits(1);
+                }
             }
             versions
         }));
     }
     // Let every client through version 1 at least once before swapping.
+    let _all_answered = answered.acquire_many(32).await.expect("the clients' semaphore is never closed");
     let warm =
         send(&http1_client(), Request::post(&url).header("host", "app.test").body(sluice_tests::full("warm")).unwrap())
             .await;
@@ -141,15 +147,11 @@ async fn a_rust_a_javascript_and_a_go_filter_chain_and_swap_under_load() {
     assert_eq!(check(after.status, &after.headers, "after", &after.body), 2);
     stop.store(true, Ordering::Relaxed);
 
-    let mut total = 0;
-    let mut saw_both = false;
     for client in clients {
         let versions = client.await.expect("a client failed");
-        total += versions.len();
         assert!(versions.windows(2).all(|pair| pair[0] <= pair[1]), "a client went back a version: {versions:?}");
-        saw_both |= versions.first() == Some(&1) && versions.last() == Some(&2);
+        // Every client was answered before the swap and went on until it saw it.
+        assert_eq!((versions.first(), versions.last()), (Some(&1), Some(&2)), "{versions:?}");
     }
-    assert!(total >= 32);
-    assert!(saw_both, "at least one client was served by both versions");
     server.shutdown_within(Duration::from_secs(5)).await;
 }

@@ -245,7 +245,11 @@ async fn pool_for(tenant: Arc<Tenant>, relative: &str, config: &str) -> Arc<Filt
 }
 
 /// A tenant whose calls may each run 100 ms.
+/// A tenant whose calls spin for 100 ms of CPU each. These tests are about lanes, not priority:
+/// at the default (idle) priority a CI machine busy with other tests would keep the spinning
+/// calls waiting for a CPU.
 fn attacker() -> Arc<Tenant> {
+    sluice::runtime::set_long_call_priority(sluice::runtime::LongCallPriority::Niceness(0));
     Arc::new(Tenant {
         name: "attacker".into(),
         cpu_per_call: std::time::Duration::from_millis(100),
