@@ -1,12 +1,12 @@
-//! Long calls: guest calls still running after their first milliseconds.
+//! Long calls: guest calls still running after their first milliseconds of CPU.
 //!
 //! A filter call is usually a few microseconds and runs on the proxy's worker thread, inline in
 //! the request. One that keeps running (a filter that spins, or a heavy but legitimate one) is
 //! moved, at its next pause, to threads of its own that run at the lowest CPU priority (by
 //! default; see [`LongCallPriority`]): on a busy machine the proxy's workers, with everyone's
 //! short calls, always come first, and a tenant whose filters spin only gets CPU that nobody
-//! else wants. There, its CPU time is the kernel's count
-//! for its thread, so a call that waits for a CPU is not charged for the wait.
+//! else wants. A call's CPU time is the kernel's count for its thread ([`CallClock`]), so a call
+//! that waits for a CPU is neither charged for the wait nor taken for a long one.
 //!
 //! A call moves as a whole: its future (which owns the instance) is handed over between two
 //! polls, and the caller awaits its end. Dropping the caller cancels it there.
