@@ -33,11 +33,12 @@ pub struct Tenant {
     pub long_calls: LongCallLane,
 }
 
-/// Calls that run past their first milliseconds ("long calls") take a lane: one per tenant, and
-/// all tenants together at most one fewer than the CPUs (`Runtime`'s lanes). A long call waits,
-/// paused, for its lanes, so a tenant whose filters spin keeps at most one worker busy and never
-/// all of them, whatever its CPU rate, while short calls (the usual filter call, microseconds)
-/// never wait. The lane is held until the call returns.
+/// Calls that run past their first milliseconds of CPU ("long calls") move to the long-call
+/// threads and take a lane: one per tenant, and all tenants together one per long-call thread
+/// (`Runtime`'s lanes). A long call waits, paused, for its lanes, so a tenant whose filters spin
+/// runs one long call at a time and tenants share the long-call threads, whatever their CPU
+/// rates, while short calls (the usual filter call, microseconds) never wait. The lane is held
+/// until the call returns; it carries over a reload with its tenant.
 #[derive(Debug, Clone)]
 pub struct LongCallLane(pub(crate) Arc<tokio::sync::Semaphore>);
 
