@@ -67,10 +67,10 @@ impl Eq for LongCallLane {}
 
 /// A tenant's share of CPU: guest time per second of wall time, all its instances together.
 ///
-/// Guests are charged one epoch tick (1 ms) at each tick they run through. Within the rate a
-/// running guest only yields to other tasks at each tick; past it, its calls pause (they are not
-/// failed) until the budget has refilled, so a tenant that spins cannot take the worker threads
-/// from the others.
+/// Guests are charged at each epoch tick (1 ms) they run through, with the CPU time the kernel
+/// counted for them since the last (a whole tick for a call's first). Past the rate, the
+/// tenant's calls pause (they are not failed) until the budget has refilled, so a tenant that
+/// spins cannot take more than its share of the CPU.
 #[derive(Debug, Clone)]
 pub struct CpuRate {
     /// Milliseconds of guest time per second.
