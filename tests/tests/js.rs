@@ -62,10 +62,6 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
 
     // The JavaScript engine's heap grows with every call (it is not collected between calls), so
     // under a 16 MiB limit an instance would fail after about a thousand calls.
-    // Calls that grow the heap can take milliseconds, which makes them long calls; this test is
-    // about memory, and at the default (idle) priority a CI machine busy with other tests in the
-    // same cgroup would keep them waiting.
-    sluice::runtime::set_long_call_priority(sluice::runtime::LongCallPriority::Niceness(0));
     let runtime = Runtime::shared().unwrap();
     let plugin =
         Plugin::load_file(&runtime, "gate", &sluice_tests::scaffold(sluice::packages::Language::JavaScript, "gate-js"))
