@@ -433,16 +433,12 @@ pub async fn push_in_chunks(
     // oci-client negotiates the token (the registry's challenge, the token service); the blobs
     // go up through Sluice's own uploader with it, which reports as chunks are sent.
     let token = client.auth(reference, &auth, RegistryOperation::Push).await.map_err(registry_error)?;
-    let authorization = match (token.as_ref(), &auth) {
-        (Some(token), _) | (None, RegistryAuth::Bearer(token)) => Some(format!("Bearer {token}")),
-        (None, RegistryAuth::Basic(user, password)) => {
-            use base64::Engine;
-            Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))))
-        }
-        (None, RegistryAuth::Anonymous) => None,
+    let credentials = match token {
+        Some(token) => RegistryAuth::Bearer(token),
+        None => auth,
     };
     let scheme = if plain_http(registry) { "http" } else { "https" };
-    let uploader = BlobUploader::new(scheme, registry, reference.repository(), authorization, chunk_bytes)?;
+    let uploader = BlobUploader::new(scheme, registry, reference.repository(), credentials, chunk_bytes)?;
     for (name, blob) in [("config", &package.config), ("component", &package.component)] {
         uploader.upload(name, blob, progress).await?;
     }

@@ -5,7 +5,8 @@
 //! the OCI distribution spec's chunked upload (`POST` a session, `PATCH` each chunk with its
 //! `Content-Range`, `PUT` with the digest), authorised with the token oci-client negotiated.
 
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use oci_client::secrets::RegistryAuth;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Response, StatusCode, Url};
 
 use super::oci::{PackageError, Progress, digest};
@@ -18,8 +19,8 @@ pub(crate) struct BlobUploader {
     http: reqwest::Client,
     /// `http(s)://registry/v2/repository/`.
     repository_url: Url,
-    /// The `Authorization` header: a bearer token, basic credentials, or none (anonymous).
-    authorization: Option<String>,
+    /// A bearer token, basic credentials, or none.
+    credentials: RegistryAuth,
     chunk_bytes: usize,
 }
 
@@ -29,12 +30,12 @@ impl BlobUploader {
         scheme: &str,
         registry: &str,
         repository: &str,
-        authorization: Option<String>,
+        credentials: RegistryAuth,
         chunk_bytes: usize,
     ) -> Result<Self, PackageError> {
         let repository_url = Url::parse(&format!("{scheme}://{registry}/v2/{repository}/"))
             .map_err(|err| PackageError::Invalid(format!("registry {registry:?}, repository {repository:?}: {err}")))?;
-        Ok(Self { http: reqwest::Client::new(), repository_url, authorization, chunk_bytes: chunk_bytes.max(1) })
+        Ok(Self { http: reqwest::Client::new(), repository_url, credentials, chunk_bytes: chunk_bytes.max(1) })
     }
 
     /// Uploads `blob` unless the registry has it already; `progress` hears `name` and the bytes
@@ -77,9 +78,10 @@ impl BlobUploader {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, PackageError> {
-        let request = match &self.authorization {
-            Some(authorization) => request.header(AUTHORIZATION, authorization),
-            None => request,
+        let request = match &self.credentials {
+            RegistryAuth::Bearer(token) => request.bearer_auth(token),
+            RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+            RegistryAuth::Anonymous => request,
         };
         request.send().await.map_err(|err| PackageError::Registry(format!("{err}")))
     }

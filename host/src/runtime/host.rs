@@ -197,15 +197,19 @@ impl FilterState {
         }
     }
 
-    /// Counts the current call as a long call (`sluice_filter_long_calls_total`).
-    pub(crate) fn count_long_call(&self) {
+    /// The instance's route, filter and tenant as metric labels.
+    pub(crate) fn owner_labels(&self) -> PluginMetricLabels {
         let [route, filter, tenant] = &self.owner;
-        let labels = vec![
+        vec![
             ("route".to_owned(), route.to_string()),
             ("filter".to_owned(), filter.to_string()),
             ("tenant".to_owned(), tenant.to_string()),
-        ];
-        self.services.long_calls.get_or_create(&labels).inc();
+        ]
+    }
+
+    /// Counts the current call as a long call (`sluice_filter_long_calls_total`).
+    pub(crate) fn count_long_call(&self) {
+        self.services.long_calls.get_or_create(&self.owner_labels()).inc();
     }
 
     /// Why the current call failed, in the guest's words: what it logged at error level, else what

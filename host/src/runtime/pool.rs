@@ -282,16 +282,16 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
         Ok(UpdateDeadline::YieldCustom(
             1,
             Box::pin(async move {
-                if let Some((tenant, everyone)) = lanes {
+                if lanes.is_some() {
                     // Pause once, so that the call moves before it waits or runs on.
                     tokio::task::yield_now().await;
-                    tokio::time::sleep(pause).await;
+                }
+                tokio::time::sleep(pause).await;
+                if let Some((tenant, everyone)) = lanes {
                     let permits = LongCallPermits::acquire(tenant, everyone).await;
                     if let Ok(mut held) = slot.lock() {
                         *held = permits;
                     }
-                } else {
-                    tokio::time::sleep(pause).await;
                 }
             }),
         ))
@@ -394,13 +394,7 @@ impl Drop for FilterInstance {
         // before it reaches its tenant's limit, rather than failing a request there.
         let limit = self.pool.spec.tenant.memory_bytes;
         if state.memory_bytes > limit / 4 * 3 {
-            let spec = &self.pool.spec;
-            let labels = vec![
-                ("route".to_owned(), spec.route.to_string()),
-                ("filter".to_owned(), spec.name.to_string()),
-                ("tenant".to_owned(), spec.tenant.name.to_string()),
-            ];
-            self.pool.runtime.services().retirements.get_or_create(&labels).inc();
+            self.pool.runtime.services().retirements.get_or_create(&state.owner_labels()).inc();
             tracing::debug!(
                 route = %self.pool.spec.route,
                 filter = %self.pool.spec.name,
