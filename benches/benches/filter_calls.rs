@@ -5,11 +5,10 @@
 //!
 //! Run: `cargo bench -p sluice-benches --bench filter_calls`
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sluice::runtime::{
+use sluice_runtime::{
     CallContext, FailurePolicy, FilterPool, FilterSpec, Isolation, Plugin, RequestHead, Runtime, Tenant,
 };
 
@@ -21,7 +20,7 @@ fn context() -> CallContext {
         request_id: "bench".into(),
         client_ip: "192.0.2.1".parse().unwrap(),
         client_identity: None,
-        upstreams: Arc::new(BTreeMap::new()),
+        upstreams: Arc::new(sluice_runtime::NoUpstreams),
     }
 }
 
@@ -40,19 +39,19 @@ fn pool(runtime: &tokio::runtime::Runtime, relative: &str, isolation: Isolation)
 }
 
 /// The scaffold in `language`, created and built under target/ (kept between runs).
-fn scaffold(language: sluice::packages::Language, name: &str) -> std::path::PathBuf {
+fn scaffold(language: sluice_packages::Language, name: &str) -> std::path::PathBuf {
     let parent = sluice_benches::repo_root().join("target/bench-scaffolds");
     std::fs::create_dir_all(&parent).unwrap();
     let dir = parent.join(name);
     if !dir.exists() {
-        sluice::packages::new_plugin_in(&parent, name, language).unwrap();
+        sluice_packages::new_plugin_in(&parent, name, language).unwrap();
     }
-    let options = sluice::packages::BuildOptions { target_dir: None, quiet: true };
-    sluice::packages::build_plugin(&dir, &options).unwrap()
+    let options = sluice_packages::BuildOptions { target_dir: None, quiet: true };
+    sluice_packages::build_plugin(&dir, &options).unwrap()
 }
 
 fn pool_of(runtime: &tokio::runtime::Runtime, component: &std::path::Path, isolation: Isolation) -> Arc<FilterPool> {
-    let sluice_runtime = Runtime::shared().unwrap();
+    let sluice_runtime = Arc::new(Runtime::with_default_cache().unwrap());
     let plugin = Plugin::load_file(&sluice_runtime, "bench", component).unwrap();
     let spec = FilterSpec {
         route: "bench".into(),
@@ -87,7 +86,7 @@ fn filter_calls(c: &mut Criterion) {
     // Per request as the proxy does it: check out a warm instance, call, return it. A JavaScript
     // instance's heap grows with every call, so the pool retires and replaces instances as they
     // near their memory limit; that cost is part of the figure.
-    use sluice::packages::Language;
+    use sluice_packages::Language;
     let javascript_component = scaffold(Language::JavaScript, "gate-js");
     let go_component = scaffold(Language::Go, "gate-go");
     let javascript = pool_of(&runtime, &javascript_component, Isolation::Instance);

@@ -30,7 +30,8 @@ fn routes(count: usize, shape: RouteShape) -> Snapshot {
         };
         write!(config, "\n[[route]]\nname = \"r{index}\"\n{condition}\nupstream = \"origin\"\n").unwrap();
     }
-    Snapshot::from_toml(&config).expect("benchmark config compiles")
+    Snapshot::from_toml(&sluice::config::Services::with_default_cache().expect("the filter runtime starts"), &config)
+        .expect("benchmark config compiles")
 }
 
 #[derive(Clone, Copy)]
@@ -91,8 +92,11 @@ fn origin_response() -> HeaderMap {
 }
 
 fn header_processing(c: &mut Criterion) {
-    let snapshot =
-        Snapshot::from_toml(&format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n{LISTENER_AND_UPSTREAM}")).unwrap();
+    let snapshot = Snapshot::from_toml(
+        &sluice::config::Services::with_default_cache().expect("the filter runtime starts"),
+        &format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n{LISTENER_AND_UPSTREAM}"),
+    )
+    .unwrap();
     let settings = &snapshot.server;
     let request = browser_request();
     let response = origin_response();

@@ -4,17 +4,16 @@
 //!
 //! Run: `cargo bench -p sluice-benches --bench plugins`
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use sluice::runtime::{
+use sluice_benches::repo_root;
+use sluice_runtime::{
     CallContext, FailurePolicy, FilterInstance, FilterPool, FilterSpec, Isolation, Phases, Plugin, RequestHead,
     Runtime, Tenant,
 };
-use sluice_benches::repo_root;
 
 fn context() -> CallContext {
     CallContext {
@@ -24,7 +23,7 @@ fn context() -> CallContext {
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         client_ip: "192.0.2.1".parse().unwrap(),
         client_identity: None,
-        upstreams: Arc::new(BTreeMap::new()),
+        upstreams: Arc::new(sluice_runtime::NoUpstreams),
     }
 }
 
@@ -259,7 +258,7 @@ async fn one_request(instance: &mut FilterInstance, phases: Phases, case: &Case,
 
 fn plugins(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let sluice_runtime = Runtime::shared().unwrap();
+    let sluice_runtime = Arc::new(Runtime::with_default_cache().unwrap());
     let mut group = c.benchmark_group("plugins");
     for case in cases() {
         let path = sluice_benches::plugin(case.plugin);

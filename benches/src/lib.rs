@@ -9,8 +9,8 @@ pub fn repo_root() -> PathBuf {
 
 /// Builds a filter crate of this repository (cached in `target/plugins`) and returns its component.
 pub fn plugin(relative: &str) -> PathBuf {
-    let options = sluice::packages::BuildOptions { target_dir: Some(repo_root().join("target/plugins")), quiet: true };
-    sluice::packages::build_plugin(&repo_root().join(relative), &options)
+    let options = sluice_packages::BuildOptions { target_dir: Some(repo_root().join("target/plugins")), quiet: true };
+    sluice_packages::build_plugin(&repo_root().join(relative), &options)
         .unwrap_or_else(|err| panic!("building {relative}: {err}"))
 }
 

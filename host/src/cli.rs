@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Snapshot;
-use crate::packages;
+use sluice_packages as packages;
+
+use crate::config::{ConfigError, Services, Snapshot};
 use crate::server::{Server, ShutdownOutcome};
 
 /// A reverse proxy whose routes run chains of sandboxed WebAssembly filters.
@@ -117,29 +118,31 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
     match cli.command {
-        Command::Check { config } => match Snapshot::from_file(&config).and_then(|snapshot| {
-            // Configuring every filter checks its config against its plugin.
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|err| {
-                crate::config::ConfigError { file: None, key: String::new(), position: None, message: err.to_string() }
-            })?;
-            runtime.block_on(snapshot.prepare_filters())?;
-            Ok(snapshot)
-        }) {
-            Ok(snapshot) => {
-                println!(
-                    "{}: ok ({} listeners, {} upstreams, {} routes)",
-                    config.display(),
-                    snapshot.listeners.len(),
-                    snapshot.upstreams.len(),
-                    snapshot.routes.routes().len()
-                );
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            match services().and_then(|services| Snapshot::from_file(&services, &config)).and_then(|snapshot| {
+                // Configuring every filter checks its config against its plugin.
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|err| {
+                    ConfigError { file: None, key: String::new(), position: None, message: err.to_string() }
+                })?;
+                runtime.block_on(snapshot.prepare_filters())?;
+                Ok(snapshot)
+            }) {
+                Ok(snapshot) => {
+                    println!(
+                        "{}: ok ({} listeners, {} upstreams, {} routes)",
+                        config.display(),
+                        snapshot.listeners.len(),
+                        snapshot.upstreams.len(),
+                        snapshot.routes.routes().len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Plugin(PluginCommand::New { name, dir, lang }) => match packages::new_plugin_in(&dir, &name, lang) {
             Ok(created) => {
                 println!("created {}", created.display());
@@ -153,7 +156,7 @@ pub fn main() -> ExitCode {
         },
         Command::Plugin(PluginCommand::Build { dir, target_dir }) => {
             let options = packages::BuildOptions { target_dir, quiet: false };
-            match packages::build_plugin(&dir, &options) {
+            match build_and_check(&dir, &options) {
                 Ok(component) => {
                     println!("{}", component.display());
                     ExitCode::SUCCESS
@@ -177,7 +180,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config, workers } => {
-            let snapshot = match Snapshot::from_file(&config) {
+            let snapshot = match services().and_then(|services| Snapshot::from_file(&services, &config)) {
                 Ok(snapshot) => snapshot,
                 Err(error) => {
                     eprintln!("error: {error}");
@@ -206,6 +209,22 @@ pub fn main() -> ExitCode {
             runtime.block_on(run(snapshot))
         }
     }
+}
+
+/// The process's filter runtime and metric families, made once here and handed down.
+fn services() -> Result<Services, ConfigError> {
+    Services::with_default_cache().map_err(|err| ConfigError::at("", None, "", err.to_string()))
+}
+
+/// `sluice plugin build`: builds the filter, then loads it as the host would, so that one that
+/// does not fit the world fails here rather than in a proxy.
+fn build_and_check(dir: &std::path::Path, options: &packages::BuildOptions) -> Result<PathBuf, String> {
+    let component = packages::build_plugin(dir, options).map_err(|err| err.to_string())?;
+    let runtime = sluice_runtime::Runtime::with_default_cache().map_err(|err| err.to_string())?;
+    let bytes = std::fs::read(&component).map_err(|err| format!("cannot read {}: {err}", component.display()))?;
+    let name = component.file_stem().map_or_else(String::new, |stem| stem.to_string_lossy().into_owned());
+    packages::check_component(&runtime, &name, &bytes).map_err(|err| err.to_string())?;
+    Ok(component)
 }
 
 async fn run(snapshot: Snapshot) -> ExitCode {
@@ -290,7 +309,9 @@ fn package_command(command: PluginCommand) -> Result<(), packages::oci::PackageE
     match command {
         PluginCommand::Pack { dir, output, target_dir } => {
             let options = packages::BuildOptions { target_dir, quiet: false };
-            let package = oci::pack(&dir, &options)?;
+            let filter_runtime =
+                sluice_runtime::Runtime::with_default_cache().map_err(|err| PackageError::Build(err.to_string()))?;
+            let package = oci::pack(&filter_runtime, &dir, &options)?;
             let output = output.unwrap_or_else(|| {
                 dir.join("target/sluice/packages").join(format!("{}-{}", package.info.name, package.info.version))
             });

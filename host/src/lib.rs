@@ -9,13 +9,10 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
-pub mod body;
-pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod packages;
 pub mod pipeline;
+pub mod reload;
 pub mod routing;
-pub mod runtime;
 pub mod server;
-pub mod upstream;
+pub mod telemetry;

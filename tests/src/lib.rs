@@ -4,6 +4,8 @@
 //! Every test builds its own world (origin -> proxy -> client), so tests never share ports or
 //! state and run in parallel.
 
+pub mod architecture;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,12 +22,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sluice::body::{self, ProxyBody};
+use sluice_http::body::{self, ProxyBody};
 use std::path::{Path, PathBuf};
 
-use sluice::config::Snapshot;
-use sluice::packages::{BuildOptions, build_plugin};
+use sluice::config::{Services, Snapshot};
 use sluice::server::Server;
+use sluice_packages::{BuildOptions, build_plugin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -226,6 +228,50 @@ impl Echo {
     }
 }
 
+/// The `sluice` binary of this checkout, as users run it: built by cargo (once per test process;
+/// a no-op when it is up to date, as after tests/run.sh's workspace build) into the target folder
+/// and profile this test binary was built in. The binary belongs to another package than the
+/// tests, so cargo does not build it for them.
+pub fn sluice_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            // This test binary is TARGET/PROFILE/deps/NAME.
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let profile_dir = exe.parent().and_then(Path::parent).expect("the test binary is in PROFILE/deps");
+            let target_dir = profile_dir.parent().expect("PROFILE is in the target folder");
+            let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+                Some("debug") | None => "dev",
+                Some(other) => other,
+            };
+            // The same build as tests/run.sh's first step (the whole workspace, every target), so
+            // that the features cargo unifies are the same and nothing is rebuilt.
+            let mut cargo = std::process::Command::new(env!("CARGO"));
+            // What the test runner sets for this test (its package's CARGO_* variables, the
+            // runner's own) is not what the workspace was built with: cargo would take it for a
+            // change and rebuild.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                let outer = ["CARGO_", "RUSTC", "RUSTFLAGS", "RUSTDOC", "NEXTEST", "__CARGO"]
+                    .iter()
+                    .any(|prefix| name.starts_with(prefix));
+                if outer && name != "CARGO_HOME" {
+                    cargo.env_remove(&*name);
+                }
+            }
+            let status = cargo
+                .args(["build", "--quiet", "--locked", "--workspace", "--all-targets", "--profile", profile])
+                .arg("--target-dir")
+                .arg(target_dir)
+                .current_dir(repo_root())
+                .status()
+                .expect("run cargo to build the sluice binary");
+            assert!(status.success(), "building the sluice binary failed");
+            profile_dir.join("sluice")
+        })
+        .clone()
+}
+
 /// The repository's root folder.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the repository").to_owned()
@@ -242,7 +288,7 @@ pub fn plugin(relative: &str) -> PathBuf {
 /// The `sluice plugin new --lang LANGUAGE NAME` scaffold, created once under
 /// target/test-scaffolds (a later run finds it there) and built with `sluice plugin build`'s code;
 /// returns its component.
-pub fn scaffold(language: sluice::packages::Language, name: &str) -> PathBuf {
+pub fn scaffold(language: sluice_packages::Language, name: &str) -> PathBuf {
     let parent = repo_root().join("target/test-scaffolds");
     let dir = parent.join(name);
     if !dir.exists() {
@@ -250,7 +296,7 @@ pub fn scaffold(language: sluice::packages::Language, name: &str) -> PathBuf {
         // a scaffold (the one that renames second keeps the first one's).
         let staging = parent.join(format!(".{name}.{}", std::process::id()));
         std::fs::create_dir_all(&staging).expect("create the scaffold's staging folder");
-        sluice::packages::new_plugin_in(&staging, name, language).expect("scaffold");
+        sluice_packages::new_plugin_in(&staging, name, language).expect("scaffold");
         let _ = std::fs::rename(staging.join(name), &dir);
         let _ = std::fs::remove_dir_all(&staging);
     }
@@ -261,7 +307,7 @@ pub fn scaffold(language: sluice::packages::Language, name: &str) -> PathBuf {
 /// Runs the `name` scaffold in `language` ([`scaffold`]) on a route as its template is written:
 /// configured with `required_header`, it refuses requests without that header (400, saying so)
 /// and marks the responses of the others with its name in `x-filtered-by`.
-pub async fn assert_scaffold_gates_requests(language: sluice::packages::Language, name: &str) {
+pub async fn assert_scaffold_gates_requests(language: sluice_packages::Language, name: &str) {
     let component = scaffold(language, name);
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&format!(
@@ -285,6 +331,19 @@ pub async fn assert_scaffold_gates_requests(language: sluice::packages::Language
     assert_eq!(passed.headers["x-filtered-by"], name);
 }
 
+/// The services every proxy and runtime of this test process is built on, made on first use, as
+/// the CLI makes them once per process. A test that needs a proxy of its own makes its own
+/// [`Services`].
+pub fn services() -> Services {
+    static SERVICES: std::sync::OnceLock<Services> = std::sync::OnceLock::new();
+    SERVICES.get_or_init(|| Services::with_default_cache().expect("the filter runtime starts")).clone()
+}
+
+/// The filter runtime of [`services`].
+pub fn filter_runtime() -> Arc<sluice_runtime::Runtime> {
+    services().runtime
+}
+
 /// A Sluice started in-process from a TOML literal.
 pub struct TestProxy {
     /// The first listener's address.
@@ -300,7 +359,8 @@ impl TestProxy {
     /// Compiles `config` and starts serving it; listeners should bind port 0.
     pub async fn start(config: &str) -> Self {
         init_test_logging();
-        let snapshot = Snapshot::from_toml(config).unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
+        let snapshot = Snapshot::from_toml(&services(), config)
+            .unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
         let server = Server::start(snapshot).await.expect("start sluice");
         let addrs: Vec<SocketAddr> = server.listener_addrs().iter().map(|(_, addr)| *addr).collect();
         Self { addr: addrs[0], addrs, admin: server.admin_addr(), server: Some(server) }

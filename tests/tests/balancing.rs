@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http::{Request, Response, StatusCode};
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Collected, Origin, OriginFuture, TestClient, TestProxy, http1_client, send};
 use tokio::sync::{Notify, Semaphore};
 
@@ -345,15 +345,23 @@ fn route_backends_and_mirrors_are_checked_with_their_key() {
              [[route]]\n{route}\n"
         )
     };
-    let error = sluice::config::Snapshot::from_toml(&config("upstream = \"a\"\nbackends = [{ upstream = \"a\" }]"))
-        .unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(
+        &sluice_tests::services(),
+        &config("upstream = \"a\"\nbackends = [{ upstream = \"a\" }]"),
+    )
+    .unwrap_err();
     assert_eq!(error.key, "route[0].backends");
-    let error = sluice::config::Snapshot::from_toml(&config("backends = [{ upstream = \"a\" }, { upstream = \"b\" }]"))
-        .unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(
+        &sluice_tests::services(),
+        &config("backends = [{ upstream = \"a\" }, { upstream = \"b\" }]"),
+    )
+    .unwrap_err();
     assert_eq!(error.key, "route[0].backends[1].upstream");
-    let error =
-        sluice::config::Snapshot::from_toml(&config("upstream = \"a\"\nmirror = { upstream = \"a\", percent = 0 }"))
-            .unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(
+        &sluice_tests::services(),
+        &config("upstream = \"a\"\nmirror = { upstream = \"a\", percent = 0 }"),
+    )
+    .unwrap_err();
     assert_eq!(error.key, "route[0].mirror.percent");
     let upstream = |settings: &str| {
         format!(
@@ -361,15 +369,22 @@ fn route_backends_and_mirrors_are_checked_with_their_key() {
              [[route]]\nupstream = \"a\"\n"
         )
     };
-    let error = sluice::config::Snapshot::from_toml(&upstream("retry = { on = [\"418\"] }")).unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &upstream("retry = { on = [\"418\"] }"))
+        .unwrap_err();
     assert_eq!(error.key, "upstream.a.retry.on[0]");
-    let error = sluice::config::Snapshot::from_toml(&upstream("balancer = \"fastest\"")).unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &upstream("balancer = \"fastest\""))
+        .unwrap_err();
     assert_eq!(error.key, "upstream.a.balancer");
-    let error = sluice::config::Snapshot::from_toml(&upstream("hash_key = \"header:x-user\"")).unwrap_err();
+    let error =
+        sluice::config::Snapshot::from_toml(&sluice_tests::services(), &upstream("hash_key = \"header:x-user\""))
+            .unwrap_err();
     assert_eq!(error.key, "upstream.a.hash_key");
     assert!(error.message.contains("balancer = \"hash\""), "{error}");
-    let error = sluice::config::Snapshot::from_toml(&upstream("health_check = { kind = \"http\", path = \"health\" }"))
-        .unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(
+        &sluice_tests::services(),
+        &upstream("health_check = { kind = \"http\", path = \"health\" }"),
+    )
+    .unwrap_err();
     assert_eq!(error.key, "upstream.a.health_check.path");
 }
 

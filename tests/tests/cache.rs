@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Request, Response, StatusCode};
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Collected, Origin, TestProxy, http1_client, send};
 use tokio::sync::Semaphore;
 

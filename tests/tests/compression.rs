@@ -6,7 +6,7 @@ use std::io::Read;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Frame;
-use sluice::body::{self, BoxError};
+use sluice_http::body::{self, BoxError};
 use sluice_tests::{Collected, Origin, TestProxy, http1_client, send};
 
 /// Text that compresses well, sent in chunks as an origin streaming a page would.
@@ -127,6 +127,7 @@ async fn responses_that_must_not_be_compressed_are_left_alone() {
 #[tokio::test]
 async fn bad_compression_settings_are_refused_with_their_key() {
     let error = sluice::config::Snapshot::from_toml(
+        &sluice_tests::services(),
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{ addr = \"127.0.0.1:9\" }]\n\
          [[route]]\nupstream = \"app\"\ncompression = { encodings = [\"gzip\", \"lzma\"] }\n",
     )

@@ -11,7 +11,7 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 use http::Response;
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Origin, TestProxy, get};
 use tokio::net::UdpSocket;
 

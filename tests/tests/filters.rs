@@ -2,7 +2,7 @@
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Origin, TestProxy, get, http1_client, plugin, send};
 
 /// An origin that answers with the request body it got, in three chunks.
@@ -12,7 +12,7 @@ async fn body_echo_origin() -> Origin {
             let status = request.headers().get("x-want-status").and_then(|v| v.to_str().ok()?.parse().ok());
             let received = request.into_body().collect().await.map(|body| body.to_bytes()).unwrap_or_default();
             let text = if received.is_empty() { bytes::Bytes::from_static(b"one two three") } else { received };
-            let chunks: Vec<Result<hyper::body::Frame<bytes::Bytes>, sluice::body::BoxError>> = text
+            let chunks: Vec<Result<hyper::body::Frame<bytes::Bytes>, sluice_http::body::BoxError>> = text
                 .chunks(text.len().div_ceil(3).max(1))
                 .map(|chunk| Ok(hyper::body::Frame::data(bytes::Bytes::copy_from_slice(chunk))))
                 .collect();
@@ -322,7 +322,7 @@ async fn a_config_the_filter_refuses_stops_the_start_naming_route_and_filter(pro
         probe,
         "[[route]]\nname = \"picky\"\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { refuse = true } }]\n",
     );
-    let snapshot = sluice::config::Snapshot::from_toml(&config).unwrap();
+    let snapshot = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config).unwrap();
     let error = snapshot.prepare_filters().await.expect_err("the filter refuses its config");
     assert_eq!(error.key, "route[0].filters[0]");
     assert!(error.message.contains("filter probe: config refused: refused on purpose"), "{error}");
@@ -336,7 +336,11 @@ async fn unknown_config_keys_are_refused_by_the_sdk(probe: &str) {
         probe,
         "[[route]]\nupstream = \"app\"\nfilters = [{ plugin = \"probe\", config = { colour = \"red\" } }]\n",
     );
-    let error = sluice::config::Snapshot::from_toml(&config).unwrap().prepare_filters().await.unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config)
+        .unwrap()
+        .prepare_filters()
+        .await
+        .unwrap_err();
     // serde says "unknown field `colour`", Go's encoding/json `unknown field "colour"`.
     assert!(error.message.contains("unknown field") && error.message.contains("colour"), "{error}");
 }
@@ -390,8 +394,10 @@ async fn a_sticky_canary_keeps_each_client_on_one_version() {
         versions.insert(response.headers["x-chain-response"].to_str().unwrap().to_owned());
     }
     assert_eq!(versions.len(), 1, "one client, one version: {versions:?}");
-    let error =
-        sluice::config::Snapshot::from_toml(&canary_config(&origin, true).replace("percent = 30", "percent = 0"))
-            .expect_err("0% is no canary");
+    let error = sluice::config::Snapshot::from_toml(
+        &sluice_tests::services(),
+        &canary_config(&origin, true).replace("percent = 30", "percent = 0"),
+    )
+    .expect_err("0% is no canary");
     assert_eq!(error.key, "route[0].filters[0].canary.percent");
 }

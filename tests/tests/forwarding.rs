@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Origin, TestProxy, get, h2c_client, http1_client, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -19,12 +19,12 @@ const POLICY: &str = "{ require = [\"x-api-key\"], deny = [{ header = \"user-age
      max_value_bytes = 64, strip_request = [\"x-internal-user\"], strip_response = [\"server\", \"x-powered-by\"], \
      set_response = { x-frame-options = \"DENY\" } }";
 
-fn request(proxy: &TestProxy, headers: &[(&str, &str)]) -> http::Request<sluice::body::ProxyBody> {
+fn request(proxy: &TestProxy, headers: &[(&str, &str)]) -> http::Request<sluice_http::body::ProxyBody> {
     let mut builder = http::Request::get(proxy.url("/resource")).header("host", "app.test");
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    builder.body(sluice::body::empty()).unwrap()
+    builder.body(sluice_http::body::empty()).unwrap()
 }
 
 #[tokio::test]
@@ -63,7 +63,8 @@ async fn a_config_the_go_filter_refuses_fails_the_start() {
         ("{ require = [\"bad header\"] }", "require: \"bad header\" is not a valid header name"),
         ("{ max_value_bytes = \"many\" }", "invalid config: json: cannot unmarshal string"),
     ] {
-        let snapshot = sluice::config::Snapshot::from_toml(&policy_config(&origin, policy)).expect("valid TOML");
+        let snapshot = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &policy_config(&origin, policy))
+            .expect("valid TOML");
         let error = sluice::server::Server::start(snapshot).await.expect_err("the filter refuses its config");
         assert!(error.to_string().contains(message), "{error}");
     }
@@ -71,7 +72,7 @@ async fn a_config_the_go_filter_refuses_fails_the_start() {
 
 #[tokio::test]
 async fn a_scaffolded_go_filter_builds_and_runs() {
-    sluice_tests::assert_scaffold_gates_requests(sluice::packages::Language::Go, "gate-go").await;
+    sluice_tests::assert_scaffold_gates_requests(sluice_packages::Language::Go, "gate-go").await;
 }
 
 #[tokio::test]
@@ -94,7 +95,7 @@ async fn a_go_filter_reaches_every_host_function_through_the_sdk() {
         .header("x-multi", "a")
         .header("x-multi", "b")
         .header("x-remove-me", "1")
-        .body(sluice::body::empty())
+        .body(sluice_http::body::empty())
         .unwrap();
     let response = send(&http1_client(), request).await;
     let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
@@ -139,7 +140,7 @@ async fn a_go_filter_reaches_every_host_function_through_the_sdk() {
     let admin = proxy.admin.unwrap();
     let metrics = send(
         &http1_client(),
-        http::Request::get(format!("http://{admin}/metrics")).body(sluice::body::empty()).unwrap(),
+        http::Request::get(format!("http://{admin}/metrics")).body(sluice_http::body::empty()).unwrap(),
     )
     .await
     .text();
@@ -150,12 +151,10 @@ async fn a_go_filter_reaches_every_host_function_through_the_sdk() {
 
 #[tokio::test]
 async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use sluice::runtime::{
-        BodyOutcome, CallContext, FailurePolicy, FilterPool, FilterSpec, Isolation, Plugin, RequestHead, Runtime,
-        Tenant,
+    use sluice_runtime::{
+        BodyOutcome, CallContext, FailurePolicy, FilterPool, FilterSpec, Isolation, Plugin, RequestHead, Tenant,
     };
 
     // Every call hands the filter 256 KiB of body and 64 headers, which the host writes into memory
@@ -164,8 +163,8 @@ async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() 
     // These calls take milliseconds each, so they run as long calls. What is tested here is the
     // instance's memory, not scheduling: at the default (idle) priority, a CI machine busy with
     // other tests would leave them waiting for its CPU.
-    sluice::runtime::set_long_call_priority(sluice::runtime::LongCallPriority::Niceness(0));
-    let runtime = Runtime::shared().unwrap();
+    let runtime = sluice_tests::filter_runtime();
+    runtime.set_long_call_priority(sluice_runtime::LongCallPriority::Niceness(0));
     let plugin = Plugin::load_file(&runtime, "probe", &plugin("tests/plugins/go-probe")).unwrap();
     let tenant = Arc::new(Tenant { memory_bytes: 32 << 20, ..Tenant::default_tenant() });
     let spec = FilterSpec {
@@ -185,7 +184,7 @@ async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() 
         request_id: "test".into(),
         client_ip: "127.0.0.1".parse().unwrap(),
         client_identity: None,
-        upstreams: Arc::new(BTreeMap::new()),
+        upstreams: Arc::new(sluice_runtime::NoUpstreams),
     };
     let body = bytes::Bytes::from(b"abcdefgh".repeat(32 << 10));
     let mut instance = pool.checkout(context).await.unwrap();
@@ -209,11 +208,12 @@ async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() 
 #[test]
 fn a_go_filter_packs_as_a_plugin_package() {
     let dir = sluice_tests::repo_root().join("examples/go-header-policy");
-    let options = sluice::packages::BuildOptions {
+    let options = sluice_packages::BuildOptions {
         target_dir: Some(sluice_tests::repo_root().join("target/plugins")),
         quiet: true,
     };
-    let package = sluice::packages::oci::pack(&dir, &options).expect("the Go filter packs");
+    let package =
+        sluice_packages::oci::pack(&sluice_tests::filter_runtime(), &dir, &options).expect("the Go filter packs");
     assert_eq!(package.info.name, "header-policy");
     assert_eq!(package.info.version, "0.1.0");
     assert!(package.info.description.as_deref().is_some_and(|text| text.contains("header policy")));

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::{Request, StatusCode};
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Collected, Origin, TestProxy, capture_logs, get, http1_client, logged_failure, plugin, send};
 
 async fn hostile_proxy(origin: &Origin) -> TestProxy {
@@ -207,11 +207,13 @@ filters = [{{ plugin = "hello" }}, {{ plugin = "hostile", config = {{ mode = "no
         hostile = plugin("tests/plugins/hostile").display(),
         hello = plugin("examples/hello-filter").display(),
     );
-    let error = sluice::config::Snapshot::from_toml(&config).expect_err("the grant is enforced");
+    let error =
+        sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config).expect_err("the grant is enforced");
     assert_eq!(error.key, "route[0].filters[1].plugin");
     assert!(error.message.contains("tenant narrow may not use plugin \"hostile\""), "{error}");
     let unknown = config.replace("plugins = [\"hello\"]", "plugins = [\"nope\"]");
-    let error = sluice::config::Snapshot::from_toml(&unknown).expect_err("an unknown plugin in a grant");
+    let error = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &unknown)
+        .expect_err("an unknown plugin in a grant");
     assert_eq!(error.key, "tenant.narrow.plugins[0]");
 }
 
@@ -238,7 +240,7 @@ async fn key_value_namespaces_keep_tenants_apart() {
         let request = http::Request::get(proxy.url(path))
             .header("host", "a")
             .header("x-user", "alice")
-            .body(sluice::body::empty())
+            .body(sluice_http::body::empty())
             .unwrap();
         async move { sluice_tests::send(&sluice_tests::http1_client(), request).await.status }
     };
@@ -293,8 +295,8 @@ async fn a_guest_reaching_for_files_and_environment_through_wasi_gets_neither() 
     let probe = plugin("tests/plugins/wasi-probe");
     // The component really imports WASI: the preview 1 adapter turned its calls into WASI 0.2.
     let bytes = std::fs::read(&probe).unwrap();
-    let loaded = sluice::runtime::Plugin::load(&sluice::runtime::Runtime::shared().unwrap(), "wasi-probe", &bytes)
-        .expect("the probe loads");
+    let loaded =
+        sluice_runtime::Plugin::load(&sluice_tests::filter_runtime(), "wasi-probe", &bytes).expect("the probe loads");
     assert!(loaded.capabilities().contains(&"wasi".to_owned()), "{:?}", loaded.capabilities());
 
     let proxy = TestProxy::start(&format!(

@@ -41,30 +41,28 @@ async fn a_javascript_filter_signs_response_bodies() {
 #[tokio::test]
 async fn a_config_the_javascript_filter_refuses_fails_the_start() {
     let origin = Origin::echo("app").await;
-    let snapshot = sluice::config::Snapshot::from_toml(&config(&origin, "short")).expect("the file itself is valid");
+    let snapshot = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config(&origin, "short"))
+        .expect("the file itself is valid");
     let error = sluice::server::Server::start(snapshot).await.expect_err("the filter refuses its config");
     assert!(error.to_string().contains("config.secret must be a string of at least 16 characters"), "{error}");
 }
 
 #[tokio::test]
 async fn a_scaffolded_javascript_filter_builds_and_runs() {
-    sluice_tests::assert_scaffold_gates_requests(sluice::packages::Language::JavaScript, "gate-js").await;
+    sluice_tests::assert_scaffold_gates_requests(sluice_packages::Language::JavaScript, "gate-js").await;
 }
 
 #[tokio::test]
 async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use sluice::runtime::{
-        CallContext, FailurePolicy, FilterPool, FilterSpec, Isolation, Plugin, RequestHead, Runtime, Tenant,
-    };
+    use sluice_runtime::{CallContext, FailurePolicy, FilterPool, FilterSpec, Isolation, Plugin, RequestHead, Tenant};
 
     // The JavaScript engine's heap grows with every call (it is not collected between calls), so
     // under a 16 MiB limit an instance would fail after about a thousand calls.
-    let runtime = Runtime::shared().unwrap();
+    let runtime = sluice_tests::filter_runtime();
     let plugin =
-        Plugin::load_file(&runtime, "gate", &sluice_tests::scaffold(sluice::packages::Language::JavaScript, "gate-js"))
+        Plugin::load_file(&runtime, "gate", &sluice_tests::scaffold(sluice_packages::Language::JavaScript, "gate-js"))
             .unwrap();
     let tenant = Arc::new(Tenant { memory_bytes: 16 << 20, ..Tenant::default_tenant() });
     let spec = FilterSpec {
@@ -76,7 +74,7 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
         isolation: Isolation::Instance,
         tenant: tenant.clone(),
     };
-    let pool = FilterPool::prepare(runtime, spec).await.unwrap();
+    let pool = FilterPool::prepare(runtime.clone(), spec).await.unwrap();
     let context = CallContext {
         route: "r".into(),
         filter: "gate".into(),
@@ -84,7 +82,7 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
         request_id: "test".into(),
         client_ip: "127.0.0.1".parse().unwrap(),
         client_identity: None,
-        upstreams: Arc::new(BTreeMap::new()),
+        upstreams: Arc::new(sluice_runtime::NoUpstreams),
     };
     let mut retired = 0;
     let mut last_memory = 0;
@@ -104,18 +102,19 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
         ("filter".to_owned(), "gate".to_owned()),
         ("tenant".to_owned(), "default".to_owned()),
     ];
-    let counted = Runtime::shared().unwrap().services().retirements.get_or_create(&labels).get();
+    let counted = runtime.services().retirements.get_or_create(&labels).get();
     assert_eq!(counted, retired, "each retirement is counted");
 }
 
 #[test]
 fn a_javascript_filter_packs_as_a_plugin_package() {
     let dir = sluice_tests::repo_root().join("examples/js-sign-filter");
-    let options = sluice::packages::BuildOptions {
+    let options = sluice_packages::BuildOptions {
         target_dir: Some(sluice_tests::repo_root().join("target/plugins")),
         quiet: true,
     };
-    let package = sluice::packages::oci::pack(&dir, &options).expect("the JS filter packs");
+    let package =
+        sluice_packages::oci::pack(&sluice_tests::filter_runtime(), &dir, &options).expect("the JS filter packs");
     assert_eq!(package.info.name, "sign-filter");
     assert_eq!(package.info.version, "0.1.0");
     assert!(package.info.description.as_deref().is_some_and(|text| text.contains("HMAC-SHA256")));

@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use sha2::Sha256;
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Origin, TestProxy, http1_client, plugin, send};
 
 /// An origin that answers with the body it got and, in `x-seen-chain`, the request's `x-chain`

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use sluice::body::BoxError;
+use sluice_http::body::BoxError;
 use sluice_tests::{Origin, TestProxy, http1_client, raw_exchange, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use sluice::config::Snapshot;
-use sluice::packages::BuildOptions;
-use sluice::packages::oci::{self, PackageError, Store};
+use sluice_packages::BuildOptions;
+use sluice_packages::oci::{self, PackageError, Store};
 use sluice_tests::{Origin, TestProxy, get, repo_root};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -75,7 +75,8 @@ impl Registry {
 
 fn pack_hello() -> oci::Package {
     let options = BuildOptions { target_dir: Some(repo_root().join("target/plugins")), quiet: true };
-    oci::pack(&repo_root().join("examples/hello-filter"), &options).expect("pack hello-filter")
+    oci::pack(&sluice_tests::filter_runtime(), &repo_root().join("examples/hello-filter"), &options)
+        .expect("pack hello-filter")
 }
 
 #[tokio::test]
@@ -182,7 +183,8 @@ async fn routes_run_pinned_packages_and_start_offline_from_the_store() {
 
     // A tag with nothing stored and no registry: the error names the source.
     let missing = format!("oci://{}/filters/other:1.0.0", reference.resolve_registry());
-    let error = Snapshot::from_toml(&config(&origin, &store, &missing)).expect_err("nothing to load");
+    let error = Snapshot::from_toml(&sluice_tests::services(), &config(&origin, &store, &missing))
+        .expect_err("nothing to load");
     assert_eq!(error.key, "plugin.hello.source");
     assert!(error.message.contains("registry"), "{error}");
 }
@@ -203,7 +205,8 @@ async fn a_digest_that_does_not_match_is_refused() {
     }
     let origin = Origin::echo("app").await;
     let source = format!("oci://{}/filters/hello:0.1.0@{wrong}", registry.address);
-    let error = Snapshot::from_toml(&config(&origin, &dir.join("store"), &source)).expect_err("refused");
+    let error = Snapshot::from_toml(&sluice_tests::services(), &config(&origin, &dir.join("store"), &source))
+        .expect_err("refused");
     assert_eq!(error.key, "plugin.hello.source");
 }
 

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::Request;
-use sluice::body;
 use sluice::config::Snapshot;
 use sluice::server::Server;
+use sluice_http::body;
 use sluice_tests::{Origin, TestProxy, get, http1_client, init_test_logging, plugin, send};
 
 /// One listener, an `app` upstream, the probe plugin, and a route tagging with `tag`.
@@ -191,7 +191,8 @@ async fn the_admin_endpoint_reloads_with_its_token_and_reports_status() {
     let token = "a-long-random-reload-token";
     let admin_section = format!("[admin]\nbind = \"127.0.0.1:0\"\nreload_token = \"{token}\"\n");
     let path = config_file("admin-reload", &config(&origin, "one", &admin_section));
-    let server = Server::start(Snapshot::from_file(&path).expect("config")).await.expect("start");
+    let server =
+        Server::start(Snapshot::from_file(&sluice_tests::services(), &path).expect("config")).await.expect("start");
     let admin_addr = server.admin_addr().expect("admin listener");
 
     let (status, body) = admin(admin_addr, "GET", "/status", None).await;
@@ -229,7 +230,8 @@ async fn a_changed_file_is_reloaded_by_the_watcher() {
     let origin = Origin::echo("app").await;
     let watched = |tag: &str| config(&origin, tag, "").replace("watch = false", "watch = true");
     let path = config_file("watch", &watched("before"));
-    let server = Server::start(Snapshot::from_file(&path).expect("config")).await.expect("start");
+    let server =
+        Server::start(Snapshot::from_file(&sluice_tests::services(), &path).expect("config")).await.expect("start");
     let mut generations = server.reloader().subscribe();
     std::fs::write(&path, watched("after")).expect("rewrite");
     tokio::time::timeout(Duration::from_secs(60), generations.changed())

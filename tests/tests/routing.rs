@@ -1,7 +1,7 @@
 //! Route selection, path rewriting and redirects through a running proxy.
 
 use http::Request;
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Origin, TestProxy, get, http1_client, send};
 
 /// One origin per route, so the answering origin's name says which route was taken.

@@ -1,18 +1,17 @@
 //! The filter runtime called directly, without sockets: every phase and decision, limits, and the
 //! checks made when a plugin loads.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice::runtime::{
+use sluice_runtime::{
     BodyOutcome, CallContext, FailurePolicy, FilterPool, FilterSpec, HeadOutcome, Isolation, Plugin, PluginError,
     RequestHead, Runtime, Tenant,
 };
 use sluice_tests::plugin;
 
 async fn probe_pool(config: &str) -> Arc<FilterPool> {
-    let runtime = Runtime::shared().unwrap();
+    let runtime = sluice_tests::filter_runtime();
     let probe = Plugin::load_file(&runtime, "probe", &plugin("tests/plugins/probe")).unwrap();
     let spec = FilterSpec {
         route: "direct".into(),
@@ -34,7 +33,7 @@ fn context() -> CallContext {
         request_id: "req-1".into(),
         client_ip: "192.0.2.1".parse().unwrap(),
         client_identity: None,
-        upstreams: Arc::new(BTreeMap::new()),
+        upstreams: Arc::new(sluice_runtime::NoUpstreams),
     }
 }
 
@@ -117,7 +116,7 @@ async fn buffered_response_body_phase_may_change_the_head() {
 
 #[tokio::test]
 async fn a_core_module_is_refused_with_a_hint() {
-    let runtime = Runtime::shared().unwrap();
+    let runtime = sluice_tests::filter_runtime();
     // The smallest valid core module: the preamble alone.
     let error = Plugin::load(&runtime, "core", b"\0asm\x01\0\0\0").unwrap_err();
     assert!(error.to_string().contains("core module, not a component"), "{error}");
@@ -138,7 +137,7 @@ fn component_for_version(version: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_plugin_for_another_world_version_is_refused_saying_so() {
-    let runtime = Runtime::shared().unwrap();
+    let runtime = sluice_tests::filter_runtime();
     let error = Plugin::load(&runtime, "future", &component_for_version("0.2.0")).unwrap_err();
     assert!(matches!(error, PluginError::IncompatibleWorld { .. }), "{error}");
     assert_eq!(
@@ -229,9 +228,8 @@ async fn a_rust_filter_serves_from_its_initial_memory_without_growing_it() {
     }
 }
 
-async fn pool_for(tenant: Arc<Tenant>, relative: &str, config: &str) -> Arc<FilterPool> {
-    let runtime = Runtime::shared().unwrap();
-    let plugin = Plugin::load_file(&runtime, "p", &plugin(relative)).unwrap();
+async fn pool_for(runtime: &Arc<Runtime>, tenant: Arc<Tenant>, relative: &str, config: &str) -> Arc<FilterPool> {
+    let plugin = Plugin::load_file(runtime, "p", &plugin(relative)).unwrap();
     let spec = FilterSpec {
         route: "r".into(),
         name: "p".into(),
@@ -241,15 +239,19 @@ async fn pool_for(tenant: Arc<Tenant>, relative: &str, config: &str) -> Arc<Filt
         isolation: Isolation::Instance,
         tenant,
     };
-    FilterPool::prepare(runtime, spec).await.unwrap()
+    FilterPool::prepare(runtime.clone(), spec).await.unwrap()
 }
 
-/// A tenant whose calls may each run 100 ms.
-/// A tenant whose calls spin for 100 ms of CPU each. These tests are about lanes, not priority:
-/// at the default (idle) priority a CI machine busy with other tests would keep the spinning
-/// calls waiting for a CPU.
+/// A runtime for the lane tests. They are about lanes, not priority: at the default (idle)
+/// priority a CI machine busy with other tests would keep the spinning calls waiting for a CPU.
+fn lane_test_runtime() -> Arc<Runtime> {
+    let runtime = sluice_tests::filter_runtime();
+    runtime.set_long_call_priority(sluice_runtime::LongCallPriority::Niceness(0));
+    runtime
+}
+
+/// A tenant whose calls spin for 100 ms of CPU each.
 fn attacker() -> Arc<Tenant> {
-    sluice::runtime::set_long_call_priority(sluice::runtime::LongCallPriority::Niceness(0));
     Arc::new(Tenant {
         name: "attacker".into(),
         cpu_per_call: std::time::Duration::from_millis(100),
@@ -258,7 +260,7 @@ fn attacker() -> Arc<Tenant> {
 }
 
 /// Waits (yielding, bounded) until `lane` is as `available` says.
-async fn until_lane(lane: &sluice::runtime::LongCallLane, available: usize) {
+async fn until_lane(lane: &sluice_runtime::LongCallLane, available: usize) {
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
         while lane.available() != available {
             tokio::task::yield_now().await;
@@ -270,12 +272,13 @@ async fn until_lane(lane: &sluice::runtime::LongCallLane, available: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_calls_take_their_tenants_lane_one_at_a_time_while_short_calls_never_wait() {
-    use sluice::runtime::FilterErrorKind;
+    use sluice_runtime::FilterErrorKind;
 
+    let runtime = lane_test_runtime();
     let attacker = attacker();
     let victim = Arc::new(Tenant { name: "victim".into(), ..Tenant::default_tenant() });
-    let looping = pool_for(attacker.clone(), "tests/plugins/hostile", r#"{"mode":"loop"}"#).await;
-    let probe = pool_for(victim.clone(), "tests/plugins/probe", r#"{"tag":"v"}"#).await;
+    let looping = pool_for(&runtime, attacker.clone(), "tests/plugins/hostile", r#"{"mode":"loop"}"#).await;
+    let probe = pool_for(&runtime, victim.clone(), "tests/plugins/probe", r#"{"tag":"v"}"#).await;
 
     // Three spinning calls of the attacker at once: each becomes a long call after a tick or two.
     let attacks: Vec<_> = (0..3)
@@ -308,8 +311,9 @@ async fn long_calls_take_their_tenants_lane_one_at_a_time_while_short_calls_neve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_cut_short_gives_back_its_lane_and_its_instance_is_not_reused() {
+    let runtime = lane_test_runtime();
     let attacker = attacker();
-    let looping = pool_for(attacker.clone(), "tests/plugins/hostile", r#"{"mode":"loop"}"#).await;
+    let looping = pool_for(&runtime, attacker.clone(), "tests/plugins/hostile", r#"{"mode":"loop"}"#).await;
     let call = tokio::spawn({
         let looping = looping.clone();
         async move {
@@ -327,7 +331,7 @@ async fn a_call_cut_short_gives_back_its_lane_and_its_instance_is_not_reused() {
     // The next call runs on a fresh instance and takes the lane again.
     let mut instance = looping.checkout(context()).await.unwrap();
     let error = instance.on_request(&mut request("/spin")).await.expect_err("spins to its CPU limit");
-    assert!(matches!(error.kind, sluice::runtime::FilterErrorKind::CpuLimit(_)), "{error:?}");
+    assert!(matches!(error.kind, sluice_runtime::FilterErrorKind::CpuLimit(_)), "{error:?}");
     drop(instance);
     assert_eq!(attacker.long_calls.available(), 1);
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use sluice::body;
 use sluice::server::ShutdownOutcome;
+use sluice_http::body;
 use sluice_tests::{Origin, TestProxy, http1_client, send};
 use tokio::sync::{Notify, mpsc};
 

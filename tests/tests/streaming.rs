@@ -1,6 +1,8 @@
 //! Bodies stream through the proxy: 100 MB up and 100 MB down while the process's live heap stays
 //! within a few megabytes. The whole test process (client, proxy and origin) is measured by a
-//! counting allocator, so any of the three buffering a body whole would fail the test.
+//! counting allocator, so any of the three buffering a body whole would fail the test. The
+//! allocator counts for the whole suite binary; the suite runs each test in a process of its own
+//! (cargo-nextest), so only this test's allocations are counted here.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use sluice::body::BoxError;
+use sluice_http::body::BoxError;
 use sluice_tests::{Origin, TestProxy, http1_client};
 
 /// Counts live heap bytes and remembers the highest count.
@@ -46,7 +48,7 @@ static ZEROS: [u8; CHUNK] = [0; CHUNK];
 /// Well above what a streaming path holds (socket buffers, one frame per hop), well below 100 MB.
 const HEAP_BUDGET: usize = 16 * 1024 * 1024;
 
-fn hundred_megabytes() -> sluice::body::ProxyBody {
+fn hundred_megabytes() -> sluice_http::body::ProxyBody {
     let chunks = (0..CHUNKS).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from_static(&ZEROS))));
     StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync()
 }
@@ -74,7 +76,7 @@ async fn hundred_megabytes_stream_both_ways_in_bounded_memory() {
         Box::pin(async move {
             if request.method() == http::Method::POST {
                 let received = drain(request.into_body()).await;
-                Response::new(sluice::body::full(received.to_string()))
+                Response::new(sluice_http::body::full(received.to_string()))
             } else {
                 Response::new(hundred_megabytes())
             }
@@ -91,7 +93,8 @@ async fn hundred_megabytes_stream_both_ways_in_bounded_memory() {
 
     // Download.
     let baseline = reset_peak();
-    let response = client.request(Request::get(proxy.url("/big")).body(sluice::body::empty()).unwrap()).await.unwrap();
+    let response =
+        client.request(Request::get(proxy.url("/big")).body(sluice_http::body::empty()).unwrap()).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(drain(response.into_body()).await, CHUNK * CHUNKS);
     let growth = PEAK.load(Ordering::Relaxed) - baseline;

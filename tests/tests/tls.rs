@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, HandshakeKind, RootCertStore};
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Echo, Origin, TestProxy, get, plugin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -345,7 +345,8 @@ async fn bad_certificate_files_are_refused_with_the_reason() {
         one.cert.display(),
         two.key.display()
     );
-    let error = sluice::config::Snapshot::from_toml(&config(&mismatched, &origin)).unwrap_err();
+    let error =
+        sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config(&mismatched, &origin)).unwrap_err();
     assert_eq!(error.key, "listener[0].tls.certificates[0]");
     assert!(error.message.contains("does not match the certificate"), "{error}");
 
@@ -354,7 +355,7 @@ async fn bad_certificate_files_are_refused_with_the_reason() {
         pki.dir.join("nope.pem").display(),
         one.key.display()
     );
-    let error = sluice::config::Snapshot::from_toml(&config(&missing, &origin)).unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config(&missing, &origin)).unwrap_err();
     assert!(error.message.contains("nope.pem") && error.message.contains("no such file"), "{error}");
 }
 
@@ -447,16 +448,21 @@ async fn upstream_tls_settings_are_checked_with_their_key() {
              tls = {{ {tls} }}\n[[route]]\nupstream = \"app\"\n"
         )
     };
-    let error =
-        sluice::config::Snapshot::from_toml(&upstream(&format!("client_cert = \"{}\"", identity.cert.display())))
-            .unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(
+        &sluice_tests::services(),
+        &upstream(&format!("client_cert = \"{}\"", identity.cert.display())),
+    )
+    .unwrap_err();
     assert_eq!(error.key, "upstream.app.tls.client_key");
-    let error = sluice::config::Snapshot::from_toml(&upstream("alpn = [\"spdy/3\"]")).unwrap_err();
+    let error =
+        sluice::config::Snapshot::from_toml(&sluice_tests::services(), &upstream("alpn = [\"spdy/3\"]")).unwrap_err();
     assert_eq!(error.key, "upstream.app.tls.alpn[0]");
     assert!(error.message.contains("spdy/3"), "{error}");
-    let error =
-        sluice::config::Snapshot::from_toml(&upstream(&format!("ca = \"{}\"", pki.dir.join("missing.pem").display())))
-            .unwrap_err();
+    let error = sluice::config::Snapshot::from_toml(
+        &sluice_tests::services(),
+        &upstream(&format!("ca = \"{}\"", pki.dir.join("missing.pem").display())),
+    )
+    .unwrap_err();
     assert_eq!(error.key, "upstream.app.tls.ca");
     assert!(error.message.contains("missing.pem"), "{error}");
 }

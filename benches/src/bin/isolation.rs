@@ -216,9 +216,11 @@ fn main() {
     let clients = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let origin = clients.block_on(origin());
     let server = sluice.block_on(async {
-        let snapshot =
-            Snapshot::from_toml(&config(origin, args.attacker_cpu_ms_per_second, args.long_call_priority.as_deref()))
-                .expect("config");
+        let snapshot = Snapshot::from_toml(
+            &sluice::config::Services::with_default_cache().expect("the filter runtime starts"),
+            &config(origin, args.attacker_cpu_ms_per_second, args.long_call_priority.as_deref()),
+        )
+        .expect("config");
         Server::start(snapshot).await.expect("start sluice")
     });
     let base = format!("http://{}", server.listener_addrs()[0].1);

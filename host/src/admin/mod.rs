@@ -4,8 +4,6 @@
 //! token-protected). It serves operators, not clients, so it binds to loopback unless configured
 //! otherwise.
 
-pub mod metrics;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,12 +20,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{self, ProxyBody};
-use crate::cache::{HttpCache, PurgeTarget};
 use crate::config::Snapshot;
-use crate::server::Reloader;
-use crate::upstream::Availability;
-use metrics::Metrics;
+use crate::reload::Reloader;
+use crate::telemetry::metrics::Metrics;
+use sluice_cache::{HttpCache, PurgeTarget};
+use sluice_http::body::{self, ProxyBody};
+use sluice_upstream::Availability;
 
 /// What the admin endpoints read and act on.
 #[derive(Debug)]
@@ -84,7 +82,9 @@ async fn answer(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody
     const JSON: &str = "application/json";
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
-            admin.cache.record_size(&admin.metrics);
+            let stored = admin.cache.stored_size();
+            admin.metrics.cache_bytes.set(i64::try_from(stored.bytes).unwrap_or(i64::MAX));
+            admin.metrics.cache_entries.set(i64::try_from(stored.keys).unwrap_or(i64::MAX));
             text_response(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

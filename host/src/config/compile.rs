@@ -20,22 +20,20 @@ use super::file::{
     LongCallPriorityValue, OnError, PluginSection, ResolverSection, RetrySection, RouteCacheSection, RouteSection,
     ServerSection, TenantSection, TlsSection, UpstreamSection, UpstreamTlsSection,
 };
-use super::{ConfigError, ListenerSpec, ServerSettings, Snapshot};
-use crate::cache::CacheSettings;
-use crate::packages::oci::{self, Store};
-use crate::packages::{self, BuildOptions};
-use crate::pipeline::compression::{CompressionLevel, CompressionSettings, Encoding};
+use super::{ConfigError, ListenerSpec, ServerSettings, Services, Snapshot};
 use crate::routing::{
-    Backends, HeaderCondition, HeaderMatch, HostPattern, Mirror, PathMatch, PathRewrite, Redirect, Route, RouteAction,
-    RouteTable,
+    Backends, Forward, HeaderCondition, HeaderMatch, HostPattern, Mirror, PathMatch, PathRewrite, Redirect, Route,
+    RouteAction, RouteTable,
 };
-use crate::runtime::kv::KvQuota;
-use crate::runtime::{
-    Canary, FailurePolicy, FilterSpec, Isolation, LongCallPriority, Plugin, RouteFilter, Runtime, Tenant,
-};
-use crate::runtime::{CpuRate, LongCallLane};
-use crate::server::tls::{self, CertificatePaths, TlsSettings};
-use crate::upstream::{
+use sluice_cache::CacheSettings;
+use sluice_http::compression::{CompressionLevel, CompressionSettings, Encoding};
+use sluice_packages::BuildOptions;
+use sluice_packages::oci::{self, Store};
+use sluice_runtime::kv::KvQuota;
+use sluice_runtime::{Canary, FailurePolicy, FilterSpec, Isolation, LongCallPriority, Plugin, RouteFilter, Tenant};
+use sluice_runtime::{CpuRate, LongCallLane};
+use sluice_tls::server::{self as tls, CertificatePaths, TlsSettings};
+use sluice_upstream::{
     BalancerKind, CheckKind, DnsResolver, HashKey, HealthCheck, OutlierPolicy, PoolSettings, ResolverSettings,
     RetryPolicy, Upstream, UpstreamPolicy, UpstreamServer, UpstreamTls, UpstreamTlsSettings,
 };
@@ -49,12 +47,13 @@ const MIN_HEADER_BYTES: usize = 8192;
 /// Compiles `file`, whose text is `source` (for error positions); relative plugin paths are
 /// taken from `base_dir`.
 pub(super) fn compile(
+    services: &Services,
     file: ConfigFile,
     source: &str,
     base_dir: &Path,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigError> {
-    let cx = Compiler { source, base_dir };
+    let cx = Compiler { source, base_dir, services };
     // Each upstream's section as written, without positions: an upstream whose section did not
     // change keeps its running state (pools, health, ejections) across a reload.
     let written: toml::Table = toml::from_str(source).unwrap_or_default();
@@ -179,7 +178,7 @@ pub(super) fn compile(
         admin,
         admin_reload_token,
         listeners,
-        upstreams: Arc::new(upstreams),
+        upstreams: Arc::new(super::UpstreamTable::new(upstreams)),
         plugins,
         plugin_sources,
         routes: RouteTable::new(routes),
@@ -187,6 +186,7 @@ pub(super) fn compile(
         resolver,
         resolver_settings,
         source: None,
+        services: services.clone(),
     })
 }
 
@@ -201,6 +201,7 @@ struct FilterVersion<'a> {
 struct Compiler<'a> {
     source: &'a str,
     base_dir: &'a Path,
+    services: &'a Services,
 }
 
 /// `tenant` with the running state (long-call lane, CPU budget) of the running config's tenant of
@@ -385,7 +386,7 @@ impl Compiler<'_> {
             None => None,
         };
         let policy = self.upstream_policy(&key, upstream)?;
-        Ok(Upstream::new(name, servers, pool, tls, policy, resolver.clone()))
+        Ok(Upstream::new(name, servers, pool, tls, policy, resolver.clone(), self.services.upstream_metrics.clone()))
     }
 
     fn upstream_policy(&self, key: &str, section: &UpstreamSection) -> Result<UpstreamPolicy, ConfigError> {
@@ -527,11 +528,11 @@ impl Compiler<'_> {
                 },
             }
         }
-        if retry.retries as usize >= crate::upstream::MAX_TRIES {
+        if retry.retries as usize >= sluice_upstream::MAX_TRIES {
             return Err(self.spanned_error(
                 written_retry,
                 &format!("{retry_key}.retries"),
-                format!("at most {}", crate::upstream::MAX_TRIES - 1),
+                format!("at most {}", sluice_upstream::MAX_TRIES - 1),
             ));
         }
         if let Some(methods) = &retry_section.methods {
@@ -759,7 +760,7 @@ impl Compiler<'_> {
     ) -> Result<Arc<Plugin>, ConfigError> {
         let key = format!("plugin.{name}.source");
         let source = &written.get_ref().source;
-        let runtime = Runtime::shared().map_err(|err| self.spanned_error(source, &key, err.to_string()))?;
+        let runtime = &self.services.runtime;
         let fail = |message: String| self.spanned_error(source, &key, message);
         // The component's bytes and the config schema that comes with them.
         let (bytes, schema) = if source.get_ref().starts_with("oci://") {
@@ -772,7 +773,7 @@ impl Compiler<'_> {
             let (component, schema) = if path.is_dir() {
                 let options = BuildOptions { target_dir: None, quiet: true };
                 let schema = oci::crate_config_schema(&path).map_err(|err| fail(err.to_string()))?;
-                (packages::build_plugin(&path, &options).map_err(|err| fail(err.to_string()))?, schema)
+                (sluice_packages::build_plugin(&path, &options).map_err(|err| fail(err.to_string()))?, schema)
             } else {
                 (path, None)
             };
@@ -785,7 +786,7 @@ impl Compiler<'_> {
         if let Some(running) = previous.and_then(|previous| previous.plugins.get(name)).filter(|p| p.digest == digest) {
             return Ok(running.clone());
         }
-        Plugin::load(&runtime, name, &bytes)
+        Plugin::load(runtime, name, &bytes)
             .and_then(|plugin| match &schema {
                 Some(schema) => plugin.with_config_schema(schema),
                 None => Ok(plugin),
@@ -1040,13 +1041,13 @@ impl Compiler<'_> {
                 if route.timeout.0.is_zero() {
                     return Err(self.error(None, &format!("{key}.timeout"), "must be more than zero"));
                 }
-                RouteAction::Forward {
+                RouteAction::Forward(Forward {
                     backends,
                     mirror,
                     rewrite,
                     timeout: route.timeout.0,
                     preserve_host: route.preserve_host,
-                }
+                })
             }
             (false, Some(redirect)) => {
                 let section = redirect.get_ref();
@@ -1245,12 +1246,17 @@ mod tests {
     const BASE: &str = "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{ addr = \"127.0.0.1:9\" }]\n";
 
     fn compile_err(extra: &str) -> ConfigError {
-        Snapshot::from_toml(&format!("{BASE}{extra}")).expect_err("config should be refused")
+        Snapshot::from_toml(&crate::config::Services::for_tests(), &format!("{BASE}{extra}"))
+            .expect_err("config should be refused")
     }
 
     #[test]
     fn minimal_config_compiles() {
-        let snapshot = Snapshot::from_toml(&format!("{BASE}[[route]]\nupstream = \"app\"\n")).unwrap();
+        let snapshot = Snapshot::from_toml(
+            &crate::config::Services::for_tests(),
+            &format!("{BASE}[[route]]\nupstream = \"app\"\n"),
+        )
+        .unwrap();
         assert_eq!(snapshot.routes.routes().len(), 1);
         assert_eq!(&*snapshot.routes.routes()[0].name, "route-1");
     }
@@ -1264,11 +1270,11 @@ mod tests {
                  [[route]]\nupstream = \"app\"\n[[route]]\nupstream = \"app\"\n"
             )
         };
-        let first = Snapshot::from_toml(&config("")).unwrap();
+        let first = Snapshot::from_toml(&crate::config::Services::for_tests(), &config("")).unwrap();
         let second = Snapshot::from_toml_after(&config("[tenant.other]\n"), &first).unwrap();
-        let fresh = Snapshot::from_toml(&config("")).unwrap();
+        let fresh = Snapshot::from_toml(&crate::config::Services::for_tests(), &config("")).unwrap();
         let tenant = |snapshot: &Snapshot, route: usize| snapshot.routes.routes()[route].tenant.clone();
-        let same_lane = |a: &Tenant, b: &Tenant| Arc::ptr_eq(&a.long_calls.0, &b.long_calls.0);
+        let same_lane = |a: &Tenant, b: &Tenant| a.long_calls.is_same_lane(&b.long_calls);
 
         assert!(same_lane(&tenant(&first, 0), &tenant(&second, 0)), "acme keeps its lane over the reload");
         assert!(!same_lane(&tenant(&first, 0), &tenant(&fresh, 0)), "a fresh start has fresh lanes");

@@ -664,7 +664,7 @@ pub struct CacheSection {
 
 impl Default for CacheSection {
     fn default() -> Self {
-        Self { max_bytes: crate::cache::DEFAULT_MAX_BYTES }
+        Self { max_bytes: sluice_cache::DEFAULT_MAX_BYTES }
     }
 }
 

@@ -4,6 +4,7 @@
 mod compile;
 mod error;
 pub mod file;
+mod upstream_table;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,11 +17,42 @@ use http::header::HeaderName;
 use ipnet::IpNet;
 
 pub use error::ConfigError;
+pub use upstream_table::UpstreamTable;
 
 use crate::routing::RouteTable;
-use crate::runtime::{Plugin, Runtime};
-use crate::server::tls::TlsSettings;
-use crate::upstream::Upstream;
+use sluice_runtime::{Plugin, Runtime, RuntimeError};
+use sluice_tls::server::TlsSettings;
+use sluice_upstream::metrics::UpstreamMetrics;
+
+/// What every generation of the configuration is compiled against, made once when Sluice starts
+/// (by the CLI, or by a test) and shared by all of them: the filter runtime and the families the
+/// upstreams report into. Two `Services` make two independent proxies in one process.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The filter runtime: engine, compiled plugins, host services.
+    pub runtime: Arc<Runtime>,
+    /// Upstream health and load metrics.
+    pub upstream_metrics: Arc<UpstreamMetrics>,
+}
+
+impl Services {
+    /// Services over `runtime`.
+    pub fn new(runtime: Runtime) -> Self {
+        Self { runtime: Arc::new(runtime), upstream_metrics: Arc::default() }
+    }
+
+    /// Services whose runtime caches compiled components where users expect them
+    /// ([`Runtime::with_default_cache`]).
+    pub fn with_default_cache() -> Result<Self, RuntimeError> {
+        Runtime::with_default_cache().map(Self::new)
+    }
+
+    /// Services for unit tests: a runtime without a disk cache.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self::new(Runtime::new(None).expect("the filter runtime starts"))
+    }
+}
 
 /// The whole compiled configuration. A request loads it once and finishes on it, whatever
 /// reloads happen meanwhile.
@@ -35,7 +67,7 @@ pub struct Snapshot {
     /// Client listeners.
     pub listeners: Vec<ListenerSpec>,
     /// Upstreams by name (shared with filter callouts).
-    pub upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
+    pub upstreams: Arc<UpstreamTable>,
     /// Plugins by name, compiled and checked.
     pub plugins: BTreeMap<String, Arc<Plugin>>,
     /// Local plugin sources (component files and crate folders), for the file watcher.
@@ -45,11 +77,13 @@ pub struct Snapshot {
     /// The HTTP cache store's size (`[cache] max_bytes`), bound at start.
     pub cache_max_bytes: u64,
     /// Resolves upstream servers written as DNS names (kept across reloads while unchanged).
-    pub resolver: crate::upstream::DnsResolver,
+    pub resolver: sluice_upstream::DnsResolver,
     /// `[resolver]` as compiled.
-    pub resolver_settings: crate::upstream::ResolverSettings,
+    pub resolver_settings: sluice_upstream::ResolverSettings,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
+    /// What it was compiled against; the next generation compiles against the same.
+    pub services: Services,
 }
 
 /// `[server]`, validated.
@@ -78,7 +112,7 @@ pub struct ServerSettings {
     /// Reload when the configuration file or a local plugin changes.
     pub watch: bool,
     /// The CPU priority of the long-call threads.
-    pub long_call_priority: crate::runtime::LongCallPriority,
+    pub long_call_priority: sluice_runtime::LongCallPriority,
 }
 
 /// A client listener.
@@ -98,33 +132,44 @@ pub struct ListenerSpec {
 
 impl Snapshot {
     /// Reads and compiles a configuration file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_file_after(path, None)
+    pub fn from_file(services: &Services, path: &Path) -> Result<Self, ConfigError> {
+        Self::read_and_compile(services, path, None)
     }
 
-    /// Reads and compiles a configuration file to replace `previous`: unchanged upstreams (with
-    /// their pools and health state) and unchanged plugins are taken over rather than rebuilt.
-    pub fn from_file_after(path: &Path, previous: Option<&Snapshot>) -> Result<Self, ConfigError> {
+    /// Reads and compiles a configuration file to replace `previous`, against its services:
+    /// unchanged upstreams (with their pools and health state) and unchanged plugins are taken
+    /// over rather than rebuilt.
+    pub fn from_file_after(path: &Path, previous: &Snapshot) -> Result<Self, ConfigError> {
+        Self::read_and_compile(&previous.services, path, Some(previous))
+    }
+
+    fn read_and_compile(services: &Services, path: &Path, previous: Option<&Snapshot>) -> Result<Self, ConfigError> {
         let source = std::fs::read_to_string(path).map_err(|err| {
             ConfigError::at("", None, "", format!("cannot read the configuration: {err}")).in_file(path)
         })?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
-        let mut snapshot = Self::compile(&source, base_dir, previous).map_err(|err| err.in_file(path))?;
+        let mut snapshot = Self::compile(services, &source, base_dir, previous).map_err(|err| err.in_file(path))?;
         snapshot.source = Some(path.to_owned());
         Ok(snapshot)
     }
 
     /// Compiles configuration text; relative plugin paths are taken from the current directory.
-    pub fn from_toml(source: &str) -> Result<Self, ConfigError> {
-        Self::compile(source, Path::new("."), None)
+    pub fn from_toml(services: &Services, source: &str) -> Result<Self, ConfigError> {
+        Self::compile(services, source, Path::new("."), None)
     }
 
-    /// [`Snapshot::from_toml`] replacing `previous` (see [`Snapshot::from_file_after`]).
+    /// [`Snapshot::from_toml`] replacing `previous`, against its services (see
+    /// [`Snapshot::from_file_after`]).
     pub fn from_toml_after(source: &str, previous: &Snapshot) -> Result<Self, ConfigError> {
-        Self::compile(source, Path::new("."), Some(previous))
+        Self::compile(&previous.services, source, Path::new("."), Some(previous))
     }
 
-    fn compile(source: &str, base_dir: &Path, previous: Option<&Snapshot>) -> Result<Self, ConfigError> {
+    fn compile(
+        services: &Services,
+        source: &str,
+        base_dir: &Path,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::parse(source)
             .map_err(|err| ConfigError::at(source, err.span(), "", err.message().to_owned()))?;
         let file: file::ConfigFile = serde_path_to_error::deserialize(deserializer).map_err(|err| {
@@ -138,7 +183,7 @@ impl Snapshot {
                 inner.message().to_owned(),
             )
         })?;
-        compile::compile(file, source, base_dir, previous)
+        compile::compile(services, file, source, base_dir, previous)
     }
 
     /// Takes over `previous`'s warm instance pools for filters that did not change (same route,
@@ -146,7 +191,7 @@ impl Snapshot {
     pub fn adopt_filter_pools(&self, previous: &Snapshot) {
         for route in self.routes.routes() {
             let Some(old_route) = previous.routes.routes().iter().find(|old| old.name == route.name) else { continue };
-            let old_versions: Vec<&crate::runtime::RouteFilter> =
+            let old_versions: Vec<&sluice_runtime::RouteFilter> =
                 old_route.filters.iter().flat_map(|filter| filter.versions()).collect();
             for filter in route.filters.iter().flat_map(|filter| filter.versions()) {
                 // A canary promoted to the main version keeps its warm pool too.
@@ -167,10 +212,10 @@ impl Snapshot {
     /// Starts and configures the first instance of every route filter, which checks each
     /// filter's config against its plugin. Call once before serving.
     pub async fn prepare_filters(&self) -> Result<(), ConfigError> {
-        let runtime = Runtime::shared().map_err(|err| ConfigError::at("", None, "", err.to_string()))?;
+        let runtime = &self.services.runtime;
         for route in self.routes.routes() {
             for filter in route.filters.iter().flat_map(|filter| filter.versions()) {
-                if let Err(error) = filter.prepare(&runtime).await {
+                if let Err(error) = filter.prepare(runtime).await {
                     let mut message = format!("filter {}: {}", filter.spec.name, error.kind);
                     if let Some(guest) = &error.guest_message {
                         message.push_str(&format!(" ({guest})"));

@@ -2,7 +2,7 @@
 //! from a stored response, serve stale while refreshing, wait for a request already fetching
 //! the same key, or go to the origin (conditionally when a stale entry has a validator). After
 //! the origin answers: a 304 to a revalidation refreshes the entry, a failure may be covered by
-//! a stale entry, and anything else is stored as it streams (see [`crate::cache::FillBody`]).
+//! a stale entry, and anything else is stored as it streams (see [`sluice_cache::FillBody`]).
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -11,12 +11,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::ProxyError;
-use crate::body::{self, ProxyBody};
-use crate::cache::{
+use crate::routing::Route;
+use sluice_cache::{
     CacheSettings, CacheStatus, Directives, Entry, EntryKey, Fill, FillTicket, Freshness, HttpCache, PurgeTarget,
 };
-use crate::routing::Route;
-use crate::runtime::RequestHead;
+use sluice_http::body::{self, ProxyBody};
+use sluice_runtime::RequestHead;
 
 /// What the cache makes of a request before the origin is asked.
 pub(crate) enum Lookup {
@@ -146,7 +146,7 @@ fn ticket(
     head: &RequestHead,
     key: &EntryKey,
     request_directives: Directives,
-    guard: Option<crate::cache::FillGuard>,
+    guard: Option<sluice_cache::FillGuard>,
 ) -> FillTicket {
     FillTicket {
         cache: cache.clone(),
@@ -234,7 +234,7 @@ pub(crate) fn refresh(ticket: &FillTicket, stale: &Arc<Entry>, not_modified: &He
         if matches!(
             *name,
             header::CONTENT_LENGTH | header::CONTENT_ENCODING | header::TRANSFER_ENCODING | header::CONTENT_TYPE
-        ) || name == crate::pipeline::forwarding::X_REQUEST_ID
+        ) || name == sluice_http::X_REQUEST_ID
         {
             continue;
         }

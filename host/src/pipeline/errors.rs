@@ -1,9 +1,11 @@
 //! Every way a request can fail, and the one place failures become responses.
 
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Response, StatusCode, Version};
 
-use crate::body::{self, ProxyBody};
+use sluice_http::body::{self, ProxyBody};
+
+use super::state::RequestState;
 
 /// Which side of the proxy a failure belongs to; it decides the status class and whom the log
 /// line should alarm.
@@ -70,7 +72,7 @@ pub enum ProxyError {
     },
     /// A fail-closed filter failed.
     #[error(transparent)]
-    Filter(#[from] crate::runtime::FilterError),
+    Filter(#[from] sluice_runtime::FilterError),
     /// Sluice could not build the upstream request.
     #[error("internal error: {0}")]
     Internal(String),
@@ -105,6 +107,12 @@ impl ProxyError {
         }
     }
 
+    /// Whether the client's connection closes after the error response: after a malformed
+    /// request, the connection's framing cannot be trusted.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::BadRequest(_) | Self::MethodNotAllowed)
+    }
+
     /// A short name for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -120,6 +128,19 @@ impl ProxyError {
             Self::Internal(_) => "internal",
         }
     }
+}
+
+/// The response to a request that failed with `error`, which `state` keeps for the log line.
+pub(crate) fn respond(error: ProxyError, state: &mut RequestState) -> Response<ProxyBody> {
+    let mut response = error_response(&error, &state.id);
+    // HTTP/2 frames each stream apart: only an HTTP/1 connection has to go.
+    if error.closes_connection() && state.version < Version::HTTP_2 {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    // Nothing of a failed request is stored.
+    state.fill = None;
+    state.error = Some(error);
+    response
 }
 
 /// The response for `error`: the status, its reason and the request id, in plain text so that a

@@ -9,12 +9,13 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use tracing::Instrument;
 
-use crate::body::{self, BoxError, ProxyBody};
 use crate::routing::Route;
-use crate::runtime::{
-    BodyOutcome, CallContext, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, HeadOutcome, Phases,
-    RequestHead,
+use sluice_http::body::{self, BoxError, ProxyBody};
+use sluice_runtime::{
+    BodyOutcome, CallContext, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, HeadOutcome, HostServices,
+    Phases, RequestHead,
 };
 
 /// One filter's place in the chain for this request.
@@ -28,6 +29,8 @@ struct Link {
 pub(crate) struct FilterChain {
     links: Vec<Link>,
     request_id: Arc<str>,
+    /// Where failures are counted.
+    services: Arc<HostServices>,
 }
 
 /// How a body phase ended for the chain.
@@ -41,7 +44,11 @@ pub(crate) enum ChainBody {
 impl FilterChain {
     /// Checks out an instance of every filter of `route`. A filter that cannot get one fails by
     /// its policy.
-    pub(crate) async fn checkout(route: &Route, context: &CallContext) -> Result<Self, FilterError> {
+    pub(crate) async fn checkout(
+        route: &Route,
+        context: &CallContext,
+        services: &Arc<HostServices>,
+    ) -> Result<Self, FilterError> {
         let mut links = Vec::with_capacity(route.filters.len());
         for filter in &route.filters {
             let filter = filter.choose(context.client_ip);
@@ -59,7 +66,7 @@ impl FilterChain {
             match pool.checkout(filter_context).await {
                 Ok(instance) => links.push(Link { instance: Some(instance), phases: pool.phases(), policy }),
                 Err(error) => {
-                    log_failure(&error, &filter.spec.tenant.name, &context.request_id, policy);
+                    log_failure(services, &error, &filter.spec.tenant.name, &context.request_id, policy);
                     if policy == FailurePolicy::FailClosed {
                         return Err(error);
                     }
@@ -67,7 +74,7 @@ impl FilterChain {
                 }
             }
         }
-        Ok(Self { links, request_id: context.request_id.clone() })
+        Ok(Self { links, request_id: context.request_id.clone(), services: services.clone() })
     }
 
     /// Whether any live filter takes part in `phase`.
@@ -81,7 +88,7 @@ impl FilterChain {
         let link = &mut self.links[index];
         let tenant =
             link.instance.as_ref().map(|instance| instance.pool().spec.tenant.name.clone()).unwrap_or_default();
-        log_failure(&error, &tenant, &self.request_id, link.policy);
+        log_failure(&self.services, &error, &tenant, &self.request_id, link.policy);
         link.instance = None;
         match link.policy {
             FailurePolicy::FailOpen => Ok(()),
@@ -97,7 +104,8 @@ impl FilterChain {
             else {
                 continue;
             };
-            match instance.on_request(head).await {
+            let span = call_span(instance, "request_headers");
+            match instance.on_request(head).instrument(span).await {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
                 Err(error) => self.failed(index, error)?,
@@ -117,7 +125,8 @@ impl FilterChain {
             let Some(instance) = link.instance.as_mut().filter(|_| link.phases.contains(Phases::REQUEST_BODY)) else {
                 continue;
             };
-            match instance.on_request_body(head, body.clone()).await {
+            let span = call_span(instance, "request_body");
+            match instance.on_request_body(head, body.clone()).instrument(span).await {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
                 Ok(BodyOutcome::Respond(response)) => return Ok(ChainBody::Respond(response)),
@@ -139,7 +148,8 @@ impl FilterChain {
             else {
                 continue;
             };
-            match instance.on_response(head, response).await {
+            let span = call_span(instance, "response_headers");
+            match instance.on_response(head, response).instrument(span).await {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
                 Err(error) => self.failed(index, error)?,
@@ -165,7 +175,8 @@ impl FilterChain {
             let Some(instance) = link.instance.as_mut().filter(|_| link.phases.contains(Phases::RESPONSE_BODY)) else {
                 continue;
             };
-            match instance.on_response_body(head, response, true, body.clone(), true).await {
+            let span = call_span(instance, "response_body");
+            match instance.on_response_body(head, response, true, body.clone(), true).instrument(span).await {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
                 Ok(BodyOutcome::Respond(local)) => return Ok(ChainBody::Respond(local)),
@@ -189,7 +200,9 @@ impl FilterChain {
             let Some(instance) = link.instance.as_mut().filter(|_| link.phases.contains(Phases::RESPONSE_BODY)) else {
                 continue;
             };
-            let outcome = instance.on_response_body(head, response, false, chunk.clone(), end_of_stream).await;
+            let span = call_span(instance, "response_body");
+            let outcome =
+                instance.on_response_body(head, response, false, chunk.clone(), end_of_stream).instrument(span).await;
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => chunk = replacement,
@@ -265,20 +278,24 @@ async fn next_chunk(mut state: StreamState) -> Option<(Result<Frame<Bytes>, BoxE
     }
 }
 
-fn log_failure(error: &FilterError, tenant: &str, request_id: &str, policy: FailurePolicy) {
+/// The span of one filter call, inside the request's span.
+fn call_span(instance: &FilterInstance, phase: &'static str) -> tracing::Span {
+    let spec = &instance.pool().spec;
+    tracing::debug_span!("filter", filter = %spec.name, tenant = %spec.tenant.name, phase)
+}
+
+fn log_failure(services: &HostServices, error: &FilterError, tenant: &str, request_id: &str, policy: FailurePolicy) {
     let policy = match policy {
         FailurePolicy::FailClosed => "fail-closed",
         FailurePolicy::FailOpen => "fail-open",
     };
-    if let Ok(runtime) = crate::runtime::Runtime::shared() {
-        let labels = vec![
-            ("route".to_owned(), error.route.to_string()),
-            ("filter".to_owned(), error.filter.to_string()),
-            ("tenant".to_owned(), tenant.to_owned()),
-            ("kind".to_owned(), error.kind_name().to_owned()),
-        ];
-        runtime.services().failures.get_or_create(&labels).inc();
-    }
+    let labels = vec![
+        ("route".to_owned(), error.route.to_string()),
+        ("filter".to_owned(), error.filter.to_string()),
+        ("tenant".to_owned(), tenant.to_owned()),
+        ("kind".to_owned(), error.kind_name().to_owned()),
+    ];
+    services.failures.get_or_create(&labels).inc();
     tracing::error!(
         target: "sluice::filter",
         route = %error.route,

@@ -22,8 +22,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-/// The request id header, set on the upstream request and on the response.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
@@ -142,7 +140,7 @@ mod tests {
 
     fn settings(trusted: &str) -> ServerSettings {
         let toml = format!("[server]\ntrusted_proxies = [{trusted}]\n[[listener]]\nbind = \"127.0.0.1:0\"\n");
-        Snapshot::from_toml(&toml).unwrap().server
+        Snapshot::from_toml(&crate::config::Services::for_tests(), &toml).unwrap().server
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

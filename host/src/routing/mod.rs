@@ -23,7 +23,7 @@ use bucket::Bucket;
 use http::{HeaderMap, Method};
 
 pub use matcher::{HeaderCondition, HeaderMatch, HostPattern, PathMatch};
-pub use route::{Backends, Mirror, PathRewrite, Redirect, Route, RouteAction};
+pub use route::{Backends, Forward, Mirror, PathRewrite, Redirect, Route, RouteAction};
 
 /// The compiled routes, indexed by host, then by path within each host, so that finding the
 /// route costs about the same among ten thousand routes as among ten.
@@ -173,7 +173,7 @@ mod tests {
                 "[[route]]\nname = \"r{index}\"\n{host}{condition}{method}{header}upstream = \"o\"\n"
             ));
         }
-        let snapshot = crate::config::Snapshot::from_toml(&config).unwrap();
+        let snapshot = crate::config::Snapshot::from_toml(&crate::config::Services::for_tests(), &config).unwrap();
         let routes = snapshot.routes.routes();
         let mut with_header = HeaderMap::new();
         with_header.insert("x-v", "1".parse().unwrap());

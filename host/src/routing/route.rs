@@ -7,8 +7,8 @@ use http::{Method, StatusCode};
 
 use super::RequestFacts;
 use super::matcher::{HeaderMatch, HostPattern, PathMatch, prefix_matches};
-use crate::runtime::{RouteFilter, Tenant};
-use crate::upstream::Upstream;
+use sluice_runtime::{RouteFilter, Tenant};
+use sluice_upstream::Upstream;
 
 /// A route, ready to serve.
 #[derive(Debug)]
@@ -34,29 +34,33 @@ pub struct Route {
     /// Largest body a filter gets buffered whole.
     pub max_filter_body_bytes: usize,
     /// Response compression, when the route compresses.
-    pub compression: Option<Arc<crate::pipeline::compression::CompressionSettings>>,
+    pub compression: Option<Arc<sluice_http::compression::CompressionSettings>>,
     /// HTTP caching, when the route caches.
-    pub cache: Option<Arc<crate::cache::CacheSettings>>,
+    pub cache: Option<Arc<sluice_cache::CacheSettings>>,
 }
 
 /// What a route does with a request it takes.
 #[derive(Debug)]
 pub enum RouteAction {
     /// Forward to an upstream.
-    Forward {
-        /// Where to: one upstream, or several sharing the traffic by weight.
-        backends: Backends,
-        /// A copy of a share of requests for a shadow upstream.
-        mirror: Option<Mirror>,
-        /// How the path changes on the way.
-        rewrite: PathRewrite,
-        /// How long to wait for the upstream's response headers.
-        timeout: Duration,
-        /// Keep the client's Host header rather than sending the server's address.
-        preserve_host: bool,
-    },
+    Forward(Forward),
     /// Answer with a redirect.
     Redirect(Redirect),
+}
+
+/// Where and how a route forwards.
+#[derive(Debug)]
+pub struct Forward {
+    /// Where to: one upstream, or several sharing the traffic by weight.
+    pub backends: Backends,
+    /// A copy of a share of requests for a shadow upstream.
+    pub mirror: Option<Mirror>,
+    /// How the path changes on the way.
+    pub rewrite: PathRewrite,
+    /// How long to wait for the upstream's response headers.
+    pub timeout: Duration,
+    /// Keep the client's Host header rather than sending the server's address.
+    pub preserve_host: bool,
 }
 
 /// The upstreams a route forwards to, with their shares of its requests (a canary split).

@@ -3,67 +3,17 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio_util::sync::CancellationToken;
 
+use sluice_http::ConnectionActivity;
+
 use crate::config::ServerSettings;
 use crate::pipeline::{ConnectionInfo, Proxy};
-
-/// In-flight requests and the last time the count changed, for the idle timeout.
-#[derive(Debug)]
-pub struct ConnectionActivity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `opened` at which the connection last had activity.
-    last_active_ms: AtomicU64,
-}
-
-/// Held while a request is in flight; dropping it marks the request done.
-#[derive(Debug)]
-pub struct InFlight(Arc<ConnectionActivity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl ConnectionActivity {
-    fn new() -> Arc<Self> {
-        Arc::new(Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_active_ms: AtomicU64::new(0) })
-    }
-
-    /// Marks a request as started; it counts until the returned guard is dropped.
-    pub fn request_started(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.touch();
-        InFlight(self.clone())
-    }
-
-    fn touch(&self) {
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_active_ms.store(now, Ordering::Release);
-    }
-
-    /// Resolves once nothing has been in flight for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last_active = self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
-            let busy = self.in_flight.load(Ordering::Acquire) > 0;
-            if !busy && last_active.elapsed() >= idle {
-                return;
-            }
-            let next_check = if busy { Instant::now() + idle } else { last_active + idle };
-            tokio::time::sleep_until(next_check.into()).await;
-        }
-    }
-}
 
 /// hyper's connection builder with Sluice's limits applied; built once per listener.
 pub(super) fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {

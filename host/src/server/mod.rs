@@ -3,9 +3,6 @@
 //! deadline).
 
 mod connection;
-pub mod reload;
-pub mod tls;
-mod watch;
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,16 +16,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use connection::{ConnectionActivity, InFlight};
-pub use reload::{ReloadStatus, Reloader};
-
-use crate::admin::{
-    self,
-    metrics::{ListenerLabels, Metrics, Name},
-};
-use crate::cache::HttpCache;
+use crate::admin;
 use crate::config::Snapshot;
 use crate::pipeline::{ConnectionInfo, Proxy, Tunnels};
+use crate::reload::Reloader;
+use crate::telemetry::metrics::{ListenerLabels, Metrics, Name};
+use sluice_cache::HttpCache;
+use sluice_tls::server as tls;
 
 /// A running Sluice: its listeners, admin endpoint and connections.
 #[derive(Debug)]
@@ -56,7 +50,7 @@ pub enum ShutdownOutcome {
 impl Server {
     /// Binds every listener of `snapshot` (and its admin listener) and starts serving.
     pub async fn start(snapshot: Snapshot) -> io::Result<Self> {
-        if !crate::runtime::set_long_call_priority(snapshot.server.long_call_priority) {
+        if !snapshot.services.runtime.set_long_call_priority(snapshot.server.long_call_priority) {
             tracing::warn!(
                 "server.long_call_priority differs from what this process's long-call threads started with; it takes effect on restart"
             );
@@ -68,9 +62,8 @@ impl Server {
             upstream.start_health_checks();
         }
         let mut metrics = Metrics::new();
-        if let Ok(runtime) = crate::runtime::Runtime::shared() {
-            metrics.register_filter_metrics(runtime.services());
-        }
+        metrics.register_filter_metrics(snapshot.services.runtime.services());
+        metrics.register_upstream_metrics(&snapshot.services.upstream_metrics);
         let metrics = Arc::new(metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let current = snapshot.load_full();
@@ -132,7 +125,7 @@ impl Server {
         };
 
         if current.server.watch {
-            watch::spawn(reloader.clone(), snapshot.clone(), drain.clone());
+            crate::reload::watch::spawn(reloader.clone(), snapshot.clone(), drain.clone());
         }
 
         Ok(Self { snapshot, metrics, listeners, admin, connections, tunnels, drain, reloader })

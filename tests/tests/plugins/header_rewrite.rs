@@ -58,7 +58,7 @@ async fn a_bad_rule_refuses_the_config_with_its_position() {
         origin.addr,
         path.display()
     );
-    let snapshot = sluice::config::Snapshot::from_toml(&config).expect("valid TOML");
+    let snapshot = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config).expect("valid TOML");
     let error = snapshot.prepare_filters().await.expect_err("the filter refuses its config").to_string();
     assert!(error.contains("request[0]: `set` needs a `value`"), "{error}");
 }

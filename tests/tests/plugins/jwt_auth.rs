@@ -114,7 +114,7 @@ async fn keys_come_from_a_jwks_endpoint_fetched_by_callout_and_cached() {
     let idp = Origin::start(move |_request| {
         counter.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
-            let mut response = Response::new(sluice::body::full(key_file("jwks.json")));
+            let mut response = Response::new(sluice_http::body::full(key_file("jwks.json")));
             response.headers_mut().insert("content-type", "application/json".parse().expect("header"));
             response
         })

@@ -96,12 +96,15 @@ async fn configs_are_checked_against_the_plugin_schema_at_load() {
             sluice_tests::repo_root().join("plugins/rate-limit").display()
         )
     };
-    let error = sluice::config::Snapshot::from_toml(&config("{ limit = \"ten\", period = \"1m\" }"))
-        .expect_err("a string limit");
+    let error =
+        sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config("{ limit = \"ten\", period = \"1m\" }"))
+            .expect_err("a string limit");
     assert_eq!(error.key, "route[0].filters[0].config");
     assert!(error.message.contains("config/limit"), "{error}");
     assert!(error.position.is_some());
-    let error = sluice::config::Snapshot::from_toml(&config("{ limit = 5 }")).expect_err("no period");
+    let error = sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config("{ limit = 5 }"))
+        .expect_err("no period");
     assert!(error.message.contains("period"), "{error}");
-    sluice::config::Snapshot::from_toml(&config("{ limit = 5, period = \"1m\" }")).expect("a valid config loads");
+    sluice::config::Snapshot::from_toml(&sluice_tests::services(), &config("{ limit = 5, period = \"1m\" }"))
+        .expect("a valid config loads");
 }

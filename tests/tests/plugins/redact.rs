@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use http::Response;
 use hyper::body::Frame;
-use sluice::body::{self, BoxError};
+use sluice_http::body::{self, BoxError};
 use sluice_tests::Origin;
 
 use super::{header, proxy_with, request};

@@ -1,5 +1,5 @@
 use http::Request;
-use sluice::body;
+use sluice_http::body;
 use sluice_tests::{Origin, http1_client, send};
 
 use super::{proxy_with, request};

@@ -1,0 +1,58 @@
+//! What a client connection is doing: requests in flight and when it was last active, for the
+//! idle timeout the server enforces and the requests the pipeline counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// In-flight requests and the last time the count changed, for the idle timeout.
+#[derive(Debug)]
+pub struct ConnectionActivity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` at which the connection last had activity.
+    last_active_ms: AtomicU64,
+}
+
+/// Held while a request is in flight; dropping it marks the request done.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnectionActivity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionActivity {
+    /// A connection opened now, with nothing in flight.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_active_ms: AtomicU64::new(0) })
+    }
+
+    /// Marks a request as started; it counts until the returned guard is dropped.
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(now, Ordering::Release);
+    }
+
+    /// Resolves once nothing has been in flight for `idle`.
+    pub async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last_active = self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
+            let busy = self.in_flight.load(Ordering::Acquire) > 0;
+            if !busy && last_active.elapsed() >= idle {
+                return;
+            }
+            let next_check = if busy { Instant::now() + idle } else { last_active + idle };
+            tokio::time::sleep_until(next_check.into()).await;
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Phase 8, finishing: the one function that completes every response, the client's and a
+//! background cache refresh's alike (compression, cache fill, `Cache-Status`, the request id,
+//! HSTS), and the access log line and metrics, written once per client request when its response
+//! body has gone, whatever became of it.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderName, Response};
+use sluice_http::body::{self, BodyOutcome, ObservedBody, ProxyBody};
+use sluice_http::{X_REQUEST_ID, compression};
+
+use super::errors::{ProxyError, Side};
+use super::state::RequestState;
+use crate::telemetry::metrics::{CacheLabels, ErrorLabels, Metrics, Name, RequestLabels, RouteLabels};
+
+/// Completes `response` for the request `state` describes.
+pub(crate) fn finish_response(mut response: Response<ProxyBody>, state: &mut RequestState) -> Response<ProxyBody> {
+    // The filters' instances go back to their pools now; only a streaming response body keeps
+    // the ones it runs through.
+    state.filters = None;
+    let compression = state.route.as_ref().and_then(|route| route.compression.as_ref()).filter(|_| !state.from_cache);
+    if let Some(settings) = compression {
+        response = compression::compress(response, settings, &state.method, state.accept_encoding.as_ref());
+    }
+    if let Some(ticket) = state.fill.take() {
+        let stored;
+        (response, stored) = ticket.store(response);
+        if let Some(status) = &mut state.cache {
+            status.stored = stored.is_ok();
+            status.detail = stored.err().map(sluice_cache::policy::NotStored::detail);
+        }
+    }
+    if let Some(status) = &state.cache {
+        response.headers_mut().insert(HeaderName::from_static("cache-status"), status.header_value());
+    }
+    if let Ok(id) = HeaderValue::try_from(&*state.id) {
+        response.headers_mut().insert(X_REQUEST_ID, id);
+    }
+    if let Some(hsts) = &state.connection.hsts {
+        response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    response
+}
+
+/// Hands `response` to the client; the access log line and metrics are written when its body
+/// has gone (or the client left).
+pub(crate) fn deliver(
+    response: Response<ProxyBody>,
+    state: RequestState,
+    metrics: &Arc<Metrics>,
+) -> Response<ProxyBody> {
+    let status = response.status();
+    state.span.record("http.response.status_code", status.as_u16());
+    if let Some(cache) = &state.cache {
+        let route = Name(Arc::from(state.route_name()));
+        metrics.cache_lookups.get_or_create(&CacheLabels { route, result: cache.result() }).inc();
+    }
+    let metrics = metrics.clone();
+    let (parts, body) = response.into_parts();
+    let mut state = state;
+    let observed = ObservedBody::new(body, move |end: BodyOutcome| {
+        drop(state.in_flight.take());
+        record(&metrics, &state, status.as_u16(), end);
+    });
+    Response::from_parts(parts, body::boxed(observed))
+}
+
+/// Writes the access log line and the request's metrics.
+fn record(metrics: &Metrics, state: &RequestState, status: u16, end: BodyOutcome) {
+    let _in_request = state.span.enter();
+    let elapsed = state.started.elapsed();
+    let route = Name(Arc::from(state.route_name()));
+    let upstream = Name(state.upstream.clone().unwrap_or_else(|| Arc::from("")));
+    metrics
+        .requests
+        .get_or_create(&RequestLabels { route: route.clone(), upstream: upstream.clone(), code: status })
+        .inc();
+    metrics
+        .request_duration
+        .get_or_create(&RouteLabels { route: route.clone(), upstream })
+        .observe(elapsed.as_secs_f64());
+
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let error = state.error.as_ref();
+    if let Some(error) = error {
+        metrics.errors.get_or_create(&ErrorLabels { route, kind: error.kind() }).inc();
+    }
+    let side = error.map(|error| match error.side() {
+        Side::Client => "client",
+        Side::Upstream => "upstream",
+        Side::Filter => "filter",
+        Side::Internal => "internal",
+    });
+    // `None` fields are left out of the event: successful requests carry no error fields.
+    tracing::event!(
+        target: "sluice::access",
+        tracing::Level::INFO,
+        http.request.method = %state.method,
+        url.path = state.path,
+        http.response.status_code = status,
+        http.response.body.size = end.bytes,
+        complete = end.complete,
+        duration_ms,
+        route = state.route_name(),
+        upstream = state.upstream.as_deref().unwrap_or(""),
+        server.address = state.server.as_deref().unwrap_or(""),
+        client.address = %state.connection.peer.ip(),
+        request_id = %state.id,
+        error.kind = error.map(ProxyError::kind),
+        error.side = side,
+        error.message = error.map(tracing::field::display),
+        "{}",
+        if error.is_some() { "request failed" } else { "request" }
+    );
+}

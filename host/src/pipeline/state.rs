@@ -1,0 +1,136 @@
+//! The one value a request carries through its phases: who it is (id, connection, the snapshot
+//! it runs on), what the phases have decided so far (route, filters, cache, upstream attempt,
+//! error), and what its access log line will say.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Version};
+use sluice_cache::{CacheStatus, FillTicket};
+use sluice_http::InFlight;
+
+use super::ConnectionInfo;
+use super::errors::ProxyError;
+use super::filters::FilterChain;
+use crate::config::Snapshot;
+use crate::routing::Route;
+
+/// Everything the phases know about one request.
+pub(crate) struct RequestState {
+    /// The request's id: the client's `X-Request-Id` when usable, else a new one.
+    pub(crate) id: Arc<str>,
+    /// When its head arrived.
+    pub(crate) started: Instant,
+    /// The configuration it runs on, loaded once: it finishes on it whatever reloads happen.
+    pub(crate) snapshot: Arc<Snapshot>,
+    /// The connection it came on.
+    pub(crate) connection: Arc<ConnectionInfo>,
+    /// The method, path and version the client sent, for the log.
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) version: Version,
+    /// What the client accepts, for response compression.
+    pub(crate) accept_encoding: Option<HeaderValue>,
+    /// The route that took it.
+    pub(crate) route: Option<Arc<Route>>,
+    /// The route's filters, checked out for this request.
+    pub(crate) filters: Option<FilterChain>,
+    /// The upstream it was sent to and the server that answered (or failed).
+    pub(crate) upstream: Option<Arc<str>>,
+    pub(crate) server: Option<String>,
+    /// How the cache handled it, on caching routes.
+    pub(crate) cache: Option<CacheStatus>,
+    /// Stores the response as it streams, when it fills the cache.
+    pub(crate) fill: Option<FillTicket>,
+    /// The response is a stored one: compressed, if at all, before it was stored.
+    pub(crate) from_cache: bool,
+    /// Why it failed, when it did.
+    pub(crate) error: Option<ProxyError>,
+    /// The request's span: every event of its phases is recorded inside it.
+    pub(crate) span: tracing::Span,
+    /// Counts the request as in flight on its connection until the response body has gone.
+    pub(crate) in_flight: Option<InFlight>,
+}
+
+impl RequestState {
+    /// The state of a request whose head just arrived.
+    pub(crate) fn new<B>(snapshot: Arc<Snapshot>, connection: Arc<ConnectionInfo>, request: &Request<B>) -> Self {
+        let id: Arc<str> = sluice_http::request_id(request.headers()).into();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let span = tracing::info_span!(
+            "request",
+            otel.kind = "server",
+            http.request.method = %method,
+            url.path = %path,
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            request_id = %id,
+        );
+        Self {
+            in_flight: Some(connection.activity.request_started()),
+            id,
+            started: Instant::now(),
+            snapshot,
+            connection,
+            method,
+            path,
+            version: request.version(),
+            accept_encoding: request.headers().get(header::ACCEPT_ENCODING).cloned(),
+            route: None,
+            filters: None,
+            upstream: None,
+            server: None,
+            cache: None,
+            fill: None,
+            from_cache: false,
+            error: None,
+            span,
+        }
+    }
+
+    /// The state of a background refresh of a stale cache entry served to `client`: the same
+    /// request, id and route, going upstream on its own. It takes the client request's filters,
+    /// which run its response phase.
+    pub(crate) fn refresh_of(client: &mut Self) -> Self {
+        let span = tracing::info_span!(parent: &client.span, "cache refresh", request_id = %client.id);
+        Self {
+            id: client.id.clone(),
+            started: Instant::now(),
+            snapshot: client.snapshot.clone(),
+            connection: client.connection.clone(),
+            method: Method::GET,
+            path: client.path.clone(),
+            version: client.version,
+            accept_encoding: client.accept_encoding.clone(),
+            route: client.route.clone(),
+            filters: client.filters.take(),
+            upstream: None,
+            server: None,
+            cache: None,
+            fill: None,
+            from_cache: false,
+            error: None,
+            span,
+            in_flight: None,
+        }
+    }
+
+    /// The route took the request.
+    pub(crate) fn routed(&mut self, route: &Arc<Route>) {
+        self.span.record("http.route", &*route.name);
+        self.route = Some(route.clone());
+    }
+
+    /// The cache answered with a stored response.
+    pub(crate) fn answered_from_cache(&mut self, status: CacheStatus) {
+        self.from_cache = true;
+        self.cache = Some(status);
+    }
+
+    /// The route's name, or empty before one matched.
+    pub(crate) fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("", |route| &route.name)
+    }
+}

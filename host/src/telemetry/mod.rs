@@ -1,0 +1,3 @@
+//! What Sluice reports about itself: the metrics registry behind `/metrics` ([`metrics`]).
+
+pub mod metrics;

@@ -1,0 +1,25 @@
+//! Sluice's integration tests, one binary with a module per area: end-to-end tests (an origin,
+//! a proxy and a client on port 0), runtime tests that call components directly, the command
+//! line as users run it, and checks of the code's shape.
+
+mod architecture;
+mod balancing;
+mod cache;
+mod cli;
+mod compression;
+mod dns;
+mod filters;
+mod forwarding;
+mod go;
+mod hostile;
+mod js;
+mod languages;
+mod limits;
+mod packages;
+mod plugins;
+mod reload;
+mod routing;
+mod runtime;
+mod shutdown;
+mod streaming;
+mod tls;
