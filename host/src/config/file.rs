@@ -120,8 +120,8 @@ fn default_kv_max_bytes() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct PluginSection {
     /// A component file (`.wasm`), or a filter crate's folder (built on load), relative to the
-    /// configuration file.
-    pub source: Spanned<String>,
+    /// configuration file; or a package, `oci://REGISTRY/REPOSITORY:TAG[@sha256:DIGEST]`.
+    pub source: Spanned<PluginSource>,
 }
 
 /// One entry of a route's `filters`.
@@ -324,8 +324,8 @@ pub struct HstsSection {
 fn default_alpn() -> Vec<String> {
     vec!["h2".into(), "http/1.1".into()]
 }
-fn default_upstream_alpn() -> Vec<Spanned<String>> {
-    default_alpn().into_iter().map(|protocol| Spanned::new(0..0, protocol)).collect()
+fn default_upstream_alpn() -> Vec<UpstreamAlpn> {
+    vec![UpstreamAlpn::H2, UpstreamAlpn::Http11]
 }
 fn default_session_cache() -> usize {
     10_000
@@ -355,9 +355,9 @@ pub struct UpstreamSection {
     /// Speak TLS to the servers.
     pub tls: Option<Spanned<UpstreamTlsSection>>,
     /// `"round-robin"`, `"least-connections"`, `"p2c"` or `"hash"`.
-    pub balancer: Option<Spanned<String>>,
+    pub balancer: Option<Spanned<BalancerName>>,
     /// With `balancer = "hash"`: `"client-ip"`, `"header:NAME"` or `"cookie:NAME"`.
-    pub hash_key: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<HashKeySetting>>,
     /// Ramp-up time for a server that just came back.
     pub slow_start: Option<HumanDuration>,
     /// Active health checks.
@@ -386,9 +386,9 @@ fn default_max_pending() -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSection {
-    /// `"http"` or `"tcp"`.
-    #[serde(default = "default_check_kind")]
-    pub kind: Spanned<String>,
+    /// `"http"` (default) or `"tcp"`.
+    #[serde(default)]
+    pub kind: CheckKindName,
     /// Path (and query) of HTTP checks.
     #[serde(default = "default_check_path")]
     pub path: Spanned<String>,
@@ -409,9 +409,6 @@ pub struct HealthCheckSection {
     pub fall: u32,
 }
 
-fn default_check_kind() -> Spanned<String> {
-    Spanned::new(0..0, "http".to_owned())
-}
 fn default_check_path() -> Spanned<String> {
     Spanned::new(0..0, "/".to_owned())
 }
@@ -463,7 +460,7 @@ pub struct RetrySection {
     /// Tries after the first, each on another server.
     pub retries: u32,
     /// What a retry follows: `"connect-failure"`, `"timeout"`, `"reset"` or a status such as `"503"`.
-    pub on: Vec<Spanned<String>>,
+    pub on: Vec<RetryOn>,
     /// Time allowed for each try's response head.
     pub per_try_timeout: Option<HumanDuration>,
     /// Methods retried after the server saw the request; idempotent ones by default.
@@ -478,7 +475,7 @@ impl Default for RetrySection {
     fn default() -> Self {
         Self {
             retries: 1,
-            on: vec![Spanned::new(0..0, "connect-failure".to_owned()), Spanned::new(0..0, "reset".to_owned())],
+            on: vec![RetryOn::ConnectFailure, RetryOn::Reset],
             per_try_timeout: None,
             methods: None,
             budget_ratio: 0.2,
@@ -501,7 +498,7 @@ pub struct UpstreamTlsSection {
     pub client_key: Option<Spanned<String>>,
     /// ALPN protocols offered: `"h2"` and/or `"http/1.1"`.
     #[serde(default = "default_upstream_alpn")]
-    pub alpn: Vec<Spanned<String>>,
+    pub alpn: Vec<UpstreamAlpn>,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -677,19 +674,19 @@ fn default_filter_body_bytes() -> usize {
 #[serde(deny_unknown_fields, default)]
 pub struct CompressionSection {
     /// Encodings offered, most preferred first: `zstd`, `br`, `gzip`.
-    pub encodings: Vec<String>,
+    pub encodings: Vec<EncodingName>,
     /// Bodies declared smaller than this many bytes are sent as they are.
     pub min_bytes: u64,
     /// Content types compressed (prefixes).
     pub content_types: Vec<String>,
     /// `fastest`, `default` or `best`.
-    pub level: String,
+    pub level: CompressionLevelName,
 }
 
 impl Default for CompressionSection {
     fn default() -> Self {
         Self {
-            encodings: ["zstd", "br", "gzip"].map(String::from).to_vec(),
+            encodings: vec![EncodingName::Zstd, EncodingName::Br, EncodingName::Gzip],
             min_bytes: 1024,
             content_types: [
                 "text/",
@@ -703,7 +700,7 @@ impl Default for CompressionSection {
             ]
             .map(String::from)
             .to_vec(),
-            level: "default".into(),
+            level: CompressionLevelName::Default,
         }
     }
 }
@@ -826,5 +823,139 @@ mod tests {
         assert_eq!(many.host.unwrap().get_ref().0.len(), 2);
         let bad = toml::from_str::<RouteSection>("host = 3").unwrap_err();
         assert!(bad.to_string().contains("a string or a list"), "{bad}");
+    }
+}
+
+/// `balancer` on an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancerName {
+    /// Smooth weighted round-robin.
+    RoundRobin,
+    /// Fewest requests in flight.
+    LeastConnections,
+    /// Power of two choices over latency.
+    P2c,
+    /// Maglev hashing of `hash_key`.
+    Hash,
+}
+
+/// `hash_key` on an upstream: what the hash balancer hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HashKeySetting(pub sluice_upstream::HashKey);
+
+impl TryFrom<String> for HashKeySetting {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        use sluice_upstream::HashKey;
+        let parsed = match text.split_once(':') {
+            None if text == "client-ip" => Some(HashKey::ClientIp),
+            Some(("header", name)) => http::HeaderName::try_from(name).ok().map(HashKey::Header),
+            Some(("cookie", name)) if !name.is_empty() => Some(HashKey::Cookie(name.to_owned())),
+            _ => None,
+        };
+        parsed.map(Self).ok_or_else(|| format!("{text:?} is not \"client-ip\", \"header:NAME\" or \"cookie:NAME\""))
+    }
+}
+
+/// `kind` of a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKindName {
+    /// A request to `path`, passing on the expected statuses.
+    #[default]
+    Http,
+    /// A TCP connection.
+    Tcp,
+}
+
+/// One entry of a retry's `on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum RetryOn {
+    /// No connection could be made.
+    ConnectFailure,
+    /// No response head within the try's timeout.
+    Timeout,
+    /// The connection broke before a response head.
+    Reset,
+    /// The server answered with this status (500 to 599, or 429).
+    Status(http::StatusCode),
+}
+
+impl TryFrom<String> for RetryOn {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "connect-failure" => Ok(Self::ConnectFailure),
+            "timeout" => Ok(Self::Timeout),
+            "reset" => Ok(Self::Reset),
+            status => match status.parse::<u16>().ok().and_then(|code| http::StatusCode::from_u16(code).ok()) {
+                Some(status) if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS => {
+                    Ok(Self::Status(status))
+                }
+                _ => Err(format!(
+                    "{status:?} is not \"connect-failure\", \"timeout\", \"reset\" or a status from 500 to 599 (or 429)"
+                )),
+            },
+        }
+    }
+}
+
+/// One of an upstream's `tls.alpn` protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UpstreamAlpn {
+    /// HTTP/2.
+    #[serde(rename = "h2")]
+    H2,
+    /// HTTP/1.1.
+    #[serde(rename = "http/1.1")]
+    Http11,
+}
+
+/// One of a route's compression `encodings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingName {
+    /// Zstandard.
+    Zstd,
+    /// Brotli.
+    Br,
+    /// gzip.
+    Gzip,
+}
+
+/// A route's compression `level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionLevelName {
+    /// Least CPU.
+    Fastest,
+    /// Each encoder's default.
+    #[default]
+    Default,
+    /// Smallest output.
+    Best,
+}
+
+/// Where a plugin comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum PluginSource {
+    /// A package in a registry: the whole `oci://...` reference.
+    Package(String),
+    /// A component file or a filter's source folder, relative to the configuration file.
+    Path(std::path::PathBuf),
+}
+
+impl From<String> for PluginSource {
+    fn from(text: String) -> Self {
+        match text.strip_prefix("oci://") {
+            Some(_) => Self::Package(text),
+            None => Self::Path(text.into()),
+        }
     }
 }
