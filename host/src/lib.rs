@@ -1,9 +1,12 @@
 //! Sluice: a reverse proxy whose routes run chains of sandboxed WebAssembly filters.
 //!
-//! The crate is laid out as the request flows: [`server`] accepts connections, [`config`] holds
-//! the compiled [`Snapshot`](config::Snapshot) each request reads, [`routing`] picks a route,
-//! [`pipeline`] carries the request through it, [`upstream`] reaches the origin servers, and
-//! [`admin`] reports on all of it.
+//! This crate is the proxy itself, on top of the crates under `crates/` (HTTP basics, TLS,
+//! upstreams, the cache, the filter runtime, the plugin toolchain). Its modules, lowest first:
+//! [`telemetry`] (metrics), [`routing`] (the route table), [`config`] (the file, resolved and
+//! compiled into the [`Snapshot`](config::Snapshot) each request reads), [`pipeline`] (one
+//! request's phases), [`reload`], [`admin`] (the admin listener), [`server`] (listeners and
+//! connections) and [`cli`]. A module only uses those below it; the suite checks that there is
+//! no cycle. docs/architecture.md draws the whole picture.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]

@@ -1,6 +1,7 @@
 //! HTTP basics every layer of Sluice shares: the body type that flows through the proxy and
-//! its wrappers ([`body`]), what a connection is doing ([`ConnectionActivity`]), response compression ([`compression`]) and request ids
-//! ([`request_id`]). It depends on no other Sluice crate.
+//! its wrappers ([`body`]), what a connection is doing ([`ConnectionActivity`]), response
+//! compression ([`compression`]) and request ids ([`request_id`]). It depends on no other
+//! Sluice crate.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]

@@ -1,6 +1,7 @@
-//! The filter runtime: one wasmtime [`Engine`] for the process, compiled plugins, warm instance
-//! pools, host capabilities and the limits that keep each tenant's filters to what they were
-//! granted.
+//! The filter runtime: a wasmtime [`Engine`] (one [`Runtime`], made by the CLI and handed
+//! down), compiled plugins, warm instance pools, host capabilities and the limits that keep each
+//! tenant's filters to what they were granted. Callouts go through [`CalloutUpstreams`], which
+//! the proxy implements: this crate knows no upstream code.
 //!
 //! - The engine uses the component model, async calls (a filter waiting on a callout or yielding
 //!   at its CPU tick never blocks a worker thread), epoch interruption and the pooling allocator.
@@ -53,7 +54,8 @@ const POOLED_INSTANCES: u32 = 1000;
 /// Linear memory kept resident per pooled slot: covers a typical Rust filter's whole memory.
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
-/// The engine, its linker and the services host calls reach; one per process.
+/// The engine, its linker and the services host calls reach. The CLI makes one per process;
+/// two make two independent runtimes (their own engines, long-call threads and metrics).
 pub struct Runtime {
     engine: Engine,
     linker: Linker<FilterState>,

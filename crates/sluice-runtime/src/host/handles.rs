@@ -1,0 +1,215 @@
+//! `sluice:filter/http`: the request and response handles over the live heads, and the checks on every header a guest sets.
+
+use super::*;
+
+// --- header helpers shared by request and response ---
+
+pub(super) fn header_first(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    headers.get(name).map(|value| value.as_bytes().to_vec())
+}
+
+pub(super) fn header_all(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    headers.get_all(name).iter().map(|value| value.as_bytes().to_vec()).collect()
+}
+
+pub(super) fn header_list(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers.iter().map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec())).collect()
+}
+
+/// Validates a header a guest wants to set. Framing headers stay the host's business.
+pub(super) fn guest_header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection" | "upgrade" | "te" | "trailer") {
+        return Err(format!("header {name} is managed by the host"));
+    }
+    let value = HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header {name}"))?;
+    Ok((name, value))
+}
+
+pub(super) fn set_header(headers: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Result<(), String> {
+    let (name, value) = guest_header(name, value)?;
+    if append {
+        headers.append(name, value);
+    } else {
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+pub(super) fn remove_header(headers: &mut HeaderMap, name: &str) {
+    if let Ok(name) = HeaderName::from_bytes(name.as_bytes())
+        && guest_header(name.as_str(), b"").is_ok()
+    {
+        headers.remove(name);
+    }
+}
+
+impl types::Host for FilterState {}
+impl wit_http::Host for FilterState {}
+
+impl wit_http::HostRequest for FilterState {
+    fn method(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.request_slot()?.parts.method.as_str().to_owned())
+    }
+
+    fn set_method(&mut self, _: Resource<RequestHandle>, method: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.writable_request()?.and_then(|slot| {
+            slot.parts.method =
+                Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))?;
+            Ok(())
+        }))
+    }
+
+    fn path_with_query(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        let uri = &self.request_slot()?.parts.uri;
+        Ok(uri.path_and_query().map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()))
+    }
+
+    fn set_path_with_query(
+        &mut self,
+        _: Resource<RequestHandle>,
+        value: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.writable_request()?.and_then(|slot| {
+            if !value.starts_with('/') {
+                return Err("the path must start with /".to_owned());
+            }
+            let path_and_query =
+                PathAndQuery::try_from(value.as_str()).map_err(|_| format!("invalid path {value:?}"))?;
+            let mut uri_parts = std::mem::take(&mut slot.parts.uri).into_parts();
+            uri_parts.path_and_query = Some(path_and_query);
+            slot.parts.uri = Uri::from_parts(uri_parts).map_err(|err| err.to_string())?;
+            Ok(())
+        }))
+    }
+
+    fn authority(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        let parts = &self.request_slot()?.parts;
+        let authority =
+            parts.uri.authority().map(|authority| authority.as_str().to_owned()).or_else(|| {
+                parts.headers.get(http::header::HOST).and_then(|host| host.to_str().ok()).map(str::to_owned)
+            });
+        Ok(authority.unwrap_or_default())
+    }
+
+    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(header_first(&self.request_slot()?.parts.headers, &name))
+    }
+
+    fn header_all(&mut self, _: Resource<RequestHandle>, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(header_all(&self.request_slot()?.parts.headers, &name))
+    }
+
+    fn headers(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        Ok(header_list(&self.request_slot()?.parts.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.writable_request()?.and_then(|slot| set_header(&mut slot.parts.headers, &name, &value, false)))
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<RequestHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.writable_request()?.and_then(|slot| set_header(&mut slot.parts.headers, &name, &value, true)))
+    }
+
+    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) -> wasmtime::Result<()> {
+        if let Ok(slot) = self.writable_request()? {
+            remove_header(&mut slot.parts.headers, &name);
+        }
+        Ok(())
+    }
+
+    fn client_ip(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.context()?.client_ip.to_string())
+    }
+
+    fn client_identity(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<Option<String>> {
+        Ok(self.context()?.client_identity.as_deref().map(str::to_owned))
+    }
+
+    fn request_id(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.context()?.request_id.to_string())
+    }
+
+    fn route(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<String> {
+        Ok(self.context()?.route.to_string())
+    }
+
+    fn set_cache_key(&mut self, _: Resource<RequestHandle>, key: String) -> wasmtime::Result<()> {
+        self.request_slot()?.cache_key = Some(key);
+        Ok(())
+    }
+
+    fn drop(&mut self, handle: Resource<RequestHandle>) -> wasmtime::Result<()> {
+        let _ = self.table.delete(handle);
+        Ok(())
+    }
+}
+
+impl wit_http::HostResponse for FilterState {
+    fn status(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<u16> {
+        Ok(self.response_slot()?.parts.status.as_u16())
+    }
+
+    fn set_status(&mut self, _: Resource<ResponseHandle>, status: u16) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.writable_response()?.and_then(|slot| {
+            slot.parts.status = StatusCode::from_u16(status)
+                .ok()
+                .filter(|status| !status.is_informational())
+                .ok_or_else(|| format!("invalid status {status}"))?;
+            Ok(())
+        }))
+    }
+
+    fn header(&mut self, _: Resource<ResponseHandle>, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(header_first(&self.response_slot()?.parts.headers, &name))
+    }
+
+    fn header_all(&mut self, _: Resource<ResponseHandle>, name: String) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(header_all(&self.response_slot()?.parts.headers, &name))
+    }
+
+    fn headers(&mut self, _: Resource<ResponseHandle>) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        Ok(header_list(&self.response_slot()?.parts.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.writable_response()?.and_then(|slot| set_header(&mut slot.parts.headers, &name, &value, false)))
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseHandle>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.writable_response()?.and_then(|slot| set_header(&mut slot.parts.headers, &name, &value, true)))
+    }
+
+    fn remove_header(&mut self, _: Resource<ResponseHandle>, name: String) -> wasmtime::Result<()> {
+        if let Ok(slot) = self.writable_response()? {
+            remove_header(&mut slot.parts.headers, &name);
+        }
+        Ok(())
+    }
+
+    fn drop(&mut self, handle: Resource<ResponseHandle>) -> wasmtime::Result<()> {
+        let _ = self.table.delete(handle);
+        Ok(())
+    }
+}
