@@ -176,6 +176,8 @@ pub(super) fn component_path(target_dir: &Path, name: &str) -> Result<PathBuf, B
 /// under it and renamed into place, so concurrent builds of one filter (parallel tests) never see
 /// each other's half-written files.
 pub(super) fn temporary_beside(path: &Path, kind: &str) -> PathBuf {
+    // Process-wide on purpose: the name must be unique among everything this process writes,
+    // as the process id is among processes.
     static BUILDS: AtomicU64 = AtomicU64::new(0);
     let unique = format!("{}-{}", std::process::id(), BUILDS.fetch_add(1, Ordering::Relaxed));
     path.with_extension(format!("{unique}.{kind}.tmp"))

@@ -112,6 +112,8 @@ fn on_long_call_thread() -> bool {
     ON_LONG_CALL_THREAD.get()
 }
 
+// Per thread, as the kernel schedules them: whether this OS thread is one of the long-call
+// threads (set when each starts).
 thread_local! {
     static ON_LONG_CALL_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -67,6 +67,8 @@ impl UpstreamTls {
 
 /// The operating system's trusted roots (Debian: `/etc/ssl/certs`), loaded once per process.
 fn system_roots() -> Result<RootCertStore, TlsError> {
+    // Process-wide on purpose: it is the operating system's store, the same for every runtime in
+    // the process, and reading it takes tens of milliseconds.
     static SYSTEM: std::sync::OnceLock<Result<RootCertStore, String>> = std::sync::OnceLock::new();
     let loaded = SYSTEM.get_or_init(|| {
         let found = rustls_native_certs::load_native_certs();
