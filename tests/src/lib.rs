@@ -304,11 +304,26 @@ pub fn scaffold(language: sluice_packages::Language, name: &str) -> PathBuf {
     build_plugin(&dir, &options).unwrap_or_else(|err| panic!("building the {name} scaffold: {err}"))
 }
 
-/// Runs the `name` scaffold in `language` ([`scaffold`]) on a route as its template is written:
-/// configured with `required_header`, it refuses requests without that header (400, saying so)
-/// and marks the responses of the others with its name in `x-filtered-by`.
+/// Runs the `name` scaffold in `language` ([`scaffold`]) on a route as its template is written
+/// ([`assert_gates_requests`]).
 pub async fn assert_scaffold_gates_requests(language: sluice_packages::Language, name: &str) {
-    let component = scaffold(language, name);
+    assert_gates_requests(&scaffold(language, name), name).await;
+}
+
+/// The template for `language` built as it stands in crates/sluice-packages/templates.
+pub fn template(language: sluice_packages::Language) -> PathBuf {
+    let folder = match language {
+        sluice_packages::Language::Rust => "rust",
+        sluice_packages::Language::JavaScript => "js",
+        sluice_packages::Language::Go => "go",
+    };
+    plugin(&format!("crates/sluice-packages/templates/{folder}"))
+}
+
+/// Runs `component`, a filter made from a template whose name is `name`, on a route: configured
+/// with `required_header`, it refuses requests without that header (400, saying so) and marks
+/// the responses of the others with its name in `x-filtered-by`.
+pub async fn assert_gates_requests(component: &Path, name: &str) {
     let origin = Origin::echo("app").await;
     let proxy = TestProxy::start(&format!(
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{origin}\" }}]\n\

@@ -22,4 +22,5 @@ mod routing;
 mod runtime;
 mod shutdown;
 mod streaming;
+mod templates;
 mod tls;

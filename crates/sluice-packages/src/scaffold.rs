@@ -82,97 +82,54 @@ pub fn new_plugin_in(parent: &Path, name: &str, language: Language) -> Result<Pa
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir.display().to_string()));
     }
-    match language {
-        Language::JavaScript => return write_files(&dir, javascript_files(name)),
-        Language::Go => return write_files(&dir, go_files(name)),
-        Language::Rust => {}
-    }
-    let type_name = type_name(name);
-    let files = [
-        (
-            "Cargo.toml",
-            format!(
-                r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
+    write_files(&dir, instantiate(language, name))
+}
 
-[lib]
-crate-type = ["cdylib", "rlib"]
+/// A template file: its path in a new filter and its text as it stands in `templates/`.
+type TemplateFile = (&'static str, &'static str);
 
-[dependencies]
-{sdk}
-serde = {{ version = "1", features = ["derive"] }}
+/// The templates, real projects under `templates/` (built and tested there as they are) named
+/// `filter-template` and depending on this checkout's SDKs by relative path.
+const RUST_TEMPLATE: &[TemplateFile] = &[
+    ("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+    ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    (".gitignore", include_str!("../templates/rust/.gitignore")),
+];
+const JS_TEMPLATE: &[TemplateFile] = &[
+    ("package.json", include_str!("../templates/js/package.json")),
+    ("src/filter.js", include_str!("../templates/js/src/filter.js")),
+    (".gitignore", include_str!("../templates/js/.gitignore")),
+];
+const GO_TEMPLATE: &[TemplateFile] = &[
+    ("go.mod", include_str!("../templates/go/go.mod")),
+    ("main.go", include_str!("../templates/go/main.go")),
+    (".gitignore", include_str!("../templates/go/.gitignore")),
+];
 
-[profile.release]
-opt-level = "s"
-lto = true
-strip = "debuginfo"
-panic = "abort"
+/// The template's name, and its type (Rust, Go) or class (JavaScript) name.
+const TEMPLATE_NAME: &str = "filter-template";
+const TEMPLATE_TYPE_NAME: &str = "FilterTemplate";
 
-# A filter builds on its own, not as part of an enclosing workspace.
-[workspace]
-"#,
-                sdk = sdk_dependency()
-            ),
-        ),
-        (
-            "src/lib.rs",
-            format!(
-                r#"//! {name}: a Sluice filter.
+/// How each template names its SDK, as it stands in `templates/`.
+const RUST_TEMPLATE_SDK: &str = r#"sluice-sdk = { path = "../../../../sdk/rust" }"#;
+const JS_TEMPLATE_SDK: &str = r#""file:../../../../sdk/js""#;
+const GO_TEMPLATE_SDK: &str = "\nreplace sluice.dev/sluice => ../../../../sdk/go\n";
 
-use serde::Deserialize;
-use sluice_sdk::{{Decision, Filter, LocalResponse, Request, Response, export_filter}};
-
-/// The route's config for this filter.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {{
-    /// Requests without this header are refused.
-    pub required_header: Option<String>,
-    /// Added to every response.
-    pub response_header: String,
-}}
-
-impl Default for Config {{
-    fn default() -> Self {{
-        Self {{ required_header: None, response_header: "{name}".into() }}
-    }}
-}}
-
-pub struct {type_name} {{
-    config: Config,
-}}
-
-impl Filter for {type_name} {{
-    type Config = Config;
-
-    fn new(config: Config) -> Result<Self, String> {{
-        Ok(Self {{ config }})
-    }}
-
-    fn on_request(&mut self, request: &Request) -> Decision {{
-        match &self.config.required_header {{
-            Some(name) if request.header(name).is_none() => {{
-                Decision::Respond(LocalResponse::new(400).body(format!("missing header {{name}}\n")))
-            }}
-            _ => Decision::Continue,
-        }}
-    }}
-
-    fn on_response(&mut self, _request: &Request, response: &Response) -> Decision {{
-        let _ = response.set_header("x-filtered-by", &self.config.response_header);
-        Decision::Continue
-    }}
-}}
-
-export_filter!({type_name});
-"#
-            ),
-        ),
-        (".gitignore", "/target\n".to_owned()),
-    ];
-    write_files(&dir, files.to_vec())
+/// The files of a new filter `name` in `language`: the template with its name, its type name and
+/// where its SDK is.
+fn instantiate(language: Language, name: &str) -> Vec<(&'static str, String)> {
+    let (template, sdk_in_template, sdk) = match language {
+        Language::Rust => (RUST_TEMPLATE, RUST_TEMPLATE_SDK, sdk_dependency()),
+        Language::JavaScript => (JS_TEMPLATE, JS_TEMPLATE_SDK, format!("{:?}", js_sdk_dependency())),
+        Language::Go => (GO_TEMPLATE, GO_TEMPLATE_SDK, go_sdk_replace()),
+    };
+    template
+        .iter()
+        .map(|(path, text)| {
+            let text = text.replace(sdk_in_template, &sdk).replace(TEMPLATE_NAME, name);
+            (*path, text.replace(TEMPLATE_TYPE_NAME, &type_name(name)))
+        })
+        .collect()
 }
 
 fn write_files(dir: &Path, files: Vec<(&str, String)>) -> Result<PathBuf, ScaffoldError> {
@@ -197,131 +154,24 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
-/// A JavaScript filter doing what the Rust template does.
-fn javascript_files(name: &str) -> Vec<(&'static str, String)> {
-    let class_name = type_name(name);
-    vec![
-        (
-            "package.json",
-            format!(
-                r#"{{
-  "name": "{name}",
-  "version": "0.1.0",
-  "type": "module",
-  "main": "src/filter.js",
-  "private": true,
-  "scripts": {{
-    "build": "sluice-js-build"
-  }},
-  "dependencies": {{
-    "@sluice/filter-sdk": "{sdk}"
-  }}
-}}
-"#,
-                sdk = js_sdk_dependency()
-            ),
-        ),
-        (
-            "src/filter.js",
-            format!(
-                r#"// {name}: a Sluice filter.
-//
-// Config: {{ required_header = "x-api-version", response_header = "{name}" }}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-import {{ Decision, defineFilter }} from '@sluice/filter-sdk';
-
-class {class_name} {{
-  constructor(config) {{
-    // Requests without this header are refused.
-    this.requiredHeader = config.required_header;
-    // Added to every response.
-    this.responseHeader = config.response_header ?? '{name}';
-  }}
-
-  onRequest(request) {{
-    if (this.requiredHeader && request.header(this.requiredHeader) === undefined) {{
-      return Decision.respond(400, {{ body: `missing header ${{this.requiredHeader}}
-` }});
-    }}
-    return Decision.continue();
-  }}
-
-  onResponse(request, response) {{
-    response.setHeader('x-filtered-by', this.responseHeader);
-    return Decision.continue();
-  }}
-}}
-
-export const filter = defineFilter({class_name});
-"#
-            ),
-        ),
-        (".gitignore", "/node_modules\n/dist\n/target\n".to_owned()),
-    ]
-}
-
-/// A Go filter doing what the Rust template does.
-fn go_files(name: &str) -> Vec<(&'static str, String)> {
-    let type_name = type_name(name);
-    vec![
-        (
-            "go.mod",
-            format!(
-                "module example.com/{name}\n\ngo 1.24\n\nrequire sluice.dev/sluice v0.1.0\n{replace}",
-                replace = go_sdk_replace()
-            ),
-        ),
-        (
-            "main.go",
-            format!(
-                r#"// {name}: a Sluice filter.
-//
-// Config: {{ required_header = "x-api-version", response_header = "{name}" }}
-package main
-
-import "sluice.dev/sluice"
-
-// Config is the route's config for this filter.
-type Config struct {{
-	// Requests without this header are refused.
-	RequiredHeader string `json:"required_header"`
-	// Added to every response.
-	ResponseHeader string `json:"response_header"`
-}}
-
-// {type_name} is the filter; one per instance, made from the route's config.
-type {type_name} struct {{
-	config Config
-}}
-
-func (f *{type_name}) OnRequest(req *sluice.Request) sluice.Decision {{
-	if f.config.RequiredHeader != "" {{
-		if _, present := req.Header(f.config.RequiredHeader); !present {{
-			return sluice.Respond(sluice.NewResponse(400).WithText("missing header " + f.config.RequiredHeader + "\n"))
-		}}
-	}}
-	return sluice.Continue()
-}}
-
-func (f *{type_name}) OnResponse(req *sluice.Request, resp *sluice.Response) sluice.Decision {{
-	_ = resp.SetHeader("x-filtered-by", f.config.ResponseHeader)
-	return sluice.Continue()
-}}
-
-func init() {{
-	sluice.Register(func(config Config) (any, error) {{
-		if config.ResponseHeader == "" {{
-			config.ResponseHeader = "{name}"
-		}}
-		return &{type_name}{{config: config}}, nil
-	}})
-}}
-
-// main is not called: the host calls the filter's phases.
-func main() {{}}
-"#
-            ),
-        ),
-        (".gitignore", "/target\n".to_owned()),
-    ]
+    #[test]
+    fn every_template_names_its_sdk_where_the_scaffold_replaces_it() {
+        for (language, template, sdk) in [
+            (Language::Rust, RUST_TEMPLATE, RUST_TEMPLATE_SDK),
+            (Language::JavaScript, JS_TEMPLATE, JS_TEMPLATE_SDK),
+            (Language::Go, GO_TEMPLATE, GO_TEMPLATE_SDK),
+        ] {
+            assert!(template.iter().any(|(_, text)| text.contains(sdk)), "{language:?} template names its SDK");
+            for (path, text) in instantiate(language, "rate-gate") {
+                assert!(!text.contains(TEMPLATE_NAME) && !text.contains(TEMPLATE_TYPE_NAME), "{path}: {text}");
+                assert!(!text.contains("../../../../sdk"), "{path} points at the checkout's SDK by absolute path");
+            }
+        }
+        let rust = instantiate(Language::Rust, "rate-gate");
+        assert!(rust.iter().any(|(path, text)| *path == "src/lib.rs" && text.contains("pub struct RateGate")));
+    }
 }
