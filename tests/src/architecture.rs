@@ -97,7 +97,8 @@ pub fn crate_graph(workspace_root: &Path, members: &[&str]) -> Graph {
 
 /// How the top-level modules of the crate whose sources are in `src` refer to each other: a
 /// module points to another when its code (outside its `#[cfg(test)]` modules) names
-/// `crate::other`. `lib.rs` and `main.rs` only declare modules and are left out.
+/// `crate::other`, or reaches the crate root with `super::` (`super::super::` one folder down)
+/// and names `other`. `lib.rs` and `main.rs` only declare modules and are left out.
 pub fn module_graph(src: &Path) -> Graph {
     let modules: BTreeSet<String> = std::fs::read_dir(src)
         .unwrap_or_else(|err| panic!("{}: {err}", src.display()))
@@ -118,7 +119,9 @@ pub fn module_graph(src: &Path) -> Graph {
             let mut refers_to = BTreeSet::new();
             for file in files {
                 let text = std::fs::read_to_string(&file).unwrap_or_else(|err| panic!("{}: {err}", file.display()));
-                for named in crate_paths(without_test_modules(&text)) {
+                let code = without_test_modules(&text);
+                let depth = depth_below_root(src, &file);
+                for named in crate_paths(code).chain(root_paths(code, depth)) {
                     if named != module && modules.contains(named) {
                         refers_to.insert(named.to_owned());
                     }
@@ -151,6 +154,33 @@ fn without_test_modules(text: &str) -> &str {
         offset += line.len();
     }
     text
+}
+
+/// How many `super::` lead from `file`'s module to the crate root: 1 for `a.rs` and `a/mod.rs`,
+/// 2 for `a/b.rs`.
+fn depth_below_root(src: &Path, file: &Path) -> usize {
+    let relative = file.strip_prefix(src).unwrap_or(file);
+    let components = relative.components().count();
+    if relative.file_name().is_some_and(|name| name == "mod.rs") { components - 1 } else { components }
+}
+
+/// The first segment after every run of exactly `depth` `super::` in `text`: the crate root's
+/// items named from a module `depth` levels below it.
+fn root_paths(text: &str, depth: usize) -> Vec<&str> {
+    let prefix = "super::".repeat(depth);
+    text.match_indices(prefix.as_str())
+        .filter_map(|(at, _)| {
+            let before = &text[..at];
+            if before.ends_with("super::")
+                || before.chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_')
+            {
+                return None;
+            }
+            let rest = &text[at + prefix.len()..];
+            let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            Some(&rest[..end]).filter(|name| !name.is_empty() && *name != "super")
+        })
+        .collect()
 }
 
 /// The first segment after every `crate::` in `text`.

@@ -33,7 +33,8 @@ fn the_checker_reads_module_references_from_the_sources() {
     let dir = std::env::temp_dir().join(format!("sluice-architecture-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("server")).unwrap();
-    std::fs::write(dir.join("lib.rs"), "pub mod admin;\npub mod server;\npub mod config;\n").unwrap();
+    std::fs::write(dir.join("lib.rs"), "pub mod admin;\npub mod server;\npub mod config;\npub mod telemetry;\n")
+        .unwrap();
     std::fs::write(
         dir.join("config.rs"),
         "//! Config.\n#[cfg(test)]\nmod tests {\n    use crate::server::Server;\n}\n",
@@ -42,9 +43,22 @@ fn the_checker_reads_module_references_from_the_sources() {
     std::fs::write(dir.join("admin.rs"), "use crate::config::Snapshot;\nfn f() -> sluice_http::X { todo() }\n")
         .unwrap();
     std::fs::write(dir.join("server/mod.rs"), "mod connection;\nuse crate::admin;\n").unwrap();
-    std::fs::write(dir.join("server/connection.rs"), "fn f(_: crate::config::Snapshot) {}\n").unwrap();
+    std::fs::write(
+        dir.join("server/connection.rs"),
+        "fn f(_: crate::config::Snapshot) {}\nuse super::super::telemetry;\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("telemetry.rs"), "use super::config::Snapshot;\nuse super::super::admin;\n").unwrap();
     let found = module_graph(&dir);
-    assert_eq!(found, graph(&[("admin", &["config"]), ("config", &[]), ("server", &["admin", "config"])]));
+    assert_eq!(
+        found,
+        graph(&[
+            ("admin", &["config"]),
+            ("config", &[]),
+            ("server", &["admin", "config", "telemetry"]),
+            ("telemetry", &["config"]),
+        ])
+    );
     assert_eq!(find_cycle(&found), None, "a test module's references do not count");
 
     // One import the other way closes a cycle, and the check fails on it.

@@ -11,7 +11,15 @@ wasmtime::component::bindgen!({
     },
     exports: { default: async },
     with: {
-        "sluice:filter/http.request": crate::host::RequestHandle,
-        "sluice:filter/http.response": crate::host::ResponseHandle,
+        "sluice:filter/http.request": RequestHandle,
+        "sluice:filter/http.response": ResponseHandle,
     },
 });
+
+/// Marker for the `request` resource: the handle always refers to the request slot of the store
+/// it was given to.
+#[allow(unreachable_pub)]
+pub struct RequestHandle;
+/// Marker for the `response` resource.
+#[allow(unreachable_pub)]
+pub struct ResponseHandle;

@@ -23,6 +23,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::Plugin as Filter;
 use super::bindings::sluice::filter::{http as wit_http, types};
+pub(crate) use super::bindings::{RequestHandle, ResponseHandle};
 use super::kv::{KvError, KvStore};
 use super::long_calls::{CallClock, LongCallPermits, LongCallThreads};
 use super::tenant::Tenant;
@@ -36,14 +37,6 @@ mod kv;
 mod log;
 mod metrics;
 mod random;
-
-/// Marker for the `request` resource: the handle always refers to the request slot of the store
-/// it was given to.
-#[allow(unreachable_pub)]
-pub struct RequestHandle;
-/// Marker for the `response` resource.
-#[allow(unreachable_pub)]
-pub struct ResponseHandle;
 
 /// Largest callout response body a filter receives.
 const CALLOUT_BODY_LIMIT: usize = 1 << 20;

@@ -7,26 +7,25 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::build::{component_path, run_tool, stale, temporary_beside};
-use super::{BuildError, BuildOptions};
+use super::{BuildError, BuildOptions, component_path, run_tool, stale, temporary_beside};
 
 /// The SDK's package name, as a filter's package.json depends on it.
 const SDK_PACKAGE: &str = "@sluice/filter-sdk";
 
 /// What Sluice reads from a JavaScript filter's package.json.
 #[derive(Debug)]
-pub(super) struct JsManifest {
+pub(crate) struct JsManifest {
     /// The package name without its npm scope (`@team/gate` is `gate`).
-    pub(super) name: String,
-    pub(super) version: Option<String>,
-    pub(super) description: Option<String>,
+    pub(crate) name: String,
+    pub(crate) version: Option<String>,
+    pub(crate) description: Option<String>,
     /// `"sluice": { "configSchema": "..." }`, relative to the filter's folder.
-    pub(super) config_schema: Option<String>,
+    pub(crate) config_schema: Option<String>,
 }
 
 /// The manifest of the JavaScript filter in `dir`; `None` when `dir` is not one (it has a
 /// Cargo.toml, or no package.json).
-pub(super) fn js_manifest(dir: &Path) -> Option<Result<JsManifest, String>> {
+pub(crate) fn js_manifest(dir: &Path) -> Option<Result<JsManifest, String>> {
     let path = dir.join("package.json");
     if dir.join("Cargo.toml").exists() || !path.exists() {
         return None;

@@ -19,11 +19,11 @@ use oci_client::{Client, Reference, RegistryOperation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::build::{BuildOptions, build_plugin};
-use super::build_go::go_manifest;
-use super::build_js::js_manifest;
-use super::upload::{self, BlobUploader};
+mod upload;
+
+use crate::build::{BuildOptions, build_plugin, go_manifest, js_manifest};
 use sluice_runtime::{Plugin, Runtime, WIT_PACKAGE, WIT_VERSION};
+use upload::BlobUploader;
 
 /// The config blob's media type (CNCF Wasm OCI artifact layout).
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";

@@ -13,28 +13,27 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::build::{component_path, run_tool, stale, temporary_beside, write_if_changed};
-use super::{BuildError, BuildOptions};
+use super::{BuildError, BuildOptions, component_path, run_tool, stale, temporary_beside, write_if_changed};
 
 /// The SDK's module path, as a filter's go.mod requires it.
 const SDK_MODULE: &str = "sluice.dev/sluice";
 
 /// The world every filter is built against, embedded in the core module for `wit-component`.
-const WIT: &str = include_str!("../../../wit/filter.wit");
+const WIT: &str = include_str!("../../../../wit/filter.wit");
 
 /// What Sluice reads from a Go filter's go.mod, and from the `sluice.toml` beside it (Go modules
 /// carry no version or description of their own).
 #[derive(Debug)]
-pub(super) struct GoManifest {
+pub(crate) struct GoManifest {
     /// `name` in sluice.toml, else the module path's last element (`example.com/filters/gate` is
     /// `gate`).
-    pub(super) name: String,
+    pub(crate) name: String,
     /// sluice.toml's `version` (needed to pack the filter).
-    pub(super) version: Option<String>,
+    pub(crate) version: Option<String>,
     /// sluice.toml's `description`.
-    pub(super) description: Option<String>,
+    pub(crate) description: Option<String>,
     /// sluice.toml's `config-schema`, relative to the filter's folder.
-    pub(super) config_schema: Option<String>,
+    pub(crate) config_schema: Option<String>,
     /// The folder the go.mod's `replace` points the SDK to, when it does.
     sdk_dir: Option<PathBuf>,
 }
@@ -51,7 +50,7 @@ struct SluiceToml {
 
 /// The manifest of the Go filter in `dir`; `None` when `dir` is not one (it has a Cargo.toml or a
 /// package.json, or no go.mod).
-pub(super) fn go_manifest(dir: &Path) -> Option<Result<GoManifest, String>> {
+pub(crate) fn go_manifest(dir: &Path) -> Option<Result<GoManifest, String>> {
     let path = dir.join("go.mod");
     if dir.join("Cargo.toml").exists() || dir.join("package.json").exists() || !path.exists() {
         return None;

@@ -1,5 +1,5 @@
-//! `sluice plugin build`: a filter crate to a checked component (JavaScript filters: see
-//! [`super::build_js`]; Go filters: [`super::build_go`]).
+//! `sluice plugin build`: a filter crate to a component (JavaScript filters: see `js`; Go
+//! filters: `go`, with the allocator the WASI adapter needs in `adapter_arena`).
 //!
 //! The crate is compiled for `wasm32-unknown-unknown` with whichever toolchain is here: rustup's
 //! (when that target is installed), or Debian's `rustc-web` with its library source, building the
@@ -7,12 +7,18 @@
 //! with `wit-component` and checked against the world this Sluice serves. Cargo's own fingerprints
 //! make a second build of an unchanged crate take well under a second.
 
+mod adapter_arena;
+mod go;
+mod js;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+pub(crate) use go::go_manifest;
+pub(crate) use js::js_manifest;
 use sluice_runtime::{Plugin, Runtime};
 
 const TARGET: &str = "wasm32-unknown-unknown";
@@ -118,14 +124,14 @@ pub fn build_plugin(crate_dir: &Path, options: &BuildOptions) -> Result<PathBuf,
             None => crate_dir.join("target"),
         };
     // JavaScript and Go filters are built by their own toolchains; Rust crates below.
-    let other_language = match (super::build_js::js_manifest(crate_dir), super::build_go::go_manifest(crate_dir)) {
+    let other_language = match (js::js_manifest(crate_dir), go::go_manifest(crate_dir)) {
         (Some(manifest), _) => {
             let manifest = manifest.map_err(BuildError::NotACrate)?;
-            Some(super::build_js::build_js_plugin(crate_dir, &manifest, options, &target_dir)?)
+            Some(js::build_js_plugin(crate_dir, &manifest, options, &target_dir)?)
         }
         (None, Some(manifest)) => {
             let manifest = manifest.map_err(BuildError::NotACrate)?;
-            Some(super::build_go::build_go_plugin(crate_dir, &manifest, options, &target_dir)?)
+            Some(go::build_go_plugin(crate_dir, &manifest, options, &target_dir)?)
         }
         (None, None) => None,
     };

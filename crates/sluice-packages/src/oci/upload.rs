@@ -9,7 +9,7 @@ use oci_client::secrets::RegistryAuth;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Response, StatusCode, Url};
 
-use super::oci::{PackageError, Progress, digest};
+use super::{PackageError, Progress, digest};
 
 /// Bytes per `PATCH`: few enough requests for a slow link, frequent enough reports.
 pub(crate) const CHUNK_BYTES: usize = 4 << 20;
