@@ -62,7 +62,9 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
     // under a 16 MiB limit an instance would fail after about a thousand calls.
     let runtime = sluice_tests::filter_runtime();
     let plugin =
-        Plugin::load_file(&runtime, "gate", &sluice_tests::scaffold(sluice_packages::Language::JavaScript, "gate-js"))
+        // A scaffold of its own: two test processes building one scaffold folder at once race in
+        // npm's install.
+        Plugin::load_file(&runtime, "gate", &sluice_tests::scaffold(sluice_packages::Language::JavaScript, "heap-js"))
             .unwrap();
     let tenant = Arc::new(Tenant { memory_bytes: 16 << 20, ..Tenant::default_tenant() });
     let spec = FilterSpec {
