@@ -192,9 +192,8 @@ impl Proxy {
     /// before its body is read to the end, which stores it.
     fn refresh_in_background(&self, outbound: Outbound, forwarding: caching::Forwarding, client: &mut RequestState) {
         let proxy = self.clone();
-        let mut state = RequestState::refresh_of(client);
-        // The refresh stores the variant the filtered request asks for.
-        state.accept_encoding = outbound.head.parts.headers.get(http::header::ACCEPT_ENCODING).cloned();
+        let accept_encoding = outbound.head.parts.headers.get(http::header::ACCEPT_ENCODING).cloned();
+        let mut state = RequestState::refresh_of(client, accept_encoding);
         let span = state.span.clone();
         tokio::spawn(
             async move {

@@ -92,8 +92,9 @@ impl RequestState {
 
     /// The state of a background refresh of a stale cache entry served to `client`: the same
     /// request, id and route, going upstream on its own. It takes the client request's filters,
-    /// which run its response phase.
-    pub(crate) fn refresh_of(client: &mut Self) -> Self {
+    /// which run its response phase, and stores the variant `accept_encoding` (the filtered
+    /// request's) asks for.
+    pub(crate) fn refresh_of(client: &mut Self, accept_encoding: Option<HeaderValue>) -> Self {
         let span = tracing::info_span!(parent: &client.span, "cache refresh", request_id = %client.id);
         Self {
             id: client.id.clone(),
@@ -103,7 +104,7 @@ impl RequestState {
             method: Method::GET,
             path: client.path.clone(),
             version: client.version,
-            accept_encoding: client.accept_encoding.clone(),
+            accept_encoding,
             route: client.route.clone(),
             filters: client.filters.take(),
             upstream: None,
