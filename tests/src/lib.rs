@@ -447,6 +447,62 @@ pub fn logged_failure(request_id: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no filter failure logged for {request_id}:\n{text}"))
 }
 
+/// Every event logged so far in this test process (as JSON), from logs captured with
+/// [`capture_logs`].
+pub fn logged_events() -> Vec<serde_json::Value> {
+    let text = String::from_utf8_lossy(&captured().0.lock().unwrap()).into_owned();
+    text.lines().filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok()).collect()
+}
+
+/// The access log line of `request_id`, once written: polls the captured logs (the line is
+/// written when the response body has gone, which may be after the client has read it).
+pub async fn access_log_line(request_id: &str) -> serde_json::Value {
+    for _ in 0..500 {
+        let found = logged_events()
+            .into_iter()
+            .find(|event| event["target"] == "sluice::access" && event["request_id"] == request_id);
+        if let Some(line) = found {
+            return line;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no access log line for {request_id}");
+}
+
+/// The admin listener's answer to `GET path`, as text.
+pub async fn admin_text(admin: SocketAddr, path: &str) -> String {
+    let request = Request::get(format!("http://{admin}{path}")).body(body::empty()).expect("valid request");
+    send(&http1_client(), request).await.text()
+}
+
+/// An upstream that accepts connections and never answers (nor closes them) while it lives.
+pub struct SilentUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentUpstream {
+    /// Listens on a port of its own.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for SilentUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A client speaking HTTP/1.1 with keep-alive.
 pub fn http1_client() -> Client<HttpConnector, ProxyBody> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())

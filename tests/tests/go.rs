@@ -185,6 +185,7 @@ async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() 
         client_ip: "127.0.0.1".parse().unwrap(),
         client_identity: None,
         upstreams: Arc::new(sluice_runtime::NoUpstreams),
+        deadline: None,
     };
     let body = bytes::Bytes::from(b"abcdefgh".repeat(32 << 10));
     let mut instance = pool.checkout(context).await.unwrap();

@@ -85,6 +85,7 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
         client_ip: "127.0.0.1".parse().unwrap(),
         client_identity: None,
         upstreams: Arc::new(sluice_runtime::NoUpstreams),
+        deadline: None,
     };
     let mut retired = 0;
     let mut last_memory = 0;

@@ -2,6 +2,7 @@
 //! a proxy and a client on port 0), runtime tests that call components directly, the command
 //! line as users run it, and checks of the code's shape.
 
+mod abuse;
 mod architecture;
 mod balancing;
 mod cache;
@@ -11,6 +12,7 @@ mod dns;
 mod filters;
 mod forwarding;
 mod go;
+mod guest_limits;
 mod hostile;
 mod js;
 mod languages;

@@ -202,15 +202,25 @@ async fn the_admin_endpoint_reloads_with_its_token_and_reports_status() {
     assert_eq!(admin(admin_addr, "POST", "/reload", None).await.0, 401);
     assert_eq!(admin(admin_addr, "POST", "/reload", Some("wrong-token-of-some-length")).await.0, 401);
     std::fs::write(&path, config(&origin, "two", &admin_section)).expect("rewrite");
-    let (status, body) = admin(admin_addr, "POST", "/reload", Some(token)).await;
+    let (status, body) = admin(admin_addr, "POST", "/reload?wait=true", Some(token)).await;
     assert_eq!((status, body["generation"].as_u64()), (200, Some(2)));
 
-    std::fs::write(&path, "[[listener]]\nbind = 7\n").expect("break it");
+    // Without `wait`, the reload is accepted at once and runs in the background: its outcome
+    // shows in `/status` when it is done.
+    std::fs::write(&path, config(&origin, "three", &admin_section)).expect("rewrite");
+    let mut generations = server.reloader().subscribe();
     let (status, body) = admin(admin_addr, "POST", "/reload", Some(token)).await;
+    assert_eq!((status, body["accepted"].as_bool()), (202, Some(true)), "{body}");
+    generations.wait_for(|generation| *generation == 3).await.expect("the background reload lands");
+    let (_, body) = admin(admin_addr, "GET", "/status", None).await;
+    assert_eq!(body["generation"].as_u64(), Some(3));
+
+    std::fs::write(&path, "[[listener]]\nbind = 7\n").expect("break it");
+    let (status, body) = admin(admin_addr, "POST", "/reload?wait=true", Some(token)).await;
     assert_eq!(status, 422);
     assert!(body["error"].as_str().is_some_and(|error| error.contains("sluice.toml:2")), "{body}");
     let (_, body) = admin(admin_addr, "GET", "/status", None).await;
-    assert_eq!(body["generation"].as_u64(), Some(2));
+    assert_eq!(body["generation"].as_u64(), Some(3));
     assert!(body["last_error"]["error"].as_str().is_some_and(|error| error.contains("listener[0].bind")), "{body}");
     server.shutdown_within(Duration::from_secs(5)).await;
 }

@@ -34,6 +34,7 @@ fn context() -> CallContext {
         client_ip: "192.0.2.1".parse().unwrap(),
         client_identity: None,
         upstreams: Arc::new(sluice_runtime::NoUpstreams),
+        deadline: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! idle timeout the server enforces and the requests the pipeline counts.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// In-flight requests and the last time the count changed, for the idle timeout.
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct ConnectionActivity {
     opened: Instant,
     in_flight: AtomicUsize,
+    /// Whether any request has started on the connection.
+    served: AtomicBool,
     /// Milliseconds after `opened` at which the connection last had activity.
     last_active_ms: AtomicU64,
 }
@@ -28,12 +30,18 @@ impl Drop for InFlight {
 impl ConnectionActivity {
     /// A connection opened now, with nothing in flight.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_active_ms: AtomicU64::new(0) })
+        Arc::new(Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            last_active_ms: AtomicU64::new(0),
+        })
     }
 
     /// Marks a request as started; it counts until the returned guard is dropped.
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
         self.touch();
         InFlight(self.clone())
     }
@@ -43,11 +51,14 @@ impl ConnectionActivity {
         self.last_active_ms.store(now, Ordering::Release);
     }
 
-    /// Resolves once nothing has been in flight for `idle`.
-    pub async fn idle_for(&self, idle: Duration) {
+    /// Resolves once nothing has been in flight for `idle`, or, before the first request has
+    /// started, once the connection has been open for `first_request` (a client that connects and
+    /// sends nothing holds its slot only that long).
+    pub async fn idle_for(&self, idle: Duration, first_request: Duration) {
         loop {
             let last_active = self.opened + Duration::from_millis(self.last_active_ms.load(Ordering::Acquire));
             let busy = self.in_flight.load(Ordering::Acquire) > 0;
+            let idle = if self.served.load(Ordering::Acquire) { idle } else { first_request };
             if !busy && last_active.elapsed() >= idle {
                 return;
             }

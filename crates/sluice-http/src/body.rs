@@ -46,8 +46,29 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// A request body that fails once more than `limit` bytes have passed, and records that it did
-/// so that the pipeline can answer 413 rather than a generic upstream error.
+/// The client's request body broke off: bad framing (an invalid chunk), or the client went away
+/// mid-upload. It is the client's failure, never the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body broke off: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// Whether `error`, or any error it was caused by, is the client's body failing
+/// ([`ClientBodyError`] or [`BodyTooLarge`]): a request that failed so says nothing about the
+/// upstream.
+pub fn caused_by_client_body(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<ClientBodyError>() || error.is::<BodyTooLarge>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// The client's request body: fails once more than `limit` bytes have passed, and records that
+/// it did so that the pipeline can answer 413 rather than a generic upstream error; the client's
+/// own failures come out as [`ClientBodyError`].
 pub struct LimitedBody<B> {
     inner: B,
     limit: u64,
@@ -74,7 +95,7 @@ where
         let this = &mut *self;
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.into()))),
+            Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(ClientBodyError(err.into()).into()))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
@@ -98,8 +119,9 @@ where
 }
 
 /// A response body that counts the bytes it passes and calls `on_end` exactly once: when the
-/// last frame has gone, when it fails, or when the client goes away and it is dropped.
-pub struct ObservedBody<F: FnOnce(BodyOutcome)> {
+/// last frame has gone, when it fails (with the error), or when the client goes away and it is
+/// dropped.
+pub struct ObservedBody<F: FnOnce(BodyOutcome, Option<&BoxError>)> {
     inner: ProxyBody,
     bytes: u64,
     on_end: Option<F>,
@@ -114,20 +136,20 @@ pub struct BodyOutcome {
     pub complete: bool,
 }
 
-impl<F: FnOnce(BodyOutcome)> ObservedBody<F> {
+impl<F: FnOnce(BodyOutcome, Option<&BoxError>)> ObservedBody<F> {
     /// Wraps `inner`.
     pub fn new(inner: ProxyBody, on_end: F) -> Self {
         Self { inner, bytes: 0, on_end: Some(on_end) }
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, complete: bool, error: Option<&BoxError>) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(BodyOutcome { bytes: self.bytes, complete });
+            on_end(BodyOutcome { bytes: self.bytes, complete }, error);
         }
     }
 }
 
-impl<F: FnOnce(BodyOutcome) + Unpin> Body for ObservedBody<F> {
+impl<F: FnOnce(BodyOutcome, Option<&BoxError>) + Unpin> Body for ObservedBody<F> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -140,11 +162,11 @@ impl<F: FnOnce(BodyOutcome) + Unpin> Body for ObservedBody<F> {
                     this.bytes += data.len() as u64;
                 }
                 if this.inner.is_end_stream() {
-                    this.finish(true);
+                    this.finish(true, None);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(error))) => this.finish(false, Some(error)),
+            Poll::Ready(None) => this.finish(true, None),
             Poll::Pending => {}
         }
         polled
@@ -159,10 +181,10 @@ impl<F: FnOnce(BodyOutcome) + Unpin> Body for ObservedBody<F> {
     }
 }
 
-impl<F: FnOnce(BodyOutcome)> Drop for ObservedBody<F> {
+impl<F: FnOnce(BodyOutcome, Option<&BoxError>)> Drop for ObservedBody<F> {
     fn drop(&mut self) {
         let complete = self.inner.is_end_stream();
-        self.finish(complete);
+        self.finish(complete, None);
     }
 }
 
@@ -188,11 +210,35 @@ mod tests {
     async fn observed_body_reports_once() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
-        let body = ObservedBody::new(full("hello"), move |outcome| record.lock().unwrap().push(outcome));
+        let body = ObservedBody::new(full("hello"), move |outcome, _| record.lock().unwrap().push(outcome));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].bytes, 5);
         assert!(seen[0].complete);
+    }
+
+    #[tokio::test]
+    async fn a_broken_client_body_is_the_clients_failure() {
+        struct Broken;
+        impl Body for Broken {
+            type Data = Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                Poll::Ready(Some(Err(std::io::Error::other("invalid chunk size"))))
+            }
+        }
+        let body = LimitedBody::new(Broken, 10, Arc::new(AtomicBool::new(false)));
+        let error = body.collect().await.unwrap_err();
+        assert!(caused_by_client_body(&*error));
+        // Also when wrapped, as an HTTP client wraps the body error of a request it sends.
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct SendFailed(#[source] BoxError);
+        assert!(caused_by_client_body(&SendFailed(error)));
+        assert!(!caused_by_client_body(&std::io::Error::other("connection reset")));
     }
 }

@@ -1,9 +1,19 @@
 //! The in-process key-value store behind the `kv` host interface: one namespace per tenant,
 //! values with optional expiry, and per-tenant quotas on keys and bytes.
+//!
+//! Each namespace has a lock of its own, so one tenant's traffic never waits on another's.
+//! Expired entries are found through an expiry queue, so removing them costs only what expired
+//! (never a scan of the namespace), and they are removed on every write: a namespace at its
+//! quota frees its expired keys before it refuses a new one. Values are taken as slices and
+//! copied only once the quota has admitted them.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// Why a key-value operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,6 +24,9 @@ pub enum KvError {
     /// `increment` on a value that is not a decimal 64-bit integer.
     #[error("value is not a 64-bit integer")]
     NotANumber,
+    /// The key is longer than [`MAX_KEY_BYTES`].
+    #[error("key longer than {MAX_KEY_BYTES} bytes")]
+    KeyTooLong,
 }
 
 /// Limits on one tenant's namespace.
@@ -23,6 +36,21 @@ pub struct KvQuota {
     pub max_keys: usize,
     /// Most bytes of keys and values together.
     pub max_bytes: usize,
+}
+
+impl KvQuota {
+    /// Whether a value of `len` bytes could be stored at all: checked before it is copied.
+    pub fn admits_value(&self, key: &str, len: usize) -> Result<(), KvError> {
+        check_key(key)?;
+        if key.len().saturating_add(len) > self.max_bytes {
+            return Err(KvError::QuotaExceeded);
+        }
+        Ok(())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), KvError> {
+    if key.len() > MAX_KEY_BYTES { Err(KvError::KeyTooLong) } else { Ok(()) }
 }
 
 #[derive(Debug)]
@@ -41,6 +69,9 @@ impl Entry {
 struct Namespace {
     entries: HashMap<String, Entry>,
     bytes: usize,
+    /// When entries expire, soonest first. An item whose key has since been removed or given
+    /// another expiry is stale and skipped; the queue is rebuilt when stale items pile up.
+    expiries: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
 impl Namespace {
@@ -50,54 +81,86 @@ impl Namespace {
         Some(entry)
     }
 
-    /// Drops expired entries when the namespace is at its key quota, so that expired keys never
-    /// block new ones.
+    /// Removes what has expired by `now`, at the cost of what expired.
     fn sweep(&mut self, now: Instant) {
-        let expired: Vec<String> =
-            self.entries.iter().filter(|(_, entry)| !entry.live(now)).map(|(key, _)| key.clone()).collect();
-        for key in expired {
-            self.remove(&key);
+        while let Some(Reverse((when, _))) = self.expiries.peek()
+            && *when <= now
+        {
+            let Some(Reverse((when, key))) = self.expiries.pop() else { break };
+            if self.entries.get(&key).is_some_and(|entry| entry.expires == Some(when)) {
+                self.remove(&key);
+            }
         }
     }
 
     fn put(
         &mut self,
         key: &str,
-        value: Vec<u8>,
+        value: &[u8],
         expires: Option<Instant>,
         quota: KvQuota,
         now: Instant,
     ) -> Result<(), KvError> {
+        check_key(key)?;
+        self.sweep(now);
         let old_size = self.entries.get(key).map_or(0, |entry| key.len() + entry.value.len());
         let new_size = key.len() + value.len();
-        let is_new = old_size == 0 && !self.entries.contains_key(key);
-        if is_new && self.entries.len() >= quota.max_keys {
-            self.sweep(now);
-        }
+        let is_new = !self.entries.contains_key(key);
         if (is_new && self.entries.len() >= quota.max_keys) || self.bytes - old_size + new_size > quota.max_bytes {
             return Err(KvError::QuotaExceeded);
         }
         self.bytes = self.bytes - old_size + new_size;
-        self.entries.insert(key.to_owned(), Entry { value, expires });
+        if let Some(when) = expires {
+            self.expiries.push(Reverse((when, key.to_owned())));
+            if self.expiries.len() > 2 * self.entries.len() + 64 {
+                self.rebuild_expiries();
+            }
+        }
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                entry.value.clear();
+                entry.value.extend_from_slice(value);
+                entry.expires = expires;
+            }
+            None => {
+                self.entries.insert(key.to_owned(), Entry { value: value.to_vec(), expires });
+            }
+        }
         Ok(())
+    }
+
+    fn rebuild_expiries(&mut self) {
+        self.expiries = self
+            .entries
+            .iter()
+            .filter_map(|(key, entry)| entry.expires.map(|when| Reverse((when, key.clone()))))
+            .collect();
     }
 }
 
-/// Every tenant's namespace.
+/// Every tenant's namespace, each behind its own lock.
 #[derive(Debug, Default)]
 pub struct KvStore {
-    namespaces: Mutex<HashMap<String, Namespace>>,
+    namespaces: RwLock<HashMap<String, Arc<Mutex<Namespace>>>>,
 }
 
 fn expiry(now: Instant, ttl_ms: u64) -> Option<Instant> {
-    (ttl_ms > 0).then(|| now + Duration::from_millis(ttl_ms))
+    (ttl_ms > 0).then(|| now.checked_add(Duration::from_millis(ttl_ms))).flatten()
 }
 
 impl KvStore {
+    fn namespace(&self, tenant: &str) -> Arc<Mutex<Namespace>> {
+        if let Some(namespace) = self.namespaces.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant) {
+            return namespace.clone();
+        }
+        let mut namespaces = self.namespaces.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        namespaces.entry(tenant.to_owned()).or_default().clone()
+    }
+
     fn with_namespace<R>(&self, tenant: &str, run: impl FnOnce(&mut Namespace, Instant) -> R) -> R {
-        let mut namespaces = self.namespaces.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let namespace = namespaces.entry(tenant.to_owned()).or_default();
-        run(namespace, Instant::now())
+        let namespace = self.namespace(tenant);
+        let mut namespace = namespace.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        run(&mut namespace, Instant::now())
     }
 
     /// The live value under `key` in `tenant`'s namespace.
@@ -113,12 +176,14 @@ impl KvStore {
     }
 
     /// Stores `value` under `key`.
-    pub fn set(&self, tenant: &str, quota: KvQuota, key: &str, value: Vec<u8>, ttl_ms: u64) -> Result<(), KvError> {
+    pub fn set(&self, tenant: &str, quota: KvQuota, key: &str, value: &[u8], ttl_ms: u64) -> Result<(), KvError> {
+        quota.admits_value(key, value.len())?;
         self.with_namespace(tenant, |namespace, now| namespace.put(key, value, expiry(now, ttl_ms), quota, now))
     }
 
     /// Adds `delta` to the integer under `key` (absent or expired counts as 0).
     pub fn increment(&self, tenant: &str, quota: KvQuota, key: &str, delta: i64, ttl_ms: u64) -> Result<i64, KvError> {
+        check_key(key)?;
         self.with_namespace(tenant, |namespace, now| {
             let (current, expires) = match namespace.entries.get(key) {
                 Some(entry) if entry.live(now) => {
@@ -131,7 +196,7 @@ impl KvStore {
                 _ => (0, expiry(now, ttl_ms)),
             };
             let next = current.saturating_add(delta);
-            namespace.put(key, next.to_string().into_bytes(), expires, quota, now)?;
+            namespace.put(key, next.to_string().as_bytes(), expires, quota, now)?;
             Ok(next)
         })
     }
@@ -144,9 +209,10 @@ impl KvStore {
         quota: KvQuota,
         key: &str,
         expected: Option<&[u8]>,
-        value: Vec<u8>,
+        value: &[u8],
         ttl_ms: u64,
     ) -> Result<bool, KvError> {
+        quota.admits_value(key, value.len())?;
         self.with_namespace(tenant, |namespace, now| {
             let current =
                 namespace.entries.get(key).filter(|entry| entry.live(now)).map(|entry| entry.value.as_slice());
@@ -162,6 +228,16 @@ impl KvStore {
     pub fn delete(&self, tenant: &str, key: &str) -> bool {
         self.with_namespace(tenant, |namespace, now| namespace.remove(key).is_some_and(|entry| entry.live(now)))
     }
+
+    /// How many keys `tenant` holds (expired ones not yet removed included).
+    pub fn len(&self, tenant: &str) -> usize {
+        self.with_namespace(tenant, |namespace, _| namespace.entries.len())
+    }
+
+    /// Whether `tenant` holds no keys.
+    pub fn is_empty(&self, tenant: &str) -> bool {
+        self.len(tenant) == 0
+    }
 }
 
 #[cfg(test)]
@@ -173,7 +249,7 @@ mod tests {
     #[test]
     fn tenants_do_not_see_each_other() {
         let store = KvStore::default();
-        store.set("a", QUOTA, "k", b"1".to_vec(), 0).unwrap();
+        store.set("a", QUOTA, "k", b"1", 0).unwrap();
         assert_eq!(store.get("a", "k").as_deref(), Some(&b"1"[..]));
         assert_eq!(store.get("b", "k"), None);
         assert!(!store.delete("b", "k"));
@@ -183,27 +259,27 @@ mod tests {
     #[test]
     fn quotas_hold() {
         let store = KvStore::default();
-        store.set("a", QUOTA, "k1", b"v".to_vec(), 0).unwrap();
-        store.set("a", QUOTA, "k2", b"v".to_vec(), 0).unwrap();
-        assert_eq!(store.set("a", QUOTA, "k3", b"v".to_vec(), 0), Err(KvError::QuotaExceeded));
+        store.set("a", QUOTA, "k1", b"v", 0).unwrap();
+        store.set("a", QUOTA, "k2", b"v", 0).unwrap();
+        assert_eq!(store.set("a", QUOTA, "k3", b"v", 0), Err(KvError::QuotaExceeded));
         // Overwriting an existing key is not a new key.
-        store.set("a", QUOTA, "k1", b"w".to_vec(), 0).unwrap();
-        assert_eq!(store.set("a", QUOTA, "k1", vec![0; 64], 0), Err(KvError::QuotaExceeded));
+        store.set("a", QUOTA, "k1", b"w", 0).unwrap();
+        assert_eq!(store.set("a", QUOTA, "k1", &[0; 64], 0), Err(KvError::QuotaExceeded));
     }
 
     #[test]
     fn compare_and_swap_writes_only_over_the_expected_value() {
         let store = KvStore::default();
         let quota = KvQuota { max_keys: 8, max_bytes: 256 };
-        assert_eq!(store.compare_and_swap("a", quota, "k", Some(b"x"), b"1".to_vec(), 0), Ok(false));
-        assert_eq!(store.compare_and_swap("a", quota, "k", None, b"1".to_vec(), 0), Ok(true));
-        assert_eq!(store.compare_and_swap("a", quota, "k", None, b"2".to_vec(), 0), Ok(false));
-        assert_eq!(store.compare_and_swap("a", quota, "k", Some(b"1"), b"2".to_vec(), 0), Ok(true));
+        assert_eq!(store.compare_and_swap("a", quota, "k", Some(b"x"), b"1", 0), Ok(false));
+        assert_eq!(store.compare_and_swap("a", quota, "k", None, b"1", 0), Ok(true));
+        assert_eq!(store.compare_and_swap("a", quota, "k", None, b"2", 0), Ok(false));
+        assert_eq!(store.compare_and_swap("a", quota, "k", Some(b"1"), b"2", 0), Ok(true));
         assert_eq!(store.get("a", "k"), Some(b"2".to_vec()));
         // Another tenant's namespace is separate.
-        assert_eq!(store.compare_and_swap("b", quota, "k", None, b"9".to_vec(), 0), Ok(true));
+        assert_eq!(store.compare_and_swap("b", quota, "k", None, b"9", 0), Ok(true));
         assert_eq!(
-            store.compare_and_swap("b", KvQuota { max_keys: 1, max_bytes: 2 }, "k", Some(b"9"), b"long".to_vec(), 0),
+            store.compare_and_swap("b", KvQuota { max_keys: 1, max_bytes: 2 }, "k", Some(b"9"), b"long", 0),
             Err(KvError::QuotaExceeded)
         );
     }
@@ -213,7 +289,44 @@ mod tests {
         let store = KvStore::default();
         assert_eq!(store.increment("a", QUOTA, "n", 2, 0), Ok(2));
         assert_eq!(store.increment("a", QUOTA, "n", -5, 0), Ok(-3));
-        store.set("a", QUOTA, "t", b"x".to_vec(), 0).unwrap();
+        store.set("a", QUOTA, "t", b"x", 0).unwrap();
         assert_eq!(store.increment("a", QUOTA, "t", 1, 0), Err(KvError::NotANumber));
+    }
+
+    #[test]
+    fn expired_keys_make_room_without_a_scan() {
+        let quota = KvQuota { max_keys: 3, max_bytes: 1024 };
+        let mut namespace = Namespace::default();
+        let now = Instant::now();
+        let soon = Some(now + Duration::from_millis(1));
+        namespace.put("short", b"1", soon, quota, now).unwrap();
+        namespace.put("kept", b"1", None, quota, now).unwrap();
+        namespace.put("long", b"1", Some(now + Duration::from_secs(60)), quota, now).unwrap();
+        // Later, the expired key goes; the others stay.
+        let later = now + Duration::from_millis(5);
+        namespace.put("new", b"1", None, quota, later).unwrap();
+        assert_eq!(namespace.entries.len(), 3);
+        assert!(namespace.entries.contains_key("long"));
+        assert_eq!(namespace.put("more", b"1", None, quota, later), Err(KvError::QuotaExceeded));
+    }
+
+    #[test]
+    fn rewriting_a_key_with_a_ttl_keeps_the_expiry_queue_bounded() {
+        let store = KvStore::default();
+        let quota = KvQuota { max_keys: 8, max_bytes: 1024 };
+        for _ in 0..10_000 {
+            store.set("a", quota, "k", b"1", 60_000).unwrap();
+        }
+        let namespace = store.namespace("a");
+        assert!(namespace.lock().unwrap().expiries.len() <= 66);
+    }
+
+    #[test]
+    fn oversized_values_and_keys_are_refused_before_the_store_is_touched() {
+        let store = KvStore::default();
+        let quota = KvQuota { max_keys: 8, max_bytes: 64 };
+        assert_eq!(quota.admits_value("k", 100), Err(KvError::QuotaExceeded));
+        assert_eq!(store.set("a", quota, &"k".repeat(MAX_KEY_BYTES + 1), b"", 0), Err(KvError::KeyTooLong));
+        assert!(store.is_empty("a"));
     }
 }

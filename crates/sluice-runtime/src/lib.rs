@@ -32,14 +32,26 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use callouts::{CalloutExchange, CalloutUpstreams, NoUpstreams};
+pub use host::metrics::SeriesBudget;
 pub use host::{CallContext, HostServices};
+
+/// The bounds the host keeps a guest to, whatever its tenant's grants (see docs/operations.md,
+/// "Limits and abuse").
+pub mod limits {
+    pub use crate::host::handles::{MAX_HEAD_BYTES, MAX_HEAD_FIELDS, MAX_HEADER_VALUE_BYTES};
+    pub use crate::host::log::MAX_LINE_BYTES;
+    pub use crate::host::metrics::{MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_NAME_BYTES};
+    pub use crate::kv::MAX_KEY_BYTES;
+}
 pub use long_calls::{LongCallPriority, LongCallThreads};
 pub use plugin::{Plugin, PluginError, WIT_PACKAGE, WIT_VERSION};
 pub use pool::{
     BodyOutcome, Canary, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec,
     HeadOutcome, Isolation, RequestHead, RouteFilter,
 };
-pub use tenant::{CpuRate, LongCallLane, Tenant};
+pub use tenant::{
+    CpuRate, DEFAULT_CALL_TIMEOUT, DEFAULT_LOG_LINES_PER_SECOND, DEFAULT_METRIC_SERIES, LongCallLane, Tenant,
+};
 
 pub use bindings::sluice::filter::types::Phases;
 

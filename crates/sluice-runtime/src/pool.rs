@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Resource;
@@ -17,9 +16,11 @@ use wasmtime_wasi::cli::AsyncStdoutStream;
 
 use super::bindings::Plugin as Filter;
 use super::bindings::sluice::filter::types::{self as wit, Phases};
+use super::host::handles::{is_hop_by_hop, set_header};
+use super::host::log::{GuestLog, escape_line};
 use super::host::{
-    CallContext, CpuLimitExceeded, FilterState, MemoryLimitExceeded, RequestHandle, RequestSlot, ResponseHandle,
-    ResponseSlot,
+    CallContext, CallTimedOut, CpuLimitExceeded, FilterState, MemoryLimitExceeded, RequestHandle, RequestSlot,
+    ResponseHandle, ResponseSlot,
 };
 use super::long_calls::{self, LongCallPermits};
 use super::plugin::Plugin;
@@ -103,6 +104,10 @@ pub enum FilterErrorKind {
     /// The call ran past the tenant's CPU grant.
     #[error("{0}")]
     CpuLimit(String),
+    /// The call ran past its wall-clock bound (the tenant's `call_timeout` or the request's
+    /// deadline), callouts and pauses included.
+    #[error("{0}")]
+    CallTimeout(String),
     /// The guest tried to grow memory past the tenant's grant.
     #[error("{0}")]
     MemoryLimit(String),
@@ -131,6 +136,7 @@ impl FilterError {
         match self.kind {
             FilterErrorKind::Trap(_) => "trap",
             FilterErrorKind::CpuLimit(_) => "cpu_limit",
+            FilterErrorKind::CallTimeout(_) => "call_timeout",
             FilterErrorKind::MemoryLimit(_) => "memory_limit",
             FilterErrorKind::ConfigRefused(_) => "config_refused",
             FilterErrorKind::InvalidAnswer(_) => "invalid_answer",
@@ -223,12 +229,19 @@ impl FilterPool {
 async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, Phases), FilterError> {
     let fail =
         |kind, guest_message| FilterError { route: spec.route.clone(), filter: spec.name.clone(), kind, guest_message };
+    let mut state = FilterState::new(runtime.services.clone(), spec.route.clone(), spec.name.clone(), &spec.tenant);
     let stderr_kept = spec.plugin.uses_wasi.then(|| Arc::new(Mutex::new(String::new())));
-    let wasi = spec.plugin.uses_wasi.then(|| {
+    state.wasi = spec.plugin.uses_wasi.then(|| {
         let stream = |stream_name: &'static str, kept: Option<Arc<Mutex<String>>>| {
             AsyncStdoutStream::new(
                 8192,
-                GuestOutput { route: spec.route.clone(), filter: spec.name.clone(), stream_name, kept },
+                GuestOutput {
+                    route: spec.route.clone(),
+                    filter: spec.name.clone(),
+                    stream_name,
+                    kept,
+                    log: state.log.clone(),
+                },
             )
         };
         // Nothing ambient: no files, no environment, no sockets.
@@ -240,8 +253,6 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
             .allow_ip_name_lookup(false)
             .build()
     });
-    let mut state =
-        FilterState::new(runtime.services.clone(), spec.route.clone(), spec.name.clone(), &spec.tenant, wasi);
     state.guest_stderr = stderr_kept;
     // Deadlines count epochs: the ticker must run before a guest does.
     runtime.start_epoch_ticker();
@@ -258,6 +269,11 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
         // One tick of slack: the first tick may land just after the call starts.
         if state.cpu_used > state.cpu_limit + EPOCH_TICK {
             return Err(wasmtime::Error::new(CpuLimitExceeded { limit_ms: state.cpu_limit.as_millis() }));
+        }
+        let deadline = state.call_deadline;
+        if std::time::Instant::now() >= deadline {
+            let limit_ms = deadline.saturating_duration_since(state.call_started).as_millis();
+            return Err(wasmtime::Error::new(CallTimedOut { limit_ms }));
         }
         // Past its tenant's CPU rate the guest sleeps before going on, which frees the thread
         // for everyone else.
@@ -286,13 +302,18 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
                     // Pause once, so that the call moves before it waits or runs on.
                     tokio::task::yield_now().await;
                 }
-                tokio::time::sleep(pause).await;
-                if let Some((tenant, everyone)) = lanes {
-                    let permits = LongCallPermits::acquire(tenant, everyone).await;
-                    if let Ok(mut held) = slot.lock() {
-                        *held = permits;
+                // The pause and the wait for lanes end at the call's deadline at the latest; the
+                // next tick then fails the call.
+                let paused = async {
+                    tokio::time::sleep(pause).await;
+                    if let Some((tenant, everyone)) = lanes {
+                        let permits = LongCallPermits::acquire(tenant, everyone).await;
+                        if let Ok(mut held) = slot.lock() {
+                            *held = permits;
+                        }
                     }
-                }
+                };
+                let _ = tokio::time::timeout_at(deadline.into(), paused).await;
             }),
         ))
     });
@@ -302,15 +323,16 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     // Starting and configuring an instance happens once per instance, not per request: it may
     // take longer than a call (compiling a WAF's rules, say).
     let setup_limit = spec.tenant.cpu_per_call * SETUP_CPU_FACTOR;
+    let setup_wall_limit = spec.tenant.call_timeout * SETUP_CPU_FACTOR;
     let (mut store, outcome) = long_calls::run(clock, async move {
-        start_call(&mut store, setup_limit);
+        start_call(&mut store, setup_limit, setup_wall_limit);
         let instantiated = pre.instantiate_async(&mut store).await;
         end_call(&mut store);
         let filter = match instantiated {
             Ok(filter) => filter,
             Err(err) => return (store, Err(err)),
         };
-        start_call(&mut store, setup_limit);
+        start_call(&mut store, setup_limit, setup_wall_limit);
         let configured = filter.sluice_filter_filter().call_configure(&mut store, &config).await;
         end_call(&mut store);
         (store, configured.map(|answer| (filter, answer)))
@@ -339,8 +361,14 @@ fn end_call(store: &mut Store<FilterState>) {
 /// How many times its tenant's CPU time per call an instance's start and `configure` may take.
 const SETUP_CPU_FACTOR: u32 = 10;
 
-fn start_call(store: &mut Store<FilterState>, cpu_limit: Duration) {
+/// Readies the store for a call of at most `cpu_limit` of CPU and `wall_limit` of wall-clock time
+/// (and no later than the request's deadline).
+fn start_call(store: &mut Store<FilterState>, cpu_limit: Duration, wall_limit: Duration) {
     let state = store.data_mut();
+    let now = std::time::Instant::now();
+    let request_deadline = state.call.as_ref().and_then(|context| context.deadline);
+    state.call_started = now;
+    state.call_deadline = request_deadline.map_or(now + wall_limit, |deadline| deadline.min(now + wall_limit));
     state.cpu_limit = cpu_limit;
     state.cpu_ticks = 0;
     state.cpu_used = Duration::ZERO;
@@ -356,6 +384,9 @@ fn start_call(store: &mut Store<FilterState>, cpu_limit: Duration) {
 fn classify(error: &wasmtime::Error) -> FilterErrorKind {
     if let Some(cpu) = error.downcast_ref::<CpuLimitExceeded>() {
         return FilterErrorKind::CpuLimit(cpu.to_string());
+    }
+    if let Some(timed_out) = error.downcast_ref::<CallTimedOut>() {
+        return FilterErrorKind::CallTimeout(timed_out.to_string());
     }
     if let Some(memory) = error.downcast_ref::<MemoryLimitExceeded>() {
         return FilterErrorKind::MemoryLimit(memory.to_string());
@@ -465,8 +496,9 @@ impl FilterInstance {
         // instance is never reused.
         let clock = instance.store.data().clock.clone();
         let cpu_limit = self.pool.spec.tenant.cpu_per_call;
+        let wall_limit = self.pool.spec.tenant.call_timeout;
         let (instance, (request_slot, response_slot), result) = long_calls::run(clock, async move {
-            start_call(&mut instance.store, cpu_limit);
+            start_call(&mut instance.store, cpu_limit, wall_limit);
             let result = call_phase(&mut instance.store, &instance.filter, call).await;
             end_call(&mut instance.store);
             let state = instance.store.data_mut();
@@ -559,17 +591,29 @@ impl FilterInstance {
             .ok()
             .filter(|status| (200..600).contains(&status.as_u16()))
             .ok_or_else(|| invalid(format!("status {} is not 200 to 599", local.status)))?;
-        let mut response = Response::new(body::full(Bytes::from(local.body)));
+        // A 204 or 304 has no body (RFC 9110 sections 15.3.5 and 15.4.5).
+        let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+        let body = if bodiless { body::empty() } else { body::full(Bytes::from(local.body)) };
+        let mut response = Response::new(body);
         *response.status_mut() = status;
+        // Hop-by-hop headers, and those a `Connection` header names, are dropped (as the WIT says).
+        let named_by_connection: Vec<String> = local
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+            .flat_map(|(_, value)| {
+                String::from_utf8_lossy(value)
+                    .split(',')
+                    .map(|token| token.trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         for (name, value) in local.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(format!("invalid header name {name:?}")))?;
-            let value =
-                HeaderValue::from_bytes(&value).map_err(|_| invalid(format!("invalid value for header {name}")))?;
-            if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection") {
+            let lower = name.to_ascii_lowercase();
+            if is_hop_by_hop(&lower) || named_by_connection.contains(&lower) {
                 continue;
             }
-            response.headers_mut().append(name, value);
+            set_header(response.headers_mut(), &name, &value, true).map_err(invalid)?;
         }
         Ok(response)
     }
@@ -622,13 +666,15 @@ async fn call_phase(store: &mut Store<FilterState>, filter: &Filter, call: Phase
     answer
 }
 
-/// Where a guest's WASI stdout and stderr go: the log, a line per write; for stderr also the
-/// start of what the call wrote, kept as the guest's message should the call fail.
+/// Where a guest's WASI stdout and stderr go: the log, a line per line written, within the
+/// instance's log budget and escaped as its log lines are; for stderr also the start of what the
+/// call wrote, kept as the guest's message should the call fail.
 struct GuestOutput {
     route: Arc<str>,
     filter: Arc<str>,
     stream_name: &'static str,
     kept: Option<Arc<Mutex<String>>>,
+    log: Arc<GuestLog>,
 }
 
 /// How much of a call's stderr is kept for its failure message.
@@ -637,9 +683,12 @@ const STDERR_KEPT_BYTES: usize = 4096;
 impl tokio::io::AsyncWrite for GuestOutput {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
         let text = String::from_utf8_lossy(bytes);
-        let text = text.trim_end();
-        if !text.is_empty() {
-            tracing::info!(target: "sluice::filter", route = %self.route, filter = %self.filter, stream = self.stream_name, "{text}");
+        for line in text.lines().map(str::trim_end).filter(|line| !line.is_empty()) {
+            if !self.log.admit() {
+                break;
+            }
+            let line = escape_line(line);
+            tracing::info!(target: "sluice::filter", route = %self.route, filter = %self.filter, stream = self.stream_name, "{line}");
         }
         if let Some(kept) = &self.kept
             && let Ok(mut kept) = kept.lock()

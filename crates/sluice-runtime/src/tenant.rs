@@ -10,6 +10,13 @@ use super::kv::KvQuota;
 /// address space per slot.
 pub(crate) const MAX_MEMORY_BYTES: usize = 1 << 30;
 
+/// Metric series a tenant's filters may create unless its section says otherwise.
+pub const DEFAULT_METRIC_SERIES: usize = 1000;
+/// Log lines per second and instance unless the tenant's section says otherwise.
+pub const DEFAULT_LOG_LINES_PER_SECOND: u32 = 100;
+/// Wall-clock time per filter call unless the tenant's section says otherwise.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A tenant and its grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -31,6 +38,14 @@ pub struct Tenant {
     pub cpu_rate: Option<CpuRate>,
     /// Its lane for long calls: one at a time.
     pub long_calls: LongCallLane,
+    /// Most metric series its filters may create, all of them together; observations of new
+    /// series past it are dropped and counted.
+    pub metric_series: usize,
+    /// Log lines one instance may write per second (WASI stdout and stderr included), with a
+    /// burst of twice that; lines past it are dropped and counted.
+    pub log_lines_per_second: u32,
+    /// Wall-clock time one filter call may take, callouts and pauses included.
+    pub call_timeout: Duration,
 }
 
 /// Calls that run past their first milliseconds of CPU ("long calls") move to the long-call
@@ -134,6 +149,9 @@ impl Tenant {
             plugins: None,
             cpu_rate: None,
             long_calls: LongCallLane::default(),
+            metric_series: DEFAULT_METRIC_SERIES,
+            log_lines_per_second: DEFAULT_LOG_LINES_PER_SECOND,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }

@@ -47,6 +47,14 @@ pub enum SendError {
         /// The time allowed, in milliseconds.
         timeout_ms: u128,
     },
+    /// The client's request body broke off (bad framing, too large, or the client left) while
+    /// it was being sent: the client's failure, not counted against the server.
+    ClientBody {
+        /// The server it was being sent to.
+        server: String,
+        /// Why.
+        reason: String,
+    },
     /// The exchange with the last server tried broke.
     Failed {
         /// The server.
@@ -185,6 +193,13 @@ impl Upstream {
             {
                 self.metrics.overflowed(&self.name);
                 return Err(SendError::Overflow { limit: self.policy.max_connections.unwrap_or_default() });
+            }
+            // A request whose own body broke off says nothing about the server: it is neither
+            // counted by outlier detection nor retried.
+            if let Ok(Err(error)) = &result
+                && body::caused_by_client_body(error)
+            {
+                return Err(SendError::ClientBody { server: server_name, reason: error_chain(error) });
             }
             let failure = match &result {
                 Err(_) => Some(TryFailure::Timeout),

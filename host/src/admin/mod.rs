@@ -88,7 +88,7 @@ async fn answer(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody
             text_response(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                admin.metrics.encode(),
+                admin.metrics.encode_off_workers().await,
             )
         }
         (&Method::GET, "/healthz") => text_response(StatusCode::OK, TEXT, "ok\n".to_owned()),
@@ -177,10 +177,18 @@ async fn purge(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody>
 }
 
 /// `POST /reload`: re-reads the configuration file; `Authorization: Bearer <admin.reload_token>`.
+/// It answers `202` at once and reloads in the background (a reload may build plugins for
+/// minutes), its outcome in `GET /status`; with `?wait=true` it answers when the reload is done.
 async fn reload(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
     const JSON: &str = "application/json";
     if let Err(refused) = check_token(request, admin) {
         return refused;
+    }
+    let wait = request.uri().query().is_some_and(|query| query.split('&').any(|pair| pair == "wait=true"));
+    if !wait && admin.reloader.reload_from_source_in_background() {
+        let generation = admin.reloader.status().generation;
+        let body = serde_json::json!({"accepted": true, "generation": generation, "status": "/status"});
+        return text_response(StatusCode::ACCEPTED, JSON, format!("{body}\n"));
     }
     match admin.reloader.reload_from_source().await {
         Ok(generation) => {
@@ -203,6 +211,7 @@ fn status(admin: &Admin) -> String {
         "loaded_at": reload.loaded_at,
         "source": snapshot.source.as_ref().map(|path| path.display().to_string()),
         "reload_attempts": reload.attempts,
+        "reload_in_progress": admin.reloader.reload_in_progress(),
         "last_error": reload.last_error,
         "pending_restart": reload.pending_restart,
         "routes": snapshot.routes.routes().len(),

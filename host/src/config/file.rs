@@ -97,6 +97,25 @@ pub struct TenantSection {
     pub plugins: Option<Vec<Spanned<String>>>,
     /// Guest CPU milliseconds per second, all the tenant's instances together; absent: no limit.
     pub cpu_ms_per_second: Option<u64>,
+    /// Wall-clock time one filter call may take, callouts and pauses included.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout: HumanDuration,
+    /// Most metric series the tenant's filters may create.
+    #[serde(default = "default_metric_series")]
+    pub metric_series: usize,
+    /// Log lines one instance may write per second (a burst of twice that).
+    #[serde(default = "default_log_lines_per_second")]
+    pub log_lines_per_second: u32,
+}
+
+fn default_call_timeout() -> HumanDuration {
+    HumanDuration(sluice_runtime::DEFAULT_CALL_TIMEOUT)
+}
+fn default_metric_series() -> usize {
+    sluice_runtime::DEFAULT_METRIC_SERIES
+}
+fn default_log_lines_per_second() -> u32 {
+    sluice_runtime::DEFAULT_LOG_LINES_PER_SECOND
 }
 
 fn default_memory_mb() -> usize {
@@ -186,6 +205,9 @@ pub struct ServerSection {
     /// Most client connections open at once across all listeners; further clients wait in the
     /// kernel's accept queue.
     pub max_connections: usize,
+    /// Most connections one client address may hold open at once; more are closed at accept.
+    /// Trusted proxies are exempt.
+    pub max_connections_per_client: usize,
     /// Largest request head (request line plus headers) in bytes; larger gets 431.
     pub max_header_bytes: usize,
     /// Most request headers; more gets 431.
@@ -226,6 +248,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_client: 512,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_body_bytes: 100 * 1024 * 1024,

@@ -94,6 +94,8 @@ pub struct Snapshot {
 pub struct ServerSettings {
     /// Most client connections at once.
     pub max_connections: usize,
+    /// Most connections one client address may hold open at once (trusted proxies exempt).
+    pub max_connections_per_client: usize,
     /// Largest request head in bytes.
     pub max_header_bytes: usize,
     /// Most request headers.

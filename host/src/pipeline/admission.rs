@@ -1,6 +1,9 @@
-//! Phase 1, admission: what no route may see is refused here (CONNECT, a missing or ambiguous
-//! Host, a path that climbs above the root), a listener that only redirects to HTTPS answers,
-//! and the path is normalised so that routing, filters and the upstream all see the same one.
+//! Phase 1, admission: what no route may see is refused here (CONNECT and TRACE, a missing,
+//! ambiguous or credential-carrying Host, a path that climbs above the root), a listener that
+//! only redirects to HTTPS answers, and the path is normalised (RFC 3986 section 6.2.2:
+//! percent-encoded unreserved characters decoded, the rest upper-cased, dot-segments resolved)
+//! so that routing, filters and the upstream all see the same one: `/%61dmin` and
+//! `/x/%2e%2e/admin` are `/admin` to every route. An encoded `/` (`%2F`) stays encoded.
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -42,7 +45,9 @@ pub(crate) enum Admission {
 
 /// Admits `request` or says why not.
 pub(crate) fn admit(mut request: Request<Incoming>, state: &RequestState) -> Result<Admission, ProxyError> {
-    if request.method() == Method::CONNECT {
+    // CONNECT would make the proxy a tunnel to anywhere; TRACE would echo the request back,
+    // headers the proxy adds included.
+    if request.method() == Method::CONNECT || request.method() == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed);
     }
     let authority = request_authority(&request)?;
@@ -78,7 +83,12 @@ pub(crate) fn admit(mut request: Request<Incoming>, state: &RequestState) -> Res
 /// The host the client asked for, with port: the URI's authority (HTTP/2, absolute-form) or the
 /// Host header. HTTP/1.1 requires one (RFC 9112 section 3.2).
 fn request_authority(request: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    // Credentials have no place in an HTTP authority (RFC 9110 section 4.2.4, RFC 9112
+    // section 3.2): a request that carries them is refused, not routed on what follows the `@`.
     if let Some(authority) = request.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err(ProxyError::BadRequest("credentials in the authority"));
+        }
         return Ok(Some(authority.as_str().to_owned()));
     }
     let mut hosts = request.headers().get_all(header::HOST).iter();
@@ -86,7 +96,7 @@ fn request_authority(request: &Request<Incoming>) -> Result<Option<String>, Prox
         (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
         (Some(host), None) => {
             let host = host.to_str().map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
-            if host.parse::<http::uri::Authority>().is_err() {
+            if host.contains('@') || host.parse::<http::uri::Authority>().is_err() {
                 return Err(ProxyError::BadRequest("invalid Host header"));
             }
             Ok(Some(host.to_owned()))
@@ -96,14 +106,45 @@ fn request_authority(request: &Request<Incoming>) -> Result<Option<String>, Prox
     }
 }
 
-/// Resolves `.` and `..` segments (RFC 3986 section 5.2.4) so that routes cannot be bypassed with
-/// `/public/../admin`. `None` for a path that is not absolute or climbs above the root.
+/// Normalises percent-encoding (RFC 3986 section 6.2.2.2): escapes of unreserved characters
+/// are decoded, other escapes get upper-case hex digits. `None` for a broken escape.
+fn normalize_percent_encoding(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !path.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(path));
+    }
+    let bytes = path.as_bytes();
+    let mut normalized = String::with_capacity(path.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] != b'%' {
+            normalized.push(char::from(bytes[index]));
+            index += 1;
+            continue;
+        }
+        let hex = bytes.get(index + 1..index + 3)?;
+        let decoded = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') {
+            normalized.push(char::from(decoded));
+        } else {
+            normalized.push('%');
+            normalized.push_str(&std::str::from_utf8(hex).ok()?.to_ascii_uppercase());
+        }
+        index += 3;
+    }
+    Some(std::borrow::Cow::Owned(normalized))
+}
+
+/// Normalises percent-encoding, then resolves `.` and `..` segments (RFC 3986 section 5.2.4), so
+/// that routes cannot be bypassed with `/public/../admin`, `/public/%2e%2e/admin` or `/%61dmin`.
+/// `None` for a path that is not absolute, has a broken escape, or climbs above the root.
 fn normalize_path(path: &str) -> Option<String> {
     if !path.starts_with('/') {
         return None;
     }
+    // The path of a parsed URI is ASCII: escapes decode only to unreserved ASCII characters.
+    let path = normalize_percent_encoding(path)?;
     if !path.split('/').any(|segment| segment == "." || segment == "..") {
-        return Some(path.to_owned());
+        return Some(path.into_owned());
     }
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
@@ -150,5 +191,17 @@ mod tests {
         assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
         assert_eq!(normalize_path("/..").as_deref(), None);
         assert_eq!(normalize_path("*"), None);
+    }
+
+    #[test]
+    fn percent_encoding_is_normalised_before_dot_segments() {
+        assert_eq!(normalize_path("/%61dmin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/x/%2e%2e/admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/x/%2E./admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/a%2fb%3f").as_deref(), Some("/a%2Fb%3F"), "reserved characters stay encoded");
+        assert_eq!(normalize_path("/caf%c3%a9").as_deref(), Some("/caf%C3%A9"));
+        assert_eq!(normalize_path("/%2e%2e/etc"), None, "climbs above the root");
+        assert_eq!(normalize_path("/bad%zz"), None);
+        assert_eq!(normalize_path("/cut%4"), None);
     }
 }

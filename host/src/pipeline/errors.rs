@@ -70,6 +70,26 @@ pub enum ProxyError {
         /// The limit (`max_requests`).
         limit: usize,
     },
+    /// The client's request body broke off (bad chunked framing, or the client left mid-upload).
+    #[error("the request body broke off: {reason}")]
+    ClientBody {
+        /// What went wrong.
+        reason: String,
+    },
+    /// The client went away before the response head was ready.
+    #[error("the client closed the connection before the response")]
+    ClientClosed,
+    /// The response body failed after its head had gone to the client (a fail-closed filter in
+    /// the response body, or the upstream's body breaking off); the client got a cut response.
+    #[error("the response body broke off: {message}")]
+    ResponseBodyFailed {
+        /// Whose failure it was.
+        side: Side,
+        /// A short name for metrics labels.
+        kind: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// A fail-closed filter failed.
     #[error(transparent)]
     Filter(#[from] sluice_runtime::FilterError),
@@ -83,7 +103,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            // nginx's code for a request whose client left; never sent, only logged.
+            Self::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Self::ResponseBodyFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -97,7 +120,13 @@ impl ProxyError {
     /// Whose failure it is.
     pub fn side(&self) -> Side {
         match self {
-            Self::NoRoute | Self::BadRequest(_) | Self::MethodNotAllowed | Self::BodyTooLarge { .. } => Side::Client,
+            Self::NoRoute
+            | Self::BadRequest(_)
+            | Self::MethodNotAllowed
+            | Self::BodyTooLarge { .. }
+            | Self::ClientBody { .. }
+            | Self::ClientClosed => Side::Client,
+            Self::ResponseBodyFailed { side, .. } => *side,
             Self::UpstreamConnect { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
@@ -110,7 +139,7 @@ impl ProxyError {
     /// Whether the client's connection closes after the error response: after a malformed
     /// request, the connection's framing cannot be trusted.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Self::BadRequest(_) | Self::MethodNotAllowed)
+        matches!(self, Self::BadRequest(_) | Self::MethodNotAllowed | Self::ClientBody { .. })
     }
 
     /// A short name for metrics labels.
@@ -118,6 +147,9 @@ impl ProxyError {
         match self {
             Self::NoRoute => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::ClientBody { .. } => "client_body",
+            Self::ClientClosed => "client_closed",
+            Self::ResponseBodyFailed { kind, .. } => kind,
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::UpstreamConnect { .. } => "upstream_connect",

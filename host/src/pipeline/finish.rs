@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{HeaderName, Response};
-use sluice_http::body::{self, BodyOutcome, ObservedBody, ProxyBody};
+use sluice_http::body::{self, BodyOutcome, BoxError, ObservedBody, ProxyBody};
 use sluice_http::{X_REQUEST_ID, compression};
 
 use super::errors::{ProxyError, Side};
@@ -43,8 +43,58 @@ pub(crate) fn finish_response(mut response: Response<ProxyBody>, state: &mut Req
     response
 }
 
+/// A request until its response is handed to the client. When the client leaves before that,
+/// its connection drops the request midway, and with it this: dropping it writes the request's
+/// log line and metrics all the same (status 499, `client_closed`), so every request is logged
+/// once whatever becomes of it.
+pub(crate) struct Unanswered {
+    state: Option<RequestState>,
+    metrics: Arc<Metrics>,
+}
+
+impl Unanswered {
+    pub(crate) fn new(state: RequestState, metrics: Arc<Metrics>) -> Self {
+        Self { state: Some(state), metrics }
+    }
+
+    /// The request's state, while it is unanswered.
+    pub(crate) fn state(&mut self) -> &mut RequestState {
+        self.state.as_mut().expect("an unanswered request has its state until delivered")
+    }
+
+    /// Hands `response` over (see [`deliver`]).
+    pub(crate) fn deliver(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let state = self.state.take().expect("a request is delivered once");
+        deliver(response, state, &self.metrics)
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(mut state) = self.state.take() {
+            state.filters = None;
+            state.fill = None;
+            state.error = Some(ProxyError::ClientClosed);
+            let status = ProxyError::ClientClosed.status().as_u16();
+            record(&self.metrics, &state, status, BodyOutcome { bytes: 0, complete: false });
+        }
+    }
+}
+
+/// What a response body's failure after its head had gone was, for the log line.
+fn stream_failure(error: &BoxError) -> ProxyError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+    while let Some(error) = cause {
+        if let Some(filter) = error.downcast_ref::<sluice_runtime::FilterError>() {
+            return ProxyError::ResponseBodyFailed { side: Side::Filter, kind: "filter", message: filter.to_string() };
+        }
+        cause = error.source();
+    }
+    ProxyError::ResponseBodyFailed { side: Side::Upstream, kind: "upstream_body", message: error.to_string() }
+}
+
 /// Hands `response` to the client; the access log line and metrics are written when its body
-/// has gone (or the client left).
+/// has gone (or the client left), with the body's failure if it failed.
 pub(crate) fn deliver(
     response: Response<ProxyBody>,
     state: RequestState,
@@ -59,8 +109,13 @@ pub(crate) fn deliver(
     let metrics = metrics.clone();
     let (parts, body) = response.into_parts();
     let mut state = state;
-    let observed = ObservedBody::new(body, move |end: BodyOutcome| {
+    let observed = ObservedBody::new(body, move |end: BodyOutcome, failure: Option<&BoxError>| {
         drop(state.in_flight.take());
+        if let Some(failure) = failure
+            && state.error.is_none()
+        {
+            state.error = Some(stream_failure(failure));
+        }
         record(&metrics, &state, status.as_u16(), end);
     });
     Response::from_parts(parts, body::boxed(observed))

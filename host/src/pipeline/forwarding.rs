@@ -37,7 +37,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The protocol a request asks to switch to (`Upgrade`), when it properly asks for one.
+/// The protocols a request asks to switch to (`Upgrade`), when it properly asks for one.
+///
+/// HTTP/2 (`h2c`, `h2`) is never passed on: after the origin's `101`, the tunnel would carry
+/// requests the proxy never sees, for routes it might refuse ("h2c smuggling"). Clients that
+/// speak HTTP/2 reach Sluice with it directly.
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let connection_says_upgrade = headers
         .get_all(header::CONNECTION)
@@ -45,7 +49,35 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if connection_says_upgrade { headers.get(header::UPGRADE).cloned() } else { None }
+    if !connection_says_upgrade {
+        return None;
+    }
+    let offered: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty() && !is_http2(protocol))
+        .collect();
+    if offered.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(offered.join(", ")).ok()
+}
+
+fn is_http2(protocol: &str) -> bool {
+    let name = protocol.split('/').next().unwrap_or(protocol).trim();
+    name.eq_ignore_ascii_case("h2c") || name.eq_ignore_ascii_case("h2")
+}
+
+/// Whether `chosen` (a `101`'s `Upgrade`) is one of the protocols `asked` offered.
+pub fn offered_protocol(asked: Option<&HeaderValue>, chosen: &HeaderValue) -> bool {
+    let (Some(asked), Ok(chosen)) = (asked.and_then(|asked| asked.to_str().ok()), chosen.to_str()) else {
+        return false;
+    };
+    let chosen = chosen.trim();
+    !is_http2(chosen) && asked.split(',').any(|protocol| protocol.trim().eq_ignore_ascii_case(chosen))
 }
 
 /// What the forwarding headers need to know about the client side.
@@ -192,6 +224,20 @@ mod tests {
         prepare_upstream_request(&mut map, &client, &settings(""));
         assert_eq!(map["connection"], "upgrade");
         assert_eq!(map["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn http2_upgrades_are_never_passed_on() {
+        let asked = |upgrade: &str| {
+            requested_upgrade(&headers(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", upgrade)]))
+        };
+        assert_eq!(asked("h2c"), None);
+        assert_eq!(asked("H2C, websocket").unwrap(), "websocket");
+        assert_eq!(asked("websocket").unwrap(), "websocket");
+        let offered = HeaderValue::from_static("websocket");
+        assert!(offered_protocol(Some(&offered), &HeaderValue::from_static("WebSocket")));
+        assert!(!offered_protocol(Some(&offered), &HeaderValue::from_static("h2c")));
+        assert!(!offered_protocol(None, &HeaderValue::from_static("websocket")));
     }
 
     #[test]

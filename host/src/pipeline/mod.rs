@@ -100,15 +100,17 @@ impl Proxy {
 
     /// Serves one request to completion of its response head; the body streams afterwards.
     pub async fn handle(self, request: Request<Incoming>, connection: Arc<ConnectionInfo>) -> Response<ProxyBody> {
-        let mut state = RequestState::new(self.snapshot.load_full(), connection, &request);
+        let state = RequestState::new(self.snapshot.load_full(), connection, &request);
         let span = state.span.clone();
+        // Logged when dropped unanswered: the client left before the response head was ready.
+        let mut unanswered = finish::Unanswered::new(state, self.metrics.clone());
         async move {
-            let response = match self.process(request, &mut state).await {
+            let response = match self.process(request, unanswered.state()).await {
                 Ok(response) => response,
-                Err(error) => errors::respond(error, &mut state),
+                Err(error) => errors::respond(error, unanswered.state()),
             };
-            let response = finish::finish_response(response, &mut state);
-            finish::deliver(response, state, &self.metrics)
+            let response = finish::finish_response(response, unanswered.state());
+            unanswered.deliver(response)
         }
         .instrument(span)
         .await

@@ -13,7 +13,7 @@ use super::admission::Admitted;
 use super::errors::ProxyError;
 use super::filters::{self, ChainBody, FilterChain};
 use super::state::RequestState;
-use crate::routing::Route;
+use crate::routing::{Route, RouteAction};
 
 /// The request on its way out, after the request phase.
 pub(crate) struct Outbound {
@@ -71,6 +71,11 @@ pub(crate) async fn run(
         client_ip: state.connection.peer.ip(),
         client_identity: state.connection.client_identity.clone(),
         upstreams: state.snapshot.upstreams.clone(),
+        // The route's timeout bounds its filters' calls too, counted from the request's arrival.
+        deadline: match &route.action {
+            RouteAction::Forward(forward) => Some(state.started + forward.timeout),
+            RouteAction::Redirect(_) => None,
+        },
     };
     let filters =
         state.filters.insert(FilterChain::checkout(route, &context, state.snapshot.services.runtime.services()).await?);

@@ -76,6 +76,8 @@ pub(crate) async fn send(
     {
         mirror_request(mirror, &parts, &path_and_query, preserve_host, state, forward.timeout);
     }
+    // The protocols the request asks to switch to: the only ones the upstream may switch to.
+    let asked_upgrade = parts.headers.get(header::UPGRADE).cloned();
     let outgoing = Outgoing { parts, path_and_query, body, preserve_host };
     let deadline = Instant::now() + forward.timeout;
     let client_ip = state.connection.peer.ip();
@@ -100,6 +102,10 @@ pub(crate) async fn send(
                     state.server = Some(server.clone());
                     ProxyError::UpstreamFailed { server, reason }
                 }
+                SendError::ClientBody { server, reason } => {
+                    state.server = Some(server);
+                    ProxyError::ClientBody { reason }
+                }
             });
         }
     };
@@ -114,6 +120,13 @@ pub(crate) async fn send(
                 reason: "switched protocols without being asked to".into(),
             });
         };
+        let chosen = response.headers().get(header::UPGRADE);
+        if !chosen.is_some_and(|chosen| forwarding::offered_protocol(asked_upgrade.as_ref(), chosen)) {
+            return Err(ProxyError::UpstreamFailed {
+                server,
+                reason: "switched to a protocol the request did not ask for".into(),
+            });
+        }
         open_tunnel(client_upgrade, hyper::upgrade::on(&mut response), state, tunnels);
     }
     forwarding::prepare_client_response(response.headers_mut(), switching, &state.snapshot.server);

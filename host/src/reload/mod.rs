@@ -56,6 +56,9 @@ pub struct Reloader {
     generations: tokio::sync::watch::Sender<u64>,
     /// One reload at a time: two at once would both build on the same old snapshot.
     running: tokio::sync::Mutex<()>,
+    /// A background reload is waiting for the running one: a further request needs no other,
+    /// as that one reads the file when its turn comes.
+    queued: std::sync::atomic::AtomicBool,
     source: Option<PathBuf>,
 }
 
@@ -68,6 +71,7 @@ impl Reloader {
             status: Mutex::new(status),
             generations: tokio::sync::watch::channel(1).0,
             running: tokio::sync::Mutex::new(()),
+            queued: std::sync::atomic::AtomicBool::new(false),
             source,
         }
     }
@@ -99,6 +103,36 @@ impl Reloader {
             .await
             .unwrap_or_else(|panic| Err(ConfigError::at("", None, "", format!("the reload panicked: {panic}"))));
         self.finish(compiled).await
+    }
+
+    /// Starts re-reading the configuration file in the background and returns at once; its
+    /// outcome shows in [`status`](Self::status). Requests made while one waits to start are
+    /// covered by it. False when Sluice was not started from a file.
+    pub fn reload_from_source_in_background(self: &Arc<Self>) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.source.is_none() {
+            return false;
+        }
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        let reloader = self.clone();
+        tokio::spawn(async move {
+            let _one_at_a_time = reloader.running.lock().await;
+            reloader.queued.store(false, Ordering::Release);
+            let path = reloader.source.clone().unwrap_or_default();
+            let previous = reloader.snapshot.load_full();
+            let compiled = tokio::task::spawn_blocking(move || Snapshot::from_file_after(&path, &previous))
+                .await
+                .unwrap_or_else(|panic| Err(ConfigError::at("", None, "", format!("the reload panicked: {panic}"))));
+            let _ = reloader.finish(compiled).await;
+        });
+        true
+    }
+
+    /// Whether a reload is running or waiting to start.
+    pub fn reload_in_progress(&self) -> bool {
+        self.running.try_lock().is_err() || self.queued.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Swaps in configuration text (compiled here against the running snapshot): for tests and

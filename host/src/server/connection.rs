@@ -32,6 +32,27 @@ pub(super) fn connection_builder(settings: &ServerSettings) -> auto::Builder<Tok
     builder
 }
 
+/// How long a client connection may sit without a request.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnectionTimeouts {
+    /// With nothing in flight, after a request (`idle_timeout`).
+    pub(super) idle: Duration,
+    /// From accept to the first request's complete head (`header_read_timeout`).
+    pub(super) first_request: Duration,
+    /// After an idle connection was asked to close, before it is cut off.
+    pub(super) close_grace: Duration,
+}
+
+impl ConnectionTimeouts {
+    pub(super) fn of(settings: &ServerSettings) -> Self {
+        Self {
+            idle: settings.idle_timeout,
+            first_request: settings.header_read_timeout,
+            close_grace: settings.header_read_timeout,
+        }
+    }
+}
+
 /// Serves `stream` until the client closes, it idles out, or shutdown drains it; `close_now`
 /// cuts it off without draining.
 pub(super) async fn serve<I>(
@@ -39,7 +60,7 @@ pub(super) async fn serve<I>(
     builder: auto::Builder<TokioExecutor>,
     proxy: Proxy,
     info: ConnectionInfo,
-    idle_timeout: Duration,
+    limits: ConnectionTimeouts,
     drain: CancellationToken,
     close_now: CancellationToken,
 ) where
@@ -55,7 +76,16 @@ pub(super) async fn serve<I>(
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let mut draining = false;
+    // Once an idle connection has been asked to close, it gets this long to do so: a client that
+    // keeps it open (a half-sent HTTP/2 header block, say) is cut off.
+    let mut idle_close_by: Option<tokio::time::Instant> = None;
     loop {
+        let cut_off = async {
+            match idle_close_by {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
@@ -67,9 +97,14 @@ pub(super) async fn serve<I>(
                 connection.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = activity.idle_for(idle_timeout), if !draining => {
+            () = activity.idle_for(limits.idle, limits.first_request), if !draining => {
                 connection.as_mut().graceful_shutdown();
                 draining = true;
+                idle_close_by = Some(tokio::time::Instant::now() + limits.close_grace);
+            }
+            () = cut_off => {
+                tracing::debug!("idle client connection did not close when asked: cut off");
+                return;
             }
             () = close_now.cancelled() => return,
         }

@@ -5,7 +5,7 @@
 mod connection;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +74,7 @@ impl Server {
         let cache = HttpCache::new(current.cache_max_bytes);
         let proxy = Proxy::new(snapshot.clone(), metrics.clone(), tunnels.clone(), cache.clone());
         let limit = Arc::new(Semaphore::new(current.server.max_connections));
+        let per_client = Arc::new(ClientConnections::default());
 
         let mut listeners = Vec::new();
         for spec in &current.listeners {
@@ -100,6 +101,7 @@ impl Server {
                 snapshot: snapshot.clone(),
                 metrics: metrics.clone(),
                 limit: limit.clone(),
+                per_client: per_client.clone(),
                 connections: connections.clone(),
                 drain: drain.clone(),
                 close_now: tunnels.close_now.clone(),
@@ -215,6 +217,7 @@ struct AcceptLoop {
     snapshot: Arc<ArcSwap<Snapshot>>,
     metrics: Arc<Metrics>,
     limit: Arc<Semaphore>,
+    per_client: Arc<ClientConnections>,
     connections: TaskTracker,
     drain: CancellationToken,
     close_now: CancellationToken,
@@ -224,6 +227,7 @@ async fn accept_loop(accept: AcceptLoop) {
     let labels = ListenerLabels { listener: Name(accept.name.clone()) };
     let active = accept.metrics.active_connections.get_or_create(&labels).clone();
     let accepted = accept.metrics.connections.get_or_create(&labels).clone();
+    let refused = accept.metrics.connections_refused.get_or_create(&labels).clone();
     loop {
         // Over the limit, stop accepting: new clients wait in the kernel's queue rather than
         // being accepted and starved.
@@ -246,14 +250,26 @@ async fn accept_loop(accept: AcceptLoop) {
                 }
             },
         };
+        let (builder, timeouts, header_read_timeout, per_client_limit) = {
+            let snapshot = accept.snapshot.load();
+            let settings = &snapshot.server;
+            let exempt = settings.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
+            (
+                connection::connection_builder(settings),
+                connection::ConnectionTimeouts::of(settings),
+                settings.header_read_timeout,
+                (!exempt).then_some(settings.max_connections_per_client),
+            )
+        };
+        let Some(client_slot) = accept.per_client.admit(peer.ip(), per_client_limit) else {
+            refused.inc();
+            tracing::debug!(listener = %accept.name, peer = %peer, "connection refused: the client holds its limit of connections");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         accepted.inc();
         active.inc();
-        let (builder, idle_timeout, header_read_timeout) = {
-            let snapshot = accept.snapshot.load();
-            let settings = &snapshot.server;
-            (connection::connection_builder(settings), settings.idle_timeout, settings.header_read_timeout)
-        };
         let mut info = ConnectionInfo::accepted(peer, accept.name.clone());
         info.redirect_to_https = accept.redirect_to_https;
         let (proxy, drain, close_now, active) =
@@ -261,7 +277,7 @@ async fn accept_loop(accept: AcceptLoop) {
         let (tls, hsts, handshake_timeout) = (accept.tls.clone(), accept.hsts.clone(), header_read_timeout);
         accept.connections.spawn(async move {
             match tls {
-                None => connection::serve(stream, builder, proxy, info, idle_timeout, drain, close_now).await,
+                None => connection::serve(stream, builder, proxy, info, timeouts, drain, close_now).await,
                 Some(acceptor) => {
                     // The handshake gets the same time as a request head: a client that stalls in
                     // it is cut off like a slow-header client.
@@ -270,7 +286,7 @@ async fn accept_loop(accept: AcceptLoop) {
                             info.scheme = "https";
                             info.hsts = hsts;
                             info.client_identity = tls::client_identity(stream.get_ref().1.peer_certificates());
-                            connection::serve(stream, builder, proxy, info, idle_timeout, drain, close_now).await;
+                            connection::serve(stream, builder, proxy, info, timeouts, drain, close_now).await;
                         }
                         Ok(Err(err)) => tracing::debug!(peer = %peer, error = %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
@@ -278,7 +294,47 @@ async fn accept_loop(accept: AcceptLoop) {
                 }
             }
             active.dec();
+            drop(client_slot);
             drop(permit);
         });
+    }
+}
+
+/// Connections open per client address, for `max_connections_per_client`.
+#[derive(Debug, Default)]
+struct ClientConnections {
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One connection of a client address; dropping it frees the slot.
+struct ClientSlot {
+    clients: Arc<ClientConnections>,
+    address: IpAddr,
+}
+
+impl ClientConnections {
+    /// A slot for one more connection from `address`, unless it holds `limit` already (`None`:
+    /// no limit for it).
+    fn admit(self: &Arc<Self>, address: IpAddr, limit: Option<usize>) -> Option<Option<ClientSlot>> {
+        let Some(limit) = limit else { return Some(None) };
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Some(ClientSlot { clients: self.clone(), address }))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
     }
 }

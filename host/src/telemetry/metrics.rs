@@ -75,6 +75,8 @@ pub struct CacheLabels {
 /// Every figure Sluice keeps.
 pub struct Metrics {
     registry: Registry,
+    /// One `/metrics` encoding at a time.
+    scrapes: tokio::sync::Mutex<()>,
     /// Requests answered.
     pub requests: Family<RequestLabels, Counter>,
     /// Time from request head to the end of the response body.
@@ -83,6 +85,8 @@ pub struct Metrics {
     pub active_connections: Family<ListenerLabels, Gauge>,
     /// Client connections accepted.
     pub connections: Family<ListenerLabels, Counter>,
+    /// Client connections closed at accept: their address already held its limit.
+    pub connections_refused: Family<ListenerLabels, Counter>,
     /// Requests that ended in a proxy-made error response.
     pub errors: Family<ErrorLabels, Counter>,
     /// Requests on caching routes, by how the cache answered.
@@ -126,6 +130,12 @@ impl Metrics {
         registry.register("connections_active", "Client connections open now", active_connections.clone());
         let connections = Family::default();
         registry.register("connections", "Client connections accepted", connections.clone());
+        let connections_refused = Family::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at accept because their address already held max_connections_per_client",
+            connections_refused.clone(),
+        );
         let errors = Family::default();
         registry.register("proxy_errors", "Requests answered with a proxy-made error", errors.clone());
         let cache_lookups = Family::default();
@@ -138,10 +148,12 @@ impl Metrics {
         registry.register("cache_purged", "Cache keys removed by purges", cache_purged.clone());
         Self {
             registry,
+            scrapes: tokio::sync::Mutex::new(()),
             requests,
             request_duration,
             active_connections,
             connections,
+            connections_refused,
             errors,
             cache_lookups,
             cache_bytes,
@@ -171,6 +183,26 @@ impl Metrics {
             "Filter calls that ran past their first milliseconds and moved to the long-call threads",
             services.long_calls.clone(),
         );
+        self.registry.register(
+            "filter_metrics_dropped",
+            "Metric observations from filters that were not recorded (invalid names or labels, or past the tenant's series grant)",
+            services.metrics_dropped.clone(),
+        );
+        self.registry.register(
+            "filter_log_lines_dropped",
+            "Filter log and WASI output lines dropped past the instance's rate",
+            services.log_lines_dropped.clone(),
+        );
+    }
+
+    /// The registry in Prometheus text format, encoded on a blocking thread, one scrape at a
+    /// time: a large page never holds up a worker, and scrapes cannot pile up.
+    pub async fn encode_off_workers(self: &Arc<Self>) -> String {
+        let _one_at_a_time = self.scrapes.lock().await;
+        let metrics = self.clone();
+        tokio::task::spawn_blocking(move || metrics.encode())
+            .await
+            .unwrap_or_else(|_| "# metrics could not be encoded\n".to_owned())
     }
 
     /// The registry in Prometheus text format.

@@ -25,7 +25,18 @@ impl callout::Host for FilterState {
         if !context.upstreams.contains(&upstream_name) {
             return Ok(Err(callout::CalloutError::UnknownUpstream(format!("no upstream named {upstream_name:?}"))));
         }
-        let exchange = send_callout(context.upstreams.clone(), upstream_name, context.client_ip, request);
+        // The callout counts against the call's time: it may wait only what the call has left.
+        let left = self.call_deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Err(callout::CalloutError::Failed("the filter call's time is up".to_owned())));
+        }
+        // A call waiting on the network uses no CPU: it gives its long-call lanes back meanwhile
+        // (at its next tick after the answer it waits for them again), so that callouts to a slow
+        // upstream cannot hold every lane while the CPU sits idle.
+        if let Ok(mut held) = self.long_call.lock() {
+            held.take();
+        }
+        let exchange = send_callout(context.upstreams.clone(), upstream_name, context.client_ip, request, left);
         let answer = match self.clock.home() {
             // From a long-call thread, the exchange runs on the proxy's workers: the connection it
             // may open joins the upstream's pool and must be driven from there.
@@ -41,6 +52,7 @@ async fn send_callout(
     upstream_name: String,
     client_ip: std::net::IpAddr,
     request: callout::CalloutRequest,
+    left: Duration,
 ) -> Result<callout::CalloutResponse, String> {
     let method =
         Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
@@ -54,11 +66,12 @@ async fn send_callout(
         builder = builder.header(name, value);
     }
     let outgoing = builder.body(body::full(Bytes::from(request.body))).map_err(|err| err.to_string())?;
-    let timeout = if request.timeout_ms == 0 {
+    let asked = if request.timeout_ms == 0 {
         CALLOUT_DEFAULT_TIMEOUT
     } else {
         Duration::from_millis(u64::from(request.timeout_ms))
     };
+    let timeout = asked.min(left);
     let exchange = async {
         let sent = upstreams.send(&upstream_name, client_ip, outgoing);
         let response = sent.ok_or_else(|| format!("no upstream named {upstream_name:?}"))?.await?;

@@ -16,24 +16,67 @@ pub(super) fn header_list(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
     headers.iter().map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec())).collect()
 }
 
-/// Validates a header a guest wants to set. Framing headers stay the host's business.
+/// Most header fields a head may have once a filter has added to it.
+pub const MAX_HEAD_FIELDS: usize = 256;
+/// Longest header value a filter may set, in bytes.
+pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
+/// Most bytes of names and values a head may have once a filter has added to it.
+pub const MAX_HEAD_BYTES: usize = 128 * 1024;
+
+/// Headers that describe one connection, not the message: the host's business alone.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "upgrade"
+            | "te"
+            | "trailer"
+    )
+}
+
+/// Validates a header a guest wants to set. Framing and connection headers stay the host's
+/// business.
 pub(super) fn guest_header(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
     let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
-    if matches!(name.as_str(), "content-length" | "transfer-encoding" | "connection" | "upgrade" | "te" | "trailer") {
+    if is_hop_by_hop(name.as_str()) {
         return Err(format!("header {name} is managed by the host"));
+    }
+    if value.len() > MAX_HEADER_VALUE_BYTES {
+        return Err(format!("value for header {name} is longer than {MAX_HEADER_VALUE_BYTES} bytes"));
     }
     let value = HeaderValue::from_bytes(value).map_err(|_| format!("invalid value for header {name}"))?;
     Ok((name, value))
 }
 
-pub(super) fn set_header(headers: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Result<(), String> {
+/// Bytes of names and values in `headers`.
+fn head_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum()
+}
+
+/// Adds (or, without `append`, sets) a header a guest gave, within the head's bounds.
+pub(crate) fn set_header(headers: &mut HeaderMap, name: &str, value: &[u8], append: bool) -> Result<(), String> {
     let (name, value) = guest_header(name, value)?;
-    if append {
-        headers.append(name, value);
-    } else {
-        headers.insert(name, value);
+    let replaced: usize =
+        if append { 0 } else { headers.get_all(&name).iter().map(|old| name.as_str().len() + old.len()).sum() };
+    let grows = append || replaced == 0;
+    if grows && headers.len() >= MAX_HEAD_FIELDS {
+        return Err(format!("the head already has {MAX_HEAD_FIELDS} header fields"));
     }
-    Ok(())
+    if head_bytes(headers) - replaced + name.as_str().len() + value.len() > MAX_HEAD_BYTES {
+        return Err(format!("the head would be larger than {MAX_HEAD_BYTES} bytes"));
+    }
+    let added =
+        if append { headers.try_append(name, value).map(|_| ()) } else { headers.try_insert(name, value).map(|_| ()) };
+    added.map_err(|_| "the head has too many header fields".to_owned())
+}
+
+/// Methods a filter may not give a request: the client may not send them either.
+fn refused_method(method: &Method) -> bool {
+    *method == Method::CONNECT || *method == Method::TRACE
 }
 
 pub(super) fn remove_header(headers: &mut HeaderMap, name: &str) {
@@ -54,8 +97,11 @@ impl wit_http::HostRequest for FilterState {
 
     fn set_method(&mut self, _: Resource<RequestHandle>, method: String) -> wasmtime::Result<Result<(), String>> {
         Ok(self.writable_request()?.and_then(|slot| {
-            slot.parts.method =
-                Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))?;
+            let method = Method::from_bytes(method.as_bytes()).map_err(|_| format!("invalid method {method:?}"))?;
+            if refused_method(&method) {
+                return Err(format!("method {method} is not served through the proxy"));
+            }
+            slot.parts.method = method;
             Ok(())
         }))
     }
@@ -167,6 +213,11 @@ impl wit_http::HostResponse for FilterState {
                 .ok()
                 .filter(|status| !status.is_informational())
                 .ok_or_else(|| format!("invalid status {status}"))?;
+            // A 204 has no body, so no length of one (RFC 9110 section 8.6).
+            if slot.parts.status == StatusCode::NO_CONTENT {
+                slot.parts.headers.remove(http::header::CONTENT_LENGTH);
+                slot.parts.headers.remove(http::header::TRANSFER_ENCODING);
+            }
             Ok(())
         }))
     }
@@ -211,5 +262,39 @@ impl wit_http::HostResponse for FilterState {
     fn drop(&mut self, handle: Resource<ResponseHandle>) -> wasmtime::Result<()> {
         let _ = self.table.delete(handle);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_cannot_grow_a_head_without_bound() {
+        let mut headers = HeaderMap::new();
+        for index in 0..MAX_HEAD_FIELDS {
+            set_header(&mut headers, &format!("x-{index}"), b"v", false).unwrap();
+        }
+        assert!(set_header(&mut headers, "x-one-more", b"v", false).is_err());
+        assert!(set_header(&mut headers, "x-0", b"v", true).is_err(), "appending grows the head too");
+        // Replacing an existing header does not grow it.
+        set_header(&mut headers, "x-0", b"w", false).unwrap();
+        assert_eq!(headers.len(), MAX_HEAD_FIELDS);
+
+        let mut headers = HeaderMap::new();
+        assert!(set_header(&mut headers, "x-big", &vec![b'a'; MAX_HEADER_VALUE_BYTES + 1], false).is_err());
+        let value = vec![b'a'; MAX_HEADER_VALUE_BYTES];
+        let fitting = (0..MAX_HEAD_FIELDS)
+            .take_while(|index| set_header(&mut headers, &format!("x-{index}"), &value, false).is_ok())
+            .count();
+        assert_eq!(fitting, MAX_HEAD_BYTES / (MAX_HEADER_VALUE_BYTES + 4));
+    }
+
+    #[test]
+    fn connection_headers_stay_the_hosts() {
+        for name in ["connection", "keep-alive", "proxy-connection", "upgrade", "te", "trailer", "content-length"] {
+            assert!(guest_header(name, b"x").is_err(), "{name}");
+        }
+        assert!(refused_method(&Method::CONNECT) && refused_method(&Method::TRACE));
     }
 }

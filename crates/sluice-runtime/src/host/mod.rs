@@ -32,10 +32,10 @@ use sluice_http::body;
 
 mod callout;
 mod clock;
-mod handles;
+pub(crate) mod handles;
 mod kv;
-mod log;
-mod metrics;
+pub(crate) mod log;
+pub(crate) mod metrics;
 mod random;
 
 /// Largest callout response body a filter receives.
@@ -67,6 +67,14 @@ pub struct HostServices {
     pub long_calls: Family<PluginMetricLabels, Counter>,
     /// Where long calls run.
     pub long_call_threads: Arc<LongCallThreads>,
+    /// The metric series each tenant's filters have created.
+    pub metric_series: metrics::SeriesBudget,
+    /// Observations filters wrote that were not recorded, by tenant and reason
+    /// (`sluice_filter_metrics_dropped_total`).
+    pub metrics_dropped: Family<PluginMetricLabels, Counter>,
+    /// Guest log lines (and WASI output lines) dropped at an instance's rate, by route, filter and
+    /// tenant (`sluice_filter_log_lines_dropped_total`).
+    pub log_lines_dropped: Family<PluginMetricLabels, Counter>,
     /// The origin of the guests' monotonic clock.
     started: Instant,
 }
@@ -84,6 +92,9 @@ impl Default for HostServices {
             retirements: Family::default(),
             long_calls: Family::default(),
             long_call_threads: Arc::new(LongCallThreads::new()),
+            metric_series: metrics::SeriesBudget::default(),
+            metrics_dropped: Family::default(),
+            log_lines_dropped: Family::default(),
             started: Instant::now(),
         }
     }
@@ -106,6 +117,9 @@ pub struct CallContext {
     pub client_identity: Option<Arc<str>>,
     /// Upstreams of the configuration the request runs on, for callouts.
     pub upstreams: Arc<dyn CalloutUpstreams>,
+    /// When the request's time is up (its route's timeout after it arrived): no filter call of
+    /// it runs past this, whatever its tenant's `call_timeout`.
+    pub deadline: Option<Instant>,
 }
 
 /// The request head lent to the store for a phase.
@@ -135,6 +149,15 @@ pub(crate) struct MemoryLimitExceeded {
     pub desired: usize,
 }
 
+/// A guest call ran past its wall-clock bound (its tenant's `call_timeout`, or its request's
+/// deadline).
+#[derive(Debug, thiserror::Error)]
+#[error("call still running after {limit_ms} ms of wall-clock time")]
+pub(crate) struct CallTimedOut {
+    /// The time the call had.
+    pub limit_ms: u128,
+}
+
 /// A guest call ran past its CPU grant.
 #[derive(Debug, thiserror::Error)]
 #[error("CPU time limit of {limit_ms} ms per call exceeded")]
@@ -146,7 +169,7 @@ pub(crate) struct CpuLimitExceeded {
 /// Everything one instance's store holds.
 pub(crate) struct FilterState {
     table: ResourceTable,
-    wasi: Option<WasiCtx>,
+    pub(crate) wasi: Option<WasiCtx>,
     services: Arc<HostServices>,
     memory_limit: usize,
     /// Route, filter and tenant of the instance, for what it logs outside a request (in
@@ -173,24 +196,32 @@ pub(crate) struct FilterState {
     /// The lanes the current call holds once it has become a long call (tenant's, then
     /// everyone's), filled by the epoch callback's wait and emptied when the call returns.
     pub(crate) long_call: Arc<std::sync::Mutex<Option<LongCallPermits>>>,
+    /// The instance's log budget, shared with its WASI output streams.
+    pub(crate) log: Arc<log::GuestLog>,
+    /// When the current call must have returned (its tenant's `call_timeout`, or sooner its
+    /// request's deadline).
+    pub(crate) call_deadline: Instant,
+    /// When the current call started.
+    pub(crate) call_started: Instant,
 }
 
 impl FilterState {
-    /// Fresh state for an instance of a filter of `tenant`; `wasi` when the plugin imports WASI.
-    pub(crate) fn new(
-        services: Arc<HostServices>,
-        route: Arc<str>,
-        filter: Arc<str>,
-        tenant: &Tenant,
-        wasi: Option<WasiCtx>,
-    ) -> Self {
+    /// Fresh state for an instance of a filter of `tenant` (its `wasi` is set after, for a plugin
+    /// that imports WASI).
+    pub(crate) fn new(services: Arc<HostServices>, route: Arc<str>, filter: Arc<str>, tenant: &Tenant) -> Self {
+        let owner = [route, filter, tenant.name.clone()];
+        let log =
+            log::GuestLog::new(tenant.log_lines_per_second, services.log_lines_dropped.clone(), labels_of(&owner));
         Self {
             table: ResourceTable::new(),
-            wasi,
+            wasi: None,
             clock: Arc::new(CallClock::new(services.long_call_threads.clone())),
+            log: Arc::new(log),
+            call_deadline: Instant::now(),
+            call_started: Instant::now(),
             services,
             memory_limit: tenant.memory_bytes,
-            owner: [route, filter, tenant.name.clone()],
+            owner,
             call: None,
             request: None,
             response: None,
@@ -206,12 +237,7 @@ impl FilterState {
 
     /// The instance's route, filter and tenant as metric labels.
     pub(crate) fn owner_labels(&self) -> PluginMetricLabels {
-        let [route, filter, tenant] = &self.owner;
-        vec![
-            ("route".to_owned(), route.to_string()),
-            ("filter".to_owned(), filter.to_string()),
-            ("tenant".to_owned(), tenant.to_string()),
-        ]
+        labels_of(&self.owner)
     }
 
     /// Counts the current call as a long call (`sluice_filter_long_calls_total`).
@@ -274,17 +300,15 @@ impl FilterState {
     fn context(&self) -> wasmtime::Result<&CallContext> {
         self.call.as_ref().ok_or_else(|| wasmtime::Error::msg("host call outside a request"))
     }
+}
 
-    fn metric_labels(&self, name: String, labels: Vec<(String, String)>) -> wasmtime::Result<PluginMetricLabels> {
-        let context = self.context()?;
-        let mut all = Vec::with_capacity(labels.len() + 3);
-        all.push(("tenant".to_owned(), context.tenant.name.to_string()));
-        all.push(("plugin".to_owned(), context.filter.to_string()));
-        all.push(("name".to_owned(), name));
-        // The filter's labels may not pose as the host's.
-        all.extend(labels.into_iter().filter(|(key, _)| !matches!(key.as_str(), "tenant" | "plugin" | "name")));
-        Ok(all)
-    }
+/// Route, filter and tenant as metric labels.
+fn labels_of([route, filter, tenant]: &[Arc<str>; 3]) -> PluginMetricLabels {
+    vec![
+        ("route".to_owned(), route.to_string()),
+        ("filter".to_owned(), filter.to_string()),
+        ("tenant".to_owned(), tenant.to_string()),
+    ]
 }
 
 impl WasiView for FilterState {
@@ -314,6 +338,10 @@ impl ResourceLimiter for FilterState {
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<FilterState>> {
     let mut linker = Linker::new(engine);
     Filter::add_to_linker::<FilterState, HasSelf<FilterState>>(&mut linker, |state| state)?;
+    // Host calls whose generated form would copy a guest's list before checking its size.
+    linker.allow_shadowing(true);
+    kv::link_unlifted(&mut linker.instance(&format!("sluice:filter/kv@{}", crate::WIT_VERSION))?)?;
+    linker.allow_shadowing(false);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     Ok(linker)
 }

@@ -50,8 +50,12 @@ impl Compiler<'_> {
                 }
             },
         };
+        if section.max_connections_per_client == 0 {
+            return Err(self.error(None, "server.max_connections_per_client", "must be at least 1"));
+        }
         Ok(ServerSettings {
             max_connections: section.max_connections,
+            max_connections_per_client: section.max_connections_per_client,
             max_header_bytes: section.max_header_bytes,
             max_headers: section.max_headers,
             max_body_bytes: section.max_body_bytes,

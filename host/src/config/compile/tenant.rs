@@ -29,6 +29,12 @@ impl Compiler<'_> {
         if section.cpu_ms_per_second == Some(0) {
             return Err(self.error(None, &format!("{key}.cpu_ms_per_second"), "must be at least 1"));
         }
+        if section.call_timeout.0.is_zero() {
+            return Err(self.error(None, &format!("{key}.call_timeout"), "must be more than 0"));
+        }
+        if section.log_lines_per_second == 0 {
+            return Err(self.error(None, &format!("{key}.log_lines_per_second"), "must be at least 1"));
+        }
         let mut callouts = std::collections::BTreeSet::new();
         for (index, upstream) in section.callouts.iter().enumerate() {
             if !upstreams.contains_key(upstream.get_ref()) {
@@ -67,6 +73,9 @@ impl Compiler<'_> {
             plugins,
             cpu_rate: section.cpu_ms_per_second.map(CpuRate::new),
             long_calls: LongCallLane::default(),
+            metric_series: section.metric_series,
+            log_lines_per_second: section.log_lines_per_second,
+            call_timeout: section.call_timeout.0,
         })
     }
 }

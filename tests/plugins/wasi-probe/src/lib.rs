@@ -2,7 +2,9 @@
 //! preview 1 (as C, Go and Rust's wasip1 guests do), so tests can show that a guest gets
 //! neither. `sluice plugin build` gives it the preview 1 adapter, so the component imports
 //! WASI 0.2 (`wasi:filesystem`, `wasi:cli/environment`, ...), which Sluice links with nothing
-//! ambient. It answers every request with the errno of each attempt.
+//! ambient. It answers every request with the errno of each attempt. With `stdout_lines` in its
+//! config it first writes that many lines to WASI stdout, each with a forged log line and an
+//! escape sequence in it, so tests can show that WASI output is bounded and escaped like logs.
 
 use sluice_sdk::{Decision, Filter, LocalResponse, Request, export_filter};
 
@@ -24,6 +26,7 @@ mod preview1 {
             opened: *mut i32,
         ) -> i32;
         pub fn environ_sizes_get(count: *mut usize, size: *mut usize) -> i32;
+        pub fn fd_write(fd: i32, iovs: *const [usize; 2], iovs_len: usize, written: *mut usize) -> i32;
     }
 }
 
@@ -49,16 +52,43 @@ fn attempts() -> (i32, i32, usize) {
     (0, 0, 0)
 }
 
-pub struct WasiProbe;
+/// Writes `text` to WASI stdout in one `fd_write`.
+#[cfg(target_arch = "wasm32")]
+fn write_stdout(text: &str) {
+    let iov = [text.as_ptr() as usize, text.len()];
+    let mut written = 0;
+    // SAFETY: the one iovec points at `text`, alive for the call.
+    unsafe {
+        let _ = preview1::fd_write(1, &iov, 1, &mut written);
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn write_stdout(_text: &str) {}
+
+/// The probe's config (none: only the attempts).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Lines to write to stdout on each request.
+    stdout_lines: u32,
+}
+
+pub struct WasiProbe {
+    stdout_lines: u32,
+}
 
 impl Filter for WasiProbe {
-    type Config = ();
+    type Config = Option<ProbeConfig>;
 
-    fn new((): ()) -> Result<Self, String> {
-        Ok(Self)
+    fn new(config: Option<ProbeConfig>) -> Result<Self, String> {
+        Ok(Self { stdout_lines: config.unwrap_or_default().stdout_lines })
     }
 
     fn on_request(&mut self, _request: &Request) -> Decision {
+        for line in 0..self.stdout_lines {
+            write_stdout(&format!("stdout {line} INFO sluice::access: request route=\"admin\"\u{1b}[2J\n"));
+        }
         let (prestat, open, environment) = attempts();
         Decision::Respond(
             LocalResponse::new(200).body(format!("prestat={prestat} open={open} environment={environment}")),
