@@ -71,5 +71,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 say "Running the documentation examples (cargo test --doc)"
 cargo test --workspace --doc --locked
-say "Running the test suite (cargo nextest)"
+# The fuzz targets (request path, host-call boundary; bolero, tests named `fuzz_*`) run inside
+# the suite over their corpora and fresh inputs for SLUICE_FUZZ_SECONDS each (10 by default).
+export SLUICE_FUZZ_SECONDS="${SLUICE_FUZZ_SECONDS:-10}"
+say "Running the test suite (cargo nextest), fuzz targets for ${SLUICE_FUZZ_SECONDS}s each"
 cargo nextest run --workspace --locked --no-fail-fast

@@ -202,3 +202,53 @@ async fn a_request_whose_client_leaves_before_the_response_is_logged_once() {
         .count();
     assert_eq!(lines, 1);
 }
+
+#[tokio::test]
+async fn a_client_too_slow_with_its_body_gets_408_and_the_server_is_not_blamed() {
+    let origin = Origin::echo("app").await;
+    capture_logs();
+    let proxy = TestProxy::start(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[[listener]]\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
+         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n[[route]]\nupstream = \"app\"\ntimeout = \"300ms\"\n",
+        origin.addr
+    ))
+    .await;
+    // More stalled uploads than the failures in a row that eject a server.
+    let mut stalled = Vec::new();
+    for index in 0..8 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        let head =
+            format!("POST /upload HTTP/1.1\r\nhost: a\r\nx-request-id: slow-{index}\r\ncontent-length: 100\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"only ten b").await.unwrap();
+        stalled.push(stream);
+    }
+    for (index, mut stream) in stalled.into_iter().enumerate() {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status_line(&answer), "HTTP/1.1 408 Request Timeout", "{answer}");
+        let line = access_log_line(&format!("slow-{index}")).await;
+        assert_eq!(line["error.kind"], "request_body_timeout", "{line}");
+        assert_eq!(line["error.side"], "client");
+    }
+    let upstreams = admin_text(proxy.admin.unwrap(), "/upstreams").await;
+    assert!(upstreams.contains("\"state\":\"available\""), "{upstreams}");
+    assert_eq!(get(&proxy, "a", "/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_later_request_head_on_a_kept_alive_connection_has_the_header_read_timeout_too() {
+    let origin = Origin::echo("app").await;
+    let proxy = proxy_with("header_read_timeout = \"200ms\"\nidle_timeout = \"1h\"", "", &origin).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // Half of a second head, then nothing: cut off, not kept for the hour of idle time.
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nx-slow: ").await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.expect("closed by the proxy");
+    assert_eq!(String::from_utf8_lossy(&rest).matches("HTTP/1.1 200").count(), 0);
+}

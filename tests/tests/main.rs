@@ -11,6 +11,7 @@ mod compression;
 mod dns;
 mod filters;
 mod forwarding;
+mod fuzz;
 mod go;
 mod guest_limits;
 mod hostile;

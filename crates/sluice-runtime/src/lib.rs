@@ -38,7 +38,9 @@ pub use host::{CallContext, HostServices};
 /// The bounds the host keeps a guest to, whatever its tenant's grants (see docs/operations.md,
 /// "Limits and abuse").
 pub mod limits {
-    pub use crate::host::handles::{MAX_HEAD_BYTES, MAX_HEAD_FIELDS, MAX_HEADER_VALUE_BYTES};
+    pub use crate::host::handles::{
+        MAX_CACHE_KEY_BYTES, MAX_HEAD_BYTES, MAX_HEAD_FIELDS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES,
+    };
     pub use crate::host::log::MAX_LINE_BYTES;
     pub use crate::host::metrics::{MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_NAME_BYTES};
     pub use crate::kv::MAX_KEY_BYTES;

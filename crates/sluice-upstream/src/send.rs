@@ -55,6 +55,14 @@ pub enum SendError {
         /// Why.
         reason: String,
     },
+    /// The route's time ran out while the client was still sending its request body: the
+    /// client's slowness, not counted against the server.
+    ClientBodyTimeout {
+        /// The server it was being sent to.
+        server: String,
+        /// The time allowed, in milliseconds.
+        timeout_ms: u128,
+    },
     /// The exchange with the last server tried broke.
     Failed {
         /// The server.
@@ -77,6 +85,33 @@ impl Body for ServerBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that notes when it has all arrived.
+struct TrackedBody {
+    inner: ProxyBody,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || (polled.is_ready() && self.inner.is_end_stream()) {
+            self.done.store(true, Ordering::Release);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -146,6 +181,14 @@ impl Upstream {
         // gone once the first try has read it.
         let replayable = body.is_end_stream();
         let max_tries = if replayable { (self.policy.retry.retries as usize + 1).min(self.servers.len()) } else { 1 };
+        // Whether the client's body has all arrived: a timeout before it has is the client's.
+        // A body known to be empty (most requests) needs no tracking.
+        let (body, body_done) = if replayable {
+            (body, None)
+        } else {
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            (body::boxed(TrackedBody { inner: body, done: done.clone() }), Some(done))
+        };
         let mut body = Some(body);
         // Servers tried so far; on the stack, as nearly every request makes one try.
         let mut tried_buffer = [0usize; MAX_TRIES];
@@ -193,6 +236,9 @@ impl Upstream {
             {
                 self.metrics.overflowed(&self.name);
                 return Err(SendError::Overflow { limit: self.policy.max_connections.unwrap_or_default() });
+            }
+            if result.is_err() && body_done.as_ref().is_some_and(|done| !done.load(Ordering::Acquire)) {
+                return Err(SendError::ClientBodyTimeout { server: server_name, timeout_ms: timeout.as_millis() });
             }
             // A request whose own body broke off says nothing about the server: it is neither
             // counted by outlier detection nor retried.

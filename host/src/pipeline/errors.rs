@@ -76,6 +76,12 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// The route's timeout ran out while the client was still sending its request body.
+    #[error("the request body had not arrived within {timeout_ms} ms")]
+    RequestBodyTimeout {
+        /// The time allowed.
+        timeout_ms: u128,
+    },
     /// The client went away before the response head was ready.
     #[error("the client closed the connection before the response")]
     ClientClosed,
@@ -104,6 +110,7 @@ impl ProxyError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             // nginx's code for a request whose client left; never sent, only logged.
             Self::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::ResponseBodyFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -125,6 +132,7 @@ impl ProxyError {
             | Self::MethodNotAllowed
             | Self::BodyTooLarge { .. }
             | Self::ClientBody { .. }
+            | Self::RequestBodyTimeout { .. }
             | Self::ClientClosed => Side::Client,
             Self::ResponseBodyFailed { side, .. } => *side,
             Self::UpstreamConnect { .. }
@@ -139,7 +147,10 @@ impl ProxyError {
     /// Whether the client's connection closes after the error response: after a malformed
     /// request, the connection's framing cannot be trusted.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Self::BadRequest(_) | Self::MethodNotAllowed | Self::ClientBody { .. })
+        matches!(
+            self,
+            Self::BadRequest(_) | Self::MethodNotAllowed | Self::ClientBody { .. } | Self::RequestBodyTimeout { .. }
+        )
     }
 
     /// A short name for metrics labels.
@@ -148,6 +159,7 @@ impl ProxyError {
             Self::NoRoute => "no_route",
             Self::BadRequest(_) => "bad_request",
             Self::ClientBody { .. } => "client_body",
+            Self::RequestBodyTimeout { .. } => "request_body_timeout",
             Self::ClientClosed => "client_closed",
             Self::ResponseBodyFailed { kind, .. } => kind,
             Self::MethodNotAllowed => "method_not_allowed",

@@ -102,6 +102,10 @@ pub(crate) async fn send(
                     state.server = Some(server.clone());
                     ProxyError::UpstreamFailed { server, reason }
                 }
+                SendError::ClientBodyTimeout { server, timeout_ms } => {
+                    state.server = Some(server);
+                    ProxyError::RequestBodyTimeout { timeout_ms }
+                }
                 SendError::ClientBody { server, reason } => {
                     state.server = Some(server);
                     ProxyError::ClientBody { reason }

@@ -1,6 +1,6 @@
 //! `sluice:filter/callout`: HTTP requests to upstreams the tenant was granted, sent through [`CalloutUpstreams`](crate::CalloutUpstreams).
 
-use super::handles::{guest_header, header_list};
+use super::handles::{self, header_list, set_header};
 use super::*;
 use crate::bindings::sluice::filter::callout;
 
@@ -56,16 +56,22 @@ async fn send_callout(
 ) -> Result<callout::CalloutResponse, String> {
     let method =
         Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
+    if request.path_with_query.len() > handles::MAX_PATH_BYTES {
+        return Err(format!("the path is longer than {} bytes", handles::MAX_PATH_BYTES));
+    }
     let uri = Uri::builder()
         .path_and_query(request.path_with_query.as_str())
         .build()
         .map_err(|err| format!("invalid path: {err}"))?;
-    let mut builder = http::Request::builder().method(method).uri(uri);
+    let mut outgoing = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(body::full(Bytes::from(request.body)))
+        .map_err(|err| err.to_string())?;
+    // Within the same bounds as the heads a filter changes.
     for (name, value) in &request.headers {
-        let (name, value) = guest_header(name, value)?;
-        builder = builder.header(name, value);
+        set_header(outgoing.headers_mut(), name, value, true)?;
     }
-    let outgoing = builder.body(body::full(Bytes::from(request.body))).map_err(|err| err.to_string())?;
     let asked = if request.timeout_ms == 0 {
         CALLOUT_DEFAULT_TIMEOUT
     } else {

@@ -23,6 +23,11 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
 /// Most bytes of names and values a head may have once a filter has added to it.
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 
+/// Longest path and query a filter may set, in bytes.
+pub const MAX_PATH_BYTES: usize = 16 * 1024;
+/// Longest cache key a filter may set, in bytes; a longer one is ignored.
+pub const MAX_CACHE_KEY_BYTES: usize = 4096;
+
 /// Headers that describe one connection, not the message: the host's business alone.
 pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     matches!(
@@ -120,6 +125,9 @@ impl wit_http::HostRequest for FilterState {
             if !value.starts_with('/') {
                 return Err("the path must start with /".to_owned());
             }
+            if value.len() > MAX_PATH_BYTES {
+                return Err(format!("the path is longer than {MAX_PATH_BYTES} bytes"));
+            }
             let path_and_query =
                 PathAndQuery::try_from(value.as_str()).map_err(|_| format!("invalid path {value:?}"))?;
             let mut uri_parts = std::mem::take(&mut slot.parts.uri).into_parts();
@@ -192,7 +200,10 @@ impl wit_http::HostRequest for FilterState {
     }
 
     fn set_cache_key(&mut self, _: Resource<RequestHandle>, key: String) -> wasmtime::Result<()> {
-        self.request_slot()?.cache_key = Some(key);
+        // A longer key is refused (the default key stays): the cache keeps keys in memory.
+        if key.len() <= MAX_CACHE_KEY_BYTES {
+            self.request_slot()?.cache_key = Some(key);
+        }
         Ok(())
     }
 

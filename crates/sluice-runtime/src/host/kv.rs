@@ -20,7 +20,7 @@ fn kv_error(error: KvError) -> kv::KvError {
 }
 
 impl FilterState {
-    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: u64) -> wasmtime::Result<Result<(), kv::KvError>> {
+    pub(super) fn kv_set(&self, key: &str, value: &[u8], ttl_ms: u64) -> wasmtime::Result<Result<(), kv::KvError>> {
         let tenant = &self.context()?.tenant;
         Ok(self.services.kv.set(&tenant.name, tenant.kv, key, value, ttl_ms).map_err(kv_error))
     }

@@ -38,6 +38,9 @@ pub(crate) mod log;
 pub(crate) mod metrics;
 mod random;
 
+#[cfg(test)]
+mod fuzz;
+
 /// Largest callout response body a filter receives.
 const CALLOUT_BODY_LIMIT: usize = 1 << 20;
 /// Callout timeout when the filter gives none.
