@@ -252,3 +252,28 @@ async fn a_later_request_head_on_a_kept_alive_connection_has_the_header_read_tim
     stream.read_to_end(&mut rest).await.expect("closed by the proxy");
     assert_eq!(String::from_utf8_lossy(&rest).matches("HTTP/1.1 200").count(), 0);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_cut_off_at_the_send_timeout() {
+    capture_logs();
+    let origin = Origin::start(|_request| {
+        Box::pin(async { http::Response::new(sluice_http::body::full(vec![b'x'; 32 << 20])) })
+    })
+    .await;
+    let proxy = TestProxy::start(&format!(
+        "[server]\nsend_timeout = \"300ms\"\nidle_timeout = \"1h\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         [[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n\
+         [[route]]\nupstream = \"app\"\n",
+        origin.addr
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET /big HTTP/1.1\r\nhost: a\r\nx-request-id: never-reads\r\n\r\n").await.unwrap();
+    // The client reads nothing: once the socket buffers are full the proxy waits on it, and cuts
+    // it off at the send timeout, which ends (and logs) the request.
+    let line = access_log_line("never-reads").await;
+    assert_eq!(line["complete"], false, "{line}");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    assert!(answer.len() < 32 << 20, "the response was cut short");
+}

@@ -14,6 +14,10 @@ pub struct ConnectionActivity {
     served: AtomicBool,
     /// Milliseconds after `opened` at which the connection last had activity.
     last_active_ms: AtomicU64,
+    /// Milliseconds after `opened` (at least 1) since which a response frame has been handed to
+    /// the connection and the connection has not asked for the next: the client is not reading.
+    /// 0 while nothing is owed.
+    awaiting_client_since_ms: AtomicU64,
 }
 
 /// Held while a request is in flight; dropping it marks the request done.
@@ -35,6 +39,7 @@ impl ConnectionActivity {
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
+            awaiting_client_since_ms: AtomicU64::new(0),
         })
     }
 
@@ -47,8 +52,40 @@ impl ConnectionActivity {
     }
 
     fn touch(&self) {
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_active_ms.store(now, Ordering::Release);
+        self.last_active_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A response frame was handed to the connection: until it asks for the next one, it is
+    /// waiting on the client to read.
+    pub fn frame_handed_over(&self) {
+        self.awaiting_client_since_ms.store(self.now_ms().max(1), Ordering::Release);
+    }
+
+    /// The connection asked for the next response frame (or the body ended): the client reads.
+    pub fn frame_asked_for(&self) {
+        self.awaiting_client_since_ms.store(0, Ordering::Release);
+    }
+
+    /// Resolves once the connection has waited `limit` for its client to read a response (a
+    /// client that stops reading holds its connection, and the upstream's, only that long).
+    pub async fn client_stops_reading(&self, limit: Duration) {
+        loop {
+            let since = self.awaiting_client_since_ms.load(Ordering::Acquire);
+            let next_check = if since == 0 {
+                Instant::now() + limit
+            } else {
+                let stalled_from = self.opened + Duration::from_millis(since);
+                if stalled_from.elapsed() >= limit {
+                    return;
+                }
+                stalled_from + limit
+            };
+            tokio::time::sleep_until(next_check.into()).await;
+        }
     }
 
     /// Resolves once nothing has been in flight for `idle`, or, before the first request has

@@ -121,10 +121,15 @@ where
 /// A response body that counts the bytes it passes and calls `on_end` exactly once: when the
 /// last frame has gone, when it fails (with the error), or when the client goes away and it is
 /// dropped.
+///
+/// With a connection's [`ConnectionActivity`](crate::ConnectionActivity), it also tells the
+/// connection when a frame is handed over and when the next is asked for, so that a client that
+/// stops reading can be cut off.
 pub struct ObservedBody<F: FnOnce(BodyOutcome, Option<&BoxError>)> {
     inner: ProxyBody,
     bytes: u64,
     on_end: Option<F>,
+    activity: Option<Arc<crate::ConnectionActivity>>,
 }
 
 /// How a response body ended.
@@ -139,10 +144,20 @@ pub struct BodyOutcome {
 impl<F: FnOnce(BodyOutcome, Option<&BoxError>)> ObservedBody<F> {
     /// Wraps `inner`.
     pub fn new(inner: ProxyBody, on_end: F) -> Self {
-        Self { inner, bytes: 0, on_end: Some(on_end) }
+        Self { inner, bytes: 0, on_end: Some(on_end), activity: None }
+    }
+
+    /// Also reports to `activity` whether the client is reading (see
+    /// [`ConnectionActivity::client_stops_reading`](crate::ConnectionActivity::client_stops_reading)).
+    pub fn reporting_to(mut self, activity: Arc<crate::ConnectionActivity>) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     fn finish(&mut self, complete: bool, error: Option<&BoxError>) {
+        if let Some(activity) = &self.activity {
+            activity.frame_asked_for();
+        }
         if let Some(on_end) = self.on_end.take() {
             on_end(BodyOutcome { bytes: self.bytes, complete }, error);
         }
@@ -155,6 +170,9 @@ impl<F: FnOnce(BodyOutcome, Option<&BoxError>) + Unpin> Body for ObservedBody<F>
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(activity) = &this.activity {
+            activity.frame_asked_for();
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -163,6 +181,8 @@ impl<F: FnOnce(BodyOutcome, Option<&BoxError>) + Unpin> Body for ObservedBody<F>
                 }
                 if this.inner.is_end_stream() {
                     this.finish(true, None);
+                } else if let Some(activity) = &this.activity {
+                    activity.frame_handed_over();
                 }
             }
             Poll::Ready(Some(Err(error))) => this.finish(false, Some(error)),

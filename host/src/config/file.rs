@@ -218,6 +218,8 @@ pub struct ServerSection {
     pub header_read_timeout: HumanDuration,
     /// How long a keep-alive connection may sit with no request in flight.
     pub idle_timeout: HumanDuration,
+    /// How long a client may take to read the next part of a response before it is cut off.
+    pub send_timeout: HumanDuration,
     /// How long in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_timeout: HumanDuration,
     /// Peers whose X-Forwarded-* and X-Request-Id headers are believed.
@@ -254,6 +256,7 @@ impl Default for ServerSection {
             max_body_bytes: 100 * 1024 * 1024,
             header_read_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::from_secs(60)),
+            send_timeout: HumanDuration(Duration::from_secs(60)),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             trusted_proxies: Vec::new(),
             hide_headers: vec!["server".into(), "x-powered-by".into()],

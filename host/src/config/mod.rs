@@ -106,6 +106,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// Time a connection may sit with nothing in flight.
     pub idle_timeout: Duration,
+    /// Time a client may take to read the next part of a response.
+    pub send_timeout: Duration,
     /// Time in-flight requests get after a shutdown signal.
     pub shutdown_timeout: Duration,
     /// Peers whose forwarding headers are believed.

@@ -109,6 +109,7 @@ pub(crate) fn deliver(
     let metrics = metrics.clone();
     let (parts, body) = response.into_parts();
     let mut state = state;
+    let activity = state.connection.activity.clone();
     let observed = ObservedBody::new(body, move |end: BodyOutcome, failure: Option<&BoxError>| {
         drop(state.in_flight.take());
         if let Some(failure) = failure
@@ -117,7 +118,8 @@ pub(crate) fn deliver(
             state.error = Some(stream_failure(failure));
         }
         record(&metrics, &state, status.as_u16(), end);
-    });
+    })
+    .reporting_to(activity);
     Response::from_parts(parts, body::boxed(observed))
 }
 

@@ -41,6 +41,8 @@ pub(super) struct ConnectionTimeouts {
     pub(super) first_request: Duration,
     /// After an idle connection was asked to close, before it is cut off.
     pub(super) close_grace: Duration,
+    /// Waiting for the client to read a response (`send_timeout`), before it is cut off.
+    pub(super) send: Duration,
 }
 
 impl ConnectionTimeouts {
@@ -49,6 +51,7 @@ impl ConnectionTimeouts {
             idle: settings.idle_timeout,
             first_request: settings.header_read_timeout,
             close_grace: settings.header_read_timeout,
+            send: settings.send_timeout,
         }
     }
 }
@@ -101,6 +104,10 @@ pub(super) async fn serve<I>(
                 connection.as_mut().graceful_shutdown();
                 draining = true;
                 idle_close_by = Some(tokio::time::Instant::now() + limits.close_grace);
+            }
+            () = activity.client_stops_reading(limits.send) => {
+                tracing::debug!("client stopped reading its response: cut off");
+                return;
             }
             () = cut_off => {
                 tracing::debug!("idle client connection did not close when asked: cut off");

@@ -50,6 +50,9 @@ impl Compiler<'_> {
                 }
             },
         };
+        if section.send_timeout.0.is_zero() {
+            return Err(self.error(None, "server.send_timeout", "must be more than 0"));
+        }
         if section.max_connections_per_client == 0 {
             return Err(self.error(None, "server.max_connections_per_client", "must be at least 1"));
         }
@@ -61,6 +64,7 @@ impl Compiler<'_> {
             max_body_bytes: section.max_body_bytes,
             header_read_timeout: section.header_read_timeout.0,
             idle_timeout: section.idle_timeout.0,
+            send_timeout: section.send_timeout.0,
             shutdown_timeout: section.shutdown_timeout.0,
             trusted_proxies,
             hide_headers,
