@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use super::*;
 use crate::bindings::sluice::filter::metrics;
@@ -90,20 +90,29 @@ pub(crate) fn checked_labels(
 }
 
 /// The series each tenant's filters have created (as hashes of their label sets and kind), to
-/// hold them to their grant. Series are never removed from `/metrics`, so neither are they here.
+/// hold them to their grant, each tenant's behind a lock of its own. Series are never removed
+/// from `/metrics`, so neither are they here.
 #[derive(Debug, Default)]
 pub struct SeriesBudget {
-    by_tenant: Mutex<HashMap<Arc<str>, HashSet<u64>>>,
+    by_tenant: RwLock<HashMap<Arc<str>, Arc<Mutex<HashSet<u64>>>>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl SeriesBudget {
+    fn series_of(&self, tenant: &Arc<str>) -> Arc<Mutex<HashSet<u64>>> {
+        if let Some(series) = self.by_tenant.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant) {
+            return series.clone();
+        }
+        let mut by_tenant = self.by_tenant.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        by_tenant.entry(tenant.clone()).or_default().clone()
+    }
+
     /// Whether `tenant` may write the series `labels` of metric kind `kind`: one it has already,
     /// or a new one within `limit`.
     pub(crate) fn admit(&self, tenant: &Arc<str>, limit: usize, kind: u8, labels: &PluginMetricLabels) -> bool {
         let hash = self.hasher.hash_one((kind, labels));
-        let mut by_tenant = self.by_tenant.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let series = by_tenant.entry(tenant.clone()).or_default();
+        let series = self.series_of(tenant);
+        let mut series = series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if series.contains(&hash) {
             return true;
         }
@@ -116,7 +125,8 @@ impl SeriesBudget {
 
     /// How many series `tenant` has.
     pub fn count(&self, tenant: &str) -> usize {
-        self.by_tenant.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant).map_or(0, HashSet::len)
+        let by_tenant = self.by_tenant.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        by_tenant.get(tenant).map_or(0, |series| series.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len())
     }
 }
 
