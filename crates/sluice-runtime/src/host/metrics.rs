@@ -94,12 +94,15 @@ pub(crate) fn checked_labels(
 /// from `/metrics`, so neither are they here.
 #[derive(Debug, Default)]
 pub struct SeriesBudget {
-    by_tenant: RwLock<HashMap<Arc<str>, Arc<Mutex<HashSet<u64>>>>>,
+    by_tenant: RwLock<HashMap<Arc<str>, TenantSeries>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
+/// One tenant's series, by hash.
+type TenantSeries = Arc<Mutex<HashSet<u64>>>;
+
 impl SeriesBudget {
-    fn series_of(&self, tenant: &Arc<str>) -> Arc<Mutex<HashSet<u64>>> {
+    fn series_of(&self, tenant: &Arc<str>) -> TenantSeries {
         if let Some(series) = self.by_tenant.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant) {
             return series.clone();
         }
