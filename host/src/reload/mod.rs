@@ -97,6 +97,11 @@ impl Reloader {
             return Err(ConfigError::at("", None, "", "Sluice was not started from a file: nothing to re-read"));
         };
         let _one_at_a_time = self.running.lock().await;
+        self.reload_file(path).await
+    }
+
+    /// Compiles `path` against the running snapshot and swaps it in; the caller holds `running`.
+    async fn reload_file(&self, path: PathBuf) -> Result<u64, ConfigError> {
         let previous = self.snapshot.load_full();
         // Compiling may build plugin crates and compile components: keep it off the workers.
         let compiled = tokio::task::spawn_blocking(move || Snapshot::from_file_after(&path, &previous))
@@ -110,9 +115,9 @@ impl Reloader {
     /// covered by it. False when Sluice was not started from a file.
     pub fn reload_from_source_in_background(self: &Arc<Self>) -> bool {
         use std::sync::atomic::Ordering;
-        if self.source.is_none() {
+        let Some(path) = self.source.clone() else {
             return false;
-        }
+        };
         if self.queued.swap(true, Ordering::AcqRel) {
             return true;
         }
@@ -120,12 +125,8 @@ impl Reloader {
         tokio::spawn(async move {
             let _one_at_a_time = reloader.running.lock().await;
             reloader.queued.store(false, Ordering::Release);
-            let path = reloader.source.clone().unwrap_or_default();
-            let previous = reloader.snapshot.load_full();
-            let compiled = tokio::task::spawn_blocking(move || Snapshot::from_file_after(&path, &previous))
-                .await
-                .unwrap_or_else(|panic| Err(ConfigError::at("", None, "", format!("the reload panicked: {panic}"))));
-            let _ = reloader.finish(compiled).await;
+            // The outcome is logged and kept for `/status` by the reload itself.
+            let _ = reloader.reload_file(path).await;
         });
         true
     }
