@@ -20,6 +20,7 @@ fn context() -> CallContext {
         request_id: "bench".into(),
         client_ip: "192.0.2.1".parse().unwrap(),
         client_identity: None,
+        client_location: Default::default(),
         upstreams: Arc::new(sluice_runtime::NoUpstreams),
         deadline: None,
     }

@@ -23,6 +23,7 @@ fn context() -> CallContext {
         request_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         client_ip: "192.0.2.1".parse().unwrap(),
         client_identity: None,
+        client_location: Default::default(),
         upstreams: Arc::new(sluice_runtime::NoUpstreams),
         deadline: None,
     }

@@ -10,46 +10,46 @@ import (
 	"unsafe"
 )
 
-//go:wasmimport sluice:filter/log@0.1.0 log
+//go:wasmimport sluice:filter/log@0.1.1 log
 func importLog(level uint32, message unsafe.Pointer, length uint32)
 
-//go:wasmimport sluice:filter/kv@0.1.0 get
+//go:wasmimport sluice:filter/kv@0.1.1 get
 func importKVGet(key unsafe.Pointer, keyLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.0 set
+//go:wasmimport sluice:filter/kv@0.1.1 set
 func importKVSet(key unsafe.Pointer, keyLength uint32, value unsafe.Pointer, valueLength uint32, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.0 increment
+//go:wasmimport sluice:filter/kv@0.1.1 increment
 func importKVIncrement(key unsafe.Pointer, keyLength uint32, delta int64, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.0 delete
+//go:wasmimport sluice:filter/kv@0.1.1 delete
 func importKVDelete(key unsafe.Pointer, keyLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.0 compare-and-swap
+//go:wasmimport sluice:filter/kv@0.1.1 compare-and-swap
 func importKVCompareAndSwap(key unsafe.Pointer, keyLength uint32, hasExpected uint32, expected unsafe.Pointer, expectedLength uint32, value unsafe.Pointer, valueLength uint32, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/metrics@0.1.0 counter-add
+//go:wasmimport sluice:filter/metrics@0.1.1 counter-add
 func importCounterAdd(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value uint64)
 
-//go:wasmimport sluice:filter/metrics@0.1.0 gauge-set
+//go:wasmimport sluice:filter/metrics@0.1.1 gauge-set
 func importGaugeSet(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value int64)
 
-//go:wasmimport sluice:filter/metrics@0.1.0 histogram-record
+//go:wasmimport sluice:filter/metrics@0.1.1 histogram-record
 func importHistogramRecord(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value float64)
 
-//go:wasmimport sluice:filter/callout@0.1.0 send
+//go:wasmimport sluice:filter/callout@0.1.1 send
 func importCalloutSend(upstream unsafe.Pointer, upstreamLength uint32, method unsafe.Pointer, methodLength uint32, path unsafe.Pointer, pathLength uint32, headers unsafe.Pointer, headerCount uint32, body unsafe.Pointer, bodyLength uint32, timeoutMs uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/clock@0.1.0 now-unix-ms
+//go:wasmimport sluice:filter/clock@0.1.1 now-unix-ms
 func importNowUnixMs() uint64
 
-//go:wasmimport sluice:filter/clock@0.1.0 monotonic-ns
+//go:wasmimport sluice:filter/clock@0.1.1 monotonic-ns
 func importMonotonicNs() uint64
 
-//go:wasmimport sluice:filter/random@0.1.0 bytes
+//go:wasmimport sluice:filter/random@0.1.1 bytes
 func importRandomBytes(length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/random@0.1.0 next-u64
+//go:wasmimport sluice:filter/random@0.1.1 next-u64
 func importRandomNextU64() uint64
 
 func hostLog(level Level, message string) {

@@ -184,6 +184,7 @@ async fn a_warm_go_instance_serves_thousands_of_large_calls_within_its_memory() 
         request_id: "test".into(),
         client_ip: "127.0.0.1".parse().unwrap(),
         client_identity: None,
+        client_location: Default::default(),
         upstreams: Arc::new(sluice_runtime::NoUpstreams),
         deadline: None,
     };
@@ -218,7 +219,7 @@ fn a_go_filter_packs_as_a_plugin_package() {
     assert_eq!(package.info.name, "header-policy");
     assert_eq!(package.info.version, "0.1.0");
     assert!(package.info.description.as_deref().is_some_and(|text| text.contains("header policy")));
-    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.0");
+    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.1");
     // Go's linker keeps only the host functions the filter calls, and Go's runtime needs WASI
     // (clocks, randomness, stderr) through the adapter: no preopens, no environment.
     assert_eq!(package.info.capabilities, ["log", "metrics", "wasi"].map(String::from));

@@ -84,6 +84,7 @@ async fn instances_whose_heap_creeps_up_are_retired_before_their_memory_limit() 
         request_id: "test".into(),
         client_ip: "127.0.0.1".parse().unwrap(),
         client_identity: None,
+        client_location: Default::default(),
         upstreams: Arc::new(sluice_runtime::NoUpstreams),
         deadline: None,
     };
@@ -121,8 +122,11 @@ fn a_javascript_filter_packs_as_a_plugin_package() {
     assert_eq!(package.info.name, "sign-filter");
     assert_eq!(package.info.version, "0.1.0");
     assert!(package.info.description.as_deref().is_some_and(|text| text.contains("HMAC-SHA256")));
-    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.0");
+    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.1");
     // componentize-js imports every interface of the world; no WASI (every WASI feature is
     // disabled in its build).
-    assert_eq!(package.info.capabilities, ["callout", "clock", "kv", "log", "metrics", "random"].map(String::from));
+    assert_eq!(
+        package.info.capabilities,
+        ["callout", "client", "clock", "kv", "log", "metrics", "random"].map(String::from)
+    );
 }

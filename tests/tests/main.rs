@@ -3,6 +3,7 @@
 //! line as users run it, and checks of the code's shape.
 
 mod abuse;
+mod access;
 mod architecture;
 mod balancing;
 mod cache;

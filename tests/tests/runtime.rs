@@ -33,6 +33,7 @@ fn context() -> CallContext {
         request_id: "req-1".into(),
         client_ip: "192.0.2.1".parse().unwrap(),
         client_identity: None,
+        client_location: Default::default(),
         upstreams: Arc::new(sluice_runtime::NoUpstreams),
         deadline: None,
     }
@@ -125,9 +126,16 @@ async fn a_core_module_is_refused_with_a_hint() {
 
 /// A component for the same world at another version of the package.
 fn component_for_version(version: &str) -> Vec<u8> {
-    let wit = std::fs::read_to_string(sluice_tests::repo_root().join("wit/filter.wit"))
-        .unwrap()
-        .replace("package sluice:filter@0.1.0;", &format!("package sluice:filter@{version};"));
+    component_for_world(version, |wit| wit)
+}
+
+/// A component for the world `edit` makes of this one, at `version` of the package.
+fn component_for_world(version: &str, edit: impl FnOnce(String) -> String) -> Vec<u8> {
+    let wit = std::fs::read_to_string(sluice_tests::repo_root().join("wit/filter.wit")).unwrap().replace(
+        &format!("package sluice:filter@{};", sluice_runtime::WIT_VERSION),
+        &format!("package sluice:filter@{version};"),
+    );
+    let wit = edit(wit);
     let mut resolve = wit_parser::Resolve::default();
     let package = resolve.push_str("filter.wit", &wit).unwrap();
     let world = resolve.select_world(&[package], Some("plugin")).unwrap();
@@ -143,10 +151,26 @@ async fn a_plugin_for_another_world_version_is_refused_saying_so() {
     assert!(matches!(error, PluginError::IncompatibleWorld { .. }), "{error}");
     assert_eq!(
         error.to_string(),
-        "built for sluice:filter@0.2.0; this Sluice serves sluice:filter@0.1.0: rebuild the plugin against this version"
+        "built for sluice:filter@0.2.0; this Sluice serves sluice:filter@0.1.1: rebuild the plugin against this version"
     );
     // A patch release of the same version is compatible.
     assert!(Plugin::load(&runtime, "patch", &component_for_version("0.1.3")).is_ok());
+}
+
+#[tokio::test]
+async fn a_plugin_built_for_the_0_1_0_world_loads() {
+    // The 0.1.0 world: everything but the `client` interface that 0.1.1 added.
+    let component = component_for_world("0.1.0", |wit| {
+        let start = wit.find("/// The client of the request being served").unwrap();
+        let end = wit.find("/// A Sluice filter plugin").unwrap();
+        let mut old = format!("{}{}", &wit[..start], &wit[end..]);
+        old = old.replace("    import client;\n", "");
+        assert!(!old.contains("client {") && !old.contains("import client"));
+        old
+    });
+    let runtime = sluice_tests::filter_runtime();
+    let plugin = Plugin::load(&runtime, "old", &component).expect("a 0.1.0 component loads");
+    assert!(!plugin.capabilities().contains(&"client".to_owned()));
 }
 
 #[tokio::test]

@@ -115,15 +115,19 @@ impl Entries {
             removed += 1;
         };
         self.hosts.retain(|_, bans| {
-            bans.retain(|ban| ban.active(now) || {
-                forget(ban);
-                false
+            bans.retain(|ban| {
+                ban.active(now) || {
+                    forget(ban);
+                    false
+                }
             });
             !bans.is_empty()
         });
-        self.ranges.retain(|ban| ban.active(now) || {
-            forget(ban);
-            false
+        self.ranges.retain(|ban| {
+            ban.active(now) || {
+                forget(ban);
+                false
+            }
         });
         self.per_tenant.retain(|_, held| *held > 0);
         self.count -= removed;
@@ -226,7 +230,8 @@ impl BlockList {
             BanScope::Tenant(name) => entries.per_tenant.get(name).copied().unwrap_or(0) >= request.tenant_limit,
             BanScope::All => false,
         };
-        let ranges_full = |entries: &Entries| !is_single_address(&ban.network) && entries.ranges.len() >= MAX_RANGE_BANS;
+        let ranges_full =
+            |entries: &Entries| !is_single_address(&ban.network) && entries.ranges.len() >= MAX_RANGE_BANS;
         if entries.count >= self.max_bans || tenant_full(&entries) || ranges_full(&entries) {
             entries.sweep(now);
         }

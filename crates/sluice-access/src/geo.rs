@@ -103,8 +103,8 @@ struct Database {
 
 impl Database {
     fn open(path: &Path) -> Result<Self, GeoError> {
-        let reader = maxminddb::Reader::open_readfile(path)
-            .map_err(|source| GeoError { path: path.to_owned(), source })?;
+        let reader =
+            maxminddb::Reader::open_readfile(path).map_err(|source| GeoError { path: path.to_owned(), source })?;
         Ok(Self { path: path.to_owned(), reader })
     }
 

@@ -109,9 +109,7 @@ impl AccessRules {
 
     /// Why a client at `client` in `location` is refused, if it is; address lists first.
     pub fn refuses(&self, client: IpAddr, location: &Location) -> Option<Refusal> {
-        self.addresses
-            .refuses(client)
-            .or_else(|| self.countries.refuses(location).then_some(Refusal::Country))
+        self.addresses.refuses(client).or_else(|| self.countries.refuses(location).then_some(Refusal::Country))
     }
 }
 

@@ -38,6 +38,7 @@ pub use host::{CallContext, HostServices};
 /// The bounds the host keeps a guest to, whatever its tenant's grants (see docs/operations.md,
 /// "Limits and abuse").
 pub mod limits {
+    pub use crate::host::client::MAX_BAN_REASON_BYTES;
     pub use crate::host::handles::{
         MAX_CACHE_KEY_BYTES, MAX_HEAD_BYTES, MAX_HEAD_FIELDS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES,
     };
@@ -52,7 +53,8 @@ pub use pool::{
     HeadOutcome, Isolation, RequestHead, RouteFilter,
 };
 pub use tenant::{
-    CpuRate, DEFAULT_CALL_TIMEOUT, DEFAULT_LOG_LINES_PER_SECOND, DEFAULT_METRIC_SERIES, LongCallLane, Tenant,
+    BanGrant, CpuRate, DEFAULT_BAN_ENTRIES, DEFAULT_CALL_TIMEOUT, DEFAULT_LOG_LINES_PER_SECOND, DEFAULT_METRIC_SERIES,
+    LongCallLane, Tenant,
 };
 
 pub use bindings::sluice::filter::types::Phases;

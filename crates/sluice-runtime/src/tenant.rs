@@ -16,6 +16,17 @@ pub const DEFAULT_METRIC_SERIES: usize = 1000;
 pub const DEFAULT_LOG_LINES_PER_SECOND: u32 = 100;
 /// Wall-clock time per filter call unless the tenant's section says otherwise.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bans a tenant's filters may hold at once unless its section says otherwise.
+pub const DEFAULT_BAN_ENTRIES: usize = 10_000;
+
+/// A tenant's grant to ban the clients its filters serve (the `client.ban` host call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BanGrant {
+    /// The longest ban; longer requests are cut to it.
+    pub max_duration: Duration,
+    /// Most bans the tenant holds at once.
+    pub max_entries: usize,
+}
 
 /// A tenant and its grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +57,8 @@ pub struct Tenant {
     pub log_lines_per_second: u32,
     /// Wall-clock time one filter call may take, callouts and pauses included.
     pub call_timeout: Duration,
+    /// Whether, and for how long, its filters may ban the clients they serve (`None`: not).
+    pub bans: Option<BanGrant>,
 }
 
 /// Calls that run past their first milliseconds of CPU ("long calls") move to the long-call
@@ -152,6 +165,7 @@ impl Tenant {
             metric_series: DEFAULT_METRIC_SERIES,
             log_lines_per_second: DEFAULT_LOG_LINES_PER_SECOND,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            bans: None,
         }
     }
 }

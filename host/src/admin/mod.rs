@@ -1,7 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz`, `/upstreams` (each
 //! upstream's servers with their health, ejection and load, as JSON), `/status` (configuration
-//! generation, plugins, the last reload error), `POST /reload` and `POST /cache/purge` (both
-//! token-protected). It serves operators, not clients, so it binds to loopback unless configured
+//! generation, plugins, the last reload error), `GET /blocks` (bans in force), `POST /reload`,
+//! `POST /cache/purge`, `POST /blocks` and `DELETE /blocks` (token-protected). It serves operators, not clients, so it binds to loopback unless configured
 //! otherwise.
 
 use std::convert::Infallible;
@@ -85,6 +85,8 @@ async fn answer(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody
             let stored = admin.cache.stored_size();
             admin.metrics.cache_bytes.set(i64::try_from(stored.bytes).unwrap_or(i64::MAX));
             admin.metrics.cache_entries.set(i64::try_from(stored.keys).unwrap_or(i64::MAX));
+            let bans = blocks(admin).active().len();
+            admin.metrics.bans_active.set(i64::try_from(bans).unwrap_or(i64::MAX));
             text_response(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -96,7 +98,10 @@ async fn answer(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody
         (&Method::GET, "/status") => text_response(StatusCode::OK, JSON, status(admin)),
         (&Method::POST, "/reload") => reload(&request, admin).await,
         (&Method::POST, "/cache/purge") => purge(request, admin).await,
-        (_, "/metrics" | "/healthz" | "/upstreams" | "/status" | "/reload" | "/cache/purge") => {
+        (&Method::GET, "/blocks") => text_response(StatusCode::OK, JSON, list_bans(admin)),
+        (&Method::POST, "/blocks") => add_ban(request, admin).await,
+        (&Method::DELETE, "/blocks") => lift_ban(&request, admin),
+        (_, "/metrics" | "/healthz" | "/upstreams" | "/status" | "/reload" | "/cache/purge" | "/blocks") => {
             text_response(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".to_owned())
         }
         _ => text_response(StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
@@ -174,6 +179,139 @@ async fn purge(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody>
     admin.metrics.cache_purged.inc_by(purged as u64);
     tracing::info!(?target, route = wanted.route.as_deref().unwrap_or("*"), purged, "cache purged");
     text_response(StatusCode::OK, JSON, format!("{}\n", serde_json::json!({"purged": purged})))
+}
+
+/// The block list: the runtime's, which outlives every configuration generation.
+fn blocks(admin: &Admin) -> Arc<sluice_access::BlockList> {
+    admin.snapshot.load().services.runtime.services().blocks.clone()
+}
+
+fn ban_json(ban: &sluice_access::Ban) -> serde_json::Value {
+    let now = Instant::now();
+    let (scope, tenant) = match &ban.scope {
+        sluice_access::BanScope::All => ("all", None),
+        sluice_access::BanScope::Tenant(name) => ("tenant", Some(name.to_string())),
+    };
+    let origin = match &ban.origin {
+        sluice_access::BanOrigin::Admin => serde_json::json!({"by": "admin"}),
+        sluice_access::BanOrigin::Filter { route, filter } => {
+            serde_json::json!({"by": "filter", "route": &**route, "filter": &**filter})
+        }
+    };
+    serde_json::json!({
+        "address": ban.network.to_string(),
+        "scope": scope,
+        "tenant": tenant,
+        "reason": ban.reason,
+        "origin": origin,
+        "expires_at": humantime::format_rfc3339_millis(ban.until_wall).to_string(),
+        "expires_in_ms": u64::try_from(ban.until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// `GET /blocks`: every ban in force, soonest to end first.
+fn list_bans(admin: &Admin) -> String {
+    let bans: Vec<serde_json::Value> = blocks(admin).active().iter().map(ban_json).collect();
+    format!("{}\n", serde_json::json!({ "bans": bans }))
+}
+
+/// What `POST /blocks` takes.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    /// An address or a CIDR range.
+    address: String,
+    /// How long, such as `10m` or `1h 30m`.
+    duration: String,
+    /// Why (kept with the ban, shown by `GET /blocks`).
+    #[serde(default)]
+    reason: String,
+    /// Close only this tenant's routes (default: every route).
+    tenant: Option<String>,
+}
+
+fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// `POST /blocks` with `{"address": "192.0.2.7", "duration": "10m", "reason": "...",
+/// "tenant"?: "..."}`; token-protected. Banning an address banned already extends the ban.
+async fn add_ban(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+    const JSON: &str = "application/json";
+    if let Err(refused) = check_token(&request, admin) {
+        return refused;
+    }
+    let bad = |message: String| {
+        text_response(StatusCode::BAD_REQUEST, JSON, format!("{}\n", serde_json::json!({"error": message})))
+    };
+    let body = match http_body_util::Limited::new(request.into_body(), 16 * 1024).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => return bad(format!("could not read the body: {err}")),
+    };
+    let wanted: BanBody = match serde_json::from_slice(&body) {
+        Ok(wanted) => wanted,
+        Err(err) => {
+            return bad(format!(
+                "expected {{\"address\": ..., \"duration\": ..., \"reason\"?: ..., \"tenant\"?: ...}}: {err}"
+            ));
+        }
+    };
+    let Some(network) = parse_network(&wanted.address) else {
+        return bad(format!("{:?} is not an address or a CIDR range", wanted.address));
+    };
+    let duration = match humantime::parse_duration(&wanted.duration) {
+        Ok(duration) => duration,
+        Err(err) => return bad(format!("duration {:?}: {err}", wanted.duration)),
+    };
+    if wanted.reason.len() > 1024 {
+        return bad("reason: at most 1024 bytes".to_owned());
+    }
+    let scope = match wanted.tenant {
+        Some(tenant) => sluice_access::BanScope::Tenant(tenant.into()),
+        None => sluice_access::BanScope::All,
+    };
+    let ban = sluice_access::BanRequest {
+        network,
+        scope,
+        duration,
+        reason: wanted.reason,
+        origin: sluice_access::BanOrigin::Admin,
+        tenant_limit: usize::MAX,
+    };
+    match blocks(admin).ban(ban) {
+        Ok(ban) => {
+            tracing::info!(target: "sluice::access", address = %ban.network, reason = %ban.reason, duration = ?duration, "client banned by the admin API");
+            text_response(StatusCode::CREATED, JSON, format!("{}\n", ban_json(&ban)))
+        }
+        Err(err @ sluice_access::BanError::Full { .. }) => text_response(
+            StatusCode::INSUFFICIENT_STORAGE,
+            JSON,
+            format!("{}\n", serde_json::json!({"error": err.to_string()})),
+        ),
+        Err(err) => bad(err.to_string()),
+    }
+}
+
+/// `DELETE /blocks?address=192.0.2.7[&tenant=NAME]`: lifts the bans on exactly that address or
+/// range (in every scope unless a tenant is named); token-protected.
+fn lift_ban(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+    const JSON: &str = "application/json";
+    if let Err(refused) = check_token(request, admin) {
+        return refused;
+    }
+    let query = request.uri().query().unwrap_or("");
+    let value = |name: &str| {
+        form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+    };
+    let Some(network) = value("address").as_deref().and_then(parse_network) else {
+        let message = serde_json::json!({"error": "give ?address=ADDRESS or ?address=RANGE"});
+        return text_response(StatusCode::BAD_REQUEST, JSON, format!("{message}\n"));
+    };
+    let scope = value("tenant").map(|tenant| sluice_access::BanScope::Tenant(tenant.into()));
+    let lifted = blocks(admin).lift(network, scope.as_ref());
+    tracing::info!(target: "sluice::access", address = %network, lifted, "bans lifted by the admin API");
+    text_response(StatusCode::OK, JSON, format!("{}\n", serde_json::json!({"lifted": lifted})))
 }
 
 /// `POST /reload`: re-reads the configuration file; `Authorization: Bearer <admin.reload_token>`.

@@ -44,6 +44,45 @@ pub struct ConfigFile {
     /// How upstream servers written as DNS names are resolved.
     #[serde(default)]
     pub resolver: ResolverSection,
+    /// The GeoIP databases that country lists and filters read.
+    pub geoip: Option<Spanned<GeoIpSection>>,
+}
+
+/// `[geoip]`: MaxMind-format databases (`.mmdb`) for client locations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoIpSection {
+    /// A Country or City database (GeoIP2, GeoLite2, or one with the same fields).
+    pub country_database: Option<Spanned<String>>,
+    /// An ASN database (autonomous system number and organisation).
+    pub asn_database: Option<Spanned<String>>,
+}
+
+/// Address lists of a listener or a route: addresses and CIDR ranges, written inline or in files
+/// of one per line (`#` starts a comment).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressListsSection {
+    /// Only these may pass.
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// These never pass; deny wins over allow.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// More allowed ranges, from a file.
+    pub allow_file: Option<Spanned<String>>,
+    /// More denied ranges, from a file.
+    pub deny_file: Option<Spanned<String>>,
+}
+
+/// A route's `countries`: ISO 3166-1 alpha-2 codes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountriesSection {
+    /// Only clients located in these may pass (an unknown location does not).
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Clients located in these never pass.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
 }
 
 /// `[resolver]`: name resolution for upstream servers.
@@ -106,6 +145,15 @@ pub struct TenantSection {
     /// Log lines one instance may write per second (a burst of twice that).
     #[serde(default = "default_log_lines_per_second")]
     pub log_lines_per_second: u32,
+    /// The longest ban the tenant's filters may set on a client; absent: they may not ban.
+    pub ban_max_duration: Option<HumanDuration>,
+    /// Most bans the tenant's filters hold at once.
+    #[serde(default = "default_ban_max_entries")]
+    pub ban_max_entries: usize,
+}
+
+fn default_ban_max_entries() -> usize {
+    sluice_runtime::DEFAULT_BAN_ENTRIES
 }
 
 fn default_call_timeout() -> HumanDuration {
@@ -296,6 +344,8 @@ pub struct ListenerSection {
     /// Answer every request with a permanent redirect to HTTPS on this port (443 is left out of
     /// the URL). For plain HTTP listeners.
     pub redirect_to_https: Option<u16>,
+    /// Client addresses refused on every route of this listener.
+    pub access: Option<Spanned<AddressListsSection>>,
 }
 
 /// `tls = { ... }` on a listener.
@@ -632,6 +682,10 @@ pub struct RouteSection {
     pub compression: Option<Spanned<CompressionSection>>,
     /// Store responses in the HTTP cache and answer from it.
     pub cache: Option<Spanned<RouteCacheSection>>,
+    /// Client addresses refused on this route, before any filter runs.
+    pub access: Option<Spanned<AddressListsSection>>,
+    /// Client countries refused on this route (needs `[geoip]`).
+    pub countries: Option<Spanned<CountriesSection>>,
 }
 
 /// A route's `cache`.

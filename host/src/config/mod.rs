@@ -75,6 +75,10 @@ pub struct Snapshot {
     pub plugins: BTreeMap<String, Arc<Plugin>>,
     /// Local plugin sources (component files and crate folders), for the file watcher.
     pub plugin_sources: Vec<PathBuf>,
+    /// Data files it read (GeoIP databases, address list files), for the file watcher.
+    pub data_files: Vec<PathBuf>,
+    /// The GeoIP databases, when `[geoip]` names any.
+    pub geoip: Option<Arc<sluice_access::GeoIp>>,
     /// The routes.
     pub routes: RouteTable,
     /// The HTTP cache store's size (`[cache] max_bytes`), bound at start.
@@ -135,6 +139,8 @@ pub struct ListenerSpec {
     pub hsts: Option<HeaderValue>,
     /// Redirect everything to HTTPS on this port.
     pub redirect_to_https: Option<u16>,
+    /// Client addresses refused on every route of the listener.
+    pub access: Arc<sluice_access::AccessRules>,
 }
 
 impl Snapshot {

@@ -31,6 +31,12 @@ pub enum ProxyError {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client's address, country or a ban refuses it (access control).
+    #[error("access refused by the {} list", refusal.as_str())]
+    Forbidden {
+        /// Which list.
+        refusal: sluice_access::Refusal,
+    },
     /// A method a reverse proxy does not serve (CONNECT).
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -109,6 +115,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::BadRequest(_) | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             // nginx's code for a request whose client left; never sent, only logged.
@@ -128,6 +135,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             Self::NoRoute
+            | Self::Forbidden { .. }
             | Self::BadRequest(_)
             | Self::MethodNotAllowed
             | Self::BodyTooLarge { .. }
@@ -157,6 +165,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",
+            Self::Forbidden { .. } => "access_refused",
             Self::BadRequest(_) => "bad_request",
             Self::ClientBody { .. } => "client_body",
             Self::RequestBodyTimeout { .. } => "request_body_timeout",

@@ -80,6 +80,41 @@ pub fn offered_protocol(asked: Option<&HeaderValue>, chosen: &HeaderValue) -> bo
     !is_http2(chosen) && asked.split(',').any(|protocol| protocol.trim().eq_ignore_ascii_case(chosen))
 }
 
+/// The client's address as Sluice sees it: the peer's, unless the peer is a trusted proxy; then
+/// `X-Forwarded-For` is read from the right (the hop nearest to Sluice), past every trusted
+/// proxy, and the first address that is not one is the client. An entry that is not an address
+/// ends the walk: what lies left of it was written by someone no trusted proxy vouches for, so
+/// the last trusted hop is taken as the client.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[ipnet::IpNet]) -> IpAddr {
+    let trusted = |address: &IpAddr| trusted_proxies.iter().any(|net| net.contains(address));
+    if !trusted(&peer) || !headers.contains_key(X_FORWARDED_FOR) {
+        return peer;
+    }
+    let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+    let mut nearest = peer;
+    for value in values.into_iter().rev() {
+        let Ok(text) = value.to_str() else { return nearest };
+        for entry in text.rsplit(',') {
+            let Some(address) = parse_forwarded_address(entry) else { return nearest };
+            if !trusted(&address) {
+                return address;
+            }
+            nearest = address;
+        }
+    }
+    nearest
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port (`192.0.2.1:4711`,
+/// `[2001:db8::1]:4711`).
+fn parse_forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(address) = entry.parse::<IpAddr>() {
+        return Some(address);
+    }
+    entry.parse::<std::net::SocketAddr>().ok().map(|socket| socket.ip())
+}
+
 /// What the forwarding headers need to know about the client side.
 pub struct ClientSide<'a> {
     /// The peer's address.
@@ -215,6 +250,27 @@ mod tests {
         assert_eq!(map["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(map["x-forwarded-proto"], "https");
         assert_eq!(map["via"], "1.1 edge, 1.1 sluice");
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop_from_the_right() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let client = |peer: &str, forwarded: &[&str]| {
+            let map: HeaderMap = forwarded.iter().map(|value| (X_FORWARDED_FOR, value.parse().unwrap())).collect();
+            client_address(peer.parse().unwrap(), &map, &trusted).to_string()
+        };
+        assert_eq!(client("192.0.2.7", &["203.0.113.9"]), "192.0.2.7", "an untrusted peer's header is ignored");
+        assert_eq!(client("10.0.0.1", &[]), "10.0.0.1");
+        assert_eq!(client("10.0.0.1", &["203.0.113.9"]), "203.0.113.9");
+        assert_eq!(
+            client("10.0.0.1", &["6.6.6.6, 203.0.113.9, 10.0.0.2"]),
+            "203.0.113.9",
+            "forged entries on the left"
+        );
+        assert_eq!(client("10.0.0.1", &["6.6.6.6", "203.0.113.9"]), "203.0.113.9", "several headers in order");
+        assert_eq!(client("10.0.0.1", &["10.0.0.3, 10.0.0.2"]), "10.0.0.3", "all trusted: the farthest");
+        assert_eq!(client("10.0.0.1", &["203.0.113.9, garbage, 10.0.0.2"]), "10.0.0.2", "garbage ends the walk");
+        assert_eq!(client("10.0.0.1", &["[2001:db8::1]:4711"]), "2001:db8::1");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! One request's journey, as phases in order over one [`RequestState`](state::RequestState):
 //!
-//! 1. [`admission`]: refuse what no route may see, normalise the path;
-//! 2. [`route_match`]: pick the route;
+//! 1. [`admission`]: refuse what no route may see, normalise the path; [`access`]: the
+//!    listener's address lists and operators' bans;
+//! 2. [`route_match`]: pick the route, then [`access`] again: its address and country lists
+//!    and the bans on its tenant;
 //! 3. [`request_phase`]: the route's filters over the request head and body;
 //! 4. the route's action: a redirect answers here;
 //! 5. [`caching`]: answer from the cache, or note how the origin's answer is stored;
@@ -12,6 +14,7 @@
 //!
 //! Errors from any phase become a response in one place ([`errors::respond`]).
 
+mod access;
 mod admission;
 mod caching;
 mod errors;
@@ -126,7 +129,9 @@ impl Proxy {
             Admission::Admitted(admitted) => admitted,
             Admission::Answered(response) => return Ok(response),
         };
+        access::check_listener(state, &self.metrics)?;
         let route = route_match::match_route(&admitted, state)?;
+        access::check_route(&route, state, &self.metrics)?;
         let host = admitted.host.clone();
         let outbound = match request_phase::run(admitted, &route, state).await? {
             RequestPhase::Continue(outbound) => outbound,

@@ -68,7 +68,8 @@ pub(crate) async fn run(
         filter: Arc::from(""),
         tenant: route.tenant.clone(),
         request_id: state.id.clone(),
-        client_ip: state.connection.peer.ip(),
+        client_ip: state.client,
+        client_location: state.location.clone(),
         client_identity: state.connection.client_identity.clone(),
         upstreams: state.snapshot.upstreams.clone(),
         // The route's timeout bounds its filters' calls too, counted from the request's arrival.

@@ -26,6 +26,11 @@ pub(crate) struct RequestState {
     pub(crate) snapshot: Arc<Snapshot>,
     /// The connection it came on.
     pub(crate) connection: Arc<ConnectionInfo>,
+    /// The client's address as Sluice sees it: the peer's, or the forwarded one when the peer is
+    /// a trusted proxy.
+    pub(crate) client: std::net::IpAddr,
+    /// Where the client is, when `[geoip]` is configured (looked up in the access phase).
+    pub(crate) location: sluice_access::Location,
     /// The method, path and version the client sent, for the log.
     pub(crate) method: Method,
     pub(crate) path: String,
@@ -57,6 +62,11 @@ impl RequestState {
     /// The state of a request whose head just arrived.
     pub(crate) fn new<B>(snapshot: Arc<Snapshot>, connection: Arc<ConnectionInfo>, request: &Request<B>) -> Self {
         let id: Arc<str> = sluice_http::request_id(request.headers()).into();
+        let client = super::forwarding::client_address(
+            connection.peer.ip(),
+            request.headers(),
+            &snapshot.server.trusted_proxies,
+        );
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let span = tracing::info_span!(
@@ -74,6 +84,8 @@ impl RequestState {
             started: Instant::now(),
             snapshot,
             connection,
+            client,
+            location: sluice_access::Location::default(),
             method,
             path,
             version: request.version(),
@@ -101,6 +113,8 @@ impl RequestState {
             started: Instant::now(),
             snapshot: client.snapshot.clone(),
             connection: client.connection.clone(),
+            client: client.client,
+            location: client.location.clone(),
             method: Method::GET,
             path: client.path.clone(),
             version: client.version,

@@ -80,7 +80,7 @@ pub(crate) async fn send(
     let asked_upgrade = parts.headers.get(header::UPGRADE).cloned();
     let outgoing = Outgoing { parts, path_and_query, body, preserve_host };
     let deadline = Instant::now() + forward.timeout;
-    let client_ip = state.connection.peer.ip();
+    let client_ip = state.client;
     let sent = upstream.send(outgoing, client_ip, deadline).instrument(span.clone()).await;
     let (mut response, server) = match sent {
         Ok(answer) => answer,
@@ -187,7 +187,7 @@ fn mirror_request(
     let outgoing =
         Outgoing { parts: copy_parts, path_and_query: path_and_query.clone(), body: copy_body, preserve_host };
     let upstream = mirror.upstream.clone();
-    let client_ip = state.connection.peer.ip();
+    let client_ip = state.client;
     let mirrored = async move {
         match upstream.send(outgoing, client_ip, Instant::now() + timeout).await {
             Ok((response, _server)) => {

@@ -1,7 +1,7 @@
 //! Reloading when files change: the configuration file and local plugin sources (component
 //! files, and the `Cargo.toml` or `package.json`, `src/` and `wit/` of plugin folders, or the
-//! `.go` files and `go.mod` of Go filters) are watched, and a change triggers a reload once the
-//! writes settle.
+//! `.go` files and `go.mod` of Go filters) and the data files it reads (GeoIP databases, address
+//! list files) are watched, and a change triggers a reload once the writes settle.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,11 +30,14 @@ struct WatchSet {
 }
 
 impl WatchSet {
-    fn of(config: &Path, plugin_sources: &[PathBuf]) -> Self {
+    fn of(config: &Path, plugin_sources: &[PathBuf], data_files: &[PathBuf]) -> Self {
         let mut set = Self::default();
         // Folders, not files: editors replace a file by renaming a new one over it, which ends a
         // watch on the file itself.
         set.add_file(config);
+        for file in data_files {
+            set.add_file(file);
+        }
         for source in plugin_sources {
             if source.join("go.mod").is_file()
                 && let Ok(folder) = source.canonicalize()
@@ -106,10 +109,18 @@ pub(crate) fn spawn(
     // The first watches are in place before Sluice reports that it started: a change made right
     // after that is seen.
     let mut watching = WatchSet::default();
-    rewatch(&mut watcher, &mut watching, WatchSet::of(&config, &snapshot.load().plugin_sources));
+    rewatch(
+        &mut watcher,
+        &mut watching,
+        WatchSet::of(&config, &snapshot.load().plugin_sources, &snapshot.load().data_files),
+    );
     tokio::spawn(async move {
         loop {
-            rewatch(&mut watcher, &mut watching, WatchSet::of(&config, &snapshot.load().plugin_sources));
+            rewatch(
+                &mut watcher,
+                &mut watching,
+                WatchSet::of(&config, &snapshot.load().plugin_sources, &snapshot.load().data_files),
+            );
             // Wait for a change that matters, then for the writes to settle.
             loop {
                 let path = tokio::select! {
@@ -163,13 +174,14 @@ mod tests {
         std::fs::create_dir_all(plugin.join("target")).unwrap();
         let config = root.join("sluice.toml");
         std::fs::write(&config, "").unwrap();
-        let set = WatchSet::of(&config, &[plugin.clone(), root.join("other.wasm")]);
+        let set = WatchSet::of(&config, &[plugin.clone(), root.join("other.wasm")], &[root.join("lists/deny.txt")]);
         let root = root.canonicalize().unwrap();
         assert!(set.matters(&root.join("sluice.toml")));
         assert!(set.matters(&plugin.join("src/lib.rs")));
         assert!(set.matters(&plugin.join("src/deep/mod.rs")));
         assert!(!set.matters(&plugin.join("target/release/x.wasm")), "build output never triggers a reload");
         assert!(!set.matters(&root.join("notes.txt")));
+        assert!(set.matters(&root.join("lists/deny.txt")), "data files the configuration reads are watched");
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -182,7 +194,7 @@ mod tests {
         std::fs::write(plugin.join("go.mod"), "module example.com/gate\n").unwrap();
         let config = root.join("sluice.toml");
         std::fs::write(&config, "").unwrap();
-        let set = WatchSet::of(&config, std::slice::from_ref(&plugin));
+        let set = WatchSet::of(&config, std::slice::from_ref(&plugin), &[]);
         let plugin = plugin.canonicalize().unwrap();
         assert!(set.matters(&plugin.join("go.mod")));
         assert!(set.matters(&plugin.join("sluice.toml")));

@@ -15,6 +15,8 @@ use sluice_upstream::Upstream;
 pub struct Route {
     /// Name used in logs and metrics.
     pub name: Arc<str>,
+    /// Client addresses and countries refused before any filter runs.
+    pub access: Arc<sluice_access::AccessRules>,
     /// Hosts it takes; empty means any.
     pub hosts: Vec<HostPattern>,
     /// Its path condition.

@@ -72,6 +72,17 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// Labels of access-control refusals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AccessLabels {
+    /// `listener` or `route`.
+    pub scope: &'static str,
+    /// The listener's or route's name.
+    pub name: Name,
+    /// `deny`, `allow`, `countries` or `blocks`.
+    pub list: &'static str,
+}
+
 /// Every figure Sluice keeps.
 pub struct Metrics {
     registry: Registry,
@@ -97,6 +108,10 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     /// Keys removed by purges.
     pub cache_purged: Counter,
+    /// Requests refused by access control, by listener or route and list.
+    pub access_refused: Family<AccessLabels, Counter>,
+    /// Bans in force now (operators' and filters').
+    pub bans_active: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,8 +161,18 @@ impl Metrics {
         registry.register("cache_entries", "Keys held by the HTTP cache", cache_entries.clone());
         let cache_purged = Counter::default();
         registry.register("cache_purged", "Cache keys removed by purges", cache_purged.clone());
+        let access_refused = Family::default();
+        registry.register(
+            "access_refused",
+            "Requests refused by access control (address lists, country lists, bans)",
+            access_refused.clone(),
+        );
+        let bans_active = Gauge::default();
+        registry.register("access_bans_active", "Client bans in force now", bans_active.clone());
         Self {
             registry,
+            access_refused,
+            bans_active,
             scrapes: tokio::sync::Mutex::new(()),
             requests,
             request_duration,

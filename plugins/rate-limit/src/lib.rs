@@ -43,6 +43,10 @@ pub struct Config {
     /// answering 503.
     #[serde(default = "yes")]
     pub allow_on_store_error: bool,
+    /// Ban clients that keep overrunning: after `after` refused requests within `within`, the
+    /// client is banned from the tenant's routes for `duration` (needs the tenant's
+    /// `ban_max_duration` grant).
+    pub ban: Option<sluice_sdk::client::BanPolicy>,
 }
 
 fn default_algorithm() -> Algorithm {
@@ -80,6 +84,9 @@ impl Filter for RateLimit {
             return Err("burst applies to the token bucket only".into());
         }
         let source = KeySource::parse(&config.key)?;
+        if let Some(ban) = &config.ban {
+            ban.validate()?;
+        }
         let limit = Limit { algorithm: config.algorithm, limit: config.limit, period_ms, burst };
         let policy = format!("{};w={}", config.limit, period_ms.div_ceil(1000));
         Ok(Self { limit, source, config, policy, pending: None })
@@ -121,6 +128,18 @@ impl Filter for RateLimit {
             }
             Ok(verdict) => {
                 metrics::counter_add("rate_limit_requests_total", &[("scope", &scope), ("result", "limited")], 1);
+                if let Some(policy) = &self.config.ban {
+                    let reason = format!("rate-limit {scope}: {} refused requests", policy.after);
+                    match policy.offence(&format!("rl:{scope}"), &request.client_ip(), &reason) {
+                        Ok(true) => log::warn(&format!(
+                            "rate-limit: banned {} for {} after {reason}",
+                            request.client_ip(),
+                            policy.duration
+                        )),
+                        Ok(false) => {}
+                        Err(error) => log::warn(&format!("rate-limit: could not count the overrun or ban: {error}")),
+                    }
+                }
                 let response = LocalResponse::new(429)
                     .header("retry-after", verdict.retry_after_secs.to_string())
                     .header("content-type", "text/plain; charset=utf-8")

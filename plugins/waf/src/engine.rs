@@ -37,6 +37,10 @@ pub struct Config {
     pub rules: Vec<CustomRule>,
     /// Send the score upstream in this header (useful with `mode = "detect"`).
     pub score_header: Option<String>,
+    /// Ban clients that keep attacking: after `after` blocked requests within `within`, the
+    /// client is banned from the tenant's routes for `duration` (needs the tenant's
+    /// `ban_max_duration` grant).
+    pub ban: Option<sluice_sdk::client::BanPolicy>,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             exclusions: Vec::new(),
             rules: Vec::new(),
             score_header: None,
+            ban: None,
         }
     }
 }
@@ -261,6 +266,9 @@ impl Engine {
         }
         if config.anomaly_threshold == 0 {
             return Err("anomaly_threshold must be at least 1".into());
+        }
+        if let Some(ban) = &config.ban {
+            ban.validate()?;
         }
         let mut rules = Vec::new();
         for built_in in rules::built_in() {

@@ -112,10 +112,22 @@ impl Waf {
         self.count(assessment, action);
     }
 
-    /// The 403 for a blocked request, logged with the rules that matched.
+    /// The 403 for a blocked request, logged with the rules that matched; a repeat offender is
+    /// banned when the config says so.
     fn verdict(&self, request: &Request, assessment: &Assessment) -> LocalResponse {
         log::warn(&format!("waf: blocked {} {}: {}", request.method(), request.path(), Self::describe(assessment)));
         self.count(assessment, "blocked");
+        if let Some(policy) = &self.engine.config.ban {
+            let reason = format!("waf: {} blocked requests", policy.after);
+            match policy.offence("waf", &request.client_ip(), &reason) {
+                Ok(true) => {
+                    log::warn(&format!("waf: banned {} for {} after {reason}", request.client_ip(), policy.duration));
+                    metrics::counter_add("waf_bans_total", &[], 1);
+                }
+                Ok(false) => {}
+                Err(error) => log::warn(&format!("waf: could not count the offence or ban the client: {error}")),
+            }
+        }
         LocalResponse::new(403).header("content-type", "text/plain; charset=utf-8").body(format!(
             "Forbidden: the request was blocked by the web application firewall (request {}).\n",
             request.request_id()

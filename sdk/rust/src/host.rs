@@ -141,3 +141,108 @@ pub mod random {
         host::next_u64()
     }
 }
+
+/// The client of the request being served: where it is, and banning it from the tenant's routes.
+pub mod client {
+    use std::time::Duration;
+
+    use crate::bindings::sluice::filter::client as host;
+    pub use crate::bindings::sluice::filter::client::{BanError, ClientLocation};
+
+    /// Where the client is, from the proxy's GeoIP databases; fields are `None` where unknown.
+    pub fn location() -> ClientLocation {
+        host::location()
+    }
+
+    /// Bans the client from the tenant's routes for `duration` (at most the tenant's
+    /// `ban_max_duration`): its requests are refused with 403 before any filter runs. Returns the
+    /// duration applied.
+    pub fn ban(duration: Duration, reason: &str) -> Result<Duration, BanError> {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        host::ban(millis, reason).map(Duration::from_millis)
+    }
+
+    /// "Ban a client after N offences within a window", as filter configs write it:
+    /// `{ "after": 5, "within": "1m", "duration": "10m" }`.
+    #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BanPolicy {
+        /// Offences that earn a ban.
+        pub after: u32,
+        /// The window they are counted in, such as `"1m"` (counts expire with it).
+        pub within: String,
+        /// How long the ban lasts, such as `"10m"`.
+        pub duration: String,
+    }
+
+    impl BanPolicy {
+        /// Checks the policy: `after` at least 1, both durations readable.
+        pub fn validate(&self) -> Result<(), String> {
+            if self.after == 0 {
+                return Err("ban.after must be at least 1".into());
+            }
+            parse_duration(&self.within).map_err(|err| format!("ban.within: {err}"))?;
+            parse_duration(&self.duration).map_err(|err| format!("ban.duration: {err}"))?;
+            Ok(())
+        }
+
+        /// Counts one offence of the client `subject` (its address) under `scope` in the
+        /// tenant's key-value store, and bans the client once it has `after` of them within the
+        /// window. Returns whether this offence earned the ban.
+        pub fn offence(&self, scope: &str, subject: &str, reason: &str) -> Result<bool, String> {
+            let within = parse_duration(&self.within)?;
+            let key = format!("ban:{scope}:{subject}");
+            let count = super::kv::increment(&key, 1, Some(within)).map_err(|err| format!("{err:?}"))?;
+            if count < i64::from(self.after) {
+                return Ok(false);
+            }
+            let _ = super::kv::delete(&key);
+            ban(parse_duration(&self.duration)?, reason).map_err(|err| format!("{err:?}"))?;
+            Ok(true)
+        }
+    }
+
+    /// A duration as configs write it: a number and a unit, `ms`, `s`, `m`, `h` or `d`
+    /// (`"500ms"`, `"10m"`).
+    pub fn parse_duration(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(digits);
+        let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as \"10m\""))?;
+        let millis = match unit.trim() {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
+        };
+        if number == 0 {
+            return Err(format!("{text:?} must be more than zero"));
+        }
+        Ok(Duration::from_millis(number.saturating_mul(millis)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn durations_read_as_configs_write_them() {
+            assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+            assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+            assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+            assert!(parse_duration("10").is_err());
+            assert!(parse_duration("0s").is_err());
+            assert!(parse_duration("m").is_err());
+        }
+
+        #[test]
+        fn policies_are_checked() {
+            let policy = |after, within: &str| BanPolicy { after, within: within.into(), duration: "10m".into() };
+            assert!(policy(3, "1m").validate().is_ok());
+            assert!(policy(0, "1m").validate().is_err());
+            assert!(policy(3, "soon").validate().is_err());
+        }
+    }
+}

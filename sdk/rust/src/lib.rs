@@ -29,7 +29,8 @@
 //! `isolation = "request"`), but never two at once: state kept in `self` between the phases of
 //! one request is safe, state kept across requests is shared by them.
 //!
-//! Host capabilities live in [`log`], [`kv`], [`metrics`], [`callout`], [`clock`] and [`random`];
+//! Host capabilities live in [`log`], [`kv`], [`metrics`], [`callout`], [`clock`], [`random`] and
+//! [`client`];
 //! each returns a `Result` where the host may refuse.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -54,7 +55,7 @@ pub mod host;
 mod http;
 
 pub use filter::{BodyAction, Decision, Filter, Phases};
-pub use host::{callout, clock, kv, log, metrics, random};
+pub use host::{callout, client, clock, kv, log, metrics, random};
 pub use http::{LocalResponse, Request, Response};
 
 #[doc(hidden)]

@@ -56,6 +56,7 @@ fn fresh_state(services: &Arc<HostServices>) -> FilterState {
         request_id: "id".into(),
         client_ip: IpAddr::from([127, 0, 0, 1]),
         client_identity: None,
+        client_location: Default::default(),
         upstreams: Arc::new(crate::NoUpstreams),
         deadline: None,
     });

@@ -1,6 +1,7 @@
 //! The store's data ([`FilterState`]: the call's context, the heads lent to it, its limits) and
 //! the host side of every `sluice:filter` import, one file per WIT interface: the request and
-//! response handles (`handles`), `log`, `kv`, `metrics`, `callout`, `clock` and `random`. Every
+//! response handles (`handles`), `log`, `kv`, `metrics`, `callout`, `clock`, `random` and
+//! `client`. Every
 //! capability is checked against the calling filter's tenant.
 
 use std::net::IpAddr;
@@ -31,6 +32,7 @@ use crate::callouts::CalloutUpstreams;
 use sluice_http::body;
 
 mod callout;
+pub(crate) mod client;
 mod clock;
 pub(crate) mod handles;
 mod kv;
@@ -78,6 +80,9 @@ pub struct HostServices {
     /// Guest log lines (and WASI output lines) dropped at an instance's rate, by route, filter and
     /// tenant (`sluice_filter_log_lines_dropped_total`).
     pub log_lines_dropped: Family<PluginMetricLabels, Counter>,
+    /// Clients banned for a while, by operators and by filters; it outlives reloads with the
+    /// runtime.
+    pub blocks: Arc<sluice_access::BlockList>,
     /// The origin of the guests' monotonic clock.
     started: Instant,
 }
@@ -98,6 +103,7 @@ impl Default for HostServices {
             metric_series: metrics::SeriesBudget::default(),
             metrics_dropped: Family::default(),
             log_lines_dropped: Family::default(),
+            blocks: Arc::default(),
             started: Instant::now(),
         }
     }
@@ -114,8 +120,10 @@ pub struct CallContext {
     pub tenant: Arc<Tenant>,
     /// The request's id.
     pub request_id: Arc<str>,
-    /// The client's address.
+    /// The client's address, as the proxy sees it (the forwarded one from trusted proxies).
     pub client_ip: IpAddr,
+    /// Where the client is, from the GeoIP databases (all unknown without them).
+    pub client_location: sluice_access::Location,
     /// The verified client certificate's identity, with mutual TLS.
     pub client_identity: Option<Arc<str>>,
     /// Upstreams of the configuration the request runs on, for callouts.

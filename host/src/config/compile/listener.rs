@@ -39,7 +39,8 @@ impl Compiler<'_> {
                     "is for plain HTTP listeners; this one has `tls`",
                 ));
             }
-            listeners.push(ListenerSpec { name, bind, tls, hsts, redirect_to_https });
+            let access = self.access_rules(&key, listener.get_ref().access.as_ref(), None, false)?;
+            listeners.push(ListenerSpec { name, bind, tls, hsts, redirect_to_https, access });
         }
         Ok(listeners)
     }

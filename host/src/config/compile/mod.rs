@@ -1,6 +1,7 @@
 //! Turns the configuration as written into the [`Snapshot`] the server uses, checking everything
 //! a type cannot: references between sections, patterns, addresses, combinations of keys.
 
+mod access;
 mod listener;
 mod plugin;
 mod route;
@@ -61,7 +62,7 @@ pub(super) fn compile(
     base_dir: &Path,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigError> {
-    let cx = Compiler { source, base_dir, services };
+    let cx = Compiler { source, base_dir, services, watched_files: Default::default() };
     // Each upstream's section as written, without positions: an upstream whose section did not
     // change keeps its running state (pools, health, ejections) across a reload.
     let written: toml::Table = toml::from_str(source).unwrap_or_default();
@@ -79,6 +80,10 @@ pub(super) fn compile(
         None => None,
     };
 
+    let geoip = match &file.geoip {
+        Some(section) => Some(Arc::new(cx.geoip(section)?)),
+        None => None,
+    };
     let listeners = cx.listeners(&file)?;
 
     let resolver_settings = cx.resolver(&file.resolver)?;
@@ -122,6 +127,7 @@ pub(super) fn compile(
         tenants: &tenants,
         default_tenant: &default_tenant,
         plugins: &plugins,
+        geoip: geoip.is_some(),
     };
 
     let mut routes = Vec::new();
@@ -146,6 +152,8 @@ pub(super) fn compile(
         upstreams: Arc::new(super::UpstreamTable::new(upstreams)),
         plugins,
         plugin_sources: resolved.local_sources,
+        data_files: cx.watched_files.take(),
+        geoip,
         routes: RouteTable::new(routes),
         cache_max_bytes: file.cache.max_bytes,
         resolver,
@@ -167,6 +175,9 @@ struct Compiler<'a> {
     source: &'a str,
     base_dir: &'a Path,
     services: &'a Services,
+    /// Data files the configuration reads (GeoIP databases, address list files): a change to
+    /// one reloads it, as a change to the file itself does.
+    watched_files: std::cell::RefCell<Vec<std::path::PathBuf>>,
 }
 
 /// `tenant` with the running state (long-call lane, CPU budget) of the running config's tenant of
@@ -190,6 +201,8 @@ struct Defaults<'a> {
     /// The tenant of routes that name none: one for all of them.
     default_tenant: &'a Arc<Tenant>,
     plugins: &'a BTreeMap<String, Arc<Plugin>>,
+    /// Whether `[geoip]` is configured (country rules need it).
+    geoip: bool,
 }
 
 impl Compiler<'_> {

@@ -335,8 +335,11 @@ impl Compiler<'_> {
             filters.push(filter);
         }
 
+        let access = self.access_rules(&key, route.access.as_ref(), route.countries.as_ref(), defaults.geoip)?;
+
         Ok(Route {
             name,
+            access,
             hosts,
             path,
             methods,

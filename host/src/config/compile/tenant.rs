@@ -35,6 +35,19 @@ impl Compiler<'_> {
         if section.log_lines_per_second == 0 {
             return Err(self.error(None, &format!("{key}.log_lines_per_second"), "must be at least 1"));
         }
+        let bans = match &section.ban_max_duration {
+            None => None,
+            Some(duration) if duration.0 < std::time::Duration::from_millis(1) => {
+                return Err(self.error(None, &format!("{key}.ban_max_duration"), "must be at least 1ms"));
+            }
+            Some(_) if section.ban_max_entries == 0 => {
+                return Err(self.error(None, &format!("{key}.ban_max_entries"), "must be at least 1"));
+            }
+            Some(duration) => Some(sluice_runtime::BanGrant {
+                max_duration: duration.0.min(sluice_access::MAX_BAN_DURATION),
+                max_entries: section.ban_max_entries,
+            }),
+        };
         let mut callouts = std::collections::BTreeSet::new();
         for (index, upstream) in section.callouts.iter().enumerate() {
             if !upstreams.contains_key(upstream.get_ref()) {
@@ -76,6 +89,7 @@ impl Compiler<'_> {
             metric_series: section.metric_series,
             log_lines_per_second: section.log_lines_per_second,
             call_timeout: section.call_timeout.0,
+            bans,
         })
     }
 }

@@ -27,6 +27,9 @@ pub struct Config {
     count: bool,
     /// Refuse the config (to test that refusals stop the route from loading).
     refuse: bool,
+    /// Report the client as the host sees it: `x-client-ip`, `x-client-country`,
+    /// `x-client-asn` on the request.
+    locate: bool,
 }
 
 pub struct Probe {
@@ -75,6 +78,13 @@ impl Filter for Probe {
             let _ = request.set_path_with_query("/rewritten");
         }
         let _ = request.append_header("x-chain", &self.config.tag);
+        if self.config.locate {
+            let location = sluice_sdk::client::location();
+            let _ = request.set_header("x-client-ip", request.client_ip());
+            let _ = request.set_header("x-client-country", location.country.unwrap_or_else(|| "unknown".into()));
+            let asn = location.asn.map_or_else(|| "unknown".to_owned(), |asn| asn.to_string());
+            let _ = request.set_header("x-client-asn", asn);
+        }
         if let Some(identity) = request.client_identity() {
             let _ = request.set_header("x-client-identity", identity);
         }
