@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value = "target/bench/load.md")]
     out: PathBuf,
     /// Only these targets (direct, nginx, haproxy, sluice, sluice-filters, nginx-cache,
-    /// sluice-cache), comma separated.
+    /// sluice-cache, sluice-deny-list), comma separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Leave out the HTTPS measurements (handshakes and requests over TLS).
@@ -62,10 +62,11 @@ enum Target {
     SluiceFilters,
     NginxCache,
     SluiceCache,
+    SluiceDenyList,
 }
 
 impl Target {
-    const ALL: [Target; 7] = [
+    const ALL: [Target; 8] = [
         Target::Direct,
         Target::Nginx,
         Target::Haproxy,
@@ -73,12 +74,15 @@ impl Target {
         Target::SluiceFilters,
         Target::NginxCache,
         Target::SluiceCache,
+        Target::SluiceDenyList,
     ];
 
-    /// The target a row's ratios are taken against: cache hits against nginx's cache hits.
+    /// The target a row's ratios are taken against: cache hits against nginx's cache hits, the
+    /// deny list against the same Sluice route without it.
     fn baseline(self) -> Target {
         match self {
             Target::NginxCache | Target::SluiceCache => Target::NginxCache,
+            Target::SluiceDenyList => Target::Sluice,
             _ => Target::Nginx,
         }
     }
@@ -92,6 +96,7 @@ impl Target {
             Target::SluiceFilters => "sluice-filters",
             Target::NginxCache => "nginx-cache",
             Target::SluiceCache => "sluice-cache",
+            Target::SluiceDenyList => "sluice-deny-list",
         }
     }
 
@@ -104,6 +109,7 @@ impl Target {
             Target::SluiceFilters => "Sluice, 3 filters",
             Target::NginxCache => "nginx, proxy_cache hits",
             Target::SluiceCache => "Sluice, cache hits",
+            Target::SluiceDenyList => "Sluice, 100,000-range deny list (ratio to Sluice)",
         }
     }
 }
@@ -281,11 +287,17 @@ impl Proxy {
                 std::fs::write(&config, haproxy_config(address, origin, workers, tls))?;
                 command.args(["haproxy", "-db", "-f"]).arg(&config);
             }
-            Target::Sluice | Target::SluiceFilters | Target::SluiceCache => {
+            Target::Sluice | Target::SluiceFilters | Target::SluiceCache | Target::SluiceDenyList => {
                 let config = work.join(format!("{}.toml", target.key()));
                 let filters = target == Target::SluiceFilters;
                 let cache = target == Target::SluiceCache;
-                std::fs::write(&config, sluice_config(repo, address, origin, filters, cache, tls))?;
+                let mut text = sluice_config(repo, address, origin, filters, cache, tls);
+                if target == Target::SluiceDenyList {
+                    let list = work.join("deny-100k.txt");
+                    std::fs::write(&list, deny_list(100_000))?;
+                    let _ = writeln!(text, "access = {{ deny_file = \"{}\" }}", list.display());
+                }
+                std::fs::write(&config, text)?;
                 let sluice = repo.join("target/release/sluice");
                 // `check` builds and compiles the filters first, so the start below is quick.
                 let checked =
@@ -588,6 +600,30 @@ upstream = "origin"
         let _ = write!(config, "\n[plugin.hello]\nsource = \"{}\"\n", repo.join("examples/hello-filter").display());
     }
     config
+}
+
+/// `count` distinct ranges, IPv4 (/16 to /32) and IPv6 (/32 to /128), none covering loopback
+/// (the load's own address), one per line as a `deny_file` holds them.
+fn deny_list(count: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut text = String::with_capacity(count * 24);
+    let mut written = 0;
+    while written < count {
+        if written % 4 == 3 {
+            let address = std::net::Ipv6Addr::from(rng.random::<u128>() | (0x2000u128 << 112));
+            let _ = writeln!(text, "{address}/{}", rng.random_range(32..=128));
+        } else {
+            let address = std::net::Ipv4Addr::from(rng.random::<u32>());
+            if address.octets()[0] == 127 {
+                continue;
+            }
+            let prefix = rng.random_range(16..=32);
+            let _ = writeln!(text, "{}/{prefix}", ipnet::Ipv4Net::new(address, prefix).map_or(address, |net| net.network()));
+        }
+        written += 1;
+    }
+    text
 }
 
 /// An ECDSA P-256 certificate for the HTTPS measurements, made with openssl for this run.
