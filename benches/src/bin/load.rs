@@ -619,7 +619,11 @@ fn deny_list(count: usize) -> String {
                 continue;
             }
             let prefix = rng.random_range(16..=32);
-            let _ = writeln!(text, "{}/{prefix}", ipnet::Ipv4Net::new(address, prefix).map_or(address, |net| net.network()));
+            let _ = writeln!(
+                text,
+                "{}/{prefix}",
+                ipnet::Ipv4Net::new(address, prefix).map_or(address, |net| net.network())
+            );
         }
         written += 1;
     }

@@ -25,7 +25,9 @@ impl client::Host for FilterState {
             return Ok(Err(client::BanError::NotGranted));
         };
         let duration = Duration::from_millis(duration_ms).min(grant.max_duration);
-        let reason = log::escape_line(cut_at_char_boundary(&reason, MAX_BAN_REASON_BYTES));
+        // Cut before escaping (a huge reason is never copied whole) and after (escapes lengthen it).
+        let escaped = log::escape_line(cut_at_char_boundary(&reason, MAX_BAN_REASON_BYTES));
+        let reason = cut_at_char_boundary(&escaped, MAX_BAN_REASON_BYTES).to_owned();
         let request = BanRequest {
             network: ipnet::IpNet::from(context.client_ip),
             scope: BanScope::Tenant(context.tenant.name.clone()),

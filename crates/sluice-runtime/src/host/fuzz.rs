@@ -1,36 +1,78 @@
 //! A fuzz target for the host-call boundary: sequences of host calls with arbitrary arguments, as
 //! a hostile guest would make them, against one instance's state, checking after every call
 //! that what the guest can grow stays within its bound (head fields and bytes, key-value keys and
-//! bytes, metric series, log lines) and that nothing panics. It runs for a bounded time in the
+//! bytes, metric series, log lines, bans) and that nothing panics. It runs for a bounded time in the
 //! suite (`SLUICE_FUZZ_SECONDS`, 10 by default) over its corpus (`__fuzz__/`) and fresh inputs.
 
 use bolero::TypeGenerator;
 use wasmtime::component::Resource;
 
 use super::*;
-use crate::bindings::sluice::filter::{kv as wit_kv, log as wit_log, metrics as wit_metrics, random as wit_random};
+use crate::bindings::sluice::filter::{
+    client as wit_client, kv as wit_kv, log as wit_log, metrics as wit_metrics, random as wit_random,
+};
 use crate::kv::KvQuota;
 
 /// One host call and its arguments.
 #[derive(Debug, Clone, TypeGenerator)]
 enum HostCall {
-    SetHeader { response: bool, append: bool, name: String, value: Vec<u8> },
-    RemoveHeader { response: bool, name: String },
+    SetHeader {
+        response: bool,
+        append: bool,
+        name: String,
+        value: Vec<u8>,
+    },
+    RemoveHeader {
+        response: bool,
+        name: String,
+    },
     SetMethod(String),
     SetPath(String),
     SetStatus(u16),
     SetCacheKey(String),
-    Counter { name: String, labels: Vec<(String, String)>, value: u64 },
-    Histogram { name: String, labels: Vec<(String, String)>, value: f64 },
-    Log { error: bool, message: String },
-    KvSet { key: String, value: Vec<u8>, ttl_ms: u64 },
-    KvIncrement { key: String, delta: i64, ttl_ms: u64 },
-    KvCompareAndSwap { key: String, expected: Option<Vec<u8>>, value: Vec<u8>, ttl_ms: u64 },
+    Counter {
+        name: String,
+        labels: Vec<(String, String)>,
+        value: u64,
+    },
+    Histogram {
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    },
+    Log {
+        error: bool,
+        message: String,
+    },
+    KvSet {
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
+    KvIncrement {
+        key: String,
+        delta: i64,
+        ttl_ms: u64,
+    },
+    KvCompareAndSwap {
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
     KvGet(String),
     KvDelete(String),
     Random(u32),
+    /// A ban of the request's client, who is `client` (the low byte of 192.0.2.x).
+    Ban {
+        client: u8,
+        duration_ms: u64,
+        reason: String,
+    },
+    Location,
 }
 
+const BANS: usize = 4;
 const QUOTA: KvQuota = KvQuota { max_keys: 16, max_bytes: 4096 };
 const SERIES: usize = 8;
 
@@ -45,6 +87,7 @@ fn fresh_state(services: &Arc<HostServices>) -> FilterState {
         kv: QUOTA,
         metric_series: SERIES,
         log_lines_per_second: 10,
+        bans: Some(crate::BanGrant { max_duration: Duration::from_secs(3600), max_entries: BANS }),
         ..Tenant::default_tenant()
     };
     let tenant = Arc::new(tenant);
@@ -123,6 +166,15 @@ fn make(state: &mut FilterState, call: HostCall) -> wasmtime::Result<()> {
         HostCall::KvDelete(key) => {
             let _ = wit_kv::Host::delete(state, key)?;
         }
+        HostCall::Ban { client, duration_ms, reason } => {
+            if let Some(call) = state.call.as_mut() {
+                call.client_ip = IpAddr::from([192, 0, 2, client]);
+            }
+            let _ = wit_client::Host::ban(state, duration_ms, reason)?;
+        }
+        HostCall::Location => {
+            let _ = wit_client::Host::location(state)?;
+        }
         HostCall::Random(len) => {
             let bytes = wit_random::Host::bytes(state, len)?;
             assert!(bytes.len() <= 1 << 20);
@@ -153,6 +205,12 @@ fn check_bounds(state: &FilterState, services: &HostServices) {
     }
     assert!(services.kv.len("fuzzed") <= QUOTA.max_keys);
     assert!(services.metric_series.count("fuzzed") <= SERIES);
+    let bans = services.blocks.active();
+    assert!(bans.len() <= BANS);
+    assert!(
+        bans.iter()
+            .all(|ban| ban.reason.len() <= client::MAX_BAN_REASON_BYTES && !ban.reason.chars().any(char::is_control))
+    );
     if let Some(message) = &state.guest_error {
         assert!(message.len() <= log::MAX_LINE_BYTES + 32);
         assert!(!message.chars().any(char::is_control));

@@ -317,10 +317,33 @@ mod tests {
                 "route[0].cache.bypass_headers[0]",
             ),
             ("[[route]]\nupstream = \"app\"\ncache = { tag_header = \"\" }\n", "route[0].cache.tag_header"),
+            (
+                "[[route]]\nupstream = \"app\"\naccess = { deny = [\"10.0.0.0/8\", \"10.0.0.0/33\"] }\n",
+                "route[0].access.deny[1]",
+            ),
+            ("[[route]]\nupstream = \"app\"\naccess = { allow = [\"example.com\"] }\n", "route[0].access.allow[0]"),
+            (
+                "[[route]]\nupstream = \"app\"\naccess = { deny_file = \"/no/such/list\" }\n",
+                "route[0].access.deny_file",
+            ),
+            ("[[route]]\nupstream = \"app\"\ncountries = { deny = [\"FR\"] }\n", "route[0].countries"),
+            ("[geoip]\ncountry_database = \"/no/such.mmdb\"\n", "geoip.country_database"),
+            ("[tenant.t]\nban_max_duration = \"0s\"\n", "tenant.t.ban_max_duration"),
         ] {
             let error = compile_err(extra);
             assert_eq!(error.key, key, "{error}");
         }
+    }
+
+    #[test]
+    fn a_bad_line_in_a_list_file_is_named() {
+        let list = std::env::temp_dir().join(format!("sluice-deny-{}.txt", std::process::id()));
+        std::fs::write(&list, "# ok\n192.0.2.0/24\nnot-an-address\n").unwrap();
+        let error =
+            compile_err(&format!("[[route]]\nupstream = \"app\"\naccess = {{ deny_file = \"{}\" }}\n", list.display()));
+        let _ = std::fs::remove_file(&list);
+        assert_eq!(error.key, "route[0].access.deny_file");
+        assert!(error.message.contains("line 3") && error.message.contains("not-an-address"), "{error}");
     }
 
     #[test]
