@@ -228,6 +228,15 @@ fn build_and_check(dir: &std::path::Path, options: &packages::BuildOptions) -> R
 }
 
 async fn run(snapshot: Snapshot) -> ExitCode {
+    // Signals are taken over before the first listener opens: a SIGTERM that comes as soon as
+    // Sluice says it listens must drain, not kill (the default action) a process still starting.
+    let signals = match ShutdownSignals::listen() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot listen for signals");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::start(snapshot).await {
         Ok(server) => server,
         Err(error) => {
@@ -235,37 +244,47 @@ async fn run(snapshot: Snapshot) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(error) = serve_until_shutdown(&server).await {
-        tracing::error!(error = %error, "cannot listen for signals");
-        return ExitCode::FAILURE;
-    }
+    signals.serve_until_shutdown(&server).await;
     match server.shutdown().await {
         ShutdownOutcome::Drained => ExitCode::SUCCESS,
         ShutdownOutcome::Cut(_) => ExitCode::SUCCESS,
     }
 }
 
-/// Reloads on SIGHUP; returns on the first SIGTERM or SIGINT.
-async fn serve_until_shutdown(server: &Server) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let name = loop {
-        tokio::select! {
-            _ = terminate.recv() => break "SIGTERM",
-            _ = interrupt.recv() => break "SIGINT",
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading the configuration");
-                // The reloader logs the outcome and keeps it for GET /status; reloads queue up
-                // behind each other, and a shutdown signal is heard meanwhile.
-                let reloader = server.reloader().clone();
-                tokio::spawn(async move { reloader.reload_from_source().await });
+/// The signals Sluice answers: SIGHUP reloads, SIGTERM and SIGINT shut down.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn listen() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on the first SIGTERM or SIGINT.
+    async fn serve_until_shutdown(mut self, server: &Server) {
+        let name = loop {
+            tokio::select! {
+                _ = self.terminate.recv() => break "SIGTERM",
+                _ = self.interrupt.recv() => break "SIGINT",
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The reloader logs the outcome and keeps it for GET /status; reloads queue up
+                    // behind each other, and a shutdown signal is heard meanwhile.
+                    let reloader = server.reloader().clone();
+                    tokio::spawn(async move { reloader.reload_from_source().await });
+                }
             }
-        }
-    };
-    tracing::info!(signal = name, "shutdown requested");
-    Ok(())
+        };
+        tracing::info!(signal = name, "shutdown requested");
+    }
 }
 
 fn init_logging(level: &str, format: LogFormat) {
