@@ -26,6 +26,17 @@ if { ! command -v openssl >/dev/null || [ ! -s /etc/ssl/certs/ca-certificates.cr
     && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl ca-certificates docker-registry >/dev/null
 fi
 
+# The scale-out tests share tenants' key-value state between two instances through a real Redis
+# (Debian's redis-server), which each test starts on a loopback port of its own and stops.
+if ! command -v redis-server >/dev/null && command -v apt-get >/dev/null; then
+  say "Installing redis-server (for the scale-out tests)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  # Debian's package starts a system Redis on 6379; the tests run their own.
+  $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
+fi
+
 # JavaScript filters build with Node.js and npm (the SDK's build fetches jco and rolldown from npm).
 if { ! command -v node >/dev/null || ! command -v npm >/dev/null; } && command -v apt-get >/dev/null; then
   say "Installing Node.js and npm (for the JavaScript filter SDK and its example)"

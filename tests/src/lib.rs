@@ -373,9 +373,15 @@ pub struct TestProxy {
 impl TestProxy {
     /// Compiles `config` and starts serving it; listeners should bind port 0.
     pub async fn start(config: &str) -> Self {
+        Self::start_with(&services(), config).await
+    }
+
+    /// [`TestProxy::start`] on `services` of its own: a second, independent Sluice instance in
+    /// the same process (its own filter runtime, key-value store and block list).
+    pub async fn start_with(services: &Services, config: &str) -> Self {
         init_test_logging();
-        let snapshot = Snapshot::from_toml(&services(), config)
-            .unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
+        let snapshot =
+            Snapshot::from_toml(services, config).unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
         let server = Server::start(snapshot).await.expect("start sluice");
         let addrs: Vec<SocketAddr> = server.listener_addrs().iter().map(|(_, addr)| *addr).collect();
         Self { addr: addrs[0], addrs, admin: server.admin_addr(), server: Some(server) }
@@ -473,6 +479,61 @@ pub async fn access_log_line(request_id: &str) -> serde_json::Value {
 pub async fn admin_text(admin: SocketAddr, path: &str) -> String {
     let request = Request::get(format!("http://{admin}{path}")).body(body::empty()).expect("valid request");
     send(&http1_client(), request).await.text()
+}
+
+/// A real `redis-server` on a loopback port of its own, without persistence, killed when dropped.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    /// Starts one on a free port and waits until it answers.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port).await
+    }
+
+    /// Starts one on `port` (again, after [`RedisServer::stop`], to test recovery).
+    pub async fn start_on(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (tests/run.sh installs it)");
+        let server = Self { port, child };
+        for _ in 0..500 {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await {
+                let _ = stream.write_all(b"PING\r\n").await;
+                let mut answer = [0u8; 7];
+                if stream.read_exact(&mut answer).await.is_ok() && &answer == b"+PONG\r\n" {
+                    return server;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("redis-server did not answer on port {port}");
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills it (as a crash would) and waits until it is gone.
+    pub fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// An upstream that accepts connections and never answers (nor closes them) while it lives.

@@ -24,6 +24,7 @@ mod plugins;
 mod reload;
 mod routing;
 mod runtime;
+mod scale_out;
 mod shutdown;
 mod streaming;
 mod templates;

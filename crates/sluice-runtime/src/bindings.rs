@@ -7,6 +7,11 @@ wasmtime::component::bindgen!({
     world: "sluice:filter/plugin",
     imports: {
         "sluice:filter/callout.send": async | trappable,
+        "sluice:filter/kv.get": async | trappable,
+        "sluice:filter/kv.set": async | trappable,
+        "sluice:filter/kv.increment": async | trappable,
+        "sluice:filter/kv.delete": async | trappable,
+        "sluice:filter/kv.compare-and-swap": async | trappable,
         default: trappable,
     },
     exports: { default: async },

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::kv::KvQuota;
+use super::kv::{KvBackend, KvQuota};
 
 /// The largest memory any tenant may grant an instance; the pooling allocator reserves this much
 /// address space per slot.
@@ -43,6 +43,8 @@ pub struct Tenant {
     pub callouts: BTreeSet<String>,
     /// Its key-value quota.
     pub kv: KvQuota,
+    /// Where its key-value namespace lives.
+    pub kv_backend: KvBackend,
     /// The plugins its routes may run (`None`: any).
     pub plugins: Option<BTreeSet<String>>,
     /// Guest CPU time all its instances together may use per second (`None`: no limit).
@@ -159,6 +161,7 @@ impl Tenant {
             max_instances: 64,
             callouts: BTreeSet::new(),
             kv: KvQuota { max_keys: 100_000, max_bytes: 64 << 20 },
+            kv_backend: KvBackend::Memory,
             plugins: None,
             cpu_rate: None,
             long_calls: LongCallLane::default(),

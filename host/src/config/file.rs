@@ -46,6 +46,42 @@ pub struct ConfigFile {
     pub resolver: ResolverSection,
     /// The GeoIP databases that country lists and filters read.
     pub geoip: Option<Spanned<GeoIpSection>>,
+    /// Redis servers that tenants' key-value state can live in, keyed by name.
+    #[serde(default)]
+    pub redis: BTreeMap<String, Spanned<RedisSection>>,
+}
+
+/// `[redis.NAME]`: a Redis that several Sluice instances share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS.
+    pub url: Spanned<String>,
+    /// The longest one key-value operation may take.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: HumanDuration,
+    /// The longest a connection attempt may take.
+    #[serde(default = "default_redis_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Multiplexed connections kept.
+    #[serde(default = "default_redis_pool_size")]
+    pub pool_size: usize,
+    /// Prefix of every key Sluice writes.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(5))
+}
+fn default_redis_connect_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(500))
+}
+fn default_redis_pool_size() -> usize {
+    2
+}
+fn default_redis_key_prefix() -> String {
+    "sluice".to_owned()
 }
 
 /// `[geoip]`: MaxMind-format databases (`.mmdb`) for client locations.
@@ -150,6 +186,8 @@ pub struct TenantSection {
     /// Most bans the tenant's filters hold at once.
     #[serde(default = "default_ban_max_entries")]
     pub ban_max_entries: usize,
+    /// Where the tenant's key-value namespace lives: `memory` (this process) or a `[redis]`.
+    pub kv_backend: Option<Spanned<String>>,
 }
 
 fn default_ban_max_entries() -> usize {

@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub plugin_sources: Vec<PathBuf>,
     /// Data files it read (GeoIP databases, address list files), for the file watcher.
     pub data_files: Vec<PathBuf>,
+    /// The Redis backends by name (carried over a reload while their settings stay).
+    pub redis: BTreeMap<String, Arc<sluice_runtime::kv::RedisKv>>,
     /// The GeoIP databases, when `[geoip]` names any.
     pub geoip: Option<Arc<sluice_access::GeoIp>>,
     /// The routes.

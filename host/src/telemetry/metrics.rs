@@ -214,6 +214,11 @@ impl Metrics {
             services.metrics_dropped.clone(),
         );
         self.registry.register(
+            "filter_kv_unavailable",
+            "Key-value calls that failed because the tenant's backend (Redis) failed or did not answer in time",
+            services.kv_unavailable.clone(),
+        );
+        self.registry.register(
             "filter_log_lines_dropped",
             "Filter log and WASI output lines dropped past the instance's rate",
             services.log_lines_dropped.clone(),

@@ -38,6 +38,13 @@ pub mod kv {
         ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
     }
 
+    /// Whether `error` says the tenant's backend (Redis) failed or did not answer within its
+    /// timeout: a later call may succeed, and what a request does meanwhile (let it through,
+    /// refuse it) is the filter's choice.
+    pub fn is_unavailable(error: &KvError) -> bool {
+        matches!(error, KvError::Other(reason) if reason.starts_with("unavailable: "))
+    }
+
     /// The value under `key`.
     pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
         host::get(key)

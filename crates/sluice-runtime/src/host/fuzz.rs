@@ -111,6 +111,15 @@ fn fresh_state(services: &Arc<HostServices>) -> FilterState {
     state
 }
 
+/// The value of a host call's future, which with the memory key-value backend is ready at once.
+fn at_once<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("a memory key-value call waited"),
+    }
+}
+
 fn make(state: &mut FilterState, call: HostCall) -> wasmtime::Result<()> {
     use wit_http::{HostRequest, HostResponse};
     let request = || Resource::<RequestHandle>::new_borrow(0);
@@ -151,20 +160,20 @@ fn make(state: &mut FilterState, call: HostCall) -> wasmtime::Result<()> {
         HostCall::KvSet { key, value, ttl_ms } => {
             // As the linked `set` does: the size is checked before the value is copied.
             if QUOTA.admits_value(&key, value.len()).is_ok() {
-                let _ = state.kv_set(&key, &value, ttl_ms)?;
+                let _ = at_once(wit_kv::Host::set(state, key, value, ttl_ms))?;
             }
         }
         HostCall::KvIncrement { key, delta, ttl_ms } => {
-            let _ = wit_kv::Host::increment(state, key, delta, ttl_ms)?;
+            let _ = at_once(wit_kv::Host::increment(state, key, delta, ttl_ms))?;
         }
         HostCall::KvCompareAndSwap { key, expected, value, ttl_ms } => {
-            let _ = wit_kv::Host::compare_and_swap(state, key, expected, value, ttl_ms)?;
+            let _ = at_once(wit_kv::Host::compare_and_swap(state, key, expected, value, ttl_ms))?;
         }
         HostCall::KvGet(key) => {
-            let _ = wit_kv::Host::get(state, key)?;
+            let _ = at_once(wit_kv::Host::get(state, key))?;
         }
         HostCall::KvDelete(key) => {
-            let _ = wit_kv::Host::delete(state, key)?;
+            let _ = at_once(wit_kv::Host::delete(state, key))?;
         }
         HostCall::Ban { client, duration_ms, reason } => {
             if let Some(call) = state.call.as_mut() {

@@ -80,6 +80,9 @@ pub struct HostServices {
     /// Guest log lines (and WASI output lines) dropped at an instance's rate, by route, filter and
     /// tenant (`sluice_filter_log_lines_dropped_total`).
     pub log_lines_dropped: Family<PluginMetricLabels, Counter>,
+    /// Key-value calls that failed because the tenant's backend was unavailable, by tenant
+    /// (`sluice_filter_kv_unavailable_total`).
+    pub kv_unavailable: Family<PluginMetricLabels, Counter>,
     /// Clients banned for a while, by operators and by filters; it outlives reloads with the
     /// runtime.
     pub blocks: Arc<sluice_access::BlockList>,
@@ -103,6 +106,7 @@ impl Default for HostServices {
             metric_series: metrics::SeriesBudget::default(),
             metrics_dropped: Family::default(),
             log_lines_dropped: Family::default(),
+            kv_unavailable: Family::default(),
             blocks: Arc::default(),
             started: Instant::now(),
         }

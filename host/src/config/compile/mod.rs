@@ -4,6 +4,7 @@
 mod access;
 mod listener;
 mod plugin;
+mod redis;
 mod route;
 mod server;
 mod tenant;
@@ -37,7 +38,7 @@ use crate::routing::{
 };
 use sluice_cache::CacheSettings;
 use sluice_http::compression::{CompressionLevel, CompressionSettings, Encoding};
-use sluice_runtime::kv::KvQuota;
+use sluice_runtime::kv::{KvBackend, KvQuota};
 use sluice_runtime::{Canary, FailurePolicy, FilterSpec, Isolation, LongCallPriority, Plugin, RouteFilter, Tenant};
 use sluice_runtime::{CpuRate, LongCallLane};
 use sluice_tls::server::{self as tls, CertificatePaths, TlsSettings};
@@ -109,10 +110,14 @@ pub(super) fn compile(
         upstreams.insert(name.clone(), compiled);
     }
 
+    let mut redis = BTreeMap::new();
+    for (name, section) in &file.redis {
+        redis.insert(name.clone(), cx.redis(name, section, previous)?);
+    }
     let plugin_names: HashSet<String> = file.plugin.keys().cloned().collect();
     let mut tenants = BTreeMap::new();
     for (name, tenant) in &file.tenant {
-        let tenant = cx.tenant(name, tenant, &upstreams, &plugin_names)?;
+        let tenant = cx.tenant(name, tenant, &upstreams, &plugin_names, &redis)?;
         tenants.insert(name.clone(), Arc::new(with_running_state(tenant, previous)));
     }
     let default_tenant = Arc::new(with_running_state(Tenant::default_tenant(), previous));
@@ -153,6 +158,7 @@ pub(super) fn compile(
         plugins,
         plugin_sources: resolved.local_sources,
         data_files: cx.watched_files.take(),
+        redis,
         geoip,
         routes: RouteTable::new(routes),
         cache_max_bytes: file.cache.max_bytes,

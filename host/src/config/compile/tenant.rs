@@ -1,4 +1,5 @@
-//! `[tenant.NAME]`: what a tenant's filters are granted (memory, CPU, instances, callouts, key-value, plugins).
+//! `[tenant.NAME]`: what a tenant's filters are granted (memory, CPU, instances, callouts, key-value
+//! and its backend, plugins, bans).
 
 use super::*;
 
@@ -9,6 +10,7 @@ impl Compiler<'_> {
         written: &Spanned<TenantSection>,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         plugin_names: &HashSet<String>,
+        redis: &BTreeMap<String, Arc<sluice_runtime::kv::RedisKv>>,
     ) -> Result<Tenant, ConfigError> {
         let key = format!("tenant.{name}");
         let section = written.get_ref();
@@ -48,6 +50,25 @@ impl Compiler<'_> {
                 max_entries: section.ban_max_entries,
             }),
         };
+        let kv_backend = match &section.kv_backend {
+            None => KvBackend::Memory,
+            Some(name) if name.get_ref() == "memory" => KvBackend::Memory,
+            Some(name) => match redis.get(name.get_ref()) {
+                Some(backend) => KvBackend::Redis(backend.clone()),
+                None => {
+                    let known: Vec<&str> = redis.keys().map(String::as_str).collect();
+                    return Err(self.spanned_error(
+                        name,
+                        &format!("{key}.kv_backend"),
+                        format!(
+                            "no [redis.{}] section (\"memory\" or one of: {})",
+                            name.get_ref(),
+                            list_or_none(&known)
+                        ),
+                    ));
+                }
+            },
+        };
         let mut callouts = std::collections::BTreeSet::new();
         for (index, upstream) in section.callouts.iter().enumerate() {
             if !upstreams.contains_key(upstream.get_ref()) {
@@ -83,6 +104,7 @@ impl Compiler<'_> {
             max_instances: section.max_instances,
             callouts,
             kv: KvQuota { max_keys: section.kv_max_keys, max_bytes: section.kv_max_bytes },
+            kv_backend,
             plugins,
             cpu_rate: section.cpu_ms_per_second.map(CpuRate::new),
             long_calls: LongCallLane::default(),

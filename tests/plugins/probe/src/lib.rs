@@ -27,9 +27,23 @@ pub struct Config {
     count: bool,
     /// Refuse the config (to test that refusals stop the route from loading).
     refuse: bool,
+    /// Key-value round trip: `set` (when given) stores under `key`, then `x-kv-value` reports what
+    /// the key holds (`none` when absent, `error: ...` when the store failed).
+    kv_echo: Option<KvEcho>,
     /// Report the client as the host sees it: `x-client-ip`, `x-client-country`,
     /// `x-client-asn` on the request.
     locate: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvEcho {
+    key: String,
+    /// Take the key from this request header instead of `key`.
+    key_from_header: Option<String>,
+    set: Option<String>,
+    /// Read the value from this request header instead of `set`.
+    set_from_header: Option<String>,
 }
 
 pub struct Probe {
@@ -78,6 +92,19 @@ impl Filter for Probe {
             let _ = request.set_path_with_query("/rewritten");
         }
         let _ = request.append_header("x-chain", &self.config.tag);
+        if let Some(echo) = &self.config.kv_echo {
+            let key = echo.key_from_header.as_deref().and_then(|name| request.header_str(name)).unwrap_or(echo.key.clone());
+            let value = echo.set_from_header.as_deref().and_then(|name| request.header_str(name)).or(echo.set.clone());
+            if let Some(value) = value {
+                let _ = sluice_sdk::kv::set(&key, value, None);
+            }
+            let report = match sluice_sdk::kv::get(&key) {
+                Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                Ok(None) => "none".to_owned(),
+                Err(error) => format!("error: {error:?}"),
+            };
+            let _ = request.set_header("x-kv-value", report);
+        }
         if self.config.locate {
             let location = sluice_sdk::client::location();
             let _ = request.set_header("x-client-ip", request.client_ip());

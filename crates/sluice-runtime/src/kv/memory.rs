@@ -1,5 +1,5 @@
-//! The in-process key-value store behind the `kv` host interface: one namespace per tenant,
-//! values with optional expiry, and per-tenant quotas on keys and bytes.
+//! The in-process key-value backend (the default): one namespace per tenant, values with
+//! optional expiry, and per-tenant quotas on keys and bytes.
 //!
 //! Each namespace has a lock of its own, so one tenant's traffic never waits on another's.
 //! Expired entries are found through an expiry queue, so removing them costs only what expired
@@ -12,46 +12,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// Longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
-
-/// Why a key-value operation was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KvError {
-    /// The tenant's key or byte quota would be exceeded.
-    #[error("key-value quota exceeded")]
-    QuotaExceeded,
-    /// `increment` on a value that is not a decimal 64-bit integer.
-    #[error("value is not a 64-bit integer")]
-    NotANumber,
-    /// The key is longer than [`MAX_KEY_BYTES`].
-    #[error("key longer than {MAX_KEY_BYTES} bytes")]
-    KeyTooLong,
-}
-
-/// Limits on one tenant's namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvQuota {
-    /// Most keys.
-    pub max_keys: usize,
-    /// Most bytes of keys and values together.
-    pub max_bytes: usize,
-}
-
-impl KvQuota {
-    /// Whether a value of `len` bytes could be stored at all: checked before it is copied.
-    pub fn admits_value(&self, key: &str, len: usize) -> Result<(), KvError> {
-        check_key(key)?;
-        if key.len().saturating_add(len) > self.max_bytes {
-            return Err(KvError::QuotaExceeded);
-        }
-        Ok(())
-    }
-}
-
-fn check_key(key: &str) -> Result<(), KvError> {
-    if key.len() > MAX_KEY_BYTES { Err(KvError::KeyTooLong) } else { Ok(()) }
-}
+use super::{KvError, KvQuota, check_key};
 
 #[derive(Debug)]
 struct Entry {
@@ -243,6 +204,7 @@ impl KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::MAX_KEY_BYTES;
 
     const QUOTA: KvQuota = KvQuota { max_keys: 2, max_bytes: 32 };
 

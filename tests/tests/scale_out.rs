@@ -1,0 +1,176 @@
+//! Several Sluice instances as one: two instances (each with its own filter runtime, as two
+//! processes would have) sharing one real `redis-server` for their tenants' key-value state.
+//! A rate limit holds across both, a value one writes the other reads, tenants stay apart, and
+//! with Redis gone requests fail only as the filter's policy says, until it is back.
+
+use http::Request;
+use sluice::config::Services;
+use sluice_http::body;
+use sluice_tests::{Collected, Origin, RedisServer, TestProxy, admin_text, http1_client, plugin, send};
+
+fn config(origin: &Origin, redis_url: &str, timeout: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[admin]
+bind = "127.0.0.1:0"
+[upstream.app]
+servers = [{{ addr = "{origin}" }}]
+[redis.shared]
+url = "{redis_url}"
+timeout = "{timeout}"
+connect_timeout = "200ms"
+[plugin.rate_limit]
+source = "{rate_limit}"
+[plugin.probe]
+source = "{probe}"
+[tenant.shop]
+kv_backend = "shared"
+[tenant.blog]
+kv_backend = "shared"
+
+[[route]]
+name = "limited"
+path_prefix = "/limited"
+tenant = "shop"
+upstream = "app"
+filters = [{{ plugin = "rate_limit", config = {{ limit = 10, period = "1h", headers = false }} }}]
+
+[[route]]
+name = "strict"
+path_prefix = "/strict"
+tenant = "shop"
+upstream = "app"
+filters = [{{ plugin = "rate_limit", config = {{ limit = 1000, period = "1h", allow_on_store_error = false }} }}]
+
+[[route]]
+name = "shop-kv"
+path_prefix = "/shop/kv"
+tenant = "shop"
+upstream = "app"
+filters = [{{ plugin = "probe", config = {{ tag = "s", kv_echo = {{ key = "greeting", key_from_header = "x-key", set_from_header = "x-set" }} }} }}]
+
+[[route]]
+name = "blog-kv"
+path_prefix = "/blog/kv"
+tenant = "blog"
+upstream = "app"
+filters = [{{ plugin = "probe", config = {{ tag = "b", kv_echo = {{ key = "greeting", key_from_header = "x-key", set_from_header = "x-set" }} }} }}]
+"#,
+        origin = origin.addr,
+        rate_limit = plugin("plugins/rate-limit").display(),
+        probe = plugin("tests/plugins/probe").display(),
+    )
+}
+
+/// Two instances on one Redis: the first on the suite's services, the second on its own.
+async fn two_instances(origin: &Origin, redis: &RedisServer, timeout: &str) -> (TestProxy, TestProxy) {
+    let text = config(origin, &redis.url(), timeout);
+    let first = TestProxy::start(&text).await;
+    let second = TestProxy::start_with(&Services::with_default_cache().unwrap(), &text).await;
+    (first, second)
+}
+
+async fn get(proxy: &TestProxy, path: &str, headers: &[(&str, &str)]) -> Collected {
+    let mut request = Request::get(proxy.url(path)).header("host", "app.test");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(&http1_client(), request.body(body::empty()).unwrap()).await
+}
+
+/// What the probe found under the key, as the origin saw it.
+fn kv_value(response: &Collected) -> String {
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.echo().header("x-kv-value").unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_across_instances_and_values_are_shared() {
+    let origin = Origin::echo("app").await;
+    let redis = RedisServer::start().await;
+    let (first, second) = two_instances(&origin, &redis, "500ms").await;
+
+    let mut allowed = 0;
+    for index in 0..30 {
+        let proxy = if index % 2 == 0 { &first } else { &second };
+        match get(proxy, "/limited/x", &[]).await.status.as_u16() {
+            200 => allowed += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(allowed, 10, "a limit of 10 admits 10 across both instances, not 10 each");
+
+    let written = get(&first, "/shop/kv", &[("x-set", "hello from the first")]).await;
+    assert_eq!(kv_value(&written), "hello from the first");
+    assert_eq!(kv_value(&get(&second, "/shop/kv", &[]).await), "hello from the first", "the second reads it");
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_reach_another_tenants_keys_through_any_key() {
+    let origin = Origin::echo("app").await;
+    let redis = RedisServer::start().await;
+    let (first, second) = two_instances(&origin, &redis, "500ms").await;
+    assert_eq!(kv_value(&get(&first, "/shop/kv", &[("x-key", "secret"), ("x-set", "s3cret")]).await), "s3cret");
+    // Keys a guest might try to climb out of its namespace with, the host's own layout included
+    // (`shop` is 73686f70 in hex).
+    for key in [
+        "secret",
+        "../secret",
+        ":secret",
+        "k:secret",
+        "shop:k:secret",
+        "t:73686f70:k:secret",
+        "sluice:t:73686f70:k:secret",
+        "*",
+    ] {
+        for proxy in [&first, &second] {
+            assert_eq!(kv_value(&get(proxy, "/blog/kv", &[("x-key", key)]).await), "none", "blog read {key:?}");
+        }
+    }
+    // And what the blog tenant writes lands in its own namespace.
+    assert_eq!(kv_value(&get(&second, "/blog/kv", &[("x-key", "secret"), ("x-set", "blog's")]).await), "blog's");
+    assert_eq!(kv_value(&get(&first, "/shop/kv", &[("x-key", "secret")]).await), "s3cret");
+}
+
+#[tokio::test]
+async fn with_redis_gone_requests_fail_only_as_the_filter_says_and_recover_when_it_returns() {
+    let origin = Origin::echo("app").await;
+    let redis = RedisServer::start().await;
+    let (first, second) = two_instances(&origin, &redis, "50ms").await;
+    assert_eq!(kv_value(&get(&first, "/shop/kv", &[("x-set", "before")]).await), "before");
+
+    let port = redis.stop();
+    for proxy in [&first, &second] {
+        for _ in 0..10 {
+            assert_eq!(get(proxy, "/limited/x", &[]).await.status, 200, "the rate limiter fails open by default");
+            assert_eq!(get(proxy, "/strict/x", &[]).await.status, 503, "and closed where its config says so");
+        }
+        let failed = kv_value(&get(proxy, "/shop/kv", &[]).await);
+        assert!(failed.contains("Other(\"unavailable: "), "a typed failure reaches the filter: {failed}");
+    }
+    let page = admin_text(first.admin.unwrap(), "/metrics").await;
+    assert!(page.contains("sluice_filter_kv_unavailable_total{tenant=\"shop\"}"), "{page}");
+
+    // Redis returns (empty: it kept nothing); the instances reconnect by themselves.
+    let _redis = RedisServer::start_on(port).await;
+    for proxy in [&first, &second] {
+        let mut attempts = 0;
+        while !kv_value(&get(proxy, "/shop/kv", &[("x-set", "after")]).await).eq("after") {
+            attempts += 1;
+            assert!(attempts < 500, "the instance never reconnected");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(get(&first, "/strict/x", &[]).await.status, 200);
+    let mut allowed = 0;
+    for index in 0..12 {
+        let proxy = if index % 2 == 0 { &first } else { &second };
+        if get(proxy, "/limited/y", &[]).await.status == 200 {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10, "limits count again, across both");
+}
