@@ -4,8 +4,8 @@
 //! upstreams, the cache, the filter runtime, the plugin toolchain). Its modules, lowest first:
 //! [`telemetry`] (metrics), [`routing`] (the route table), [`config`] (the file, resolved and
 //! compiled into the [`Snapshot`](config::Snapshot) each request reads), [`pipeline`] (one
-//! request's phases), [`reload`], [`admin`] (the admin listener), [`server`] (listeners and
-//! connections) and [`cli`]. A module only uses those below it; the suite checks that there is
+//! request's phases), [`reload`], [`cluster`] (purges and bans shared with other instances),
+//! [`admin`] (the admin listener), [`server`] (listeners and connections) and [`cli`]. A module only uses those below it; the suite checks that there is
 //! no cycle. docs/architecture.md draws the whole picture.
 
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod pipeline;
 pub mod reload;

@@ -7,6 +7,9 @@ use http::Request;
 use sluice::config::Services;
 use sluice_http::body;
 use sluice_tests::{Collected, Origin, RedisServer, TestProxy, admin_text, http1_client, plugin, send};
+use std::net::SocketAddr;
+
+const TOKEN: &str = "scale-out-token-0123456789";
 
 fn config(origin: &Origin, redis_url: &str, timeout: &str) -> String {
     format!(
@@ -15,6 +18,9 @@ fn config(origin: &Origin, redis_url: &str, timeout: &str) -> String {
 bind = "127.0.0.1:0"
 [admin]
 bind = "127.0.0.1:0"
+reload_token = "{TOKEN}"
+[cluster]
+redis = "shared"
 [upstream.app]
 servers = [{{ addr = "{origin}" }}]
 [redis.shared]
@@ -29,6 +35,12 @@ source = "{probe}"
 kv_backend = "shared"
 [tenant.blog]
 kv_backend = "shared"
+
+[[route]]
+name = "cached"
+path_prefix = "/cached"
+upstream = "app"
+cache = {{ default_ttl = "1h" }}
 
 [[route]]
 name = "limited"
@@ -173,4 +185,73 @@ async fn with_redis_gone_requests_fail_only_as_the_filter_says_and_recover_when_
         }
     }
     assert_eq!(allowed, 10, "limits count again, across both");
+}
+
+async fn admin_post(admin: SocketAddr, path: &str, json: &str) -> Collected {
+    let request = Request::post(format!("http://{admin}{path}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(body::full(json.to_owned()))
+        .unwrap();
+    send(&http1_client(), request).await
+}
+
+/// Polls `check` until it holds: messages between instances take a moment to arrive.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+fn cache_status(response: &Collected) -> String {
+    response.headers.get("cache-status").map(|value| value.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn bans_and_purges_made_on_one_instance_reach_the_others() {
+    let (origin, answered) = Origin::echo_counted("app").await;
+    let redis = RedisServer::start().await;
+    let (first, second) = two_instances(&origin, &redis, "500ms").await;
+    let (first_admin, second_admin) = (first.admin.unwrap(), second.admin.unwrap());
+
+    // A ban set on the first instance closes the second too.
+    let banned =
+        admin_post(first_admin, "/blocks", r#"{"address": "127.0.0.1", "duration": "1h", "reason": "shared"}"#).await;
+    assert_eq!(banned.status, 201, "{}", banned.text());
+    eventually("the second instance refuses the banned client", || async {
+        get(&second, "/cached/a", &[]).await.status == 403
+    })
+    .await;
+    // An instance that joins later learns the bans in force.
+    let text = config(&origin, &redis.url(), "500ms");
+    let third = TestProxy::start_with(&Services::with_default_cache().unwrap(), &text).await;
+    eventually("a late instance refuses the banned client", || async {
+        get(&third, "/cached/a", &[]).await.status == 403
+    })
+    .await;
+    // And a lift on the second reaches the first and the third.
+    let lift = Request::delete(format!("http://{second_admin}/blocks?address=127.0.0.1"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(body::empty())
+        .unwrap();
+    assert_eq!(send(&http1_client(), lift).await.text().trim(), r#"{"lifted":1}"#);
+    for proxy in [&first, &third] {
+        eventually("the lift reaches every instance", || async { get(proxy, "/cached/a", &[]).await.status == 200 })
+            .await;
+    }
+
+    // Both instances hold the entry; a purge on the first removes it from the second.
+    assert_eq!(get(&second, "/cached/a", &[]).await.status, 200);
+    assert!(cache_status(&get(&second, "/cached/a", &[]).await).contains("hit"));
+    let purged = admin_post(first_admin, "/cache/purge", r#"{"prefix": "app.test/cached/"}"#).await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    let before = answered.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("the second instance forgets the purged entry", || async {
+        !cache_status(&get(&second, "/cached/a", &[]).await).contains("hit")
+    })
+    .await;
+    assert!(answered.load(std::sync::atomic::Ordering::Relaxed) > before, "the second went back to the origin");
 }

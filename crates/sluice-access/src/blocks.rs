@@ -160,14 +160,37 @@ fn is_single_address(network: &IpNet) -> bool {
     network.prefix_len() == network.max_prefix_len()
 }
 
+/// What happened to the list, for whoever shares it with other instances.
+#[derive(Debug, Clone)]
+pub enum BlockChange {
+    /// A ban was set or extended here.
+    Banned(Ban),
+    /// Bans on `network` (in `scope`, or every scope) were lifted here.
+    Lifted {
+        /// The address or range.
+        network: IpNet,
+        /// The scope, or every one.
+        scope: Option<BanScope>,
+    },
+}
+
+/// Told of every change made on this instance (not of changes applied from elsewhere).
+pub type BlockObserver = Box<dyn Fn(&BlockChange) + Send + Sync>;
+
 /// The block list. Requests read it (a shared lock, skipped entirely while it is empty); bans
 /// write it.
-#[derive(Debug)]
 pub struct BlockList {
     entries: RwLock<Entries>,
     /// Bans held, expired ones not yet swept included: zero means no request looks.
     held: AtomicUsize,
     max_bans: usize,
+    observer: RwLock<Option<BlockObserver>>,
+}
+
+impl std::fmt::Debug for BlockList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockList").field("held", &self.held).field("max_bans", &self.max_bans).finish_non_exhaustive()
+    }
 }
 
 impl Default for BlockList {
@@ -196,12 +219,30 @@ pub struct BanRequest {
 impl BlockList {
     /// An empty list holding at most `max_bans`.
     pub fn new(max_bans: usize) -> Self {
-        Self { entries: RwLock::default(), held: AtomicUsize::new(0), max_bans }
+        Self { entries: RwLock::default(), held: AtomicUsize::new(0), max_bans, observer: RwLock::new(None) }
+    }
+
+    /// Tells `observer` of every later ban and lift made on this instance.
+    pub fn observe(&self, observer: BlockObserver) {
+        *self.observer.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(observer);
+    }
+
+    fn tell(&self, change: &BlockChange) {
+        if let Some(observer) = &*self.observer.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            observer(change);
+        }
     }
 
     /// Sets a ban, or extends one on the same network and scope (the later end wins, the new
     /// reason replaces the old). Returns the ban as held.
     pub fn ban(&self, request: BanRequest) -> Result<Ban, BanError> {
+        let ban = self.apply(request)?;
+        self.tell(&BlockChange::Banned(ban.clone()));
+        Ok(ban)
+    }
+
+    /// [`BlockList::ban`] for a ban another instance set: held the same, told to no observer.
+    pub fn apply(&self, request: BanRequest) -> Result<Ban, BanError> {
         if request.duration < Duration::from_millis(1) {
             return Err(BanError::NoDuration);
         }
@@ -260,6 +301,13 @@ impl BlockList {
     /// Lifts the bans on exactly `network` (in `scope`, or in every scope when `None`). Returns
     /// how many were lifted.
     pub fn lift(&self, network: IpNet, scope: Option<&BanScope>) -> usize {
+        let lifted = self.apply_lift(network, scope);
+        self.tell(&BlockChange::Lifted { network: canonical(network), scope: scope.cloned() });
+        lifted
+    }
+
+    /// [`BlockList::lift`] for a lift made on another instance.
+    pub fn apply_lift(&self, network: IpNet, scope: Option<&BanScope>) -> usize {
         let network = canonical(network);
         let mut entries = self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();

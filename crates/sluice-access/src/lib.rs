@@ -13,7 +13,8 @@ mod ranges;
 mod rules;
 
 pub use blocks::{
-    Ban, BanError, BanOrigin, BanRequest, BanScope, BlockList, DEFAULT_MAX_BANS, MAX_BAN_DURATION, MAX_RANGE_BANS,
+    Ban, BanError, BanOrigin, BanRequest, BanScope, BlockChange, BlockList, BlockObserver, DEFAULT_MAX_BANS,
+    MAX_BAN_DURATION, MAX_RANGE_BANS,
 };
 pub use geo::{CountryCode, GeoError, GeoIp, Location};
 pub use ranges::IpRangeSet;

@@ -40,6 +40,8 @@ pub struct Admin {
     pub reload_token: Option<Arc<str>>,
     /// The HTTP cache, for purges and its size figures.
     pub cache: Arc<HttpCache>,
+    /// The other instances purges are shared with (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Accepts admin connections until `drain` is cancelled.
@@ -176,6 +178,9 @@ async fn purge(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody>
         _ => return bad("give exactly one of key, prefix and tag".to_owned()),
     };
     let purged = admin.cache.purge(target, wanted.route.as_deref());
+    if let Some(cluster) = &admin.cluster {
+        cluster.purged(target, wanted.route.as_deref());
+    }
     admin.metrics.cache_purged.inc_by(purged as u64);
     tracing::info!(?target, route = wanted.route.as_deref().unwrap_or("*"), purged, "cache purged");
     text_response(StatusCode::OK, JSON, format!("{}\n", serde_json::json!({"purged": purged})))

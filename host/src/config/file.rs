@@ -49,6 +49,16 @@ pub struct ConfigFile {
     /// Redis servers that tenants' key-value state can live in, keyed by name.
     #[serde(default)]
     pub redis: BTreeMap<String, Spanned<RedisSection>>,
+    /// What this instance shares with the others on the same Redis (purges, bans).
+    pub cluster: Option<Spanned<ClusterSection>>,
+}
+
+/// `[cluster]`: the instances that share one Redis also share cache purges and bans.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The `[redis.NAME]` they share.
+    pub redis: Spanned<String>,
 }
 
 /// `[redis.NAME]`: a Redis that several Sluice instances share.

@@ -79,6 +79,8 @@ pub struct Snapshot {
     pub data_files: Vec<PathBuf>,
     /// The Redis backends by name (carried over a reload while their settings stay).
     pub redis: BTreeMap<String, Arc<sluice_runtime::kv::RedisKv>>,
+    /// The Redis that `[cluster]` shares purges and bans through.
+    pub cluster: Option<Arc<sluice_runtime::kv::RedisKv>>,
     /// The GeoIP databases, when `[geoip]` names any.
     pub geoip: Option<Arc<sluice_access::GeoIp>>,
     /// The routes.

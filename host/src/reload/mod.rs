@@ -215,5 +215,9 @@ fn restart_only_changes(running: &Snapshot, next: &Snapshot) -> Vec<String> {
     if running.cache_max_bytes != next.cache_max_bytes {
         changed.push("cache.max_bytes".to_owned());
     }
+    let cluster = |snapshot: &Snapshot| snapshot.cluster.as_ref().map(|redis| redis.settings().clone());
+    if cluster(running) != cluster(next) {
+        changed.push("cluster".to_owned());
+    }
     changed
 }

@@ -72,6 +72,10 @@ impl Server {
         let tunnels = Tunnels::default();
         let connections = TaskTracker::new();
         let cache = HttpCache::new(current.cache_max_bytes);
+        let cluster = current.cluster.as_ref().map(|redis| {
+            let blocks = current.services.runtime.services().blocks.clone();
+            crate::cluster::Cluster::join(redis, cache.clone(), blocks, drain.clone())
+        });
         let proxy = Proxy::new(snapshot.clone(), metrics.clone(), tunnels.clone(), cache.clone());
         let limit = Arc::new(Semaphore::new(current.server.max_connections));
         let per_client = Arc::new(ClientConnections::default());
@@ -119,6 +123,7 @@ impl Server {
                     reloader: reloader.clone(),
                     reload_token: current.admin_reload_token.clone(),
                     cache: cache.clone(),
+                    cluster: cluster.clone(),
                 };
                 tokio::spawn(admin::serve(listener, Arc::new(admin), drain.clone()));
                 Some(local)

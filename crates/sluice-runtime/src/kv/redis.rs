@@ -160,6 +160,11 @@ impl RedisKv {
         &self.settings
     }
 
+    /// The client, for what else instances share through this Redis (purges, bans).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     fn namespace(&self, tenant: &str) -> Namespace {
         let base = format!("{}:t:{}:", self.settings.key_prefix, hex::encode(tenant));
         Namespace {

@@ -114,6 +114,20 @@ pub(super) fn compile(
     for (name, section) in &file.redis {
         redis.insert(name.clone(), cx.redis(name, section, previous)?);
     }
+    let cluster = match &file.cluster {
+        None => None,
+        Some(section) => {
+            let name = &section.get_ref().redis;
+            Some(redis.get(name.get_ref()).cloned().ok_or_else(|| {
+                let known: Vec<&str> = redis.keys().map(String::as_str).collect();
+                cx.spanned_error(
+                    name,
+                    "cluster.redis",
+                    format!("no [redis.{}] section (defined: {})", name.get_ref(), list_or_none(&known)),
+                )
+            })?)
+        }
+    };
     let plugin_names: HashSet<String> = file.plugin.keys().cloned().collect();
     let mut tenants = BTreeMap::new();
     for (name, tenant) in &file.tenant {
@@ -159,6 +173,7 @@ pub(super) fn compile(
         plugin_sources: resolved.local_sources,
         data_files: cx.watched_files.take(),
         redis,
+        cluster,
         geoip,
         routes: RouteTable::new(routes),
         cache_max_bytes: file.cache.max_bytes,
