@@ -50,6 +50,13 @@ upstream = "app"
 filters = [{{ plugin = "rate_limit", config = {{ limit = 10, period = "1h", headers = false }} }}]
 
 [[route]]
+name = "approximate"
+path_prefix = "/approximate"
+tenant = "shop"
+upstream = "app"
+filters = [{{ plugin = "rate_limit", config = {{ limit = 50, period = "1h", mode = "approximate", flush_interval = "10ms", headers = false }} }}]
+
+[[route]]
 name = "strict"
 path_prefix = "/strict"
 tenant = "shop"
@@ -114,6 +121,17 @@ async fn a_rate_limit_holds_across_instances_and_values_are_shared() {
         }
     }
     assert_eq!(allowed, 10, "a limit of 10 admits 10 across both instances, not 10 each");
+
+    // Approximate: counted locally, flushed every 10 ms; never more than the limit per filter
+    // instance taking part (here one per proxy, the requests coming one at a time).
+    let mut allowed = 0;
+    for index in 0..150 {
+        let proxy = if index % 2 == 0 { &first } else { &second };
+        if get(proxy, "/approximate/x", &[]).await.status == 200 {
+            allowed += 1;
+        }
+    }
+    assert!((50..=100).contains(&allowed), "approximate mode admitted {allowed} of a limit of 50");
 
     let written = get(&first, "/shop/kv", &[("x-set", "hello from the first")]).await;
     assert_eq!(kv_value(&written), "hello from the first");

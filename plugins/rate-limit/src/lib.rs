@@ -43,10 +43,28 @@ pub struct Config {
     /// answering 503.
     #[serde(default = "yes")]
     pub allow_on_store_error: bool,
+    /// `exact` (default: every request counted in the store) or `approximate` (counted locally
+    /// and flushed to the store every `flush_interval`; for high volume on a Redis backend, with
+    /// a bounded overshoot: see the README).
+    #[serde(default)]
+    pub mode: Mode,
+    /// How often `approximate` adds its local counts to the shared one (default `"10ms"`).
+    pub flush_interval: Option<String>,
     /// Ban clients that keep overrunning: after `after` refused requests within `within`, the
     /// client is banned from the tenant's routes for `duration` (needs the tenant's
     /// `ban_max_duration` grant).
     pub ban: Option<sluice_sdk::client::BanPolicy>,
+}
+
+/// Exact or approximate counting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every request counted in the store.
+    #[default]
+    Exact,
+    /// Counted locally in fixed windows, flushed to the store now and then.
+    Approximate,
 }
 
 fn default_algorithm() -> Algorithm {
@@ -66,6 +84,7 @@ pub struct RateLimit {
     config: Config,
     policy: String,
     pending: Option<Verdict>,
+    approximate: Option<limiter::Approximate>,
 }
 
 impl Filter for RateLimit {
@@ -89,7 +108,23 @@ impl Filter for RateLimit {
         }
         let limit = Limit { algorithm: config.algorithm, limit: config.limit, period_ms, burst };
         let policy = format!("{};w={}", config.limit, period_ms.div_ceil(1000));
-        Ok(Self { limit, source, config, policy, pending: None })
+        let approximate = match config.mode {
+            Mode::Exact if config.flush_interval.is_some() => {
+                return Err("flush_interval applies to mode = \"approximate\" only".into());
+            }
+            Mode::Exact => None,
+            Mode::Approximate if config.burst.is_some() => {
+                return Err("burst applies to the token bucket; approximate counts in fixed windows".into());
+            }
+            Mode::Approximate => {
+                let flush_ms = limiter::parse_period(config.flush_interval.as_deref().unwrap_or("10ms"))?;
+                if flush_ms >= period_ms {
+                    return Err("flush_interval must be shorter than the period".into());
+                }
+                Some(limiter::Approximate::new(flush_ms))
+            }
+        };
+        Ok(Self { limit, source, config, policy, pending: None, approximate })
     }
 
     fn phases(&self) -> Phases {
@@ -120,7 +155,12 @@ impl Filter for RateLimit {
         };
         let scope = self.config.scope.clone().unwrap_or_else(|| request.route());
         let store_key = format!("rl:{scope}:{label}:{subject}");
-        match self.limit.take(&mut HostStore, &store_key, clock::now_unix_ms()) {
+        let now = clock::now_unix_ms();
+        let taken = match &mut self.approximate {
+            Some(counter) => counter.take(&self.limit, &mut HostStore, &store_key, now),
+            None => self.limit.take(&mut HostStore, &store_key, now),
+        };
+        match taken {
             Ok(verdict) if verdict.allowed => {
                 metrics::counter_add("rate_limit_requests_total", &[("scope", &scope), ("result", "allowed")], 1);
                 self.pending = Some(verdict);

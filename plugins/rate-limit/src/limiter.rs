@@ -173,6 +173,100 @@ impl Limit {
     }
 }
 
+/// Most keys one instance counts locally at once; past it, counts of other windows are dropped
+/// first, then everything (the next request of each key reads the shared count again).
+const MAX_LOCAL_KEYS: usize = 10_000;
+
+/// Approximate counting, for high volume on a shared (Redis) store: each filter instance counts
+/// in fixed windows locally and adds its count to the shared one at most once per
+/// `flush_ms` (reading the total back), instead of one round trip per request.
+///
+/// The price is a bounded overshoot: between two flushes an instance decides on the total it
+/// read last plus its own requests, so with `n` instances (across all proxies) each admitting at
+/// most `r` requests per flush interval, a window admits at most `limit + (n - 1) * r` (and never
+/// more than `n * limit`). Fixed windows also let up to twice the limit through across a window
+/// boundary, as any fixed-window limiter does.
+#[derive(Debug)]
+pub struct Approximate {
+    flush_ms: u64,
+    counts: std::collections::HashMap<String, LocalCount>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LocalCount {
+    window: u64,
+    /// Admitted here, not yet added to the shared count.
+    pending: u64,
+    /// The shared count as last read.
+    shared: u64,
+    flushed_at_ms: u64,
+}
+
+impl Approximate {
+    /// Counting that flushes at most every `flush_ms`.
+    pub fn new(flush_ms: u64) -> Self {
+        Self { flush_ms, counts: std::collections::HashMap::new() }
+    }
+
+    /// Takes one request from `limit` for `key` at `now_ms`.
+    pub fn take(&mut self, limit: &Limit, store: &mut dyn Store, key: &str, now_ms: u64) -> Result<Verdict, String> {
+        let window = now_ms / limit.period_ms;
+        let until_next_window = limit.period_ms - now_ms % limit.period_ms;
+        if self.counts.len() >= MAX_LOCAL_KEYS && !self.counts.contains_key(key) {
+            self.counts.retain(|_, count| count.window == window);
+            if self.counts.len() >= MAX_LOCAL_KEYS {
+                self.counts.clear();
+            }
+        }
+        let count = self.counts.entry(key.to_owned()).or_insert(LocalCount {
+            window,
+            pending: 0,
+            shared: 0,
+            flushed_at_ms: 0,
+        });
+        if count.window != window {
+            // A new window: what was pending belonged to the old one, which no longer matters.
+            *count = LocalCount { window, pending: 0, shared: 0, flushed_at_ms: 0 };
+        }
+        let refused = Verdict {
+            allowed: false,
+            remaining: 0,
+            reset_secs: seconds_ceil(until_next_window),
+            retry_after_secs: seconds_ceil(until_next_window).max(1),
+        };
+        let due = count.flushed_at_ms == 0 || now_ms >= count.flushed_at_ms.saturating_add(self.flush_ms);
+        let shared_key = format!("{key}:a:{window}");
+        let ttl = Duration::from_millis(limit.period_ms + 1000);
+        let total = if due {
+            // Flush, counting this request too; take it back if it is one too many.
+            let added = i64::try_from(count.pending + 1).unwrap_or(i64::MAX);
+            let total = store.increment(&shared_key, added, ttl)?.max(0) as u64;
+            count.pending = 0;
+            count.flushed_at_ms = now_ms.max(1);
+            count.shared = total;
+            if total > limit.limit {
+                store.increment(&shared_key, -1, ttl)?;
+                count.shared = total - 1;
+                return Ok(refused);
+            }
+            total
+        } else {
+            let total = count.shared + count.pending + 1;
+            if total > limit.limit {
+                return Ok(refused);
+            }
+            count.pending += 1;
+            total
+        };
+        Ok(Verdict {
+            allowed: true,
+            remaining: limit.limit.saturating_sub(total),
+            reset_secs: seconds_ceil(until_next_window),
+            retry_after_secs: 0,
+        })
+    }
+}
+
 fn parse_bucket(value: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(value).ok()?;
     let (tokens, last) = text.split_once(',')?;
@@ -232,6 +326,65 @@ pub(crate) mod tests {
             self.0.insert(key.into(), value.to_vec());
             Ok(true)
         }
+    }
+
+    fn window_limit(limit: u64) -> Limit {
+        Limit { algorithm: Algorithm::SlidingWindow, limit, period_ms: 60_000, burst: limit }
+    }
+
+    #[test]
+    fn approximate_counting_alone_admits_exactly_the_limit_and_flushes_rarely() {
+        struct Counting(MemoryStore, usize);
+        impl Store for Counting {
+            fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+                self.0.get(key)
+            }
+            fn increment(&mut self, key: &str, delta: i64, ttl: Duration) -> Result<i64, String> {
+                self.1 += 1;
+                self.0.increment(key, delta, ttl)
+            }
+            fn compare_and_swap(&mut self, key: &str, e: Option<&[u8]>, v: &[u8], t: Duration) -> Result<bool, String> {
+                self.0.compare_and_swap(key, e, v, t)
+            }
+        }
+        let limit = window_limit(100);
+        let mut store = Counting(MemoryStore::default(), 0);
+        let mut counter = Approximate::new(10);
+        // 300 requests over 30 ms: one instance, so no overshoot at all.
+        let admitted = (0..300u64)
+            .filter(|index| counter.take(&limit, &mut store, "k", 1_000_000 + index / 10).unwrap().allowed)
+            .count();
+        assert_eq!(admitted, 100);
+        assert!(store.1 <= 8, "{} round trips for 300 requests", store.1);
+    }
+
+    #[test]
+    fn approximate_overshoot_stays_within_its_bound() {
+        let limit = window_limit(100);
+        let mut store = MemoryStore::default();
+        let mut instances: Vec<Approximate> = (0..4).map(|_| Approximate::new(10)).collect();
+        let mut admitted = 0;
+        // Requests spread over the instances in turn, 4 per millisecond for 100 ms: each instance
+        // gets 10 requests per 10 ms flush interval.
+        for step in 0..400u64 {
+            let now = 2_000_000 + step / 4;
+            if instances[(step % 4) as usize].take(&limit, &mut store, "k", now).unwrap().allowed {
+                admitted += 1;
+            }
+        }
+        let bound = 100 + (4 - 1) * 10;
+        assert!(admitted >= 100 && admitted as u64 <= bound, "admitted {admitted}, bound {bound}");
+    }
+
+    #[test]
+    fn approximate_counts_start_over_each_window() {
+        let limit = window_limit(2);
+        let mut store = MemoryStore::default();
+        let mut counter = Approximate::new(10);
+        let taken: Vec<bool> =
+            (0..3).map(|index| counter.take(&limit, &mut store, "k", 60_000 + index).unwrap().allowed).collect();
+        assert_eq!(taken, [true, true, false]);
+        assert!(counter.take(&limit, &mut store, "k", 120_000).unwrap().allowed, "the next window is fresh");
     }
 
     /// A store where another writer changes the key before each of the first `races` swaps.
