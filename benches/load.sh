@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The load harness, from a clean clone: installs nginx, HAProxy and wrk when they are missing,
 # builds Sluice and the benchmark origin in release mode, then runs the same load through the
-# origin directly, nginx, HAProxy, Sluice and Sluice with three filters, and cache hits of nginx's
+# origin directly, nginx, HAProxy, Sluice and Sluice with three filters, cache hits of nginx's
 # proxy_cache against Sluice's cache (see
 # benches/src/bin/load.rs). Arguments go to the harness: --duration, --rounds, --connections,
 # --proxy-cpus, --load-cpus, --only, --out. The report lands in target/bench/load.md.
@@ -14,6 +14,7 @@ missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v taskset >/dev/null || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   say "Installing ${missing[*]}"

@@ -63,10 +63,13 @@ enum Target {
     NginxCache,
     SluiceCache,
     SluiceDenyList,
+    SluiceRateLimit,
+    SluiceRateLimitRedis,
+    SluiceRateLimitRedisApprox,
 }
 
 impl Target {
-    const ALL: [Target; 8] = [
+    const ALL: [Target; 11] = [
         Target::Direct,
         Target::Nginx,
         Target::Haproxy,
@@ -75,6 +78,9 @@ impl Target {
         Target::NginxCache,
         Target::SluiceCache,
         Target::SluiceDenyList,
+        Target::SluiceRateLimit,
+        Target::SluiceRateLimitRedis,
+        Target::SluiceRateLimitRedisApprox,
     ];
 
     /// The target a row's ratios are taken against: cache hits against nginx's cache hits, the
@@ -83,6 +89,7 @@ impl Target {
         match self {
             Target::NginxCache | Target::SluiceCache => Target::NginxCache,
             Target::SluiceDenyList => Target::Sluice,
+            Target::SluiceRateLimitRedis | Target::SluiceRateLimitRedisApprox => Target::SluiceRateLimit,
             _ => Target::Nginx,
         }
     }
@@ -97,6 +104,9 @@ impl Target {
             Target::NginxCache => "nginx-cache",
             Target::SluiceCache => "sluice-cache",
             Target::SluiceDenyList => "sluice-deny-list",
+            Target::SluiceRateLimit => "sluice-rate-limit",
+            Target::SluiceRateLimitRedis => "sluice-rate-limit-redis",
+            Target::SluiceRateLimitRedisApprox => "sluice-rate-limit-redis-approx",
         }
     }
 
@@ -110,7 +120,15 @@ impl Target {
             Target::NginxCache => "nginx, proxy_cache hits",
             Target::SluiceCache => "Sluice, cache hits",
             Target::SluiceDenyList => "Sluice, 100,000-range deny list (ratio to Sluice)",
+            Target::SluiceRateLimit => "Sluice, rate-limit filter, memory backend",
+            Target::SluiceRateLimitRedis => "Sluice, rate-limit on Redis, exact (ratio to memory)",
+            Target::SluiceRateLimitRedisApprox => "Sluice, rate-limit on Redis, approximate (ratio to memory)",
         }
+    }
+
+    /// Whether the target needs the Redis the harness starts.
+    fn needs_redis(self) -> bool {
+        matches!(self, Target::SluiceRateLimitRedis | Target::SluiceRateLimitRedisApprox)
     }
 }
 
@@ -148,10 +166,16 @@ fn main() -> Result<()> {
     );
 
     let origin = Origin::start(&release.join("bench-origin"), &load_cpus)?;
+    let redis = match targets.iter().any(|target| target.needs_redis()) {
+        true => Some(Redis::start(&load_cpus)?),
+        false => None,
+    };
+    let redis_url = redis.as_ref().map(Redis::url);
     let mut samples: Vec<(Target, usize, Sample)> = Vec::new();
     for round in 1..=args.rounds {
         for &target in &targets {
-            let proxy = Proxy::start(target, &repo, &work, origin.address, &proxy_cpus, workers, None)?;
+            let behind = Behind { origin: origin.address, redis: redis_url.as_deref() };
+            let proxy = Proxy::start(target, &repo, &work, behind, &proxy_cpus, workers, None)?;
             let address = proxy.as_ref().map_or(origin.address, |proxy| proxy.address);
             // Warm up: connections, pools, caches, the filters' instances.
             wrk(address, "/small", &load_cpus, args.connections, 1)?;
@@ -186,9 +210,9 @@ fn main() -> Result<()> {
         let certificate = BenchCertificate::create(&work)?;
         for round in 1..=args.rounds {
             for &target in &tls_targets {
-                let proxy =
-                    Proxy::start(target, &repo, &work, origin.address, &proxy_cpus, workers, Some(&certificate))?
-                        .context("a proxy target")?;
+                let behind = Behind { origin: origin.address, redis: None };
+                let proxy = Proxy::start(target, &repo, &work, behind, &proxy_cpus, workers, Some(&certificate))?
+                    .context("a proxy target")?;
                 let url_address = proxy.address;
                 wrk_url(&format!("https://{url_address}/small"), &load_cpus, args.connections, 1)?;
                 let (https, _) =
@@ -247,11 +271,55 @@ impl Origin {
     }
 }
 
+/// A `redis-server` for the rate-limit targets, on the load CPUs, without persistence.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(cpus: &str) -> Result<Self> {
+        let port = free_port()?.port();
+        let child = Command::new("taskset")
+            .args(["-c", cpus, "redis-server", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not start on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Origin {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a proxy under test sends to: the origin, and the Redis of the rate-limit targets.
+#[derive(Debug, Clone, Copy)]
+struct Behind<'a> {
+    origin: SocketAddr,
+    redis: Option<&'a str>,
 }
 
 /// A proxy under test, stopped when dropped.
@@ -266,11 +334,12 @@ impl Proxy {
         target: Target,
         repo: &Path,
         work: &Path,
-        origin: SocketAddr,
+        behind: Behind<'_>,
         cpus: &str,
         workers: usize,
         tls: Option<&BenchCertificate>,
     ) -> Result<Option<Self>> {
+        let (origin, redis) = (behind.origin, behind.redis);
         let address = free_port()?;
         let mut command = Command::new("taskset");
         command.args(["-c", cpus]);
@@ -287,7 +356,13 @@ impl Proxy {
                 std::fs::write(&config, haproxy_config(address, origin, workers, tls))?;
                 command.args(["haproxy", "-db", "-f"]).arg(&config);
             }
-            Target::Sluice | Target::SluiceFilters | Target::SluiceCache | Target::SluiceDenyList => {
+            Target::Sluice
+            | Target::SluiceFilters
+            | Target::SluiceCache
+            | Target::SluiceDenyList
+            | Target::SluiceRateLimit
+            | Target::SluiceRateLimitRedis
+            | Target::SluiceRateLimitRedisApprox => {
                 let config = work.join(format!("{}.toml", target.key()));
                 let filters = target == Target::SluiceFilters;
                 let cache = target == Target::SluiceCache;
@@ -296,6 +371,14 @@ impl Proxy {
                     let list = work.join("deny-100k.txt");
                     std::fs::write(&list, deny_list(100_000))?;
                     let _ = writeln!(text, "access = {{ deny_file = \"{}\" }}", list.display());
+                }
+                if let Some(mode) = match target {
+                    Target::SluiceRateLimit => Some(("memory", "exact")),
+                    Target::SluiceRateLimitRedis => Some(("shared", "exact")),
+                    Target::SluiceRateLimitRedisApprox => Some(("shared", "approximate")),
+                    _ => None,
+                } {
+                    text.push_str(&rate_limited(repo, mode, redis)?);
                 }
                 std::fs::write(&config, text)?;
                 let sluice = repo.join("target/release/sluice");
@@ -600,6 +683,25 @@ upstream = "origin"
         let _ = write!(config, "\n[plugin.hello]\nsource = \"{}\"\n", repo.join("examples/hello-filter").display());
     }
     config
+}
+
+/// The rate-limit filter on the route (a limit no run reaches: every request is counted and
+/// passes), its tenant's key-value state in `backend` (`memory`, or `shared`: the Redis at
+/// `redis`), counting `exact` or `approximate`.
+fn rate_limited(repo: &Path, (backend, mode): (&str, &str), redis: Option<&str>) -> Result<String> {
+    let mut text = format!(
+        "tenant = \"bench\"\nfilters = [{{ plugin = \"rate_limit\", config = {{ limit = 1000000000, period = \"1h\", headers = false, mode = \"{mode}\" }} }}]\n"
+    );
+    let _ = write!(
+        text,
+        "\n[plugin.rate_limit]\nsource = \"{}\"\n[tenant.bench]\nkv_backend = \"{backend}\"\n",
+        repo.join("plugins/rate-limit").display()
+    );
+    if backend == "shared" {
+        let redis = redis.context("the Redis targets need the harness's redis-server")?;
+        let _ = write!(text, "[redis.shared]\nurl = \"{redis}\"\ntimeout = \"50ms\"\npool_size = 2\n");
+    }
+    Ok(text)
 }
 
 /// `count` distinct ranges, IPv4 (/16 to /32) and IPv6 (/32 to /128), none covering loopback
