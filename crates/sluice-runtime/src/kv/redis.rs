@@ -61,14 +61,7 @@ local delta = ARGV[4]
 if not current then
   local size = #member + #delta
   if not fits(nil, size) then return {-1, '0'} end
-  local ttl = tonumber(ARGV[5])
-  if ttl > 0 then
-    redis.call('SET', KEYS[1], delta, 'PX', ttl)
-    redis.call('ZADD', KEYS[3], now + ttl, member)
-  else
-    redis.call('SET', KEYS[1], delta)
-    redis.call('ZADD', KEYS[3], '+inf', member)
-  end
+  put(delta, tonumber(ARGV[5]))
   account(nil, size)
   return {1, delta}
 end

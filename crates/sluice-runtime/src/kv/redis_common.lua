@@ -62,13 +62,8 @@ local function account(old, size)
   redis.call('HINCRBY', KEYS[4], 'bytes', size - tonumber(old or '0'))
 end
 
--- Stores `value`, expiring after `ttl` ms (0: never). Returns 1, or -1 past the quota.
-local function store(value, ttl)
-  local old = counted_size()
-  local size = #member + #value
-  if not fits(old, size) then
-    return -1
-  end
+-- Writes the value and its expiry, quota and totals aside.
+local function put(value, ttl)
   if ttl > 0 then
     redis.call('SET', KEYS[1], value, 'PX', ttl)
     redis.call('ZADD', KEYS[3], now + ttl, member)
@@ -76,6 +71,16 @@ local function store(value, ttl)
     redis.call('SET', KEYS[1], value)
     redis.call('ZADD', KEYS[3], '+inf', member)
   end
+end
+
+-- Stores `value`, expiring after `ttl` ms (0: never). Returns 1, or -1 past the quota.
+local function store(value, ttl)
+  local old = counted_size()
+  local size = #member + #value
+  if not fits(old, size) then
+    return -1
+  end
+  put(value, ttl)
   account(old, size)
   return 1
 end
