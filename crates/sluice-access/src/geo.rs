@@ -147,6 +147,11 @@ impl GeoIp {
         Ok(Self { databases })
     }
 
+    /// The databases of `parts`, asked in that order.
+    pub fn join(parts: impl IntoIterator<Item = GeoIp>) -> Self {
+        Self { databases: parts.into_iter().flat_map(|part| part.databases).collect() }
+    }
+
     /// Where `address` is. Private, loopback and unlisted addresses are simply unknown.
     pub fn locate(&self, address: IpAddr) -> Location {
         let address = match address {

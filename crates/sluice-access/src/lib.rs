@@ -17,5 +17,5 @@ pub use blocks::{
     MAX_BAN_DURATION, MAX_RANGE_BANS,
 };
 pub use geo::{CountryCode, GeoError, GeoIp, Location};
-pub use ranges::IpRangeSet;
+pub use ranges::{IpRangeSet, parse_network};
 pub use rules::{AccessRules, AddressRules, CountryRules, Refusal};

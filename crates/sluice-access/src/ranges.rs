@@ -5,6 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+/// An address (`192.0.2.1`, `2001:db8::1`) or a CIDR range (`10.0.0.0/8`), as configs, list
+/// files and the admin API write them.
+pub fn parse_network(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
 /// An immutable set of IPv4 and IPv6 ranges.
 ///
 /// Built once (at config compile), then read by every request without locks. Overlapping and
@@ -117,6 +124,14 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_and_ranges_parse() {
+        assert_eq!(parse_network("192.0.2.1").unwrap().to_string(), "192.0.2.1/32");
+        assert_eq!(parse_network(" 2001:db8::/32 ").unwrap().to_string(), "2001:db8::/32");
+        assert!(parse_network("10.0.0.0/33").is_none());
+        assert!(parse_network("example.com").is_none());
     }
 
     #[test]

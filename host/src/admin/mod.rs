@@ -235,11 +235,6 @@ struct BanBody {
     tenant: Option<String>,
 }
 
-fn parse_network(text: &str) -> Option<ipnet::IpNet> {
-    let text = text.trim();
-    text.parse::<ipnet::IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-}
-
 /// `POST /blocks` with `{"address": "192.0.2.7", "duration": "10m", "reason": "...",
 /// "tenant"?: "..."}`; token-protected. Banning an address banned already extends the ban.
 async fn add_ban(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
@@ -262,7 +257,7 @@ async fn add_ban(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBod
             ));
         }
     };
-    let Some(network) = parse_network(&wanted.address) else {
+    let Some(network) = sluice_access::parse_network(&wanted.address) else {
         return bad(format!("{:?} is not an address or a CIDR range", wanted.address));
     };
     let duration = match humantime::parse_duration(&wanted.duration) {
@@ -309,7 +304,7 @@ fn lift_ban(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
     let value = |name: &str| {
         form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
     };
-    let Some(network) = value("address").as_deref().and_then(parse_network) else {
+    let Some(network) = value("address").as_deref().and_then(sluice_access::parse_network) else {
         let message = serde_json::json!({"error": "give ?address=ADDRESS or ?address=RANGE"});
         return text_response(StatusCode::BAD_REQUEST, JSON, format!("{message}\n"));
     };

@@ -3,27 +3,27 @@
 
 use super::*;
 use crate::config::file::{AddressListsSection, CountriesSection, GeoIpSection};
-use sluice_access::{AccessRules, AddressRules, CountryCode, CountryRules, GeoIp, IpRangeSet};
+use sluice_access::{AccessRules, AddressRules, CountryCode, CountryRules, GeoIp, IpRangeSet, parse_network};
 
 impl Compiler<'_> {
     /// `[geoip]`: the databases read, in order (country first). Each is read whole.
     pub(super) fn geoip(&self, written: &Spanned<GeoIpSection>) -> Result<GeoIp, ConfigError> {
         let section = written.get_ref();
         let named = [("country_database", &section.country_database), ("asn_database", &section.asn_database)];
-        let mut paths = Vec::new();
+        let mut opened = Vec::new();
         for (field, path) in named {
             let Some(path) = path else { continue };
             let full = self.base_dir.join(path.get_ref());
-            GeoIp::open([full.as_path()])
+            // Each file read once, on its own, so that an error names the key that gave it.
+            let database = GeoIp::open([full.as_path()])
                 .map_err(|err| self.spanned_error(path, &format!("geoip.{field}"), err.to_string()))?;
-            self.watched_files.borrow_mut().push(full.clone());
-            paths.push(full);
+            self.watched_files.borrow_mut().push(full);
+            opened.push(database);
         }
-        if paths.is_empty() {
+        if opened.is_empty() {
             return Err(self.spanned_error(written, "geoip", "name `country_database`, `asn_database` or both"));
         }
-        GeoIp::open(paths.iter().map(std::path::PathBuf::as_path))
-            .map_err(|err| self.spanned_error(written, "geoip", err.to_string()))
+        Ok(GeoIp::join(opened))
     }
 
     /// A listener's or route's `access` lists, with the files they name (for the watcher).
@@ -143,25 +143,6 @@ impl Compiler<'_> {
     }
 }
 
-/// An address (`192.0.2.1`, `2001:db8::1`) or a CIDR range (`10.0.0.0/8`).
-fn parse_network(text: &str) -> Option<IpNet> {
-    let text = text.trim();
-    text.parse::<IpNet>().ok().or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
 fn not_a_network(text: &str) -> String {
     format!("{text:?} is not an address or a CIDR range (such as 192.0.2.1 or 10.0.0.0/8)")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_network;
-
-    #[test]
-    fn addresses_and_ranges_parse() {
-        assert_eq!(parse_network("192.0.2.1").unwrap().to_string(), "192.0.2.1/32");
-        assert_eq!(parse_network("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
-        assert!(parse_network("10.0.0.0/33").is_none());
-        assert!(parse_network("example.com").is_none());
-    }
 }
