@@ -58,6 +58,26 @@ func KVCompareAndSwap(key string, expected, value []byte, ttl time.Duration) (bo
 	return kvCompareAndSwap(key, expected, value, uint64(ttl.Milliseconds()))
 }
 
+// Bucket is a token bucket as KVTakeTokens left it.
+type Bucket struct {
+	// Taken says whether the tokens asked for were taken.
+	Taken bool
+	// Remaining is the whole tokens left.
+	Remaining uint64
+	// FullIn is how long until the bucket is full again.
+	FullIn time.Duration
+	// RetryIn is, when refused, how long until the tokens asked for are there.
+	RetryIn time.Duration
+}
+
+// KVTakeTokens takes cost tokens from the token bucket under key as one atomic step in the
+// store, by the store's clock: with a Redis backend every instance sharing it agrees on one
+// bucket without retries. The bucket holds at most capacity tokens, starts full and refills
+// rate tokens every period; a refused take changes nothing.
+func KVTakeTokens(key string, capacity, rate uint64, period time.Duration, cost uint64) (Bucket, error) {
+	return kvTakeTokens(key, capacity, rate, uint64(period.Milliseconds()), cost)
+}
+
 // CounterAdd adds to a counter on the admin listener's /metrics, with extra labels as
 // name-value pairs (the host adds tenant and plugin).
 func CounterAdd(name string, labels [][2]string, value uint64) {

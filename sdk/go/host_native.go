@@ -39,11 +39,15 @@ func kvSet(string, []byte, uint64) error                            { noHost(); 
 func kvIncrement(string, int64, uint64) (int64, error)              { noHost(); return 0, nil }
 func kvDelete(string) (bool, error)                                 { noHost(); return false, nil }
 func kvCompareAndSwap(string, []byte, []byte, uint64) (bool, error) { noHost(); return false, nil }
-func metricsCounterAdd(string, [][2]string, uint64)                 { noHost() }
-func metricsGaugeSet(string, [][2]string, int64)                    { noHost() }
-func metricsHistogramRecord(string, [][2]string, float64)           { noHost() }
-func calloutSend(string, CalloutRequest) (*CalloutResponse, error)  { noHost(); return nil, nil }
-func clockNowUnixMs() uint64                                        { noHost(); return 0 }
-func clockMonotonicNs() uint64                                      { noHost(); return 0 }
-func randomBytes(uint32) []byte                                     { noHost(); return nil }
-func randomNextU64() uint64                                         { noHost(); return 0 }
+func kvTakeTokens(string, uint64, uint64, uint64, uint64) (Bucket, error) {
+	noHost()
+	return Bucket{}, nil
+}
+func metricsCounterAdd(string, [][2]string, uint64)                { noHost() }
+func metricsGaugeSet(string, [][2]string, int64)                   { noHost() }
+func metricsHistogramRecord(string, [][2]string, float64)          { noHost() }
+func calloutSend(string, CalloutRequest) (*CalloutResponse, error) { noHost(); return nil, nil }
+func clockNowUnixMs() uint64                                       { noHost(); return 0 }
+func clockMonotonicNs() uint64                                     { noHost(); return 0 }
+func randomBytes(uint32) []byte                                    { noHost(); return nil }
+func randomNextU64() uint64                                        { noHost(); return 0 }

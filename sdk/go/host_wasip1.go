@@ -7,49 +7,53 @@ package sluice
 
 import (
 	"runtime"
+	"time"
 	"unsafe"
 )
 
-//go:wasmimport sluice:filter/log@0.1.1 log
+//go:wasmimport sluice:filter/log@0.1.2 log
 func importLog(level uint32, message unsafe.Pointer, length uint32)
 
-//go:wasmimport sluice:filter/kv@0.1.1 get
+//go:wasmimport sluice:filter/kv@0.1.2 get
 func importKVGet(key unsafe.Pointer, keyLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.1 set
+//go:wasmimport sluice:filter/kv@0.1.2 set
 func importKVSet(key unsafe.Pointer, keyLength uint32, value unsafe.Pointer, valueLength uint32, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.1 increment
+//go:wasmimport sluice:filter/kv@0.1.2 increment
 func importKVIncrement(key unsafe.Pointer, keyLength uint32, delta int64, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.1 delete
+//go:wasmimport sluice:filter/kv@0.1.2 delete
 func importKVDelete(key unsafe.Pointer, keyLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.1 compare-and-swap
+//go:wasmimport sluice:filter/kv@0.1.2 compare-and-swap
 func importKVCompareAndSwap(key unsafe.Pointer, keyLength uint32, hasExpected uint32, expected unsafe.Pointer, expectedLength uint32, value unsafe.Pointer, valueLength uint32, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/metrics@0.1.1 counter-add
+//go:wasmimport sluice:filter/kv@0.1.2 take-tokens
+func importKVTakeTokens(key unsafe.Pointer, keyLength uint32, capacity uint64, rate uint64, periodMs uint64, cost uint64, ret unsafe.Pointer)
+
+//go:wasmimport sluice:filter/metrics@0.1.2 counter-add
 func importCounterAdd(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value uint64)
 
-//go:wasmimport sluice:filter/metrics@0.1.1 gauge-set
+//go:wasmimport sluice:filter/metrics@0.1.2 gauge-set
 func importGaugeSet(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value int64)
 
-//go:wasmimport sluice:filter/metrics@0.1.1 histogram-record
+//go:wasmimport sluice:filter/metrics@0.1.2 histogram-record
 func importHistogramRecord(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value float64)
 
-//go:wasmimport sluice:filter/callout@0.1.1 send
+//go:wasmimport sluice:filter/callout@0.1.2 send
 func importCalloutSend(upstream unsafe.Pointer, upstreamLength uint32, method unsafe.Pointer, methodLength uint32, path unsafe.Pointer, pathLength uint32, headers unsafe.Pointer, headerCount uint32, body unsafe.Pointer, bodyLength uint32, timeoutMs uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/clock@0.1.1 now-unix-ms
+//go:wasmimport sluice:filter/clock@0.1.2 now-unix-ms
 func importNowUnixMs() uint64
 
-//go:wasmimport sluice:filter/clock@0.1.1 monotonic-ns
+//go:wasmimport sluice:filter/clock@0.1.2 monotonic-ns
 func importMonotonicNs() uint64
 
-//go:wasmimport sluice:filter/random@0.1.1 bytes
+//go:wasmimport sluice:filter/random@0.1.2 bytes
 func importRandomBytes(length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/random@0.1.1 next-u64
+//go:wasmimport sluice:filter/random@0.1.2 next-u64
 func importRandomNextU64() uint64
 
 func hostLog(level Level, message string) {
@@ -127,6 +131,21 @@ func kvCompareAndSwap(key string, expected, value []byte, ttlMs uint64) (bool, e
 		return false, kvError(4)
 	}
 	return areaU8(4) != 0, nil
+}
+
+// kvTakeTokens lifts `result<bucket, kv-error>`: the bucket record (8-aligned) at 8.
+func kvTakeTokens(key string, capacity, rate, periodMs, cost uint64) (Bucket, error) {
+	importKVTakeTokens(stringPointer(key), uint32(len(key)), capacity, rate, periodMs, cost, returnPointer())
+	runtime.KeepAlive(key)
+	if areaU8(0) != 0 {
+		return Bucket{}, kvError(8)
+	}
+	return Bucket{
+		Taken:     areaU8(8) != 0,
+		Remaining: areaU64(16),
+		FullIn:    time.Duration(areaU64(24)) * time.Millisecond,
+		RetryIn:   time.Duration(areaU64(32)) * time.Millisecond,
+	}, nil
 }
 
 func metricsCounterAdd(name string, labels [][2]string, value uint64) {

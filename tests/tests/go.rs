@@ -126,7 +126,7 @@ async fn a_go_filter_reaches_every_host_function_through_the_sdk() {
     assert_eq!(
         host("kv"),
         "set=ok,get=v1/true,cas=true,cas-stale=false,cas-absent=true,delete=true,get-deleted=false,\
-         increment=5,increment-text=true"
+         increment=5,increment-text=true,bucket=true/0/true,bucket-empty=false/true,bucket-invalid=true"
     );
     assert_eq!(host("random-len"), "24");
     assert_eq!(host("random-u64-differ"), "true");
@@ -219,7 +219,7 @@ fn a_go_filter_packs_as_a_plugin_package() {
     assert_eq!(package.info.name, "header-policy");
     assert_eq!(package.info.version, "0.1.0");
     assert!(package.info.description.as_deref().is_some_and(|text| text.contains("header policy")));
-    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.1");
+    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.2");
     // Go's linker keeps only the host functions the filter calls, and Go's runtime needs WASI
     // (clocks, randomness, stderr) through the adapter: no preopens, no environment.
     assert_eq!(package.info.capabilities, ["log", "metrics", "wasi"].map(String::from));

@@ -151,7 +151,7 @@ async fn a_plugin_for_another_world_version_is_refused_saying_so() {
     assert!(matches!(error, PluginError::IncompatibleWorld { .. }), "{error}");
     assert_eq!(
         error.to_string(),
-        "built for sluice:filter@0.2.0; this Sluice serves sluice:filter@0.1.1: rebuild the plugin against this version"
+        "built for sluice:filter@0.2.0; this Sluice serves sluice:filter@0.1.2: rebuild the plugin against this version"
     );
     // A patch release of the same version is compatible.
     assert!(Plugin::load(&runtime, "patch", &component_for_version("0.1.3")).is_ok());

@@ -50,6 +50,13 @@ upstream = "app"
 filters = [{{ plugin = "rate_limit", config = {{ limit = 10, period = "1h", headers = false }} }}]
 
 [[route]]
+name = "concurrent"
+path_prefix = "/concurrent"
+tenant = "shop"
+upstream = "app"
+filters = [{{ plugin = "rate_limit", config = {{ limit = 20, period = "1h", headers = false }} }}]
+
+[[route]]
 name = "approximate"
 path_prefix = "/approximate"
 tenant = "shop"
@@ -136,6 +143,57 @@ async fn a_rate_limit_holds_across_instances_and_values_are_shared() {
     let written = get(&first, "/shop/kv", &[("x-set", "hello from the first")]).await;
     assert_eq!(kv_value(&written), "hello from the first");
     assert_eq!(kv_value(&get(&second, "/shop/kv", &[]).await), "hello from the first", "the second reads it");
+}
+
+#[tokio::test]
+async fn concurrent_requests_on_both_instances_take_exactly_the_limit_from_one_bucket() {
+    let origin = Origin::echo("app").await;
+    let redis = RedisServer::start().await;
+    let (first, second) = two_instances(&origin, &redis, "500ms").await;
+    // 80 requests at once, half on each instance, against one bucket of 20: each take is one
+    // atomic step on the server, so none is lost to a race and none is refused for contention.
+    let requests = (0..80).map(|index| {
+        let proxy = if index % 2 == 0 { &first } else { &second };
+        get(proxy, "/concurrent/x", &[])
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(requests).await.iter().map(|r| r.status.as_u16()).collect();
+    assert!(statuses.iter().all(|status| *status == 200 || *status == 429), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|status| **status == 200).count(), 20, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn token_buckets_on_redis_answer_as_the_memory_ones_do() {
+    use sluice_runtime::kv::{BucketSpec, KvError, KvQuota, KvStore, RedisKv, RedisSettings};
+    let redis = RedisServer::start().await;
+    let settings = RedisSettings {
+        name: "shared".into(),
+        url: redis.url(),
+        timeout: std::time::Duration::from_secs(2),
+        connect_timeout: std::time::Duration::from_secs(2),
+        pool_size: 1,
+        key_prefix: "sluice".into(),
+    };
+    let on_redis = RedisKv::new(settings).unwrap();
+    let in_memory = KvStore::default();
+    let quota = KvQuota { max_keys: 2, max_bytes: 256 };
+    // Three tokens, one an hour: the steps are far apart from the clocks' differences.
+    let spec = BucketSpec::new(3, 1, 3_600_000, 1).unwrap();
+    for _ in 0..4 {
+        let remote = on_redis.take_tokens("shop", quota, "b", spec).await.unwrap();
+        let local = in_memory.take_tokens("shop", quota, "b", spec).unwrap();
+        assert_eq!((remote.taken, remote.remaining), (local.taken, local.remaining));
+        // Both clocks moved on by a few milliseconds at most between the two takes.
+        assert!(remote.full_in_ms.abs_diff(local.full_in_ms) < 1000, "{remote:?} / {local:?}");
+        assert!(remote.retry_in_ms.abs_diff(local.retry_in_ms) < 1000, "{remote:?} / {local:?}");
+    }
+    let refused = on_redis.take_tokens("shop", quota, "b", spec).await.unwrap();
+    assert!(!refused.taken);
+    assert!(refused.retry_in_ms > 3_500_000, "{refused:?}");
+    // The bucket is another tenant's key for nobody else; it counts towards its tenant's quota.
+    assert!(on_redis.take_tokens("blog", quota, "b", spec).await.unwrap().taken);
+    on_redis.set("shop", quota, "text", b"hello", 0).await.unwrap();
+    assert_eq!(on_redis.take_tokens("shop", quota, "text", spec).await, Err(KvError::NotANumber));
+    assert_eq!(on_redis.take_tokens("shop", quota, "third", spec).await, Err(KvError::QuotaExceeded));
 }
 
 #[tokio::test]

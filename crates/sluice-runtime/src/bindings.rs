@@ -12,6 +12,7 @@ wasmtime::component::bindgen!({
         "sluice:filter/kv.increment": async | trappable,
         "sluice:filter/kv.delete": async | trappable,
         "sluice:filter/kv.compare-and-swap": async | trappable,
+        "sluice:filter/kv.take-tokens": async | trappable,
         default: trappable,
     },
     exports: { default: async },

@@ -15,7 +15,7 @@ use super::host::FilterState;
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "sluice:filter";
 /// Its version.
-pub const WIT_VERSION: &str = "0.1.1";
+pub const WIT_VERSION: &str = "0.1.2";
 
 /// A plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ pub mod limiter;
 use std::time::Duration;
 
 use key::KeySource;
-use limiter::{Algorithm, Limit, Store, Verdict};
+use limiter::{Algorithm, Limit, Store, TokenTake, Verdict};
 use serde::Deserialize;
 use sluice_sdk::{Decision, Filter, LocalResponse, Phases, Request, Response, clock, export_filter, kv, log, metrics};
 
@@ -77,6 +77,11 @@ fn yes() -> bool {
     true
 }
 
+/// Largest token-bucket limit and burst the store takes.
+const MAX_TOKENS: u64 = 1_000_000_000;
+/// Longest token-bucket period the store takes.
+const MAX_PERIOD_MS: u64 = 366 * 86_400_000;
+
 /// One instance: the limit, and the verdict owed to the response in flight.
 pub struct RateLimit {
     limit: Limit,
@@ -98,6 +103,15 @@ impl Filter for RateLimit {
         let burst = config.burst.unwrap_or(config.limit);
         if burst == 0 {
             return Err("burst must be at least 1".into());
+        }
+        // The store's token buckets go to a billion tokens over at most a year.
+        if config.algorithm == Algorithm::TokenBucket {
+            if config.limit > MAX_TOKENS || burst > MAX_TOKENS {
+                return Err(format!("limit and burst must be at most {MAX_TOKENS} for the token bucket"));
+            }
+            if period_ms > MAX_PERIOD_MS {
+                return Err("period must be at most a year (366d) for the token bucket".into());
+            }
         }
         if config.algorithm == Algorithm::SlidingWindow && config.burst.is_some() {
             return Err("burst applies to the token bucket only".into());
@@ -243,13 +257,14 @@ impl Store for HostStore {
     fn increment(&mut self, key: &str, delta: i64, lifetime: Duration) -> Result<i64, String> {
         kv::increment(key, delta, Some(lifetime)).map_err(|err| format!("{err:?}"))
     }
-    fn compare_and_swap(
-        &mut self,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-        lifetime: Duration,
-    ) -> Result<bool, String> {
-        kv::compare_and_swap(key, expected, value, Some(lifetime)).map_err(|err| format!("{err:?}"))
+    fn take_tokens(&mut self, key: &str, capacity: u64, rate: u64, period_ms: u64) -> Result<TokenTake, String> {
+        let bucket = kv::take_tokens(key, capacity, rate, Duration::from_millis(period_ms), 1)
+            .map_err(|err| format!("{err:?}"))?;
+        Ok(TokenTake {
+            taken: bucket.taken,
+            remaining: bucket.remaining,
+            full_in_ms: bucket.full_in_ms,
+            retry_in_ms: bucket.retry_in_ms,
+        })
     }
 }

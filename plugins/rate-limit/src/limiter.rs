@@ -3,8 +3,9 @@
 //! clocks.
 //!
 //! Every instance of the filter, on every worker, shares the tenant's store: the limits hold for
-//! the proxy as a whole, not per instance. The token bucket updates its state with
-//! compare-and-swap; the sliding window needs only atomic increments.
+//! the proxy as a whole, not per instance. The token bucket is the store's own (`kv.take-tokens`:
+//! one atomic step by the store's clock, one round trip to Redis); the sliding window needs only
+//! atomic increments.
 
 use std::time::Duration;
 
@@ -25,14 +26,22 @@ pub trait Store {
     fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String>;
     /// Adds `delta` and returns the new value; a new key lives for `ttl`.
     fn increment(&mut self, key: &str, delta: i64, ttl: Duration) -> Result<i64, String>;
-    /// Writes `value` if the current value is `expected`; false if someone else wrote first.
-    fn compare_and_swap(
-        &mut self,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, String>;
+    /// Takes one token from the bucket under `key` (at most `capacity`, refilled by `rate` every
+    /// `period_ms`), atomically in the store.
+    fn take_tokens(&mut self, key: &str, capacity: u64, rate: u64, period_ms: u64) -> Result<TokenTake, String>;
+}
+
+/// A bucket after a take, as the store reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTake {
+    /// Whether the token was taken.
+    pub taken: bool,
+    /// Whole tokens left.
+    pub remaining: u64,
+    /// Milliseconds until the bucket is full again.
+    pub full_in_ms: u64,
+    /// When refused, milliseconds until a token is there.
+    pub retry_in_ms: u64,
 }
 
 /// A limit: how many requests per period.
@@ -61,73 +70,28 @@ pub struct Verdict {
     pub retry_after_secs: u64,
 }
 
-/// How often a token-bucket update is retried when other instances keep winning the race.
-const CAS_ATTEMPTS: usize = 16;
-/// Token counts are kept in thousandths so slow refill rates do not round to nothing.
-const MILLI: u64 = 1000;
-
 fn seconds_ceil(ms: u64) -> u64 {
     ms.div_ceil(1000)
 }
 
 impl Limit {
-    /// Takes one request from the limit for `key` at time `now_ms`.
+    /// Takes one request from the limit for `key` at time `now_ms` (the sliding window's clock;
+    /// the token bucket goes by the store's).
     pub fn take(&self, store: &mut dyn Store, key: &str, now_ms: u64) -> Result<Verdict, String> {
         match self.algorithm {
-            Algorithm::TokenBucket => self.take_token(store, key, now_ms),
+            Algorithm::TokenBucket => self.take_token(store, key),
             Algorithm::SlidingWindow => self.take_window(store, key, now_ms),
         }
     }
 
-    /// Milli-tokens added per millisecond, as a fraction: `limit * MILLI / period_ms`.
-    fn refill(&self, elapsed_ms: u64) -> u64 {
-        ((elapsed_ms as u128 * self.limit as u128 * MILLI as u128) / self.period_ms as u128).min(u64::MAX as u128)
-            as u64
-    }
-
-    /// Milliseconds until `missing` milli-tokens have been refilled.
-    fn refill_time(&self, missing: u64) -> u64 {
-        ((missing as u128 * self.period_ms as u128).div_ceil(self.limit as u128 * MILLI as u128)) as u64
-    }
-
-    /// Milliseconds it takes to refill `milli_tokens`, rounded down.
-    fn time_for(&self, milli_tokens: u64) -> u64 {
-        ((milli_tokens as u128 * self.period_ms as u128) / (self.limit as u128 * MILLI as u128)) as u64
-    }
-
-    fn take_token(&self, store: &mut dyn Store, key: &str, now_ms: u64) -> Result<Verdict, String> {
-        let capacity = self.burst * MILLI;
-        // A bucket left alone long enough is full again: let the store forget it then.
-        let ttl = Duration::from_millis(self.refill_time(capacity) + 1000);
-        for _ in 0..CAS_ATTEMPTS {
-            let stored = store.get(key)?;
-            let (stored_tokens, last) = stored.as_deref().and_then(parse_bucket).unwrap_or((capacity, now_ms));
-            let added = self.refill(now_ms.saturating_sub(last));
-            let tokens = stored_tokens.saturating_add(added).min(capacity);
-            // The clock moves on only by the time the added tokens account for, so the part of
-            // a token still refilling is not lost when requests come often at slow rates.
-            let refilled_until = if tokens == capacity { now_ms.max(last) } else { last + self.time_for(added) };
-            if tokens < MILLI {
-                let wait = self.refill_time(MILLI - tokens);
-                return Ok(Verdict {
-                    allowed: false,
-                    remaining: 0,
-                    reset_secs: seconds_ceil(self.refill_time(capacity - tokens)),
-                    retry_after_secs: seconds_ceil(wait).max(1),
-                });
-            }
-            let left = tokens - MILLI;
-            let value = format!("{left},{refilled_until}");
-            if store.compare_and_swap(key, stored.as_deref(), value.as_bytes(), ttl)? {
-                return Ok(Verdict {
-                    allowed: true,
-                    remaining: left / MILLI,
-                    reset_secs: seconds_ceil(self.refill_time(capacity - left)),
-                    retry_after_secs: 0,
-                });
-            }
-        }
-        Err(format!("the bucket for {key} kept changing under {CAS_ATTEMPTS} attempts"))
+    fn take_token(&self, store: &mut dyn Store, key: &str) -> Result<Verdict, String> {
+        let bucket = store.take_tokens(key, self.burst, self.limit, self.period_ms)?;
+        Ok(Verdict {
+            allowed: bucket.taken,
+            remaining: bucket.remaining,
+            reset_secs: seconds_ceil(bucket.full_in_ms),
+            retry_after_secs: if bucket.taken { 0 } else { seconds_ceil(bucket.retry_in_ms).max(1) },
+        })
     }
 
     fn take_window(&self, store: &mut dyn Store, key: &str, now_ms: u64) -> Result<Verdict, String> {
@@ -218,12 +182,8 @@ impl Approximate {
                 self.counts.clear();
             }
         }
-        let count = self.counts.entry(key.to_owned()).or_insert(LocalCount {
-            window,
-            pending: 0,
-            shared: 0,
-            flushed_at_ms: 0,
-        });
+        let count =
+            self.counts.entry(key.to_owned()).or_insert(LocalCount { window, pending: 0, shared: 0, flushed_at_ms: 0 });
         if count.window != window {
             // A new window: what was pending belonged to the old one, which no longer matters.
             *count = LocalCount { window, pending: 0, shared: 0, flushed_at_ms: 0 };
@@ -267,12 +227,6 @@ impl Approximate {
     }
 }
 
-fn parse_bucket(value: &[u8]) -> Option<(u64, u64)> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (tokens, last) = text.split_once(',')?;
-    Some((tokens.parse().ok()?, last.parse().ok()?))
-}
-
 /// Parses a period such as `"1s"`, `"500ms"`, `"1m"`, `"1h"`, `"1d"`.
 pub fn parse_period(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -313,18 +267,22 @@ pub(crate) mod tests {
             self.0.insert(key.into(), value.to_string().into_bytes());
             Ok(value)
         }
-        fn compare_and_swap(
-            &mut self,
-            key: &str,
-            expected: Option<&[u8]>,
-            value: &[u8],
-            _ttl: Duration,
-        ) -> Result<bool, String> {
-            if self.0.get(key).map(Vec::as_slice) != expected {
-                return Ok(false);
+        /// A bucket that never refills (the refill arithmetic is the host's, tested there):
+        /// the tokens taken are counted under the key.
+        fn take_tokens(&mut self, key: &str, capacity: u64, rate: u64, period_ms: u64) -> Result<TokenTake, String> {
+            let taken = u64::try_from(self.increment(key, 0, Duration::ZERO)?).unwrap();
+            let per_token_ms = period_ms.div_ceil(rate);
+            if taken >= capacity {
+                return Ok(TokenTake {
+                    taken: false,
+                    remaining: 0,
+                    full_in_ms: capacity * per_token_ms,
+                    retry_in_ms: per_token_ms,
+                });
             }
-            self.0.insert(key.into(), value.to_vec());
-            Ok(true)
+            self.increment(key, 1, Duration::ZERO)?;
+            let left = capacity - taken - 1;
+            Ok(TokenTake { taken: true, remaining: left, full_in_ms: (taken + 1) * per_token_ms, retry_in_ms: 0 })
         }
     }
 
@@ -343,8 +301,8 @@ pub(crate) mod tests {
                 self.1 += 1;
                 self.0.increment(key, delta, ttl)
             }
-            fn compare_and_swap(&mut self, key: &str, e: Option<&[u8]>, v: &[u8], t: Duration) -> Result<bool, String> {
-                self.0.compare_and_swap(key, e, v, t)
+            fn take_tokens(&mut self, key: &str, capacity: u64, rate: u64, period: u64) -> Result<TokenTake, String> {
+                self.0.take_tokens(key, capacity, rate, period)
             }
         }
         let limit = window_limit(100);
@@ -387,91 +345,21 @@ pub(crate) mod tests {
         assert!(counter.take(&limit, &mut store, "k", 120_000).unwrap().allowed, "the next window is fresh");
     }
 
-    /// A store where another writer changes the key before each of the first `races` swaps.
-    struct RacingStore {
-        inner: MemoryStore,
-        races: usize,
-    }
-
-    impl Store for RacingStore {
-        fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
-            self.inner.get(key)
-        }
-        fn increment(&mut self, key: &str, delta: i64, ttl: Duration) -> Result<i64, String> {
-            self.inner.increment(key, delta, ttl)
-        }
-        fn compare_and_swap(
-            &mut self,
-            key: &str,
-            expected: Option<&[u8]>,
-            value: &[u8],
-            ttl: Duration,
-        ) -> Result<bool, String> {
-            if self.races > 0 {
-                self.races -= 1;
-                // The other writer took a token at the same instant.
-                let (tokens, last) = expected.and_then(parse_bucket).unwrap_or((5000, 0));
-                self.inner.0.insert(key.into(), format!("{},{last}", tokens - 1000).into_bytes());
-                return Ok(false);
-            }
-            self.inner.compare_and_swap(key, expected, value, ttl)
-        }
-    }
-
-    fn bucket(limit: u64, period_ms: u64, burst: u64) -> Limit {
-        Limit { algorithm: Algorithm::TokenBucket, limit, period_ms, burst }
-    }
-
     #[test]
-    fn a_bucket_allows_its_burst_then_refills_at_its_rate() {
-        let limit = bucket(10, 1000, 5);
+    fn a_bucket_take_becomes_a_verdict_with_its_headers() {
+        // 10 per second, bursts of 5: the store answers, the filter reports.
+        let limit = Limit { algorithm: Algorithm::TokenBucket, limit: 10, period_ms: 1000, burst: 5 };
         let mut store = MemoryStore::default();
         for remaining in (0..5).rev() {
             let verdict = limit.take(&mut store, "k", 0).unwrap();
             assert!(verdict.allowed);
             assert_eq!(verdict.remaining, remaining);
+            assert_eq!(verdict.retry_after_secs, 0);
         }
         let refused = limit.take(&mut store, "k", 0).unwrap();
         assert!(!refused.allowed);
         assert_eq!(refused.retry_after_secs, 1, "a token every 100 ms, rounded up to a second");
         assert_eq!(refused.reset_secs, 1);
-        // 100 ms later exactly one token is back.
-        assert!(limit.take(&mut store, "k", 100).unwrap().allowed);
-        assert!(!limit.take(&mut store, "k", 100).unwrap().allowed);
-        // A long pause refills only up to the burst.
-        let later: Vec<bool> = (0..7).map(|_| limit.take(&mut store, "k", 60_000).unwrap().allowed).collect();
-        assert_eq!(later, [true, true, true, true, true, false, false]);
-    }
-
-    #[test]
-    fn slow_rates_keep_fractions_of_tokens() {
-        // One request per minute: after 30 s half a token is back, after 60 s a whole one.
-        let limit = bucket(1, 60_000, 1);
-        let mut store = MemoryStore::default();
-        assert!(limit.take(&mut store, "k", 0).unwrap().allowed);
-        let refused = limit.take(&mut store, "k", 30_000).unwrap();
-        assert!(!refused.allowed);
-        assert_eq!(refused.retry_after_secs, 30);
-        assert!(limit.take(&mut store, "k", 60_000).unwrap().allowed);
-    }
-
-    #[test]
-    fn frequent_requests_at_a_slow_rate_still_refill() {
-        // One token per 10 s, requests every 3 s: the fractions must add up.
-        let limit = bucket(6, 60_000, 2);
-        let mut store = MemoryStore::default();
-        let allowed = (0..=20).filter(|step| limit.take(&mut store, "k", step * 3000).unwrap().allowed).count();
-        // 2 at first, then one per 10 s over 60 s.
-        assert_eq!(allowed, 2 + 6);
-    }
-
-    #[test]
-    fn concurrent_writers_are_retried_not_lost() {
-        let limit = bucket(10, 1000, 5);
-        let mut store = RacingStore { inner: MemoryStore::default(), races: 3 };
-        let verdict = limit.take(&mut store, "k", 0).unwrap();
-        assert!(verdict.allowed);
-        assert_eq!(verdict.remaining, 1, "5 tokens - 3 raced - 1 ours");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod kv {
     use std::time::Duration;
 
     use crate::bindings::sluice::filter::kv as host;
-    pub use crate::bindings::sluice::filter::kv::KvError;
+    pub use crate::bindings::sluice::filter::kv::{Bucket, KvError};
 
     fn millis(ttl: Option<Duration>) -> u64 {
         ttl.map_or(0, |ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
@@ -71,6 +71,13 @@ pub mod kv {
         ttl: Option<Duration>,
     ) -> Result<bool, KvError> {
         host::compare_and_swap(key, expected, value.as_ref(), millis(ttl))
+    }
+    /// Takes `cost` tokens from the token bucket under `key` (at most `capacity` tokens, starting
+    /// full, refilled by `rate` tokens every `period`), as one atomic step in the store and by its
+    /// clock: with a Redis backend, every instance sharing it takes from one bucket in one round
+    /// trip, without retries. A refused take changes nothing.
+    pub fn take_tokens(key: &str, capacity: u64, rate: u64, period: Duration, cost: u64) -> Result<Bucket, KvError> {
+        host::take_tokens(key, capacity, rate, millis(Some(period)), cost)
     }
 }
 

@@ -7,8 +7,10 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"sluice.dev/sluice"
 )
@@ -183,8 +185,16 @@ func callEveryHostFunction(req *sluice.Request, upstream string) {
 	note("increment", total, err)
 	_, err = sluice.KVIncrement("probe:new", 1, 0)
 	note("increment-text", errors.Is(err, sluice.ErrNotANumber), nil)
+	bucket, err := sluice.KVTakeTokens("probe:bucket", 2, 1, time.Hour, 2)
+	note("bucket", fmt.Sprintf("%t/%d/%t", bucket.Taken, bucket.Remaining, bucket.FullIn > 59*time.Minute), err)
+	bucket, err = sluice.KVTakeTokens("probe:bucket", 2, 1, time.Hour, 1)
+	note("bucket-empty", fmt.Sprintf("%t/%t", bucket.Taken, bucket.RetryIn > 29*time.Minute), err)
+	_, err = sluice.KVTakeTokens("probe:bucket", 2, 1, time.Hour, 3)
+	var refused *sluice.KVError
+	note("bucket-invalid", errors.As(err, &refused), nil)
 	_, _ = sluice.KVDelete("probe:n")
 	_, _ = sluice.KVDelete("probe:new")
+	_, _ = sluice.KVDelete("probe:bucket")
 	report("kv", strings.Join(kv, ","))
 
 	sluice.GaugeSet("probe_gauge", [][2]string{{"kind", "go"}}, -7)

@@ -62,6 +62,13 @@ enum HostCall {
     },
     KvGet(String),
     KvDelete(String),
+    KvTakeTokens {
+        key: String,
+        capacity: u64,
+        rate: u64,
+        period_ms: u64,
+        cost: u64,
+    },
     Random(u32),
     /// A ban of the request's client, who is `client` (the low byte of 192.0.2.x).
     Ban {
@@ -174,6 +181,9 @@ fn make(state: &mut FilterState, call: HostCall) -> wasmtime::Result<()> {
         }
         HostCall::KvDelete(key) => {
             let _ = at_once(wit_kv::Host::delete(state, key))?;
+        }
+        HostCall::KvTakeTokens { key, capacity, rate, period_ms, cost } => {
+            let _ = at_once(wit_kv::Host::take_tokens(state, key, capacity, rate, period_ms, cost))?;
         }
         HostCall::Ban { client, duration_ms, reason } => {
             if let Some(call) = state.call.as_mut() {

@@ -19,13 +19,13 @@ use wasmtime::{AsContext, StoreContextMut};
 
 use super::*;
 use crate::bindings::sluice::filter::kv;
-use crate::kv::{KvBackend, KvQuota, RedisKv};
+use crate::kv::{BucketSpec, KvBackend, KvQuota, RedisKv};
 
 fn kv_error(error: KvError) -> kv::KvError {
     match error {
         KvError::QuotaExceeded => kv::KvError::QuotaExceeded,
         KvError::NotANumber => kv::KvError::NotANumber,
-        KvError::KeyTooLong => kv::KvError::Other(error.to_string()),
+        KvError::KeyTooLong | KvError::InvalidArgument(_) => kv::KvError::Other(error.to_string()),
         KvError::Unavailable(reason) => kv::KvError::Other(format!("unavailable: {reason}")),
     }
 }
@@ -269,5 +269,38 @@ impl kv::Host for FilterState {
         let asker = self.asker()?;
         let operation = asker.compare_and_swap_now_or_later(&key, expected.as_deref(), &value, ttl_ms);
         Ok(Prepared { asker: Some(asker), operation }.finish().await)
+    }
+
+    async fn take_tokens(
+        &mut self,
+        key: String,
+        capacity: u64,
+        rate: u64,
+        period_ms: u64,
+        cost: u64,
+    ) -> wasmtime::Result<Result<kv::Bucket, kv::KvError>> {
+        let asker = self.asker()?;
+        let spec = match BucketSpec::new(capacity, rate, period_ms, cost) {
+            Ok(spec) => spec,
+            Err(refused) => return Ok(Err(kv_error(refused))),
+        };
+        let quota = asker.quota;
+        let bucket = match &asker.backend {
+            KvBackend::Memory => asker.services.kv.take_tokens(&asker.tenant, quota, &key, spec).map_err(kv_error),
+            KvBackend::Redis(redis) => {
+                asker
+                    .redis_call(
+                        redis,
+                        |redis, tenant| async move { redis.take_tokens(&tenant, quota, &key, spec).await },
+                    )
+                    .await
+            }
+        };
+        Ok(bucket.map(|bucket| kv::Bucket {
+            taken: bucket.taken,
+            remaining: bucket.remaining,
+            full_in_ms: bucket.full_in_ms,
+            retry_in_ms: bucket.retry_in_ms,
+        }))
     }
 }

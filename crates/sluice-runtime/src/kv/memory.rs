@@ -12,6 +12,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::bucket::{Bucket, BucketSpec};
 use super::{KvError, KvQuota, check_key};
 
 #[derive(Debug)]
@@ -109,6 +110,13 @@ fn expiry(now: Instant, ttl_ms: u64) -> Option<Instant> {
     (ttl_ms > 0).then(|| now.checked_add(Duration::from_millis(ttl_ms))).flatten()
 }
 
+/// Milliseconds since this process's first bucket: the memory backend's bucket clock.
+fn monotonic_ms(now: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| now);
+    u64::try_from(now.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
+}
+
 impl KvStore {
     fn namespace(&self, tenant: &str) -> Arc<Mutex<Namespace>> {
         if let Some(namespace) = self.namespaces.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(tenant) {
@@ -185,6 +193,20 @@ impl KvStore {
         })
     }
 
+    /// Takes tokens from the bucket under `key`, by this process's monotonic clock; one lock
+    /// covers the read and the write.
+    pub fn take_tokens(&self, tenant: &str, quota: KvQuota, key: &str, spec: BucketSpec) -> Result<Bucket, KvError> {
+        check_key(key)?;
+        self.with_namespace(tenant, |namespace, now| {
+            let stored = namespace.entries.get(key).filter(|entry| entry.live(now)).map(|entry| entry.value.as_slice());
+            let take = spec.take(stored, monotonic_ms(now))?;
+            if let Some((value, ttl_ms)) = take.store {
+                namespace.put(key, value.as_bytes(), expiry(now, ttl_ms), quota, now)?;
+            }
+            Ok(take.bucket)
+        })
+    }
+
     /// Removes `key`; true if a live value was there.
     pub fn delete(&self, tenant: &str, key: &str) -> bool {
         self.with_namespace(tenant, |namespace, now| namespace.remove(key).is_some_and(|entry| entry.live(now)))
@@ -253,6 +275,23 @@ mod tests {
         assert_eq!(store.increment("a", QUOTA, "n", -5, 0), Ok(-3));
         store.set("a", QUOTA, "t", b"x", 0).unwrap();
         assert_eq!(store.increment("a", QUOTA, "t", 1, 0), Err(KvError::NotANumber));
+    }
+
+    #[test]
+    fn buckets_are_counted_and_kept_like_other_keys() {
+        let store = KvStore::default();
+        let spec = BucketSpec::new(2, 1, 60_000, 1).unwrap();
+        assert!(store.take_tokens("a", QUOTA, "b", spec).unwrap().taken);
+        assert!(store.take_tokens("a", QUOTA, "b", spec).unwrap().taken);
+        let refused = store.take_tokens("a", QUOTA, "b", spec).unwrap();
+        assert!(!refused.taken);
+        assert!(refused.retry_in_ms > 0);
+        // Another tenant's bucket of the same name is its own.
+        assert!(store.take_tokens("other", QUOTA, "b", spec).unwrap().taken);
+        // A bucket is a key: it counts towards the quota.
+        store.set("a", QUOTA, "k", b"v", 0).unwrap();
+        assert_eq!(store.take_tokens("a", QUOTA, "c", spec), Err(KvError::QuotaExceeded));
+        assert_eq!(store.take_tokens("a", QUOTA, "k", spec), Err(KvError::NotANumber));
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! and bytes, and a backend per tenant: [`memory`] (in the process, the default) or [`redis`]
 //! (shared by every instance that uses the same Redis).
 
+pub mod bucket;
 pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;
 
+pub use bucket::{Bucket, BucketSpec};
 pub use memory::KvStore;
 pub use redis::{RedisKv, RedisSettings};
 
@@ -25,6 +27,9 @@ pub enum KvError {
     /// The key is longer than [`MAX_KEY_BYTES`].
     #[error("key longer than {MAX_KEY_BYTES} bytes")]
     KeyTooLong,
+    /// Arguments outside what the operation accepts (a token bucket's bounds).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// The backend did not answer in time, or failed (Redis down, say).
     #[error("key-value backend unavailable: {0}")]
     Unavailable(String),

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::bucket::{Bucket, BucketSpec};
 use super::{KvError, KvQuota, check_key};
 
 /// What a `[redis.NAME]` section says.
@@ -83,6 +84,38 @@ account(old, size)
 return {1, value}
 ";
 
+/// The steps of `bucket.rs` by the server's clock, in milli-tokens (Lua numbers are doubles: the
+/// bounds on capacity and rate keep them within a thousandth of a token). ARGV[4..7] =
+/// [capacity, rate, period ms, cost]; returns {status, taken, remaining, full in, retry in}.
+const TAKE_TOKENS: &str = r"
+local capacity = tonumber(ARGV[4]) * 1000
+local rate = tonumber(ARGV[5]) * 1000
+local period = tonumber(ARGV[6])
+local cost = tonumber(ARGV[7]) * 1000
+local function refill_time(missing) return math.ceil(missing * period / rate) end
+local tokens, last = capacity, now
+local current = redis.call('GET', KEYS[1])
+if current then
+  local stored_tokens, stored_time = string.match(current, '^(%d+),(%d+)$')
+  if not stored_tokens then return {-2, 0, 0, 0, 0} end
+  tokens, last = tonumber(stored_tokens), tonumber(stored_time)
+end
+local elapsed = math.max(now - last, 0)
+local added = capacity
+if elapsed < refill_time(capacity) then added = math.floor(elapsed * rate / period) end
+tokens = math.min(tokens + added, capacity)
+local refilled_until = last + math.floor(added * period / rate)
+if tokens == capacity then refilled_until = math.max(now, last) end
+if tokens < cost then
+  return {1, 0, math.floor(tokens / 1000), refill_time(capacity - tokens), refill_time(cost - tokens)}
+end
+local left = tokens - cost
+local full_in = refill_time(capacity - left)
+local value = string.format('%.0f,%.0f', left, refilled_until)
+if store(value, full_in + 1000) < 0 then return {-1, 0, 0, 0, 0} end
+return {1, 1, math.floor(left / 1000), full_in, 0}
+";
+
 const DELETE: &str = r"
 local size = redis.call('HGET', KEYS[2], member)
 local existed = redis.call('DEL', KEYS[1])
@@ -95,6 +128,7 @@ struct Scripts {
     compare_and_swap: redis::Script,
     increment: redis::Script,
     delete: redis::Script,
+    take_tokens: redis::Script,
 }
 
 impl Scripts {
@@ -105,6 +139,7 @@ impl Scripts {
             compare_and_swap: script(COMPARE_AND_SWAP),
             increment: script(INCREMENT),
             delete: script(DELETE),
+            take_tokens: script(TAKE_TOKENS),
         }
     }
 }
@@ -305,6 +340,28 @@ impl RedisKv {
             -1 => Err(KvError::QuotaExceeded),
             0 => Ok(false),
             _ => Ok(true),
+        }
+    }
+
+    /// Takes tokens from the bucket under `key`, atomically and by the server's clock.
+    pub async fn take_tokens(
+        &self,
+        tenant: &str,
+        quota: KvQuota,
+        key: &str,
+        spec: BucketSpec,
+    ) -> Result<Bucket, KvError> {
+        check_key(key)?;
+        let mut connection = self.connection()?;
+        let namespace = self.namespace(tenant);
+        let mut invocation = self.invocation(&self.scripts.take_tokens, &namespace, key, quota);
+        invocation.arg(spec.capacity).arg(spec.rate).arg(spec.period_ms).arg(spec.cost);
+        let (status, taken, remaining, full_in_ms, retry_in_ms): (i64, i64, u64, u64, u64) =
+            self.within_timeout(tenant, async move { invocation.invoke_async(&mut connection).await }).await?;
+        match status {
+            -1 => Err(KvError::QuotaExceeded),
+            -2 => Err(KvError::NotANumber),
+            _ => Ok(Bucket { taken: taken == 1, remaining, full_in_ms, retry_in_ms }),
         }
     }
 }
