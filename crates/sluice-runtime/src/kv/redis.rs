@@ -123,6 +123,15 @@ if size then forget(member, size) end
 return existed
 ";
 
+/// What a script's negative status says: -1 past the quota, -2 a value of another kind.
+fn refusal(status: i64) -> Result<(), KvError> {
+    match status {
+        -1 => Err(KvError::QuotaExceeded),
+        -2 => Err(KvError::NotANumber),
+        _ => Ok(()),
+    }
+}
+
 struct Scripts {
     set: redis::Script,
     compare_and_swap: redis::Script,
@@ -301,11 +310,8 @@ impl RedisKv {
         invocation.arg(delta.to_string()).arg(ttl_ms);
         let (status, value): (i64, String) =
             self.within_timeout(tenant, async move { invocation.invoke_async(&mut connection).await }).await?;
-        match status {
-            -1 => Err(KvError::QuotaExceeded),
-            -2 => Err(KvError::NotANumber),
-            _ => value.parse().map_err(|_| KvError::NotANumber),
-        }
+        refusal(status)?;
+        value.parse().map_err(|_| KvError::NotANumber)
     }
 
     /// Removes `key`; true if it was present.
@@ -358,10 +364,7 @@ impl RedisKv {
         invocation.arg(spec.capacity).arg(spec.rate).arg(spec.period_ms).arg(spec.cost);
         let (status, taken, remaining, full_in_ms, retry_in_ms): (i64, i64, u64, u64, u64) =
             self.within_timeout(tenant, async move { invocation.invoke_async(&mut connection).await }).await?;
-        match status {
-            -1 => Err(KvError::QuotaExceeded),
-            -2 => Err(KvError::NotANumber),
-            _ => Ok(Bucket { taken: taken == 1, remaining, full_in_ms, retry_in_ms }),
-        }
+        refusal(status)?;
+        Ok(Bucket { taken: taken == 1, remaining, full_in_ms, retry_in_ms })
     }
 }
