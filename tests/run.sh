@@ -59,7 +59,7 @@ cargo build --workspace --all-targets --locked
 # target folder the tests share) keeps the parallel tests from all waiting on the first build.
 say "Building the filter plugins the tests use (Sluice's filters in plugins/ and test filters)"
 export SLUICE_PLUGIN_TARGET_DIR="$PWD/target/plugins"
-for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile tests/plugins/wasi-probe plugins/*/ \
+for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile tests/plugins/wasi-probe tests/plugins/cpu-bound plugins/*/ \
   examples/js-sign-filter examples/go-header-policy tests/plugins/go-probe; do
   target/debug/sluice plugin build "$plugin" >/dev/null
 done

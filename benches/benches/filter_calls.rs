@@ -67,6 +67,22 @@ fn pool_of(runtime: &tokio::runtime::Runtime, component: &std::path::Path, isola
     runtime.block_on(FilterPool::prepare(sluice_runtime, spec)).unwrap()
 }
 
+/// Times `calls` runs of `call` one after another inside one task, as the proxy makes them
+/// (entering the async runtime once per call would add its own cost to every figure).
+fn in_one_task<T>(
+    runtime: &tokio::runtime::Runtime,
+    calls: u64,
+    mut call: impl AsyncFnMut() -> T,
+) -> std::time::Duration {
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        for _ in 0..calls {
+            std::hint::black_box(call().await);
+        }
+        started.elapsed()
+    })
+}
+
 fn filter_calls(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
@@ -74,14 +90,16 @@ fn filter_calls(c: &mut Criterion) {
     let mut instance = runtime.block_on(warm.checkout(context())).unwrap();
     let mut head = request_with_ten_headers();
     c.bench_function("warm on-request, 10 headers (hello-filter)", |b| {
-        b.iter(|| runtime.block_on(instance.on_request(&mut head)).unwrap())
+        b.iter_custom(|calls| in_one_task(&runtime, calls, async || instance.on_request(&mut head).await.unwrap()))
     });
 
     let probe = pool(&runtime, "tests/plugins/probe", Isolation::Instance);
     let mut probe_instance = runtime.block_on(probe.checkout(context())).unwrap();
     let mut response = http::Response::new(()).into_parts().0;
     c.bench_function("warm on-response (probe)", |b| {
-        b.iter(|| runtime.block_on(probe_instance.on_response(&mut head, &mut response)).unwrap())
+        b.iter_custom(|calls| {
+            in_one_task(&runtime, calls, async || probe_instance.on_response(&mut head, &mut response).await.unwrap())
+        })
     });
     drop(probe_instance);
 
@@ -95,8 +113,8 @@ fn filter_calls(c: &mut Criterion) {
     let go = pool_of(&runtime, &go_component, Isolation::Instance);
     for (name, pool) in [("hello-filter", &warm), ("JavaScript scaffold", &javascript), ("Go scaffold", &go)] {
         c.bench_function(&format!("checkout + warm on-request + return, 10 headers ({name})"), |b| {
-            b.iter(|| {
-                runtime.block_on(async {
+            b.iter_custom(|calls| {
+                in_one_task(&runtime, calls, async || {
                     let mut instance = pool.checkout(context()).await.unwrap();
                     instance.on_request(&mut head).await.unwrap()
                 })
@@ -118,8 +136,8 @@ fn filter_calls(c: &mut Criterion) {
 
     let fresh = pool(&runtime, "examples/hello-filter", Isolation::Request);
     c.bench_function("fresh instance: instantiate + configure + on-request (hello-filter)", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
+        b.iter_custom(|calls| {
+            in_one_task(&runtime, calls, async || {
                 let mut instance = fresh.checkout(context()).await.unwrap();
                 instance.on_request(&mut head).await.unwrap()
             })

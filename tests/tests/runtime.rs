@@ -360,3 +360,107 @@ async fn a_call_cut_short_gives_back_its_lane_and_its_instance_is_not_reused() {
     drop(instance);
     assert_eq!(attacker.long_calls.available(), 1);
 }
+
+/// A request that makes `tests/plugins/cpu-bound` spin for `ms` of wall-clock time.
+fn spinning_request(ms: u64) -> RequestHead {
+    let mut head = request("/spin");
+    head.parts.headers.insert("x-spin", ms.into());
+    head
+}
+
+#[tokio::test]
+async fn filters_whose_imports_all_answer_at_once_are_called_directly_and_the_others_on_fibers() {
+    let runtime = sluice_tests::filter_runtime();
+    let tenant = Arc::new(Tenant::default_tenant());
+    let direct = pool_for(&runtime, tenant.clone(), "tests/plugins/cpu-bound", "null").await;
+    assert!(direct.calls_directly(), "cpu-bound imports no kv, callout or WASI");
+    let mut instance = direct.checkout(context()).await.unwrap();
+    let mut head = request("/");
+    assert!(matches!(instance.on_request(&mut head).await.unwrap(), HeadOutcome::Continue));
+    assert_eq!(head.parts.headers["x-cpu-bound"], "served");
+    drop(instance);
+
+    // The probe imports kv: its store is an async one.
+    let probe = probe_pool(r#"{"tag":"t"}"#).await;
+    assert!(!probe.calls_directly());
+
+    // With a fresh instance per request, each starts directly too.
+    let plugin = Plugin::load_file(&runtime, "p", &plugin("tests/plugins/cpu-bound")).unwrap();
+    let spec = FilterSpec {
+        route: "r".into(),
+        name: "p".into(),
+        plugin: Arc::new(plugin),
+        config: "null".into(),
+        on_error: FailurePolicy::FailClosed,
+        isolation: Isolation::Request,
+        tenant,
+    };
+    let fresh = FilterPool::prepare(runtime, spec).await.unwrap();
+    assert!(fresh.calls_directly());
+    for call in 0..3 {
+        let mut instance = fresh.checkout(context()).await.unwrap();
+        let mut head = request(&format!("/fresh/{call}"));
+        assert!(matches!(instance.on_request(&mut head).await.unwrap(), HeadOutcome::Continue));
+        assert_eq!(head.parts.headers["x-cpu-bound"], "served");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_call_that_runs_long_finishes_and_turns_the_filters_later_calls_to_fibers_that_move() {
+    let runtime = lane_test_runtime();
+    let tenant = Arc::new(Tenant {
+        name: "heavy".into(),
+        cpu_per_call: std::time::Duration::from_secs(5),
+        ..Tenant::default_tenant()
+    });
+    let pool = pool_for(&runtime, tenant.clone(), "tests/plugins/cpu-bound", "null").await;
+    assert!(pool.calls_directly());
+
+    // The first long call cannot leave the worker: it runs to its end there, within its limits.
+    let mut instance = pool.checkout(context()).await.unwrap();
+    let mut head = spinning_request(30);
+    assert!(matches!(instance.on_request(&mut head).await.unwrap(), HeadOutcome::Continue));
+    assert_eq!(head.parts.headers["x-cpu-bound"], "served");
+    drop(instance);
+    assert!(!pool.calls_directly(), "a call ran long: the filter's calls now enter on fibers");
+    assert_eq!(tenant.long_calls.available(), 1, "a direct call takes no lane");
+
+    // The next long call runs on a fiber: it moves to a long-call thread and takes its tenant's
+    // lane while it runs there.
+    let spinning = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut instance = pool.checkout(context()).await.unwrap();
+            let mut head = spinning_request(500);
+            instance.on_request(&mut head).await.map(|outcome| (outcome, head))
+        }
+    });
+    until_lane(&tenant.long_calls, 0).await;
+    let (outcome, head) = spinning.await.unwrap().unwrap();
+    assert!(matches!(outcome, HeadOutcome::Continue));
+    assert_eq!(head.parts.headers["x-cpu-bound"], "served");
+    assert_eq!(tenant.long_calls.available(), 1, "the lane was given back");
+}
+
+#[tokio::test]
+async fn a_direct_call_past_its_cpu_limit_fails_alone_and_its_instance_is_not_reused() {
+    let runtime = lane_test_runtime();
+    let tenant = Arc::new(Tenant {
+        name: "tight".into(),
+        cpu_per_call: std::time::Duration::from_millis(5),
+        ..Tenant::default_tenant()
+    });
+    let pool = pool_for(&runtime, tenant, "tests/plugins/cpu-bound", "null").await;
+    assert!(pool.calls_directly());
+    let mut instance = pool.checkout(context()).await.unwrap();
+    let error = instance.on_request(&mut spinning_request(10_000)).await.expect_err("spins past 5 ms of CPU");
+    assert!(matches!(error.kind, sluice_runtime::FilterErrorKind::CpuLimit(_)), "{error:?}");
+    // The failed instance is gone: later phases of the request skip it.
+    assert!(instance.on_request(&mut request("/")).await.is_err());
+    drop(instance);
+    // The next request gets a fresh instance, which serves.
+    let mut instance = pool.checkout(context()).await.unwrap();
+    let mut head = request("/");
+    assert!(matches!(instance.on_request(&mut head).await.unwrap(), HeadOutcome::Continue));
+    assert_eq!(head.parts.headers["x-cpu-bound"], "served");
+}

@@ -111,6 +111,11 @@ impl Runtime {
         config.epoch_interruption(true);
         // Function names in traps, so a failure log says where the guest was.
         config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+        // `SLUICE_WASM_PROFILER=perfmap`: guest functions by name in `perf` profiles (a map file
+        // in /tmp per process); see docs/operations.md.
+        if std::env::var_os("SLUICE_WASM_PROFILER").is_some_and(|value| value == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if let Some(dir) = &cache_dir {
             let mut cache_config = wasmtime::CacheConfig::new();
             cache_config.with_directory(dir);

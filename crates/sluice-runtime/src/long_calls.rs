@@ -50,6 +50,14 @@ impl CallClock {
         }
     }
 
+    /// Readies the clock for a call that will not run through [`run`] (a direct call): on the
+    /// worker, not yet measured, not asked to move.
+    pub(crate) fn restart(&self) {
+        self.move_requested.store(false, Ordering::Relaxed);
+        self.moved.store(false, Ordering::Relaxed);
+        self.measured_from.store(0, Ordering::Relaxed);
+    }
+
     /// Asks for the call to move to a long-call thread at its next pause; false if it already
     /// had.
     pub(crate) fn request_move(&self) -> bool {
@@ -100,9 +108,7 @@ pub(crate) fn run<T: Send + 'static>(
     clock: Arc<CallClock>,
     call: impl Future<Output = T> + Send + 'static,
 ) -> impl Future<Output = T> + Send {
-    clock.move_requested.store(false, Ordering::Relaxed);
-    clock.moved.store(false, Ordering::Relaxed);
-    clock.measured_from.store(0, Ordering::Relaxed);
+    clock.restart();
     GuestCall { clock, place: Place::Inline(Box::pin(call)) }
 }
 

@@ -54,6 +54,10 @@ pub struct Plugin {
     pub(crate) pre: PluginPre<FilterState>,
     /// Whether the component imports WASI (then each instance gets a WASI context).
     pub(crate) uses_wasi: bool,
+    /// Whether every host function it imports answers at once (no `kv`, no `callout`, no
+    /// WASI): then its store is not an async one, and a call may run as a plain synchronous
+    /// call on the worker instead of on a fiber (see `FilterPool`).
+    pub(crate) answers_at_once: bool,
     /// The host capabilities it imports (`log`, `kv`, `metrics`, `callout`, `clock`, `random`,
     /// and `wasi` for any WASI interface).
     capabilities: Vec<String>,
@@ -92,10 +96,12 @@ impl Plugin {
         let component =
             Component::new(runtime.engine(), bytes).map_err(|err| PluginError::Invalid(format!("{err:#}")))?;
         let (uses_wasi, capabilities) = check_world(runtime, &component)?;
+        let answers_at_once =
+            !uses_wasi && !capabilities.iter().any(|name| WAITING_CAPABILITIES.contains(&name.as_str()));
         let instance_pre =
             runtime.linker.instantiate_pre(&component).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
         let pre = PluginPre::new(instance_pre).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
-        Ok(Self { name: name.into(), digest, pre, uses_wasi, capabilities, config_schema: None })
+        Ok(Self { name: name.into(), digest, pre, uses_wasi, answers_at_once, capabilities, config_schema: None })
     }
 
     /// Attaches the JSON Schema its configs must satisfy.
@@ -125,6 +131,10 @@ impl Plugin {
         self.capabilities.clone()
     }
 }
+
+/// The capabilities whose host functions may wait (for Redis, for an upstream): a component that
+/// imports one needs an async store.
+const WAITING_CAPABILITIES: [&str; 2] = ["kv", "callout"];
 
 /// Checks the component's `sluice:filter` imports and exports against this host's version and
 /// says whether it imports WASI.

@@ -2,6 +2,7 @@
 //! instances, and the calls into them with their CPU deadline and failure classification.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,13 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::component::Resource;
+use wasmtime::component::{ComponentNamedList, ComponentType, Lift, Lower, Resource, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::AsyncStdoutStream;
 
-use super::bindings::Plugin as Filter;
 use super::bindings::sluice::filter::types::{self as wit, Phases};
+use super::bindings::{Plugin as Filter, PluginPre};
 use super::host::handles::{is_hop_by_hop, set_header};
 use super::host::log::{GuestLog, escape_line};
 use super::host::{
@@ -171,6 +172,16 @@ struct Instance {
 }
 
 /// A route filter's instances.
+///
+/// A call enters the guest one of two ways. On a fiber (wasmtime's async call), the call can
+/// pause: for a callout or a key-value call to finish, for its tenant's CPU rate, or to move to a
+/// long-call thread once it has run long. Directly (a synchronous call on the worker's own
+/// stack), it cannot pause, but it costs a fraction of a fiber's entry and exit. A filter's
+/// calls are direct while all of these hold: every host function it imports answers at once
+/// ([`Plugin`]'s `answers_at_once`: no `kv`, `callout` or WASI), and none of its calls, its start
+/// and `configure` included, has yet run long. The first call that runs long on the worker
+/// (past `LONG_CALL_CPU`) finishes there, within its CPU and wall-clock limits as every call
+/// does, and turns the filter's later calls to fibers, which move when they run long.
 pub struct FilterPool {
     /// The filter as configured.
     pub spec: FilterSpec,
@@ -178,6 +189,9 @@ pub struct FilterPool {
     phases: Phases,
     idle: Mutex<Vec<Instance>>,
     permits: Arc<Semaphore>,
+    /// Whether calls enter directly (see above); shared with every instance's epoch callback,
+    /// which clears it when a call runs long.
+    direct: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for FilterPool {
@@ -191,14 +205,25 @@ impl FilterPool {
     /// filter; that instance becomes the first warm one.
     pub async fn prepare(runtime: Arc<Runtime>, spec: FilterSpec) -> Result<Arc<Self>, FilterError> {
         let permits = Arc::new(Semaphore::new(spec.tenant.max_instances.max(1)));
-        let (instance, phases) = instantiate(&runtime, &spec).await?;
+        // The first instance starts on a fiber whatever the filter imports: how long its start
+        // and `configure` take is not known yet, and one that runs long moves off the worker.
+        // Unless it did, the filter's later starts and calls are direct.
+        let direct = Arc::new(AtomicBool::new(false));
+        let (instance, phases) = instantiate(&runtime, &spec, &direct).await?;
+        let ran_long = instance.store.data().ran_long;
+        direct.store(spec.plugin.answers_at_once && !ran_long, Ordering::Relaxed);
         let idle = if spec.isolation == Isolation::Instance { vec![instance] } else { Vec::new() };
-        Ok(Arc::new(Self { spec, runtime, phases, idle: Mutex::new(idle), permits }))
+        Ok(Arc::new(Self { spec, runtime, phases, idle: Mutex::new(idle), permits, direct }))
     }
 
     /// The phases the filter takes part in.
     pub fn phases(&self) -> Phases {
         self.phases
+    }
+
+    /// Whether its calls enter the guest directly rather than on a fiber (see [`FilterPool`]).
+    pub fn calls_directly(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
     }
 
     /// An instance for one request: a warm one, or a new one within the tenant's limit.
@@ -214,7 +239,7 @@ impl FilterPool {
         let warm = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let mut instance = match warm {
             Some(instance) => instance,
-            None => instantiate(&self.runtime, &self.spec).await?.0,
+            None => instantiate(&self.runtime, &self.spec, &self.direct).await?.0,
         };
         instance.store.data_mut().call = Some(context);
         Ok(FilterInstance { pool: self.clone(), instance: Some(instance), _permit: permit })
@@ -225,8 +250,13 @@ impl FilterPool {
     }
 }
 
-/// Creates and configures an instance; the phases come from its `configure`.
-async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, Phases), FilterError> {
+/// Creates and configures an instance; the phases come from its `configure`. It starts directly
+/// when the pool's calls are direct, else on a fiber.
+async fn instantiate(
+    runtime: &Runtime,
+    spec: &FilterSpec,
+    direct: &Arc<AtomicBool>,
+) -> Result<(Instance, Phases), FilterError> {
     let fail =
         |kind, guest_message| FilterError { route: spec.route.clone(), filter: spec.name.clone(), kind, guest_message };
     let mut state = FilterState::new(runtime.services.clone(), spec.route.clone(), spec.name.clone(), &spec.tenant);
@@ -258,10 +288,70 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
     runtime.start_epoch_ticker();
     let mut store = Store::new(runtime.engine(), state);
     store.limiter(|state| state);
+    store.epoch_deadline_callback(epoch_callback(runtime, spec, direct.clone()));
+    // Starting and configuring an instance happens once per instance, not per request: it may
+    // take longer than a call (compiling a WAF's rules, say).
+    let limits = CallLimits {
+        cpu: spec.tenant.cpu_per_call * SETUP_CPU_FACTOR,
+        wall: spec.tenant.call_timeout * SETUP_CPU_FACTOR,
+    };
+    let pre = spec.plugin.pre.clone();
+    let config = spec.config.clone();
+    let (mut store, outcome) = if direct.load(Ordering::Relaxed) {
+        start_instance(store, pre, config, limits, Entry::Direct).await
+    } else {
+        let clock = store.data().clock.clone();
+        long_calls::run(clock, start_instance(store, pre, config, limits, Entry::Fiber)).await
+    };
+    match outcome {
+        Ok((filter, Ok(phases))) => Ok((Instance { store, filter }, phases)),
+        Ok((_, Err(refusal))) => Err(fail(FilterErrorKind::ConfigRefused(refusal), None)),
+        Err(err) => Err(fail(classify(&err), store.data_mut().take_guest_message())),
+    }
+}
+
+/// Instantiates the component in `store` and runs its `configure`.
+async fn start_instance(
+    mut store: Store<FilterState>,
+    pre: PluginPre<FilterState>,
+    config: String,
+    limits: CallLimits,
+    entry: Entry,
+) -> (Store<FilterState>, wasmtime::Result<(Filter, Result<Phases, String>)>) {
+    start_call(&mut store, limits, entry);
+    let instantiated = match entry {
+        Entry::Direct => {
+            pre.instance_pre().instantiate(&mut store).and_then(|instance| Filter::new(&mut store, &instance))
+        }
+        Entry::Fiber => pre.instantiate_async(&mut store).await,
+    };
+    end_call(&mut store);
+    let filter = match instantiated {
+        Ok(filter) => filter,
+        Err(err) => return (store, Err(err)),
+    };
+    start_call(&mut store, limits, entry);
+    let configure = filter.sluice_filter_filter().func_configure();
+    let configured = invoke(&mut store, configure, (config.as_str(),), entry).await;
+    end_call(&mut store);
+    (store, configured.map(|answer| (filter, answer)))
+}
+
+/// What the store does at each epoch tick of a call: charge the guest's CPU time, fail the call
+/// past its CPU or wall-clock limit, and on a fiber pause it for its tenant's CPU rate or move it
+/// to a long-call thread once it has run long. A call that runs long turns the pool's later
+/// calls to fibers (`direct`).
+fn epoch_callback(
+    runtime: &Runtime,
+    spec: &FilterSpec,
+    direct: Arc<AtomicBool>,
+) -> impl FnMut(wasmtime::StoreContextMut<'_, FilterState>) -> wasmtime::Result<UpdateDeadline> + Send + Sync + 'static
+{
     let cpu_rate = spec.tenant.cpu_rate.clone();
     let tenant_lane = spec.tenant.long_calls.0.clone();
     let everyones_lanes = runtime.long_call_lanes.clone();
-    store.epoch_deadline_callback(move |mut context| {
+    let (route, filter) = (spec.route.clone(), spec.name.clone());
+    move |mut context| {
         let state = context.data_mut();
         state.cpu_ticks += 1;
         let used = state.clock.charge(EPOCH_TICK);
@@ -285,6 +375,24 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
         // that was merely preempted on a busy machine stays; one held up that long in wall time
         // moves all the same.
         let becomes_long = on_worker && (state.cpu_used >= LONG_CALL_CPU || state.cpu_ticks >= LONG_CALL_MAX_TICKS);
+        if becomes_long {
+            state.ran_long = true;
+            direct.store(false, Ordering::Relaxed);
+        }
+        if state.direct_call {
+            // A direct call cannot pause: it runs on to its end or its limits, and pays what it
+            // owes its tenant's CPU rate once it has returned.
+            if becomes_long && state.clock.request_move() {
+                state.count_long_call();
+                tracing::warn!(
+                    route = %route,
+                    filter = %filter,
+                    "a filter call ran long on a worker thread; the filter's later calls run where they can move to the long-call threads"
+                );
+            }
+            state.owed_pause = pause;
+            return Ok(UpdateDeadline::Continue(1));
+        }
         if pause.is_zero() && !becomes_long {
             // On a worker the call runs on without pausing until it is long, so that its CPU
             // is measured on one thread; on a long-call thread it lets the others take turns.
@@ -316,32 +424,6 @@ async fn instantiate(runtime: &Runtime, spec: &FilterSpec) -> Result<(Instance, 
                 let _ = tokio::time::timeout_at(deadline.into(), paused).await;
             }),
         ))
-    });
-    let pre = spec.plugin.pre.clone();
-    let config = spec.config.clone();
-    let clock = store.data().clock.clone();
-    // Starting and configuring an instance happens once per instance, not per request: it may
-    // take longer than a call (compiling a WAF's rules, say).
-    let setup_limit = spec.tenant.cpu_per_call * SETUP_CPU_FACTOR;
-    let setup_wall_limit = spec.tenant.call_timeout * SETUP_CPU_FACTOR;
-    let (mut store, outcome) = long_calls::run(clock, async move {
-        start_call(&mut store, setup_limit, setup_wall_limit);
-        let instantiated = pre.instantiate_async(&mut store).await;
-        end_call(&mut store);
-        let filter = match instantiated {
-            Ok(filter) => filter,
-            Err(err) => return (store, Err(err)),
-        };
-        start_call(&mut store, setup_limit, setup_wall_limit);
-        let configured = filter.sluice_filter_filter().call_configure(&mut store, &config).await;
-        end_call(&mut store);
-        (store, configured.map(|answer| (filter, answer)))
-    })
-    .await;
-    match outcome {
-        Ok((filter, Ok(phases))) => Ok((Instance { store, filter }, phases)),
-        Ok((_, Err(refusal))) => Err(fail(FilterErrorKind::ConfigRefused(refusal), None)),
-        Err(err) => Err(fail(classify(&err), store.data_mut().take_guest_message())),
     }
 }
 
@@ -361,24 +443,74 @@ fn end_call(store: &mut Store<FilterState>) {
 /// How many times its tenant's CPU time per call an instance's start and `configure` may take.
 const SETUP_CPU_FACTOR: u32 = 10;
 
-/// Readies the store for a call of at most `cpu_limit` of CPU and `wall_limit` of wall-clock time
-/// (and no later than the request's deadline).
-fn start_call(store: &mut Store<FilterState>, cpu_limit: Duration, wall_limit: Duration) {
+/// How a call enters the guest (see [`FilterPool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// A synchronous call on the caller's stack: it cannot pause.
+    Direct,
+    /// An async call on a fiber: it can pause, and move to a long-call thread.
+    Fiber,
+}
+
+/// What one call may take.
+#[derive(Debug, Clone, Copy)]
+struct CallLimits {
+    /// CPU time.
+    cpu: Duration,
+    /// Wall-clock time (and no later than the request's deadline).
+    wall: Duration,
+}
+
+/// Readies the store for a call within `limits`.
+fn start_call(store: &mut Store<FilterState>, limits: CallLimits, entry: Entry) {
     let state = store.data_mut();
     let now = std::time::Instant::now();
     let request_deadline = state.call.as_ref().and_then(|context| context.deadline);
     state.call_started = now;
-    state.call_deadline = request_deadline.map_or(now + wall_limit, |deadline| deadline.min(now + wall_limit));
-    state.cpu_limit = cpu_limit;
+    state.call_deadline = request_deadline.map_or(now + limits.wall, |deadline| deadline.min(now + limits.wall));
+    state.cpu_limit = limits.cpu;
     state.cpu_ticks = 0;
     state.cpu_used = Duration::ZERO;
     state.guest_error = None;
+    state.direct_call = entry == Entry::Direct;
+    if state.direct_call {
+        // A call on a fiber has its clock set when it starts (`long_calls::run`).
+        state.clock.restart();
+    }
     if let Some(written) = &state.guest_stderr
         && let Ok(mut written) = written.lock()
     {
         written.clear();
     }
     store.set_epoch_deadline(1);
+}
+
+/// Sleeps off what a direct call owes its tenant's CPU rate (a call on a fiber paused for it
+/// while it ran), until the call's deadline at the latest.
+async fn pay_owed_pause(store: &mut Store<FilterState>) {
+    let state = store.data_mut();
+    let owed = std::mem::take(&mut state.owed_pause);
+    if !owed.is_zero() {
+        let _ = tokio::time::timeout_at(state.call_deadline.into(), tokio::time::sleep(owed)).await;
+    }
+}
+
+/// Calls an export with one result, directly or on a fiber.
+async fn invoke<Params, Answer>(
+    store: &mut Store<FilterState>,
+    export: TypedFunc<Params, (Answer,)>,
+    params: Params,
+    entry: Entry,
+) -> wasmtime::Result<Answer>
+where
+    Params: ComponentNamedList + Lower + Send + Sync,
+    Answer: ComponentType + Lift + Send + Sync + 'static,
+{
+    let answer = match entry {
+        Entry::Direct => export.call(&mut *store, params),
+        Entry::Fiber => export.call_async(&mut *store, params).await,
+    };
+    answer.map(|(answer,)| answer)
 }
 
 fn classify(error: &wasmtime::Error) -> FilterErrorKind {
@@ -491,25 +623,16 @@ impl FilterInstance {
             state.response = Some(ResponseSlot { parts: std::mem::replace(parts, empty_response_parts()), writable });
             response_parts = Some(parts);
         }
-        // The call owns the instance while it runs (it may move to a long-call thread). A call
-        // cut short (its request dropped while the guest runs) drops it there, midway: such an
-        // instance is never reused.
-        let clock = instance.store.data().clock.clone();
-        let cpu_limit = self.pool.spec.tenant.cpu_per_call;
-        let wall_limit = self.pool.spec.tenant.call_timeout;
-        let (instance, (request_slot, response_slot), result) = long_calls::run(clock, async move {
-            start_call(&mut instance.store, cpu_limit, wall_limit);
-            let result = call_phase(&mut instance.store, &instance.filter, call).await;
-            end_call(&mut instance.store);
-            let state = instance.store.data_mut();
-            let heads = (state.request.take(), state.response.take());
-            let result = result.map_err(|err| (classify(&err), state.take_guest_message()));
-            // A failed instance is never reused. It is dropped here, where it failed: for a call
-            // that spun or grew to its limit that is a long-call thread, which also takes the
-            // cost of handing its memory back.
-            (result.is_ok().then_some(instance), heads, result)
-        })
-        .await;
+        // The call owns the instance while it runs (on a fiber it may move to a long-call
+        // thread). A call cut short (its request dropped while the guest runs) drops it there,
+        // midway: such an instance is never reused.
+        let limits = CallLimits { cpu: self.pool.spec.tenant.cpu_per_call, wall: self.pool.spec.tenant.call_timeout };
+        let (instance, (request_slot, response_slot), result) = if self.pool.calls_directly() {
+            run_phase(instance, call, limits, Entry::Direct).await
+        } else {
+            let clock = instance.store.data().clock.clone();
+            long_calls::run(clock, run_phase(instance, call, limits, Entry::Fiber)).await
+        };
         if let Some(slot) = request_slot {
             request.parts = slot.parts;
             request.cache_key = slot.cache_key;
@@ -633,8 +756,35 @@ enum PhaseAnswer {
     Action(wit::BodyAction),
 }
 
+/// A phase call's instance (`None` once it has failed), the heads it was lent, and its answer.
+type PhaseRun = (
+    Option<Instance>,
+    (Option<RequestSlot>, Option<ResponseSlot>),
+    Result<PhaseAnswer, (FilterErrorKind, Option<String>)>,
+);
+
+/// Runs one phase call within `limits` and takes the heads back from the store.
+async fn run_phase(mut instance: Instance, call: PhaseCall, limits: CallLimits, entry: Entry) -> PhaseRun {
+    start_call(&mut instance.store, limits, entry);
+    let result = call_phase(&mut instance.store, &instance.filter, call, entry).await;
+    end_call(&mut instance.store);
+    pay_owed_pause(&mut instance.store).await;
+    let state = instance.store.data_mut();
+    let heads = (state.request.take(), state.response.take());
+    let result = result.map_err(|err| (classify(&err), state.take_guest_message()));
+    // A failed instance is never reused. It is dropped here, where it failed: for a call on a
+    // fiber that spun or grew to its limit that is a long-call thread, which also takes the cost
+    // of handing its memory back.
+    (result.is_ok().then_some(instance), heads, result)
+}
+
 /// Makes handles for the lent heads, calls the export, and drops the handles.
-async fn call_phase(store: &mut Store<FilterState>, filter: &Filter, call: PhaseCall) -> wasmtime::Result<PhaseAnswer> {
+async fn call_phase(
+    store: &mut Store<FilterState>,
+    filter: &Filter,
+    call: PhaseCall,
+    entry: Entry,
+) -> wasmtime::Result<PhaseAnswer> {
     let state = store.data_mut();
     let request_rep = state.new_request_handle()?.rep();
     let response_rep = if state.response.is_some() { Some(state.new_response_handle()?.rep()) } else { None };
@@ -645,15 +795,19 @@ async fn call_phase(store: &mut Store<FilterState>, filter: &Filter, call: Phase
     let response = response_rep.map(Resource::<ResponseHandle>::new_borrow);
     let exports = filter.sluice_filter_filter();
     let answer = match (call, response) {
-        (PhaseCall::Request, _) => exports.call_on_request(&mut *store, request).await.map(PhaseAnswer::Decision),
+        (PhaseCall::Request, _) => {
+            invoke(store, exports.func_on_request(), (request,), entry).await.map(PhaseAnswer::Decision)
+        }
         (PhaseCall::RequestBody(body), _) => {
-            exports.call_on_request_body(&mut *store, request, &body, true).await.map(PhaseAnswer::Action)
+            let export = exports.func_on_request_body();
+            invoke(store, export, (request, &body[..], true), entry).await.map(PhaseAnswer::Action)
         }
         (PhaseCall::Response, Some(response)) => {
-            exports.call_on_response(&mut *store, request, response).await.map(PhaseAnswer::Decision)
+            invoke(store, exports.func_on_response(), (request, response), entry).await.map(PhaseAnswer::Decision)
         }
         (PhaseCall::ResponseBody(chunk, end), Some(response)) => {
-            exports.call_on_response_body(&mut *store, request, response, &chunk, end).await.map(PhaseAnswer::Action)
+            let export = exports.func_on_response_body();
+            invoke(store, export, (request, response, &chunk[..], end), entry).await.map(PhaseAnswer::Action)
         }
         (PhaseCall::Response | PhaseCall::ResponseBody(..), None) => {
             Err(wasmtime::Error::msg("a response phase needs the response head"))

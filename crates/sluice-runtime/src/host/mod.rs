@@ -218,6 +218,13 @@ pub(crate) struct FilterState {
     pub(crate) call_deadline: Instant,
     /// When the current call started.
     pub(crate) call_started: Instant,
+    /// Whether the current call entered directly (it cannot pause; see `FilterPool`).
+    pub(crate) direct_call: bool,
+    /// What the current direct call owes its tenant's CPU rate: it sleeps that long once it has
+    /// returned.
+    pub(crate) owed_pause: Duration,
+    /// Whether any call of this instance, its start and `configure` included, has run long.
+    pub(crate) ran_long: bool,
 }
 
 impl FilterState {
@@ -247,6 +254,9 @@ impl FilterState {
             guest_stderr: None,
             memory_bytes: 0,
             long_call: Arc::default(),
+            direct_call: false,
+            owed_pause: Duration::ZERO,
+            ran_long: false,
         }
     }
 
