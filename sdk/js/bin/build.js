@@ -3,7 +3,13 @@
 // 1. bundle the filter's entry module (package.json "main", else src/filter.js) and everything it
 //    imports, the SDK included, into one ES module with rolldown: the component's JS engine loads
 //    exactly one module, and `sluice:` imports stay imports (they are the host's interfaces);
-// 2. componentize that module against the sluice:filter world with jco (componentize-js).
+// 2. componentize that module against the sluice:filter world with componentize-js (the
+//    StarlingMonkey engine, snapshotted by wizer after the module has loaded).
+//
+// componentize-js is pinned at 0.19.3 and called directly rather than through jco's CLI: later
+// versions wrap every export call in the component-model-async task machinery, written in JS and
+// run by the engine's interpreter, which made a call about nine times dearer (see
+// docs/benchmarks.md, "Filters per language"). jco stays pinned beside it as its dependency.
 //
 // WASI: a filter gets none of it unless its package.json asks, with
 // `"sluice": { "wasi": ["clocks", "random", "stdio"] }`; everything else is disabled, so the
@@ -12,10 +18,10 @@
 // Usage: sluice-js-build [--wit DIR] [--out FILE] [FILTER_DIR]
 // Without --out, writes dist/NAME.wasm and prints its path.
 
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { componentize } from '@bytecodealliance/componentize-js';
 import { build } from 'rolldown';
 
 const WASI_FEATURES = ['stdio', 'random', 'clocks', 'http', 'fetch-event'];
@@ -68,13 +74,18 @@ async function main() {
   for (const feature of wanted) {
     if (!WASI_FEATURES.includes(feature)) fail(`unknown WASI feature "${feature}" (use ${WASI_FEATURES.join(', ')})`);
   }
-  const disabled = WASI_FEATURES.filter((feature) => !wanted.has(feature));
-  const jco = join(sdkDir, 'node_modules', '.bin', 'jco');
-  const command = existsSync(jco) ? jco : 'jco';
-  const componentizeArgs = ['componentize', bundle, '--wit', wit, '--world-name', 'plugin', '-o', out];
-  if (disabled.length > 0) componentizeArgs.push('--disable', ...disabled);
-  execFileSync(command, componentizeArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
-  rmSync(bundle, { force: true });
+  const disableFeatures = WASI_FEATURES.filter((feature) => !wanted.has(feature));
+  try {
+    const { component } = await componentize(readFileSync(bundle, 'utf8'), {
+      sourceName: basename(bundle),
+      witPath: wit,
+      worldName: 'plugin',
+      disableFeatures,
+    });
+    writeFileSync(out, component);
+  } finally {
+    rmSync(bundle, { force: true });
+  }
   // Asked for a path, the caller knows it; otherwise say where the component is.
   if (!args.out) process.stdout.write(`${out}\n`);
 }
