@@ -37,7 +37,7 @@ if ! command -v redis-server >/dev/null && command -v apt-get >/dev/null; then
   $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
 
-# JavaScript filters build with Node.js and npm (the SDK's build fetches jco and rolldown from npm).
+# JavaScript filters build with Node.js and npm (the SDK's build fetches componentize-js and rolldown from npm).
 if { ! command -v node >/dev/null || ! command -v npm >/dev/null; } && command -v apt-get >/dev/null; then
   say "Installing Node.js and npm (for the JavaScript filter SDK and its example)"
   sudo=""

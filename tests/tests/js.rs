@@ -1,5 +1,5 @@
 //! A filter written in JavaScript with the JS SDK (`examples/js-sign-filter`), built by
-//! `sluice plugin build` (npm, rolldown, jco) and run through the proxy: its signatures are
+//! `sluice plugin build` (npm, rolldown, componentize-js) and run through the proxy: its signatures are
 //! checked with an independent HMAC implementation, and a config it refuses fails the start.
 
 use hmac::{Hmac, Mac};

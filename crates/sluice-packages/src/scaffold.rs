@@ -42,7 +42,7 @@ pub enum Language {
     /// Rust, on the `sluice-sdk` crate.
     #[default]
     Rust,
-    /// JavaScript, on the `@sluice/filter-sdk` package (built with jco).
+    /// JavaScript, on the `@sluice/filter-sdk` package (built with componentize-js).
     #[value(name = "js")]
     JavaScript,
     /// Go, on the `sluice.dev/sluice` module (built for wasip1).

@@ -1,6 +1,6 @@
 //! `sluice plugin build` for a JavaScript filter (a folder with a package.json): install its npm
 //! dependencies (and the SDK's, which npm leaves out for a linked `file:` package), then run the
-//! SDK's `sluice-js-build`, which bundles the filter and componentizes it with jco. The result
+//! SDK's `sluice-js-build`, which bundles the filter and componentizes it with componentize-js. The result
 //! is checked against the world like a Rust filter's. A component newer than every source it
 //! comes from (the filter's files, the SDK, the WIT) is not built again.
 
