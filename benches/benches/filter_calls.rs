@@ -1,7 +1,7 @@
 //! The cost of calling a filter: a warm on-request call (the steady state), a response-phase
 //! call, and a request served by a fresh instance (`isolation = "request"`); the same warm call
 //! on a JavaScript and a Go filter (the `sluice plugin new --lang js|go` scaffolds); and each
-//! instance's linear memory, printed.
+//! instance's linear memory, and a JavaScript instance's over 100,000 calls, printed.
 //!
 //! Run: `cargo bench -p sluice-benches --bench filter_calls`
 
@@ -133,6 +133,27 @@ fn filter_calls(c: &mut Criterion) {
         go_instance.memory_bytes() >> 10
     );
     drop((javascript_instance, go_instance));
+
+    // Whether a warm instance's memory stays flat over many calls: 100,000 calls on one checked-out
+    // JavaScript instance (the pool would retire it past three quarters of its limit).
+    let mut javascript_instance = runtime.block_on(javascript.checkout(context())).unwrap();
+    let before = javascript_instance.memory_bytes();
+    let calls = runtime.block_on(async {
+        for call in 0..100_000u32 {
+            javascript_instance.on_request(&mut head).await.unwrap();
+            if javascript_instance.memory_bytes() > (48 << 20) {
+                return call + 1;
+            }
+        }
+        100_000
+    });
+    eprintln!(
+        "JavaScript scaffold, one warm instance: {} KiB before, {} KiB after {calls} calls ({:.2} KiB per call)",
+        before >> 10,
+        javascript_instance.memory_bytes() >> 10,
+        (javascript_instance.memory_bytes() - before) as f64 / 1024.0 / f64::from(calls)
+    );
+    drop(javascript_instance);
 
     let fresh = pool(&runtime, "examples/hello-filter", Isolation::Request);
     c.bench_function("fresh instance: instantiate + configure + on-request (hello-filter)", |b| {
