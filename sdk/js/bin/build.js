@@ -9,7 +9,7 @@
 // componentize-js is pinned at 0.19.3 and called directly rather than through jco's CLI: later
 // versions wrap every export call in the component-model-async task machinery, written in JS and
 // run by the engine's interpreter, which made a call about nine times dearer (see
-// docs/benchmarks.md, "Filters per language"). jco stays pinned beside it as its dependency.
+// docs/benchmarks.md, "Filter call path"). jco stays pinned beside it as its dependency.
 //
 // WASI: a filter gets none of it unless its package.json asks, with
 // `"sluice": { "wasi": ["clocks", "random", "stdio"] }`; everything else is disabled, so the
