@@ -206,12 +206,10 @@ impl FilterPool {
     pub async fn prepare(runtime: Arc<Runtime>, spec: FilterSpec) -> Result<Arc<Self>, FilterError> {
         let permits = Arc::new(Semaphore::new(spec.tenant.max_instances.max(1)));
         // The first instance starts on a fiber whatever the filter imports: how long its start
-        // and `configure` take is not known yet, and one that runs long moves off the worker.
-        // Unless it did, the filter's later starts and calls are direct.
-        let direct = Arc::new(AtomicBool::new(false));
-        let (instance, phases) = instantiate(&runtime, &spec, &direct).await?;
-        let ran_long = instance.store.data().ran_long;
-        direct.store(spec.plugin.answers_at_once && !ran_long, Ordering::Relaxed);
+        // and `configure` take is not known yet, and one that runs long moves off the worker
+        // (and clears `direct`, so the filter's later starts and calls stay on fibers).
+        let direct = Arc::new(AtomicBool::new(spec.plugin.answers_at_once));
+        let (instance, phases) = instantiate(&runtime, &spec, &direct, Entry::Fiber).await?;
         let idle = if spec.isolation == Isolation::Instance { vec![instance] } else { Vec::new() };
         Ok(Arc::new(Self { spec, runtime, phases, idle: Mutex::new(idle), permits, direct }))
     }
@@ -224,6 +222,10 @@ impl FilterPool {
     /// Whether its calls enter the guest directly rather than on a fiber (see [`FilterPool`]).
     pub fn calls_directly(&self) -> bool {
         self.direct.load(Ordering::Relaxed)
+    }
+
+    fn entry(&self) -> Entry {
+        if self.calls_directly() { Entry::Direct } else { Entry::Fiber }
     }
 
     /// An instance for one request: a warm one, or a new one within the tenant's limit.
@@ -239,7 +241,7 @@ impl FilterPool {
         let warm = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let mut instance = match warm {
             Some(instance) => instance,
-            None => instantiate(&self.runtime, &self.spec, &self.direct).await?.0,
+            None => instantiate(&self.runtime, &self.spec, &self.direct, self.entry()).await?.0,
         };
         instance.store.data_mut().call = Some(context);
         Ok(FilterInstance { pool: self.clone(), instance: Some(instance), _permit: permit })
@@ -250,12 +252,13 @@ impl FilterPool {
     }
 }
 
-/// Creates and configures an instance; the phases come from its `configure`. It starts directly
-/// when the pool's calls are direct, else on a fiber.
+/// Creates and configures an instance, entering it as `entry` says; the phases come from its
+/// `configure`. `direct` is the pool's flag, which its epoch callback clears when a call runs long.
 async fn instantiate(
     runtime: &Runtime,
     spec: &FilterSpec,
     direct: &Arc<AtomicBool>,
+    entry: Entry,
 ) -> Result<(Instance, Phases), FilterError> {
     let fail =
         |kind, guest_message| FilterError { route: spec.route.clone(), filter: spec.name.clone(), kind, guest_message };
@@ -297,11 +300,12 @@ async fn instantiate(
     };
     let pre = spec.plugin.pre.clone();
     let config = spec.config.clone();
-    let (mut store, outcome) = if direct.load(Ordering::Relaxed) {
-        start_instance(store, pre, config, limits, Entry::Direct).await
-    } else {
-        let clock = store.data().clock.clone();
-        long_calls::run(clock, start_instance(store, pre, config, limits, Entry::Fiber)).await
+    let (mut store, outcome) = match entry {
+        Entry::Direct => start_instance(store, pre, config, limits, entry).await,
+        Entry::Fiber => {
+            let clock = store.data().clock.clone();
+            long_calls::run(clock, start_instance(store, pre, config, limits, entry)).await
+        }
     };
     match outcome {
         Ok((filter, Ok(phases))) => Ok((Instance { store, filter }, phases)),
@@ -376,7 +380,6 @@ fn epoch_callback(
         // moves all the same.
         let becomes_long = on_worker && (state.cpu_used >= LONG_CALL_CPU || state.cpu_ticks >= LONG_CALL_MAX_TICKS);
         if becomes_long {
-            state.ran_long = true;
             direct.store(false, Ordering::Relaxed);
         }
         if state.direct_call {
@@ -627,11 +630,13 @@ impl FilterInstance {
         // thread). A call cut short (its request dropped while the guest runs) drops it there,
         // midway: such an instance is never reused.
         let limits = CallLimits { cpu: self.pool.spec.tenant.cpu_per_call, wall: self.pool.spec.tenant.call_timeout };
-        let (instance, (request_slot, response_slot), result) = if self.pool.calls_directly() {
-            run_phase(instance, call, limits, Entry::Direct).await
-        } else {
-            let clock = instance.store.data().clock.clone();
-            long_calls::run(clock, run_phase(instance, call, limits, Entry::Fiber)).await
+        let entry = self.pool.entry();
+        let (instance, (request_slot, response_slot), result) = match entry {
+            Entry::Direct => run_phase(instance, call, limits, entry).await,
+            Entry::Fiber => {
+                let clock = instance.store.data().clock.clone();
+                long_calls::run(clock, run_phase(instance, call, limits, entry)).await
+            }
         };
         if let Some(slot) = request_slot {
             request.parts = slot.parts;

@@ -223,8 +223,6 @@ pub(crate) struct FilterState {
     /// What the current direct call owes its tenant's CPU rate: it sleeps that long once it has
     /// returned.
     pub(crate) owed_pause: Duration,
-    /// Whether any call of this instance, its start and `configure` included, has run long.
-    pub(crate) ran_long: bool,
 }
 
 impl FilterState {
@@ -256,7 +254,6 @@ impl FilterState {
             long_call: Arc::default(),
             direct_call: false,
             owed_pause: Duration::ZERO,
-            ran_long: false,
         }
     }
 
