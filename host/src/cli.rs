@@ -43,7 +43,7 @@ pub enum Command {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
-        /// Worker threads (default: one per CPU).
+        /// Worker threads, each serving its own share of connections (default: one per CPU).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -180,6 +180,9 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config, workers } => {
+            let workers = workers.unwrap_or_else(sluice_http::worker::workers).max(1);
+            // Before the config is compiled: its upstreams keep one connection pool per worker.
+            sluice_http::worker::set_workers(workers);
             let snapshot = match services().and_then(|services| Snapshot::from_file(&services, &config)) {
                 Ok(snapshot) => snapshot,
                 Err(error) => {
@@ -187,26 +190,16 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut runtime = match workers {
-                // One worker: a single-threaded scheduler does the same work without the
-                // cross-thread hand-offs of the work-stealing one.
-                Some(1) => tokio::runtime::Builder::new_current_thread(),
-                Some(workers) => {
-                    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-                    runtime.worker_threads(workers.max(1));
-                    runtime
-                }
-                None => tokio::runtime::Builder::new_multi_thread(),
-            };
-            runtime.enable_all();
-            let runtime = match runtime.build() {
+            // The control plane (admin, reloads, health checks, signals) runs here; requests are
+            // served on the worker threads, each a runtime of its own.
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("error: cannot start the runtime: {error}");
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(snapshot))
+            runtime.block_on(run(snapshot, workers))
         }
     }
 }
@@ -227,7 +220,7 @@ fn build_and_check(dir: &std::path::Path, options: &packages::BuildOptions) -> R
     Ok(component)
 }
 
-async fn run(snapshot: Snapshot) -> ExitCode {
+async fn run(snapshot: Snapshot, workers: usize) -> ExitCode {
     // Signals are taken over before the first listener opens: a SIGTERM that comes as soon as
     // Sluice says it listens must drain, not kill (the default action) a process still starting.
     let signals = match ShutdownSignals::listen() {
@@ -237,7 +230,7 @@ async fn run(snapshot: Snapshot) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::start(snapshot).await {
+    let server = match Server::start_workers(snapshot, workers).await {
         Ok(server) => server,
         Err(error) => {
             tracing::error!(error = %error, "cannot start");

@@ -387,6 +387,21 @@ impl TestProxy {
         Self { addr: addrs[0], addrs, admin: server.admin_addr(), server: Some(server) }
     }
 
+    /// [`TestProxy::start`] serving on `workers` threads of its own, as `sluice run` does.
+    pub async fn start_workers(config: &str, workers: usize) -> Self {
+        init_test_logging();
+        let snapshot = Snapshot::from_toml(&services(), config)
+            .unwrap_or_else(|err| panic!("test config refused: {err}\n{config}"));
+        let server = Server::start_workers(snapshot, workers).await.expect("start sluice");
+        let addrs: Vec<SocketAddr> = server.listener_addrs().iter().map(|(_, addr)| *addr).collect();
+        Self { addr: addrs[0], addrs, admin: server.admin_addr(), server: Some(server) }
+    }
+
+    /// The running server, borrowed.
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server taken")
+    }
+
     /// A handle on another listener of the same proxy (by configured position), for requests.
     pub fn listener(&self, index: usize) -> TestProxy {
         TestProxy { addr: self.addrs[index], addrs: self.addrs.clone(), admin: self.admin, server: None }

@@ -29,3 +29,4 @@ mod shutdown;
 mod streaming;
 mod templates;
 mod tls;
+mod workers;

@@ -78,7 +78,7 @@ async fn check_server(upstream: &Upstream, index: usize, check: &HealthCheck) {
                 .and_then(|uri| Request::get(uri).header("user-agent", "sluice-health-check").body(body::empty()).ok());
             match request {
                 None => false,
-                Some(request) => match tokio::time::timeout(check.timeout, upstream.client.request(request)).await {
+                Some(request) => match tokio::time::timeout(check.timeout, upstream.client().request(request)).await {
                     Ok(Ok(response)) => {
                         let status = response.status();
                         if expected.is_empty() {

@@ -39,6 +39,7 @@ pub use sluice_tls::client::{UpstreamTls, UpstreamTlsSettings};
 
 use metrics::UpstreamMetrics;
 use sluice_http::body::ProxyBody;
+use sluice_http::worker::PerWorker;
 
 /// How an upstream balances, checks, retries and limits; everything but its servers and pool.
 #[derive(Debug, Clone)]
@@ -96,7 +97,11 @@ pub struct Upstream {
     pub name: Arc<str>,
     servers: Vec<ServerState>,
     balancer: Balancer,
-    client: UpstreamClient,
+    /// A pool per worker thread: a pooled connection is driven only by the worker that opened
+    /// it, so reusing it takes no lock and wakes no other thread.
+    clients: PerWorker<UpstreamClient>,
+    /// Whether it speaks TLS to its servers.
+    tls: bool,
     /// Resolves servers written as DNS names, for connections and TCP health checks.
     resolver: DnsResolver,
     policy: UpstreamPolicy,
@@ -182,9 +187,11 @@ impl Upstream {
                 .collect();
             Arc::new(per_server)
         });
+        // Connection limits are per server across all workers: the connector's counts are shared.
         let connector = LimitedConnector::new(connector, limits);
-        let client = match tls {
-            None => UpstreamClient::Plain(builder.build(connector)),
+        let speaks_tls = tls.is_some();
+        let clients = match tls {
+            None => PerWorker::new(move || UpstreamClient::Plain(builder.build(connector.clone()))),
             Some(tls) => {
                 let https = HttpsConnectorBuilder::new().with_tls_config(tls.config).https_only();
                 let https = match tls.server_name {
@@ -197,7 +204,7 @@ impl Upstream {
                     https.enable_http1().wrap_connector(connector)
                 };
                 builder.timer(TokioTimer::new());
-                UpstreamClient::Tls(builder.build(https))
+                PerWorker::new(move || UpstreamClient::Tls(builder.build(https.clone())))
             }
         };
         let weights: Vec<u32> = servers.iter().map(|server| server.weight).collect();
@@ -207,7 +214,8 @@ impl Upstream {
             servers: servers.into_iter().map(|server| ServerState::new(name, server, &metrics)).collect(),
             name: name.into(),
             balancer,
-            client,
+            clients,
+            tls: speaks_tls,
             resolver,
             policy,
             retry_budget,
@@ -244,10 +252,7 @@ impl Upstream {
 
     /// The scheme of request URIs to this upstream's servers.
     pub fn scheme(&self) -> Scheme {
-        match self.client {
-            UpstreamClient::Plain(_) => Scheme::HTTP,
-            UpstreamClient::Tls(_) => Scheme::HTTPS,
-        }
+        if self.tls { Scheme::HTTPS } else { Scheme::HTTP }
     }
 
     /// The server for a request (ignoring none): for callouts and tests; proxied requests go
@@ -267,8 +272,8 @@ impl Upstream {
         &self.policy
     }
 
-    /// The pooled client that carries requests to the servers.
+    /// The pooled client that carries requests to the servers: the calling worker's own.
     pub fn client(&self) -> &UpstreamClient {
-        &self.client
+        self.clients.get()
     }
 }

@@ -230,7 +230,7 @@ impl Upstream {
             let now = Instant::now();
             let allowed = deadline.saturating_duration_since(now);
             let timeout = self.policy.retry.per_try_timeout.map_or(allowed, |per_try| per_try.min(allowed));
-            let result = tokio::time::timeout(timeout, self.client.request(request)).await;
+            let result = tokio::time::timeout(timeout, self.client().request(request)).await;
             if let Ok(Err(error)) = &result
                 && caused_by_connection_limit(error)
             {

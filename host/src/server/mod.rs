@@ -1,6 +1,14 @@
 //! Listeners and the life of the whole server: bind, accept within the connection limit, serve,
 //! and shut down gracefully (stop accepting, drain in-flight requests, cut what is left at the
 //! deadline).
+//!
+//! Connections are served either on the runtime that started the server (tests, embedding) or on
+//! worker threads ([`Server::start_workers`]): each worker owns a single-threaded runtime and, per
+//! listener, its own accepting socket of one `SO_REUSEPORT` group, so the kernel spreads new
+//! connections over the workers and a connection lives its whole life on the worker that
+//! accepted it. Together with the per-worker upstream pools ([`sluice_http::worker`]) a
+//! keep-alive request to a pooled upstream connection crosses no thread. The control plane
+//! (admin, reloads, health checks, certificate reloads) stays on the starting runtime.
 
 mod connection;
 
@@ -36,6 +44,8 @@ pub struct Server {
     /// Stops accept loops and asks every connection to finish its requests and close.
     drain: CancellationToken,
     reloader: Arc<Reloader>,
+    /// Ends the worker threads' runtimes (none when serving on the starting runtime).
+    workers: Workers,
 }
 
 /// How a shutdown ended.
@@ -47,9 +57,31 @@ pub enum ShutdownOutcome {
     Cut(usize),
 }
 
+/// Where connections are served.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    /// On the runtime that called [`Server::start`].
+    Here,
+    /// On this many worker threads of their own.
+    Workers(usize),
+}
+
 impl Server {
-    /// Binds every listener of `snapshot` (and its admin listener) and starts serving.
+    /// Binds every listener of `snapshot` (and its admin listener) and starts serving on the
+    /// calling runtime.
     pub async fn start(snapshot: Snapshot) -> io::Result<Self> {
+        Self::start_on(snapshot, Placement::Here).await
+    }
+
+    /// Binds every listener of `snapshot` and starts serving on `workers` threads of their own
+    /// (see the module docs); the admin listener and the control plane stay on the calling
+    /// runtime. Call [`sluice_http::worker::set_workers`] with the same count before compiling
+    /// `snapshot`, so that its upstreams keep a pool per worker.
+    pub async fn start_workers(snapshot: Snapshot, workers: usize) -> io::Result<Self> {
+        Self::start_on(snapshot, Placement::Workers(workers.max(1))).await
+    }
+
+    async fn start_on(snapshot: Snapshot, placement: Placement) -> io::Result<Self> {
         if !snapshot.services.runtime.set_long_call_priority(snapshot.server.long_call_priority) {
             tracing::warn!(
                 "server.long_call_priority differs from what this process's long-call threads started with; it takes effect on restart"
@@ -80,11 +112,17 @@ impl Server {
         let limit = Arc::new(Semaphore::new(current.server.max_connections));
         let per_client = Arc::new(ClientConnections::default());
 
+        let sockets_per_listener = match placement {
+            Placement::Here => 1,
+            Placement::Workers(workers) => workers,
+        };
         let mut listeners = Vec::new();
+        // Per worker (one for `Here`), its accept loops.
+        let mut accept_loops: Vec<Vec<AcceptLoop>> = (0..sockets_per_listener).map(|_| Vec::new()).collect();
         for spec in &current.listeners {
-            let listener = bind(spec.bind)?;
-            let local = listener.local_addr()?;
-            tracing::info!(listener = %spec.name, address = %local, "listening");
+            let sockets = bind_group(spec.bind, sockets_per_listener)?;
+            let local = sockets[0].local_addr()?;
+            tracing::info!(listener = %spec.name, address = %local, sockets = sockets.len(), "listening");
             listeners.push((spec.name.clone(), local));
             let tls = match &spec.tls {
                 Some(settings) => {
@@ -95,22 +133,33 @@ impl Server {
                 }
                 None => None,
             };
-            tokio::spawn(accept_loop(AcceptLoop {
-                listener,
-                tls,
-                hsts: spec.hsts.clone(),
-                redirect_to_https: spec.redirect_to_https,
-                name: spec.name.clone(),
-                proxy: proxy.clone(),
-                snapshot: snapshot.clone(),
-                metrics: metrics.clone(),
-                limit: limit.clone(),
-                per_client: per_client.clone(),
-                connections: connections.clone(),
-                drain: drain.clone(),
-                close_now: tunnels.close_now.clone(),
-            }));
+            for (socket, loops) in sockets.into_iter().zip(&mut accept_loops) {
+                loops.push(AcceptLoop {
+                    listener: socket,
+                    tls: tls.clone(),
+                    hsts: spec.hsts.clone(),
+                    redirect_to_https: spec.redirect_to_https,
+                    name: spec.name.clone(),
+                    proxy: proxy.clone(),
+                    snapshot: snapshot.clone(),
+                    metrics: metrics.clone(),
+                    limit: limit.clone(),
+                    per_client: per_client.clone(),
+                    connections: connections.clone(),
+                    drain: drain.clone(),
+                    close_now: tunnels.close_now.clone(),
+                });
+            }
         }
+        let workers = match placement {
+            Placement::Here => {
+                for accept in accept_loops.into_iter().flatten() {
+                    tokio::spawn(accept_loop(accept));
+                }
+                Workers::default()
+            }
+            Placement::Workers(_) => Workers::spawn(accept_loops)?,
+        };
 
         let admin = match current.admin {
             Some(bind_addr) => {
@@ -135,7 +184,7 @@ impl Server {
             crate::reload::watch::spawn(reloader.clone(), snapshot.clone(), drain.clone());
         }
 
-        Ok(Self { snapshot, metrics, listeners, admin, connections, tunnels, drain, reloader })
+        Ok(Self { snapshot, metrics, listeners, admin, connections, tunnels, drain, reloader, workers })
     }
 
     /// The address a listener is bound to (useful with port 0).
@@ -176,7 +225,7 @@ impl Server {
     }
 
     /// [`Server::shutdown`] with an explicit deadline.
-    pub async fn shutdown_within(self, deadline: Duration) -> ShutdownOutcome {
+    pub async fn shutdown_within(mut self, deadline: Duration) -> ShutdownOutcome {
         tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down: draining connections");
         self.drain.cancel();
         self.connections.close();
@@ -186,7 +235,7 @@ impl Server {
             self.tunnels.tracker.wait().await;
         })
         .await;
-        match drained {
+        let outcome = match drained {
             Ok(()) => {
                 tracing::info!("all connections drained");
                 ShutdownOutcome::Drained
@@ -199,7 +248,64 @@ impl Server {
                 self.tunnels.tracker.wait().await;
                 ShutdownOutcome::Cut(left)
             }
+        };
+        self.workers.stop().await;
+        outcome
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A server dropped without a shutdown stops accepting and ends its workers' runtimes,
+        // which drops whatever they still serve.
+        self.drain.cancel();
+        self.workers.stop.cancel();
+    }
+}
+
+/// The worker threads, each running one single-threaded runtime.
+#[derive(Debug, Default)]
+struct Workers {
+    stop: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// One thread per entry of `accept_loops`, running those loops and what they spawn.
+    fn spawn(accept_loops: Vec<Vec<AcceptLoop>>) -> io::Result<Self> {
+        let stop = CancellationToken::new();
+        let mut threads = Vec::with_capacity(accept_loops.len());
+        for (index, loops) in accept_loops.into_iter().enumerate() {
+            // Built here, so that a runtime that cannot start fails the start.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new().name(format!("sluice-worker-{index}")).spawn(move || {
+                sluice_http::worker::enter(index);
+                runtime.block_on(async move {
+                    for accept in loops {
+                        tokio::spawn(accept_loop(accept));
+                    }
+                    stop.cancelled().await;
+                });
+            })?;
+            threads.push(thread);
         }
+        Ok(Self { stop, threads })
+    }
+
+    /// Ends the workers' runtimes and waits for their threads.
+    async fn stop(&mut self) {
+        self.stop.cancel();
+        let threads = std::mem::take(&mut self.threads);
+        if threads.is_empty() {
+            return;
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
     }
 }
 
@@ -212,8 +318,42 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// `count` listening sockets on `addr`, one `SO_REUSEPORT` group when more than one, so that
+/// the kernel spreads connections over them. The first is bound before it joins the group, so
+/// an address something else listens on already fails here as it would without workers, rather
+/// than being shared with it; with port 0 the others take the port the first was given.
+fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let cannot = |err: io::Error| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}"));
+    let socket = |reuse_port: bool| -> io::Result<socket2::Socket> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        Ok(socket)
+    };
+    let first = socket(false)?;
+    first.bind(&addr.into()).map_err(cannot)?;
+    let bound = first.local_addr()?.as_socket().unwrap_or(addr);
+    if count > 1 {
+        first.set_reuse_port(true)?;
+    }
+    first.listen(1024)?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        let other = socket(true)?;
+        other.bind(&bound.into()).map_err(cannot)?;
+        other.listen(1024)?;
+        sockets.push(other);
+    }
+    Ok(sockets.into_iter().map(std::net::TcpListener::from).collect())
+}
+
 struct AcceptLoop {
-    listener: TcpListener,
+    /// Made a tokio listener by the runtime that runs the loop.
+    listener: std::net::TcpListener,
     tls: Option<TlsAcceptor>,
     hsts: Option<http::HeaderValue>,
     redirect_to_https: Option<u16>,
@@ -229,6 +369,13 @@ struct AcceptLoop {
 }
 
 async fn accept_loop(accept: AcceptLoop) {
+    let listener = match TcpListener::from_std(accept.listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(listener = %accept.name, error = %err, "cannot accept on the listener");
+            return;
+        }
+    };
     let labels = ListenerLabels { listener: Name(accept.name.clone()) };
     let active = accept.metrics.active_connections.get_or_create(&labels).clone();
     let accepted = accept.metrics.connections.get_or_create(&labels).clone();
@@ -245,7 +392,7 @@ async fn accept_loop(accept: AcceptLoop) {
         };
         let (stream, peer) = tokio::select! {
             () = accept.drain.cancelled() => return,
-            accepted = accept.listener.accept() => match accepted {
+            accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: pause rather than spin.
