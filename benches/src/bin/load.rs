@@ -143,6 +143,10 @@ struct Sample {
     p99_us: f64,
     /// Proxy CPU time (user + system) per request; absent without a proxy.
     cpu_us_per_request: Option<f64>,
+    /// The proxy's system calls per request (`perf stat`); absent without a proxy or perf.
+    syscalls_per_request: Option<f64>,
+    /// The proxy's context switches per request (`perf stat`), likewise.
+    switches_per_request: Option<f64>,
 }
 
 fn main() -> Result<()> {
@@ -181,19 +185,25 @@ fn main() -> Result<()> {
             wrk(address, "/small", &load_cpus, args.connections, 1)?;
             for (size, (path, _)) in SIZES.iter().enumerate() {
                 let cpu_before = proxy.as_ref().map(Proxy::cpu_seconds).transpose()?;
+                let counting = proxy.as_ref().map(|proxy| SyscallCount::start(proxy, args.duration)).transpose()?;
                 let (mut sample, requests) = wrk(address, path, &load_cpus, args.connections, args.duration)?;
                 if let (Some(proxy), Some(before)) = (&proxy, cpu_before) {
                     let used = proxy.cpu_seconds()? - before;
                     sample.cpu_us_per_request = Some(used * 1e6 / requests as f64);
                 }
+                if let Some(Some((syscalls, switches))) = counting.map(SyscallCount::finish) {
+                    sample.syscalls_per_request = Some(syscalls / requests as f64);
+                    sample.switches_per_request = Some(switches / requests as f64);
+                }
                 eprintln!(
-                    "    round {round}: {:<22} {:>6}  {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  cpu {}",
+                    "    round {round}: {:<22} {:>6}  {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  cpu {}  syscalls {}",
                     target.label(),
                     SIZES[size].1,
                     sample.requests_per_second,
                     sample.p50_us,
                     sample.p99_us,
                     sample.cpu_us_per_request.map_or("-".into(), |cpu| format!("{cpu:.1} µs/req")),
+                    sample.syscalls_per_request.map_or("-".into(), |count| format!("{count:.2}/req")),
                 );
                 samples.push((target, size, sample));
             }
@@ -461,6 +471,39 @@ fn children_of(parent: u32) -> Result<Vec<u32>> {
 fn clock_ticks_per_second() -> Result<f64> {
     let output = Command::new("getconf").arg("CLK_TCK").output()?;
     Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}
+
+/// `perf stat` counting the proxy's system calls and context switches (every thread of every
+/// process of it) while one measurement runs; nothing when perf cannot count here.
+struct SyscallCount {
+    child: Child,
+}
+
+impl SyscallCount {
+    fn start(proxy: &Proxy, seconds: u64) -> Result<Self> {
+        let root = proxy.child.id();
+        let mut pids = vec![root];
+        pids.extend(children_of(root)?);
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let child = Command::new("perf")
+            .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches", "-p", &pids.join(",")])
+            .args(["--", "sleep", &seconds.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting perf stat")?;
+        Ok(Self { child })
+    }
+
+    /// System calls and context switches counted, once perf has finished.
+    fn finish(self) -> Option<(f64, f64)> {
+        let output = self.child.wait_with_output().ok()?;
+        let text = String::from_utf8_lossy(&output.stderr);
+        let count = |event: &str| -> Option<f64> {
+            text.lines().find(|line| line.split(',').nth(2) == Some(event))?.split(',').next()?.parse().ok()
+        };
+        Some((count("raw_syscalls:sys_enter")?, count("context-switches")?))
+    }
 }
 
 /// One request with a fresh connection: the proxy is up when it forwards a 200.
@@ -856,12 +899,17 @@ fn report(
             return None;
         }
         let of = |field: fn(&Sample) -> f64| median(runs.iter().map(field).collect());
-        let cpu: Vec<f64> = runs.iter().filter_map(|sample| sample.cpu_us_per_request).collect();
+        let optional = |field: fn(&Sample) -> Option<f64>| {
+            let values: Vec<f64> = runs.iter().filter_map(field).collect();
+            (!values.is_empty()).then(|| median(values))
+        };
         Some(Sample {
             requests_per_second: of(|sample| sample.requests_per_second),
             p50_us: of(|sample| sample.p50_us),
             p99_us: of(|sample| sample.p99_us),
-            cpu_us_per_request: (!cpu.is_empty()).then(|| median(cpu)),
+            cpu_us_per_request: optional(|sample| sample.cpu_us_per_request),
+            syscalls_per_request: optional(|sample| sample.syscalls_per_request),
+            switches_per_request: optional(|sample| sample.switches_per_request),
         })
     };
     let ratio = |value: f64, base: Option<f64>| base.map_or(String::new(), |base| format!(" ({:.2}×)", value / base));
@@ -896,6 +944,28 @@ fn report(
                 sample.p99_us,
                 ratio(sample.p99_us, nginx.map(|n| n.p99_us)),
             );
+        }
+        let counted: Vec<(Target, Sample)> = targets
+            .iter()
+            .filter_map(|&target| Some((target, summary(target, size)?)))
+            .filter(|(_, sample)| sample.syscalls_per_request.is_some())
+            .collect();
+        if !counted.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nThe proxy's system calls and context switches per request (`perf stat`, every thread):\n"
+            );
+            let _ = writeln!(out, "| target | system calls | context switches |");
+            let _ = writeln!(out, "| --- | --- | --- |");
+            for (target, sample) in counted {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.2} | {:.3} |",
+                    target.label(),
+                    sample.syscalls_per_request.unwrap_or_default(),
+                    sample.switches_per_request.unwrap_or_default()
+                );
+            }
         }
         if let (Some(plain), Some(filtered)) = (summary(Target::Sluice, size), summary(Target::SluiceFilters, size)) {
             let _ = writeln!(
