@@ -57,6 +57,11 @@ impl<T> PerWorker<T> {
         Self { slots, make: Box::new(make) }
     }
 
+    /// One `T` shared by every thread: for state that must not be split between workers.
+    pub fn shared(make: impl Fn() -> T + Send + Sync + 'static) -> Self {
+        Self { slots: vec![OnceLock::new()].into_boxed_slice(), make: Box::new(make) }
+    }
+
     /// The calling thread's `T`. A worker beyond the count this was sized for (none in a
     /// process that called [`set_workers`] first) shares a slot rather than failing.
     pub fn get(&self) -> &T {

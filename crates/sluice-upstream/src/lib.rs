@@ -98,7 +98,8 @@ pub struct Upstream {
     servers: Vec<ServerState>,
     balancer: Balancer,
     /// A pool per worker thread: a pooled connection is driven only by the worker that opened
-    /// it, so reusing it takes no lock and wakes no other thread.
+    /// it, so reusing it takes no lock and wakes no other thread. Under `max_connections` one
+    /// pool is shared, so that no worker's idle connections hold the permits another waits for.
     clients: PerWorker<UpstreamClient>,
     /// Whether it speaks TLS to its servers.
     tls: bool,
@@ -190,8 +191,14 @@ impl Upstream {
         // Connection limits are per server across all workers: the connector's counts are shared.
         let connector = LimitedConnector::new(connector, limits);
         let speaks_tls = tls.is_some();
+        // A pool per worker, except under a connection limit: connections idle in one worker's
+        // pool would hold permits that requests on another worker wait for.
+        let per_worker = |make: Box<dyn Fn() -> UpstreamClient + Send + Sync>| match policy.max_connections {
+            None => PerWorker::new(make),
+            Some(_) => PerWorker::shared(make),
+        };
         let clients = match tls {
-            None => PerWorker::new(move || UpstreamClient::Plain(builder.build(connector.clone()))),
+            None => per_worker(Box::new(move || UpstreamClient::Plain(builder.build(connector.clone())))),
             Some(tls) => {
                 let https = HttpsConnectorBuilder::new().with_tls_config(tls.config).https_only();
                 let https = match tls.server_name {
@@ -204,7 +211,7 @@ impl Upstream {
                     https.enable_http1().wrap_connector(connector)
                 };
                 builder.timer(TokioTimer::new());
-                PerWorker::new(move || UpstreamClient::Tls(builder.build(https.clone())))
+                per_worker(Box::new(move || UpstreamClient::Tls(builder.build(https.clone()))))
             }
         };
         let weights: Vec<u32> = servers.iter().map(|server| server.weight).collect();
