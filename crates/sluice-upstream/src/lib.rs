@@ -8,6 +8,7 @@
 
 mod balancer;
 pub mod dns;
+pub mod h1;
 mod health;
 mod limits;
 pub mod metrics;
@@ -101,6 +102,9 @@ pub struct Upstream {
     /// it, so reusing it takes no lock and wakes no other thread. Under `max_connections` one
     /// pool is shared, so that no worker's idle connections hold the permits another waits for.
     clients: PerWorker<UpstreamClient>,
+    /// Sluice's own HTTP/1.1 client, a pool per worker, for the requests it carries (see
+    /// [`h1`]); `None` where hyper's carries everything.
+    own_clients: Option<PerWorker<h1::H1Client>>,
     /// Whether it speaks TLS to its servers.
     tls: bool,
     /// Resolves servers written as DNS names, for connections and TCP health checks.
@@ -143,6 +147,12 @@ impl UpstreamClient {
             Self::Tls(client) => client.request(request),
         }
     }
+}
+
+/// Whether cleartext upstreams use Sluice's own HTTP/1.1 client: yes, unless the environment
+/// says `SLUICE_UPSTREAM_HTTP1=hyper` (for comparing the two, and as a way back).
+fn own_http1_client() -> bool {
+    std::env::var("SLUICE_UPSTREAM_HTTP1").map_or(true, |client| client != "hyper")
 }
 
 impl std::fmt::Debug for Upstream {
@@ -214,6 +224,10 @@ impl Upstream {
                 per_worker(Box::new(move || UpstreamClient::Tls(builder.build(https.clone()))))
             }
         };
+        let own_clients = (!speaks_tls && policy.max_connections.is_none() && own_http1_client()).then(|| {
+            let (count, resolver) = (servers.len(), resolver.clone());
+            PerWorker::new(move || h1::H1Client::new(count, &pool, resolver.clone()))
+        });
         let weights: Vec<u32> = servers.iter().map(|server| server.weight).collect();
         let balancer = Balancer::new(policy.balancer.clone(), &weights, policy.slow_start);
         let retry_budget = RetryBudget::new(policy.retry.budget_ratio, policy.retry.budget_min_per_second);
@@ -222,6 +236,7 @@ impl Upstream {
             name: name.into(),
             balancer,
             clients,
+            own_clients,
             tls: speaks_tls,
             resolver,
             policy,

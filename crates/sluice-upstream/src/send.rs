@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::balancer::cookie;
+use super::h1;
 use super::retry::TryFailure;
 use super::server::Availability;
 use super::{ConnectionLimitReached, PickContext, Upstream};
@@ -74,25 +75,58 @@ pub enum SendError {
 
 /// A response body from a server; while it lives the request counts as in flight.
 pub struct ServerBody {
-    inner: Incoming,
+    inner: Answer,
     _in_flight: InFlight,
     _slot: Option<RequestSlot>,
 }
 
+/// The body as the client that carried the request reads it.
+enum Answer {
+    Hyper(Incoming),
+    Own(h1::ResponseBody),
+}
+
 impl Body for ServerBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = body::BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.inner {
+            Answer::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Answer::Own(own) => Pin::new(own).poll_frame(cx).map_err(Into::into),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Answer::Hyper(incoming) => incoming.is_end_stream(),
+            Answer::Own(own) => own.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Answer::Hyper(incoming) => incoming.size_hint(),
+            Answer::Own(own) => own.size_hint(),
+        }
+    }
+}
+
+/// Why a try got no response, from whichever client carried it.
+#[derive(Debug, thiserror::Error)]
+enum ClientError {
+    #[error(transparent)]
+    Hyper(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Own(#[from] h1::H1Error),
+}
+
+impl ClientError {
+    fn is_connect(&self) -> bool {
+        match self {
+            Self::Hyper(error) => error.is_connect(),
+            Self::Own(error) => error.is_connect(),
+        }
     }
 }
 
@@ -230,7 +264,7 @@ impl Upstream {
             let now = Instant::now();
             let allowed = deadline.saturating_duration_since(now);
             let timeout = self.policy.retry.per_try_timeout.map_or(allowed, |per_try| per_try.min(allowed));
-            let result = tokio::time::timeout(timeout, self.client().request(request)).await;
+            let result = tokio::time::timeout(timeout, self.exchange(index, request)).await;
             if let Ok(Err(error)) = &result
                 && caused_by_connection_limit(error)
             {
@@ -286,6 +320,17 @@ impl Upstream {
                 }
                 Ok(Err(error)) => Err(SendError::Failed { server: server_name, reason: error_chain(&error) }),
             };
+        }
+    }
+
+    /// One try with server `index`: on Sluice's own HTTP/1.1 client where it carries the
+    /// request, else on hyper's (protocol switches, TLS, connection limits).
+    async fn exchange(&self, index: usize, request: Request<ProxyBody>) -> Result<Response<Answer>, ClientError> {
+        let switches =
+            request.method() == http::Method::CONNECT || request.headers().contains_key(http::header::UPGRADE);
+        match &self.own_clients {
+            Some(clients) if !switches => Ok(clients.get().send(index, request).await?.map(Answer::Own)),
+            _ => Ok(self.client().request(request).await?.map(Answer::Hyper)),
         }
     }
 
