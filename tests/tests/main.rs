@@ -29,4 +29,5 @@ mod shutdown;
 mod streaming;
 mod templates;
 mod tls;
+mod upstream_http1;
 mod workers;

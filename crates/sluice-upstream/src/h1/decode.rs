@@ -77,8 +77,9 @@ pub(super) enum Framing {
 }
 
 /// The framing of the body of `head`, answering a `method` request, and whether the connection
-/// may carry another request after it (RFC 9112 sections 6.3 and 9.3).
-pub(super) fn framing(head: &ResponseHead, method: &Method) -> Result<(Framing, bool), H1Error> {
+/// may carry another request after it (RFC 9112 sections 6.3 and 9.3). A `Content-Length` that
+/// `Transfer-Encoding` overrides is removed, as a proxy must before forwarding.
+pub(super) fn framing(head: &mut ResponseHead, method: &Method) -> Result<(Framing, bool), H1Error> {
     let mut reusable = match head.version {
         Version::HTTP_10 => has_token(&head.headers, CONNECTION, "keep-alive"),
         _ => !has_token(&head.headers, CONNECTION, "close"),
@@ -90,7 +91,7 @@ pub(super) fn framing(head: &ResponseHead, method: &Method) -> Result<(Framing, 
     if head.headers.contains_key(TRANSFER_ENCODING) {
         // Transfer-Encoding overrides Content-Length; a response with both may be an attempt to
         // desynchronise, so its connection is not used again.
-        if head.headers.contains_key(CONTENT_LENGTH) || head.version == Version::HTTP_10 {
+        if head.headers.remove(CONTENT_LENGTH).is_some() || head.version == Version::HTTP_10 {
             reusable = false;
         }
         let last_coding = head
@@ -390,44 +391,49 @@ mod tests {
     fn framing_follows_rfc_9112() {
         let get = Method::GET;
         assert_eq!(
-            framing(&head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), &get).unwrap(),
+            framing(&mut head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), &get).unwrap(),
             (Framing::Length(3), true)
         );
         assert_eq!(
-            framing(&head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), &Method::HEAD).unwrap().0,
+            framing(&mut head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"), &Method::HEAD).unwrap().0,
             Framing::Empty
         );
-        assert_eq!(framing(&head("HTTP/1.1 204 No Content\r\n\r\n"), &get).unwrap(), (Framing::Empty, true));
+        assert_eq!(framing(&mut head("HTTP/1.1 204 No Content\r\n\r\n"), &get).unwrap(), (Framing::Empty, true));
         assert_eq!(
-            framing(&head("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), &get).unwrap().0,
+            framing(&mut head("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"), &get).unwrap().0,
             Framing::Empty
         );
-        assert_eq!(framing(&head("HTTP/1.1 200 OK\r\n\r\n"), &get).unwrap(), (Framing::UntilClose, false));
+        assert_eq!(framing(&mut head("HTTP/1.1 200 OK\r\n\r\n"), &get).unwrap(), (Framing::UntilClose, false));
         assert_eq!(
-            framing(&head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), &get).unwrap(),
+            framing(&mut head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), &get).unwrap(),
             (Framing::Chunked, true)
         );
         assert_eq!(
-            framing(&head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), &get).unwrap(),
+            framing(&mut head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), &get).unwrap(),
             (Framing::UntilClose, false)
         );
         // Both: the chunks delimit the body, and the connection is not trusted again.
         assert_eq!(
-            framing(&head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"), &get).unwrap(),
+            framing(&mut head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"), &get)
+                .unwrap(),
             (Framing::Chunked, false)
         );
         assert_eq!(
-            framing(&head("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"), &get).unwrap().0,
+            framing(&mut head("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"), &get).unwrap().0,
             Framing::Length(3)
         );
         for bad in ["3, 4", "-1", "+3", "0x10", "", "99999999999999999999"] {
             let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
-            assert!(framing(&head(&raw), &get).is_err(), "{bad}");
+            assert!(framing(&mut head(&raw), &get).is_err(), "{bad}");
         }
-        assert!(!framing(&head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"), &get).unwrap().1);
-        assert!(!framing(&head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"), &get).unwrap().1);
         assert!(
-            framing(&head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n"), &get).unwrap().1
+            !framing(&mut head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"), &get).unwrap().1
+        );
+        assert!(!framing(&mut head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n"), &get).unwrap().1);
+        assert!(
+            framing(&mut head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n"), &get)
+                .unwrap()
+                .1
         );
     }
 

@@ -369,15 +369,15 @@ fn finish_body(
 async fn read_head(connection: &mut Connection, method: &Method) -> Result<(ResponseHead, Framing, bool), Failure> {
     let mut received = !connection.read.is_empty();
     loop {
-        if !connection.read.is_empty() {
-            if let Some(head) = decode::parse_head(&mut connection.read)? {
-                let status = head.status.as_u16();
-                if (100..200).contains(&status) && status != 101 {
-                    continue;
-                }
-                let (framing, reusable) = decode::framing(&head, method)?;
-                return Ok((head, framing, reusable && status != 101));
+        if !connection.read.is_empty()
+            && let Some(mut head) = decode::parse_head(&mut connection.read)?
+        {
+            let status = head.status.as_u16();
+            if (100..200).contains(&status) && status != 101 {
+                continue;
             }
+            let (framing, reusable) = decode::framing(&mut head, method)?;
+            return Ok((head, framing, reusable && status != 101));
         }
         if connection.read.capacity() - connection.read.len() < READ_CHUNK / 4 {
             connection.read.reserve(READ_CHUNK);
