@@ -59,6 +59,7 @@ enum Target {
     Nginx,
     Haproxy,
     Sluice,
+    SluiceHyperClient,
     SluiceFilters,
     NginxCache,
     SluiceCache,
@@ -69,11 +70,12 @@ enum Target {
 }
 
 impl Target {
-    const ALL: [Target; 11] = [
+    const ALL: [Target; 12] = [
         Target::Direct,
         Target::Nginx,
         Target::Haproxy,
         Target::Sluice,
+        Target::SluiceHyperClient,
         Target::SluiceFilters,
         Target::NginxCache,
         Target::SluiceCache,
@@ -100,6 +102,7 @@ impl Target {
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
             Target::Sluice => "sluice",
+            Target::SluiceHyperClient => "sluice-hyper-client",
             Target::SluiceFilters => "sluice-filters",
             Target::NginxCache => "nginx-cache",
             Target::SluiceCache => "sluice-cache",
@@ -116,6 +119,7 @@ impl Target {
             Target::Nginx => "nginx",
             Target::Haproxy => "HAProxy",
             Target::Sluice => "Sluice, no filters",
+            Target::SluiceHyperClient => "Sluice, no filters, hyper's HTTP/1 client",
             Target::SluiceFilters => "Sluice, 3 filters",
             Target::NginxCache => "nginx, proxy_cache hits",
             Target::SluiceCache => "Sluice, cache hits",
@@ -367,6 +371,7 @@ impl Proxy {
                 command.args(["haproxy", "-db", "-f"]).arg(&config);
             }
             Target::Sluice
+            | Target::SluiceHyperClient
             | Target::SluiceFilters
             | Target::SluiceCache
             | Target::SluiceDenyList
@@ -397,6 +402,11 @@ impl Proxy {
                     Command::new(&sluice).arg("check").arg("--config").arg(&config).stdout(Stdio::null()).status()?;
                 if !checked.success() {
                     bail!("sluice check refused {}", config.display());
+                }
+                if target == Target::SluiceHyperClient {
+                    // The same proxy with hyper's client to the upstream, to keep the choice of
+                    // client measured.
+                    command.env("SLUICE_UPSTREAM_HTTP1", "hyper");
                 }
                 command
                     .arg(&sluice)
