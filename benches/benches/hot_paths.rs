@@ -102,7 +102,14 @@ fn header_processing(c: &mut Criterion) {
     let response = origin_response();
     let mut group = c.benchmark_group("header processing");
     group.bench_function("forwarded request, 10 headers, untrusted peer", |b| {
-        let client = ClientSide { peer: "192.0.2.1".parse().unwrap(), scheme: "http", host: Some("shop.example") };
+        // As a connection passes it: the peer's header value made once at accept.
+        let peer_header = http::HeaderValue::from_static("192.0.2.1");
+        let client = ClientSide {
+            peer: "192.0.2.1".parse().unwrap(),
+            scheme: "http",
+            host: Some("shop.example"),
+            peer_header: Some(&peer_header),
+        };
         b.iter_batched_ref(
             || request.clone(),
             |headers| prepare_upstream_request(headers, &client, settings),
@@ -110,7 +117,12 @@ fn header_processing(c: &mut Criterion) {
         )
     });
     group.bench_function("forwarded request, 10 headers, trusted peer", |b| {
-        let client = ClientSide { peer: "10.1.2.3".parse().unwrap(), scheme: "http", host: Some("shop.example") };
+        let client = ClientSide {
+            peer: "10.1.2.3".parse().unwrap(),
+            scheme: "http",
+            host: Some("shop.example"),
+            peer_header: None,
+        };
         b.iter_batched_ref(
             || request.clone(),
             |headers| prepare_upstream_request(headers, &client, settings),

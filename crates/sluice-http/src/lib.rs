@@ -13,4 +13,4 @@ mod request_id;
 pub mod worker;
 
 pub use activity::{ConnectionActivity, InFlight};
-pub use request_id::{X_REQUEST_ID, new_request_id, request_id};
+pub use request_id::{RequestId, X_REQUEST_ID, new_request_id, request_id};

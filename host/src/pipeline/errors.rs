@@ -185,7 +185,7 @@ impl ProxyError {
 
 /// The response to a request that failed with `error`, which `state` keeps for the log line.
 pub(crate) fn respond(error: ProxyError, state: &mut RequestState) -> Response<ProxyBody> {
-    let mut response = error_response(&error, &state.id);
+    let mut response = error_response(&error, state.id.as_str());
     // HTTP/2 frames each stream apart: only an HTTP/1 connection has to go.
     if error.closes_connection() && state.version < Version::HTTP_2 {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

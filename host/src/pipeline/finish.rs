@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{HeaderName, Response};
 use sluice_http::body::{self, BodyOutcome, BoxError, ObservedBody, ProxyBody};
 use sluice_http::{X_REQUEST_ID, compression};
 
 use super::errors::{ProxyError, Side};
 use super::state::RequestState;
-use crate::telemetry::metrics::{CacheLabels, ErrorLabels, Metrics, Name, RequestLabels, RouteLabels};
+use crate::telemetry::metrics::{CacheLabels, ErrorLabels, Metrics, Name};
 
 /// Completes `response` for the request `state` describes.
 pub(crate) fn finish_response(mut response: Response<ProxyBody>, state: &mut RequestState) -> Response<ProxyBody> {
@@ -34,9 +34,7 @@ pub(crate) fn finish_response(mut response: Response<ProxyBody>, state: &mut Req
     if let Some(status) = &state.cache {
         response.headers_mut().insert(HeaderName::from_static("cache-status"), status.header_value());
     }
-    if let Ok(id) = HeaderValue::try_from(&*state.id) {
-        response.headers_mut().insert(X_REQUEST_ID, id);
-    }
+    response.headers_mut().insert(X_REQUEST_ID, state.id.header_value());
     if let Some(hsts) = &state.connection.hsts {
         response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
@@ -103,7 +101,7 @@ pub(crate) fn deliver(
     let status = response.status();
     state.span.record("http.response.status_code", status.as_u16());
     if let Some(cache) = &state.cache {
-        let route = Name(Arc::from(state.route_name()));
+        let route = route_label(&state);
         metrics.cache_lookups.get_or_create(&CacheLabels { route, result: cache.result() }).inc();
     }
     let metrics = metrics.clone();
@@ -123,20 +121,27 @@ pub(crate) fn deliver(
     Response::from_parts(parts, body::boxed(observed))
 }
 
+/// The empty label value, for a request no route or upstream took; shared, not made per request.
+fn no_name() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
+}
+
+/// The route label: the route's own name, shared.
+fn route_label(state: &RequestState) -> Name {
+    Name(state.route.as_ref().map_or_else(no_name, |route| route.name.clone()))
+}
+
 /// Writes the access log line and the request's metrics.
 fn record(metrics: &Metrics, state: &RequestState, status: u16, end: BodyOutcome) {
     let _in_request = state.span.enter();
     let elapsed = state.started.elapsed();
-    let route = Name(Arc::from(state.route_name()));
-    let upstream = Name(state.upstream.clone().unwrap_or_else(|| Arc::from("")));
-    metrics
-        .requests
-        .get_or_create(&RequestLabels { route: route.clone(), upstream: upstream.clone(), code: status })
-        .inc();
-    metrics
-        .request_duration
-        .get_or_create(&RouteLabels { route: route.clone(), upstream })
-        .observe(elapsed.as_secs_f64());
+    let route = route_label(state);
+    let upstream = Name(state.upstream.clone().unwrap_or_else(no_name));
+    match &state.route {
+        Some(taken) => taken.figures.record(metrics, &route, &upstream, status, elapsed.as_secs_f64()),
+        None => metrics.record_request(&route, &upstream, status, elapsed.as_secs_f64()),
+    }
 
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let error = state.error.as_ref();

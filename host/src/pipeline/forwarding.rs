@@ -123,6 +123,8 @@ pub struct ClientSide<'a> {
     pub scheme: &'static str,
     /// The host the client asked for, port included, as received.
     pub host: Option<&'a str>,
+    /// The peer's address as a header value, when the connection made it already.
+    pub peer_header: Option<&'a HeaderValue>,
 }
 
 /// Rewrites request headers for the upstream: drops hop-by-hop headers, then sets
@@ -138,12 +140,17 @@ pub fn prepare_upstream_request(headers: &mut HeaderMap, client: &ClientSide<'_>
     }
 
     let trusted = settings.trusted_proxies.iter().any(|net| net.contains(&client.peer));
-    let peer = client.peer.to_string();
-    let forwarded_for = match headers.get(X_FORWARDED_FOR).filter(|_| trusted).and_then(|value| value.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {peer}"),
-        None => peer,
-    };
-    set_text(headers, X_FORWARDED_FOR, &forwarded_for);
+    match (headers.get(X_FORWARDED_FOR).filter(|_| trusted).and_then(|value| value.to_str().ok()), client.peer_header) {
+        (Some(earlier), _) => {
+            let forwarded_for = format!("{earlier}, {}", client.peer);
+            set_text(headers, X_FORWARDED_FOR, &forwarded_for);
+        }
+        // The usual case: the connection's own address, made once per connection.
+        (None, Some(peer)) => {
+            headers.insert(X_FORWARDED_FOR, peer.clone());
+        }
+        (None, None) => set_text(headers, X_FORWARDED_FOR, &client.peer.to_string()),
+    }
     if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
     }
@@ -232,7 +239,12 @@ mod tests {
     fn untrusted_forwarding_headers_are_replaced() {
         let mut map =
             headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"), ("forwarded", "for=6.6.6.6")]);
-        let client = ClientSide { peer: "192.0.2.7".parse().unwrap(), scheme: "http", host: Some("example.com") };
+        let client = ClientSide {
+            peer: "192.0.2.7".parse().unwrap(),
+            scheme: "http",
+            host: Some("example.com"),
+            peer_header: None,
+        };
         prepare_upstream_request(&mut map, &client, &settings("\"10.0.0.0/8\""));
         assert_eq!(map["x-forwarded-for"], "192.0.2.7");
         assert_eq!(map["x-forwarded-proto"], "http");
@@ -245,7 +257,12 @@ mod tests {
     fn trusted_forwarding_headers_are_extended() {
         let mut map =
             headers(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https"), ("via", "1.1 edge")]);
-        let client = ClientSide { peer: "10.1.2.3".parse().unwrap(), scheme: "http", host: Some("example.com") };
+        let client = ClientSide {
+            peer: "10.1.2.3".parse().unwrap(),
+            scheme: "http",
+            host: Some("example.com"),
+            peer_header: None,
+        };
         prepare_upstream_request(&mut map, &client, &settings("\"10.0.0.0/8\""));
         assert_eq!(map["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(map["x-forwarded-proto"], "https");
@@ -276,7 +293,7 @@ mod tests {
     #[test]
     fn upgrade_survives_hygiene() {
         let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        let client = ClientSide { peer: "127.0.0.1".parse().unwrap(), scheme: "http", host: None };
+        let client = ClientSide { peer: "127.0.0.1".parse().unwrap(), scheme: "http", host: None, peer_header: None };
         prepare_upstream_request(&mut map, &client, &settings(""));
         assert_eq!(map["connection"], "upgrade");
         assert_eq!(map["upgrade"], "websocket");

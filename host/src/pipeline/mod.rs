@@ -57,6 +57,8 @@ use state::RequestState;
 pub struct ConnectionInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The peer's IP address as a header value (`X-Forwarded-For`), made once per connection.
+    pub peer_header: HeaderValue,
     /// The listener's name.
     pub listener: Arc<str>,
     /// `http` or `https`.

@@ -67,7 +67,7 @@ pub(crate) async fn run(
         route: route.name.clone(),
         filter: Arc::from(""),
         tenant: route.tenant.clone(),
-        request_id: state.id.clone(),
+        request_id: Arc::from(state.id.as_str()),
         client_ip: state.client,
         client_location: state.location.clone(),
         client_identity: state.connection.client_identity.clone(),

@@ -19,7 +19,7 @@ use crate::routing::Route;
 /// Everything the phases know about one request.
 pub(crate) struct RequestState {
     /// The request's id: the client's `X-Request-Id` when usable, else a new one.
-    pub(crate) id: Arc<str>,
+    pub(crate) id: sluice_http::RequestId,
     /// When its head arrived.
     pub(crate) started: Instant,
     /// The configuration it runs on, loaded once: it finishes on it whatever reloads happen.
@@ -61,7 +61,7 @@ pub(crate) struct RequestState {
 impl RequestState {
     /// The state of a request whose head just arrived.
     pub(crate) fn new<B>(snapshot: Arc<Snapshot>, connection: Arc<ConnectionInfo>, request: &Request<B>) -> Self {
-        let id: Arc<str> = sluice_http::request_id(request.headers()).into();
+        let id = sluice_http::request_id(request.headers());
         let client = super::forwarding::client_address(
             connection.peer.ip(),
             request.headers(),

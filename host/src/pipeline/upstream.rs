@@ -55,8 +55,12 @@ pub(crate) async fn send(
         .map(|_| filters::copy_request_head(&head));
     let mut parts = head.parts;
     parts.version = Version::HTTP_11;
-    let client_side =
-        ClientSide { peer: state.connection.peer.ip(), scheme: state.connection.scheme, host: authority.as_deref() };
+    let client_side = ClientSide {
+        peer: state.connection.peer.ip(),
+        scheme: state.connection.scheme,
+        host: authority.as_deref(),
+        peer_header: Some(&state.connection.peer_header),
+    };
     forwarding::prepare_upstream_request(&mut parts.headers, &client_side, &state.snapshot.server);
     let preserve_host = match (&authority, forward.preserve_host) {
         (Some(authority), true) => match HeaderValue::try_from(authority.as_str()) {
@@ -68,9 +72,7 @@ pub(crate) async fn send(
         },
         _ => false,
     };
-    if let Ok(id) = HeaderValue::try_from(&*state.id) {
-        parts.headers.insert(X_REQUEST_ID, id);
-    }
+    parts.headers.insert(X_REQUEST_ID, state.id.header_value());
     if let Some(mirror) =
         forward.mirror.as_ref().filter(|mirror| http_body::Body::is_end_stream(&body) && mirror.takes_this_one())
     {

@@ -39,6 +39,8 @@ pub struct Route {
     pub compression: Option<Arc<sluice_http::compression::CompressionSettings>>,
     /// HTTP caching, when the route caches.
     pub cache: Option<Arc<sluice_cache::CacheSettings>>,
+    /// Handles on its request counters and latency histogram, found once.
+    pub figures: crate::telemetry::metrics::RouteFigures,
 }
 
 /// What a route does with a request it takes.

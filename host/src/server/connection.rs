@@ -121,8 +121,11 @@ pub(super) async fn serve<I>(
 impl ConnectionInfo {
     /// Connection facts for a newly accepted plain-HTTP client.
     pub(super) fn accepted(peer: std::net::SocketAddr, listener: Arc<str>) -> Self {
+        let peer_header = http::HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
         Self {
             peer,
+            peer_header,
             listener,
             scheme: "http",
             client_identity: None,

@@ -357,6 +357,7 @@ impl Compiler<'_> {
                 Some(section) if section.get_ref().enabled => Some(Arc::new(self.route_cache(&key, section)?)),
                 _ => None,
             },
+            figures: Default::default(),
         })
     }
 
