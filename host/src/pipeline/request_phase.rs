@@ -49,9 +49,20 @@ pub(crate) async fn run(
     route: &Arc<Route>,
     state: &mut RequestState,
 ) -> Result<RequestPhase, ProxyError> {
+    let outbound = outbound(admitted, route);
+    if route.filters.is_empty() {
+        return Ok(RequestPhase::Continue(outbound));
+    }
+    // The filters' part of the phase is a large future: on the heap, so that the request's own
+    // future, which every request moves around, stays small where a route has no filters.
+    Box::pin(run_filters(outbound, route, state)).await
+}
+
+/// The request as it goes on, before any filter.
+fn outbound(admitted: Admitted, route: &Route) -> Outbound {
     let Admitted { parts, body: incoming, authority, host: _, path, query, client_upgrade } = admitted;
     let too_large = Arc::new(AtomicBool::new(false));
-    let mut outbound = Outbound {
+    Outbound {
         head: RequestHead { parts, cache_key: None },
         body: body::boxed(LimitedBody::new(incoming, route.max_body_bytes, too_large.clone())),
         authority,
@@ -59,10 +70,14 @@ pub(crate) async fn run(
         query,
         client_upgrade,
         too_large,
-    };
-    if route.filters.is_empty() {
-        return Ok(RequestPhase::Continue(outbound));
     }
+}
+
+async fn run_filters(
+    mut outbound: Outbound,
+    route: &Arc<Route>,
+    state: &mut RequestState,
+) -> Result<RequestPhase, ProxyError> {
     let context = CallContext {
         route: route.name.clone(),
         filter: Arc::from(""),

@@ -15,9 +15,19 @@ use super::upstream::Upstreamed;
 /// Runs the response phase over the upstream's answer.
 pub(crate) async fn run(upstreamed: Upstreamed, state: &mut RequestState) -> Result<Response<ProxyBody>, ProxyError> {
     let Upstreamed { response, request_head } = upstreamed;
-    let (Some(mut chain), Some(mut request_head)) = (state.filters.take(), request_head) else {
+    let (Some(chain), Some(request_head)) = (state.filters.take(), request_head) else {
         return Ok(response.map(body::boxed));
     };
+    // On the heap, as the request phase's filters are: only routes with filters pay for it.
+    Box::pin(run_filters(response, chain, request_head, state)).await
+}
+
+async fn run_filters(
+    response: Response<sluice_upstream::ServerBody>,
+    mut chain: filters::FilterChain,
+    mut request_head: sluice_runtime::RequestHead,
+    state: &mut RequestState,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let server = state.server.clone().unwrap_or_default();
     let max_filter_body_bytes = state.route.as_ref().map_or(0, |route| route.max_filter_body_bytes);
     let (mut response_parts, upstream_body) = response.into_parts();

@@ -83,7 +83,9 @@ pub(crate) async fn send(
     let outgoing = Outgoing { parts, path_and_query, body, preserve_host };
     let deadline = Instant::now() + forward.timeout;
     let client_ip = state.client;
-    let sent = upstream.send(outgoing, client_ip, deadline).instrument(span.clone()).await;
+    // The send (retries, the client's exchange) is a large future: built in place on the heap
+    // rather than moved through the request's own future, which the compiler would copy it into.
+    let sent = Box::pin(upstream.send(outgoing, client_ip, deadline)).instrument(span.clone()).await;
     let (mut response, server) = match sent {
         Ok(answer) => answer,
         Err(error) => {

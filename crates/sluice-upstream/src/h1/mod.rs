@@ -187,7 +187,9 @@ impl H1Client {
             let reused = pooled.is_some();
             let mut connection = match pooled.take() {
                 Some(connection) => connection,
-                None => self.connect(&authority).await?,
+                // Connecting (name resolution included) is a large future that most requests
+                // never run: it lives on the heap while it does.
+                None => Box::pin(self.connect(&authority)).await?,
             };
             connection.write.clear();
             encode::encode_head(&mut connection.write, &parts.method, path, &parts.headers, &authority, framing);
