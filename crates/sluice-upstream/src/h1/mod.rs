@@ -35,6 +35,10 @@ use sluice_http::body::{BoxError, ProxyBody};
 /// What a read asks the kernel for at least.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The most one read of a response body asks for: a large body takes few system calls, and no
+/// connection holds more than this much unsent.
+const MAX_READ: usize = 256 * 1024;
+
 /// Body frames up to this size are copied behind the head or chunk framing, for one write.
 const COALESCE_LIMIT: usize = 16 * 1024;
 
@@ -405,6 +409,8 @@ pub struct ResponseBody {
     decoder: BodyDecoder,
     reusable: bool,
     home: (Arc<Pool>, usize),
+    /// Room asked for before each read.
+    read_size: usize,
 }
 
 impl ResponseBody {
@@ -415,7 +421,13 @@ impl ResponseBody {
         reusable: bool,
         home: (Arc<Pool>, usize),
     ) -> Response<Self> {
-        let mut body = Self { connection: Some(connection), decoder: BodyDecoder::new(framing), reusable, home };
+        let mut body = Self {
+            connection: Some(connection),
+            decoder: BodyDecoder::new(framing),
+            reusable,
+            home,
+            read_size: READ_CHUNK,
+        };
         if body.decoder.is_done() {
             body.release();
         }
@@ -469,11 +481,20 @@ impl Body for ResponseBody {
                 }
                 Decoded::NeedMore => {}
             }
-            if connection.read.capacity() - connection.read.len() < READ_CHUNK / 4 {
-                connection.read.reserve(READ_CHUNK);
+            // A body of known length is asked for whole (up to the most one read takes); other
+            // framings grow their reads while they keep filling them.
+            let wanted = this.decoder.remaining().map_or(this.read_size, |remaining| {
+                usize::try_from(remaining).unwrap_or(usize::MAX).clamp(READ_CHUNK / 4, MAX_READ)
+            });
+            if connection.read.capacity() - connection.read.len() < wanted {
+                connection.read.reserve(wanted);
             }
+            let room = connection.read.capacity() - connection.read.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut connection.stream), cx, &mut connection.read) {
                 Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(read)) if read > 0 && read == room => {
+                    this.read_size = (this.read_size * 2).min(MAX_READ);
+                }
                 Poll::Ready(Ok(0)) => {
                     // The connection ended: the end of an until-close body, or a body cut short.
                     this.connection = None;
