@@ -64,7 +64,12 @@ fn outbound(admitted: Admitted, route: &Route) -> Outbound {
     let too_large = Arc::new(AtomicBool::new(false));
     Outbound {
         head: RequestHead { parts, cache_key: None },
-        body: body::boxed(LimitedBody::new(incoming, route.max_body_bytes, too_large.clone())),
+        // Most requests have no body: nothing to limit, and no wrapper to allocate.
+        body: if http_body::Body::is_end_stream(&incoming) {
+            body::empty()
+        } else {
+            body::boxed(LimitedBody::new(incoming, route.max_body_bytes, too_large.clone()))
+        },
         authority,
         path,
         query,
