@@ -181,3 +181,52 @@ async fn a_body_cut_short_ends_the_response_as_failed() {
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     assert!(body.len() < 100, "{answer}");
 }
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_all_sent_reaches_the_client() {
+    // The origin reads the head only and refuses at once, leaving the body unread.
+    let origin = RawOrigin::start(|_| {
+        Some((b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo much".to_vec(), false))
+    })
+    .await;
+    let proxy = TestProxy::start(&origin.config()).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    // A large declared body of which only a part is sent: the client waits for an answer.
+    client.write_all(b"POST /upload HTTP/1.1\r\nHost: site\r\nContent-Length: 10000000\r\n\r\n").await.unwrap();
+    client.write_all(&vec![b'x'; 64 * 1024]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let mut read = 0;
+    while !String::from_utf8_lossy(&answer[..read]).contains("too much") {
+        let more = client.read(&mut answer[read..]).await.unwrap();
+        assert!(more > 0, "closed without the origin's answer: {}", String::from_utf8_lossy(&answer[..read]));
+        read += more;
+    }
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 413"));
+}
+
+#[tokio::test]
+async fn large_and_chunked_request_bodies_arrive_framed() {
+    let origin = sluice_tests::Origin::echo("app").await;
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"{}\" }}]\n[[route]]\nupstream = \"app\"\n",
+        origin.addr
+    );
+    let proxy = TestProxy::start(&config).await;
+    // Streamed in pieces of every size around the point where frames are written uncopied.
+    let pieces: Vec<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>> =
+        [10usize, 16 * 1024, 16 * 1024 + 1, 100_000, 3]
+            .iter()
+            .enumerate()
+            .map(|(index, &size)| Ok(http_body::Frame::data(bytes::Bytes::from(vec![b'a' + index as u8; size]))))
+            .collect();
+    let total: usize = [10usize, 16 * 1024, 16 * 1024 + 1, 100_000, 3].iter().sum();
+    let streamed = http_body_util::StreamBody::new(futures_util::stream::iter(pieces));
+    let request = http::Request::post(proxy.url("/upload"))
+        .header("host", "site")
+        .body(sluice_http::body::boxed(streamed))
+        .unwrap();
+    let response = sluice_tests::send(&sluice_tests::http1_client(), request).await;
+    assert_eq!(response.status, 200);
+    let echo = response.echo();
+    assert_eq!(echo.0["body_bytes"].as_u64(), Some(total as u64), "{}", echo.0);
+}

@@ -224,6 +224,10 @@ impl H1Client {
 }
 
 /// Writes the request (its head is in `connection.write` already) and reads the response head.
+///
+/// While a body streams, the server may answer before it has read all of it (a 413, say) and
+/// stop reading: sending stops as soon as the server speaks, its answer is read and returned, and
+/// the connection is not used again.
 async fn exchange(
     connection: &mut Connection,
     body: &mut ProxyBody,
@@ -232,31 +236,96 @@ async fn exchange(
 ) -> Result<(ResponseHead, Framing, bool), Failure> {
     let mut sent = 0u64;
     let mut ended = framing == RequestFraming::Empty || body.is_end_stream();
+    // What a write sends: `connection.write`, then a large data frame as it came, then this.
+    let mut suffix = Vec::new();
+    let mut after = None;
     if ended {
         finish_body(&mut connection.write, framing, sent, None)?;
     } else {
         // A body frame that is ready now (a buffered body) goes in the head's write.
         let first = poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
-        let added = add_frame(&mut connection.write, &mut connection.stream, first, framing, &mut sent).await?;
-        ended = end_if_done(&mut connection.write, added, body, framing, sent)?;
+        let added;
+        (added, after) = add_frame(&mut connection.write, &mut suffix, first, framing, &mut sent)?;
+        let end_goes_to = if after.is_some() { &mut suffix } else { &mut connection.write };
+        ended = end_if_done(end_goes_to, added, body, framing, sent)?;
     }
-    // A server may answer (and close) before it has read the whole request: its answer is
-    // still read and returned, on a connection not used again.
-    let mut write_failed = connection.stream.write_all(&connection.write).await.err();
-    while !ended && write_failed.is_none() {
-        connection.write.clear();
-        let frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
-        let added =
-            add_frame(&mut connection.write, &mut connection.stream, Poll::Ready(frame), framing, &mut sent).await?;
-        ended = end_if_done(&mut connection.write, added, body, framing, sent)?;
-        write_failed = connection.stream.write_all(&connection.write).await.err();
+    let mut sending = send(connection, after.take(), &mut suffix).await;
+    while !ended && matches!(sending, Sending::Sent) {
+        let (reader, _) = connection.stream.split();
+        let frame = tokio::select! {
+            biased;
+            frame = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)) => frame,
+            () = server_speaks(reader, &mut connection.read) => {
+                sending = Sending::Interrupted;
+                break;
+            }
+        };
+        let added;
+        (added, after) = add_frame(&mut connection.write, &mut suffix, Poll::Ready(frame), framing, &mut sent)?;
+        let end_goes_to = if after.is_some() { &mut suffix } else { &mut connection.write };
+        ended = end_if_done(end_goes_to, added, body, framing, sent)?;
+        sending = send(connection, after.take(), &mut suffix).await;
     }
     match read_head(connection, method).await {
-        Ok((head, framing, reusable)) => Ok((head, framing, reusable && write_failed.is_none())),
-        Err(failure) => match write_failed {
-            Some(error) => Err(Failure { error: H1Error::Io(error), nothing_received: failure.nothing_received }),
-            None => Err(failure),
+        Ok((head, framing, reusable)) => Ok((head, framing, reusable && matches!(sending, Sending::Sent))),
+        Err(failure) => match sending {
+            Sending::Failed(error) => {
+                Err(Failure { error: H1Error::Io(error), nothing_received: failure.nothing_received })
+            }
+            _ => Err(failure),
         },
+    }
+}
+
+/// How sending (part of) a request went.
+#[derive(Debug)]
+enum Sending {
+    /// All of it is written.
+    Sent,
+    /// The server spoke first: the rest is not sent.
+    Interrupted,
+    /// The connection failed.
+    Failed(io::Error),
+}
+
+/// Writes `connection.write`, then `after`, then `suffix`, unless the server speaks first;
+/// both buffers are empty afterwards.
+async fn send(connection: &mut Connection, after: Option<Bytes>, suffix: &mut Vec<u8>) -> Sending {
+    let (reader, mut writer) = connection.stream.split();
+    let prefix = &connection.write;
+    let writing = async {
+        writer.write_all(prefix).await?;
+        if let Some(data) = after {
+            writer.write_all(&data).await?;
+        }
+        writer.write_all(suffix).await
+    };
+    let sending = tokio::select! {
+        biased;
+        written = writing => match written {
+            Ok(()) => Sending::Sent,
+            Err(error) => Sending::Failed(error),
+        },
+        () = server_speaks(reader, &mut connection.read) => Sending::Interrupted,
+    };
+    connection.write.clear();
+    suffix.clear();
+    sending
+}
+
+/// Resolves once the server has sent something (or closed) while the request is still going
+/// out; what it sent is in `read`. Readiness the reactor reports without data waiting is
+/// passed over.
+async fn server_speaks(reader: tokio::net::tcp::ReadHalf<'_>, read: &mut BytesMut) {
+    loop {
+        if reader.readable().await.is_err() {
+            return;
+        }
+        read.reserve(READ_CHUNK);
+        match reader.try_read_buf(read) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
     }
 }
 
@@ -289,18 +358,19 @@ fn end_if_done(
     }
 }
 
-/// Frames one polled body frame into `out` (a large data frame is written straight to `stream`
-/// after what `out` holds).
-async fn add_frame(
+/// Frames one polled body frame into `out`; a large data frame is returned instead, to be
+/// written after `out` without a copy (its chunk framing, when chunked, goes around it: the size
+/// line in `out`, the closing CRLF in `suffix`).
+fn add_frame(
     out: &mut Vec<u8>,
-    stream: &mut TcpStream,
+    suffix: &mut Vec<u8>,
     frame: Poll<Option<Result<Frame<Bytes>, BoxError>>>,
     framing: RequestFraming,
     sent: &mut u64,
-) -> Result<Added, Failure> {
+) -> Result<(Added, Option<Bytes>), Failure> {
     let frame = match frame {
-        Poll::Pending => return Ok(Added::More),
-        Poll::Ready(None) => return Ok(Added::End),
+        Poll::Pending => return Ok((Added::More, None)),
+        Poll::Ready(None) => return Ok((Added::End, None)),
         Poll::Ready(Some(Err(error))) => return Err(H1Error::ClientBody(error).into()),
         Poll::Ready(Some(Ok(frame))) => frame,
     };
@@ -310,11 +380,11 @@ async fn add_frame(
             return match (frame.into_trailers(), framing) {
                 (Ok(trailers), RequestFraming::Chunked { .. }) => {
                     finish_body(out, framing, *sent, Some(&trailers))?;
-                    Ok(Added::Finished)
+                    Ok((Added::Finished, None))
                 }
                 // Trailers cannot travel without chunks: the body ends without them.
-                (Ok(_), _) => Ok(Added::End),
-                (Err(_), _) => Ok(Added::More),
+                (Ok(_), _) => Ok((Added::End, None)),
+                (Err(_), _) => Ok((Added::More, None)),
             };
         }
     };
@@ -323,33 +393,22 @@ async fn add_frame(
         RequestFraming::Length { length, .. } if *sent > length => {
             Err(H1Error::Protocol("the request body is longer than its content-length").into())
         }
+        _ if data.is_empty() => Ok((Added::More, None)),
         RequestFraming::Chunked { .. } if data.len() <= COALESCE_LIMIT => {
             encode::encode_chunk(out, &data);
-            Ok(Added::More)
+            Ok((Added::More, None))
         }
         RequestFraming::Chunked { .. } => {
             let _ = std::io::Write::write_fmt(out, format_args!("{:x}\r\n", data.len()));
-            write_parts(stream, out, &data).await?;
-            out.extend_from_slice(b"\r\n");
-            Ok(Added::More)
+            suffix.extend_from_slice(b"\r\n");
+            Ok((Added::More, Some(data)))
         }
         _ if data.len() <= COALESCE_LIMIT => {
             out.extend_from_slice(&data);
-            Ok(Added::More)
+            Ok((Added::More, None))
         }
-        _ => {
-            write_parts(stream, out, &data).await?;
-            Ok(Added::More)
-        }
+        _ => Ok((Added::More, Some(data))),
     }
-}
-
-/// Writes what `out` holds, then `data`, leaving `out` empty.
-async fn write_parts(stream: &mut TcpStream, out: &mut Vec<u8>, data: &[u8]) -> Result<(), Failure> {
-    let failed = |error| Failure { error: H1Error::Io(error), nothing_received: false };
-    stream.write_all(out).await.map_err(failed)?;
-    out.clear();
-    stream.write_all(data).await.map_err(failed)
 }
 
 /// Ends the body: the last chunk (with `trailers`), or a check that the length was met.
