@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct RawOrigin {
     addr: std::net::SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Told each time the proxy closes a connection to it.
+    closed: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -29,14 +31,20 @@ impl RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let (counted, told) = (connections.clone(), closed.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve(stream, answer));
+                let told = told.clone();
+                tokio::spawn(async move {
+                    if serve(stream, answer).await {
+                        told.notify_one();
+                    }
+                });
             }
         });
-        Self { addr, connections, task }
+        Self { addr, connections, closed, task }
     }
 
     fn config(&self) -> String {
@@ -51,24 +59,26 @@ impl RawOrigin {
     }
 }
 
-/// Reads request heads (these tests send no request bodies) and writes the scripted answers.
-async fn serve(mut stream: TcpStream, answer: fn(usize) -> Option<(Vec<u8>, bool)>) {
+/// Reads request heads (these tests send no request bodies) and writes the scripted answers;
+/// true when the proxy closed the connection.
+async fn serve(mut stream: TcpStream, answer: fn(usize) -> Option<(Vec<u8>, bool)>) -> bool {
     let mut buffer = Vec::new();
     let mut served = 0;
     loop {
         while !buffer.windows(4).any(|window| window == b"\r\n\r\n") {
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return true,
+                Err(_) => return false,
                 Ok(read) => buffer.extend_from_slice(&chunk[..read]),
             }
         }
         let end = buffer.windows(4).position(|window| window == b"\r\n\r\n").unwrap() + 4;
         buffer.drain(..end);
-        let Some((response, close)) = answer(served) else { return };
+        let Some((response, close)) = answer(served) else { return false };
         served += 1;
         if stream.write_all(&response).await.is_err() || close {
-            return;
+            return false;
         }
     }
 }
@@ -229,4 +239,17 @@ async fn large_and_chunked_request_bodies_arrive_framed() {
     assert_eq!(response.status, 200);
     let echo = response.echo();
     assert_eq!(echo.0["body_bytes"].as_u64(), Some(total as u64), "{}", echo.0);
+}
+
+#[tokio::test]
+async fn idle_pooled_connections_are_closed_once_they_idle_out() {
+    let origin = RawOrigin::start(|_| Some((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), false))).await;
+    let config = origin.config().replace("[[route]]", "pool_idle_timeout = \"200ms\"\n[[route]]");
+    let proxy = TestProxy::start(&config).await;
+    let closed = origin.closed.notified();
+    assert_eq!(get(&proxy, "site", "/").await.text(), "ok");
+    // Nothing else reaches the proxy: its reaper closes the idle connection by itself.
+    closed.await;
+    assert_eq!(get(&proxy, "site", "/").await.text(), "ok");
+    assert_eq!(origin.connections(), 2);
 }

@@ -89,12 +89,14 @@ struct Idle {
 }
 
 /// The idle connections of each server of one upstream, in one worker. Only that worker's
-/// thread touches them, so their locks are never contended.
+/// thread touches them (its requests and its reaper task), so their locks are never contended.
 #[derive(Debug)]
 struct Pool {
     idle: Box<[Mutex<VecDeque<Idle>>]>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Whether the task that closes idled-out and server-closed connections runs.
+    reaping: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -115,7 +117,8 @@ impl Pool {
     }
 
     /// Keeps `connection` for the next request to `server`, dropping the oldest past the limit.
-    fn put(&self, server: usize, connection: Connection) {
+    fn put(self: &Arc<Self>, server: usize, connection: Connection) {
+        self.start_reaping();
         let Some(idle) = self.idle.get(server) else { return };
         let mut idle = idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.max_idle == 0 {
@@ -125,6 +128,36 @@ impl Pool {
             idle.pop_front();
         }
         idle.push_back(Idle { connection, since: Instant::now() });
+    }
+}
+
+impl Pool {
+    /// Starts, once, the task that closes connections that idled out or that the server closed,
+    /// so they do not wait in `CLOSE_WAIT` for the next request to their server. It runs on the
+    /// runtime of the first connection returned (the pool's worker) and ends with the pool.
+    fn start_reaping(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.reaping.load(Ordering::Relaxed) || self.reaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.reap();
+            }
+        });
+    }
+
+    /// Closes the connections that idled out or that the server closed.
+    fn reap(&self) {
+        for idle in &self.idle {
+            let mut idle = idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            idle.retain_mut(|entry| entry.since.elapsed() < self.idle_timeout && still_open(&mut entry.connection));
+        }
     }
 }
 
@@ -169,7 +202,12 @@ impl H1Client {
     pub fn new(servers: usize, pool: &crate::PoolSettings, resolver: DnsResolver) -> Self {
         let idle = (0..servers).map(|_| Mutex::new(VecDeque::new())).collect();
         Self {
-            pool: Arc::new(Pool { idle, max_idle: pool.max_idle_per_server, idle_timeout: pool.idle_timeout }),
+            pool: Arc::new(Pool {
+                idle,
+                max_idle: pool.max_idle_per_server,
+                idle_timeout: pool.idle_timeout,
+                reaping: std::sync::atomic::AtomicBool::new(false),
+            }),
             resolver,
             connect_timeout: pool.connect_timeout,
         }
