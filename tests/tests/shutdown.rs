@@ -11,7 +11,7 @@ use sluice_tests::{Origin, TestProxy, http1_client, send};
 use tokio::sync::{Notify, mpsc};
 
 /// An origin that reports each request's arrival and answers only when released.
-async fn held_origin() -> (Origin, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
+pub(crate) async fn held_origin() -> (Origin, mpsc::UnboundedReceiver<()>, Arc<Notify>) {
     let (arrived_tx, arrived_rx) = mpsc::unbounded_channel();
     let release = Arc::new(Notify::new());
     let held = release.clone();

@@ -3,16 +3,14 @@
 //! the same as on one runtime.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Request;
 use sluice::server::ShutdownOutcome;
 use sluice_http::body;
 use sluice_tests::{Origin, TestProxy, http1_client, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
 
 fn config(origin: &Origin, extra_route: &str) -> String {
     format!(
@@ -111,19 +109,7 @@ async fn an_address_in_use_fails_the_start_rather_than_sharing_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_workers_drains_in_flight_requests_then_closes_every_socket() {
-    let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
-    let release = Arc::new(Notify::new());
-    let held = release.clone();
-    let origin = Origin::start(move |_request| {
-        let arrived = arrived_tx.clone();
-        let release = held.clone();
-        Box::pin(async move {
-            let _ = arrived.send(());
-            release.notified().await;
-            Response::new(body::full("finished"))
-        })
-    })
-    .await;
+    let (origin, mut arrived, release) = super::shutdown::held_origin().await;
     let mut proxy = TestProxy::start_workers(&config(&origin, ""), 2).await;
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move {
