@@ -18,6 +18,11 @@ pub struct ConnectionActivity {
     /// the connection and the connection has not asked for the next: the client is not reading.
     /// 0 while nothing is owed.
     awaiting_client_since_ms: AtomicU64,
+    /// Milliseconds after `opened` (at least 1) at which bytes of a request head arrived with no
+    /// request in flight, until that request starts; 0 while no head is being read.
+    head_since_ms: AtomicU64,
+    /// The connection speaks HTTP/2, whose streams the head deadline does not apply to.
+    multiplexed: AtomicBool,
 }
 
 /// Held while a request is in flight; dropping it marks the request done.
@@ -40,6 +45,8 @@ impl ConnectionActivity {
             served: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             awaiting_client_since_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
         })
     }
 
@@ -47,6 +54,7 @@ impl ConnectionActivity {
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.served.store(true, Ordering::Release);
+        self.head_since_ms.store(0, Ordering::Release);
         self.touch();
         InFlight(self.clone())
     }
@@ -83,6 +91,43 @@ impl ConnectionActivity {
                     return;
                 }
                 stalled_from + limit
+            };
+            tokio::time::sleep_until(next_check.into()).await;
+        }
+    }
+
+    /// Bytes came in from the client. With no request in flight on an HTTP/1 connection they
+    /// begin a request head, which from now on has the head deadline to be complete.
+    pub fn bytes_arrived(&self) {
+        if self.head_since_ms.load(Ordering::Relaxed) == 0
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && !self.multiplexed.load(Ordering::Relaxed)
+        {
+            self.head_since_ms.store(self.now_ms().max(1), Ordering::Release);
+        }
+    }
+
+    /// The connection turned out to speak HTTP/2: its requests are streams, each started as its
+    /// headers complete, and no head deadline applies between them.
+    pub fn speaks_http2(&self) {
+        self.multiplexed.store(true, Ordering::Relaxed);
+        self.head_since_ms.store(0, Ordering::Release);
+    }
+
+    /// Resolves once a request head has been arriving for `limit` without being complete (a
+    /// slow-header client). One timer per connection, re-armed only when it runs out: reading a
+    /// head costs no timer of its own.
+    pub async fn head_stalls(&self, limit: Duration) {
+        loop {
+            let since = self.head_since_ms.load(Ordering::Acquire);
+            let next_check = if since == 0 {
+                Instant::now() + limit
+            } else {
+                let started = self.opened + Duration::from_millis(since);
+                if started.elapsed() >= limit {
+                    return;
+                }
+                started + limit
             };
             tokio::time::sleep_until(next_check.into()).await;
         }

@@ -1,9 +1,15 @@
-//! One client connection: HTTP/1.1 or HTTP/2 (prior knowledge) served by hyper, with the idle
-//! timeout and graceful shutdown that hyper leaves to its user.
+//! One client connection: HTTP/1.1 or HTTP/2 (prior knowledge) served by hyper, with the
+//! deadlines (idle, request head, client reading) and graceful shutdown that Sluice keeps per
+//! connection rather than per request.
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -18,10 +24,12 @@ use crate::pipeline::{ConnectionInfo, Proxy};
 /// hyper's connection builder with Sluice's limits applied; built once per listener.
 pub(super) fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The head deadline is the connection watcher's (`ConnectionActivity::head_stalls`), not a
+    // timer hyper would arm and box for every request.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes)
         .max_headers(settings.max_headers)
         .keep_alive(true);
@@ -37,7 +45,8 @@ pub(super) fn connection_builder(settings: &ServerSettings) -> auto::Builder<Tok
 pub(super) struct ConnectionTimeouts {
     /// With nothing in flight, after a request (`idle_timeout`).
     pub(super) idle: Duration,
-    /// From accept to the first request's complete head (`header_read_timeout`).
+    /// From accept to the first request's complete head, and from a later head's first byte to
+    /// its end (`header_read_timeout`).
     pub(super) first_request: Duration,
     /// After an idle connection was asked to close, before it is cut off.
     pub(super) close_grace: Duration,
@@ -76,6 +85,7 @@ pub(super) async fn serve<I>(
         let info = info.clone();
         async move { Ok::<_, Infallible>(proxy.handle(request, info).await) }
     });
+    let stream = ObservedStream { inner: stream, activity: activity.clone(), first_read: true };
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let mut draining = false;
@@ -105,6 +115,10 @@ pub(super) async fn serve<I>(
                 draining = true;
                 idle_close_by = Some(tokio::time::Instant::now() + limits.close_grace);
             }
+            () = activity.head_stalls(limits.first_request) => {
+                tracing::debug!("client too slow with its request head: cut off");
+                return;
+            }
             () = activity.client_stops_reading(limits.send) => {
                 tracing::debug!("client stopped reading its response: cut off");
                 return;
@@ -115,6 +129,62 @@ pub(super) async fn serve<I>(
             }
             () = close_now.cancelled() => return,
         }
+    }
+}
+
+/// The client's stream, telling the connection's activity when request bytes arrive (for the
+/// head deadline) and whether the client speaks HTTP/2.
+struct ObservedStream<I> {
+    inner: I,
+    activity: Arc<ConnectionActivity>,
+    first_read: bool,
+}
+
+/// What an HTTP/2 client with prior knowledge sends first.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+impl<I: AsyncRead + Unpin> AsyncRead for ObservedStream<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let arrived = &buf.filled()[before..];
+        if matches!(polled, Poll::Ready(Ok(()))) && !arrived.is_empty() {
+            if self.first_read {
+                self.first_read = false;
+                let compared = arrived.len().min(HTTP2_PREFACE.len());
+                if arrived[..compared] == HTTP2_PREFACE[..compared] {
+                    self.activity.speaks_http2();
+                }
+            }
+            self.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ObservedStream<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
