@@ -81,19 +81,7 @@ impl ConnectionActivity {
     /// Resolves once the connection has waited `limit` for its client to read a response (a
     /// client that stops reading holds its connection, and the upstream's, only that long).
     pub async fn client_stops_reading(&self, limit: Duration) {
-        loop {
-            let since = self.awaiting_client_since_ms.load(Ordering::Acquire);
-            let next_check = if since == 0 {
-                Instant::now() + limit
-            } else {
-                let stalled_from = self.opened + Duration::from_millis(since);
-                if stalled_from.elapsed() >= limit {
-                    return;
-                }
-                stalled_from + limit
-            };
-            tokio::time::sleep_until(next_check.into()).await;
-        }
+        self.held_for(&self.awaiting_client_since_ms, limit).await;
     }
 
     /// Bytes came in from the client. With no request in flight on an HTTP/1 connection they
@@ -118,12 +106,18 @@ impl ConnectionActivity {
     /// slow-header client). One timer per connection, re-armed only when it runs out: reading a
     /// head costs no timer of its own.
     pub async fn head_stalls(&self, limit: Duration) {
+        self.held_for(&self.head_since_ms, limit).await;
+    }
+
+    /// Resolves once the moment `since` holds (milliseconds after `opened`; 0 for none) is
+    /// `limit` ago. While it holds none, the one timer is re-armed every `limit`.
+    async fn held_for(&self, since: &AtomicU64, limit: Duration) {
         loop {
-            let since = self.head_since_ms.load(Ordering::Acquire);
-            let next_check = if since == 0 {
+            let from = since.load(Ordering::Acquire);
+            let next_check = if from == 0 {
                 Instant::now() + limit
             } else {
-                let started = self.opened + Duration::from_millis(since);
+                let started = self.opened + Duration::from_millis(from);
                 if started.elapsed() >= limit {
                     return;
                 }
