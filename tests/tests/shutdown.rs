@@ -37,8 +37,18 @@ fn config(origin: &Origin) -> String {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_request_finish() {
-    let (origin, mut arrived, release) = held_origin().await;
-    let mut proxy = TestProxy::start(&config(&origin)).await;
+    let (origin, arrived, release) = held_origin().await;
+    let proxy = TestProxy::start(&config(&origin)).await;
+    assert_shutdown_drains_a_held_request(proxy, arrived, release).await;
+}
+
+/// Starts a request the origin holds, shuts `proxy` down, and checks that the listener closes
+/// while the request is in flight, that the request then finishes, and that the shutdown drained.
+pub(crate) async fn assert_shutdown_drains_a_held_request(
+    mut proxy: TestProxy,
+    mut arrived: mpsc::UnboundedReceiver<()>,
+    release: Arc<Notify>,
+) {
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move {
         send(&http1_client(), Request::get(url).header("host", "a").body(body::empty()).unwrap()).await
@@ -47,7 +57,8 @@ async fn shutdown_lets_in_flight_request_finish() {
 
     let server = proxy.take_server();
     let shutdown = tokio::spawn(server.shutdown_within(Duration::from_secs(60)));
-    // Draining has begun once the listener is closed; the request is still held at the origin.
+    // Draining has begun once the listener (every socket of it) is closed; the request is still
+    // held at the origin.
     while tokio::net::TcpStream::connect(proxy.addr).await.is_ok() {
         tokio::task::yield_now().await;
     }

@@ -5,10 +5,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use http::Request;
 use sluice::server::ShutdownOutcome;
-use sluice_http::body;
-use sluice_tests::{Origin, TestProxy, http1_client, send};
+use sluice_tests::{Origin, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -109,25 +107,9 @@ async fn an_address_in_use_fails_the_start_rather_than_sharing_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_workers_drains_in_flight_requests_then_closes_every_socket() {
-    let (origin, mut arrived, release) = super::shutdown::held_origin().await;
-    let mut proxy = TestProxy::start_workers(&config(&origin, ""), 2).await;
-    let url = proxy.url("/slow");
-    let in_flight = tokio::spawn(async move {
-        send(&http1_client(), Request::get(url).header("host", "a").body(body::empty()).unwrap()).await
-    });
-    arrived.recv().await.expect("request reached the origin");
-    let server = proxy.take_server();
-    let shutdown = tokio::spawn(server.shutdown_within(Duration::from_secs(60)));
-    // Every worker's socket of the group closes: no connection is accepted any more.
-    while TcpStream::connect(proxy.addr).await.is_ok() {
-        tokio::task::yield_now().await;
-    }
-    assert!(!in_flight.is_finished());
-    release.notify_one();
-    let response = in_flight.await.unwrap();
-    assert_eq!(response.status, 200);
-    assert_eq!(response.text(), "finished");
-    assert_eq!(shutdown.await.unwrap(), ShutdownOutcome::Drained);
+    let (origin, arrived, release) = super::shutdown::held_origin().await;
+    let proxy = TestProxy::start_workers(&config(&origin, ""), 2).await;
+    super::shutdown::assert_shutdown_drains_a_held_request(proxy, arrived, release).await;
 }
 
 #[tokio::test]

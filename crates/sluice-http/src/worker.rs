@@ -68,11 +68,6 @@ impl<T> PerWorker<T> {
         let slot = SLOT.with(Cell::get) % self.slots.len();
         self.slots[slot].get_or_init(|| (self.make)())
     }
-
-    /// Every `T` made so far.
-    pub fn made(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().filter_map(OnceLock::get)
-    }
 }
 
 impl<T> std::fmt::Debug for PerWorker<T> {
@@ -112,7 +107,6 @@ mod tests {
         assert_ne!(on_worker.0, shared, "a worker has its own value");
         assert_eq!(on_worker.0, on_worker.1);
         assert_eq!(made.load(Ordering::Relaxed), 2);
-        assert_eq!(values.made().count(), 2);
         assert_eq!(current(), None);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,8 @@ impl Server {
 
         let admin = match current.admin {
             Some(bind_addr) => {
-                let listener = bind(bind_addr)?;
+                let socket = bind_group(bind_addr, 1)?.pop().expect("one socket");
+                let listener = TcpListener::from_std(socket)?;
                 let local = listener.local_addr()?;
                 tracing::info!(address = %local, "admin listening");
                 let admin = admin::Admin {
@@ -309,17 +310,9 @@ impl Workers {
     }
 }
 
-/// Binds with SO_REUSEADDR so a restart does not wait out TIME_WAIT.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr).map_err(|err| io::Error::new(err.kind(), format!("cannot listen on {addr}: {err}")))?;
-    socket.listen(1024)
-}
-
-/// `count` listening sockets on `addr`, one `SO_REUSEPORT` group when more than one, so that
-/// the kernel spreads connections over them. The first is bound before it joins the group, so
+/// `count` listening sockets on `addr` (with SO_REUSEADDR, so a restart does not wait out
+/// TIME_WAIT), one `SO_REUSEPORT` group when more than one, so that the kernel spreads
+/// connections over them. The first is bound before it joins the group, so
 /// an address something else listens on already fails here as it would without workers, rather
 /// than being shared with it; with port 0 the others take the port the first was given.
 fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
