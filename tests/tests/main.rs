@@ -29,5 +29,6 @@ mod shutdown;
 mod streaming;
 mod templates;
 mod tls;
+mod traces;
 mod upstream_http1;
 mod workers;

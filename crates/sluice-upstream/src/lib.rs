@@ -34,7 +34,7 @@ pub use health::{CheckKind, HealthCheck};
 use limits::ConnectionLimits;
 pub use limits::{ConnectionLimitReached, LimitedConnection, LimitedConnector};
 pub use retry::{RetryBudget, RetryPolicy, TryFailure};
-pub use send::{MAX_TRIES, Outgoing, SendError, ServerBody};
+pub use send::{MAX_TRIES, Outgoing, SendError, ServerBody, TryEnd, TryWatcher};
 pub use server::{Availability, OutlierPolicy, ServerState, UpstreamServer};
 pub use sluice_tls::client::{UpstreamTls, UpstreamTlsSettings};
 

@@ -185,6 +185,31 @@ impl Drop for RequestSlot {
     }
 }
 
+/// Hears about every try of one request, in order: tracing gives each try a span of its own and
+/// sends its trace context with it. Tries that are retried are siblings, each with its own start
+/// and end.
+pub trait TryWatcher: Send {
+    /// Try number `attempt` (0 for the first) is about to go to `server`; headers may be added
+    /// to `request`.
+    fn starting(&mut self, server: &str, attempt: usize, request: &mut Request<ProxyBody>);
+    /// The try that started last has ended.
+    fn ended(&mut self, end: TryEnd<'_>);
+}
+
+/// How one try ended, for a [`TryWatcher`].
+#[derive(Clone, Copy)]
+pub enum TryEnd<'a> {
+    /// The server answered with this status (a 5xx may still be retried).
+    Answered(http::StatusCode),
+    /// No response head came back.
+    Failed {
+        /// `timeout`, `connect`, `reset`, `client_body` or `overflow`.
+        kind: &'static str,
+        /// What went wrong.
+        reason: &'a dyn std::fmt::Display,
+    },
+}
+
 /// What is sent: the request head (its URI is completed per server), the body, and whether the
 /// client's `Host` header goes upstream unchanged.
 pub struct Outgoing {
@@ -196,6 +221,28 @@ pub struct Outgoing {
     pub body: ProxyBody,
     /// Keep the client's `Host`; otherwise send the server's address.
     pub preserve_host: bool,
+    /// Told about each try, when the request is traced.
+    pub watcher: Option<Box<dyn TryWatcher>>,
+}
+
+/// How a try's result reads to a [`TryWatcher`].
+fn try_end<T>(result: &Result<Result<Response<T>, ClientError>, tokio::time::error::Elapsed>) -> TryEnd<'_> {
+    match result {
+        Ok(Ok(response)) => TryEnd::Answered(response.status()),
+        Err(elapsed) => TryEnd::Failed { kind: "timeout", reason: elapsed },
+        Ok(Err(error)) => {
+            let kind = if caused_by_connection_limit(error) {
+                "overflow"
+            } else if body::caused_by_client_body(error) {
+                "client_body"
+            } else if error.is_connect() {
+                "connect"
+            } else {
+                "reset"
+            };
+            TryEnd::Failed { kind, reason: error }
+        }
+    }
 }
 
 impl Upstream {
@@ -210,7 +257,7 @@ impl Upstream {
     ) -> Result<(Response<ServerBody>, String), SendError> {
         let slot = self.take_request_slot()?;
         self.retry_budget.deposit();
-        let Outgoing { mut parts, path_and_query, body, preserve_host } = outgoing;
+        let Outgoing { mut parts, path_and_query, body, preserve_host, mut watcher } = outgoing;
         // Only a request whose body is known to be empty can be sent again: a streamed body is
         // gone once the first try has read it.
         let replayable = body.is_end_stream();
@@ -259,12 +306,18 @@ impl Upstream {
             if !preserve_host && let Ok(host) = HeaderValue::try_from(server.authority.as_str()) {
                 request.headers_mut().insert(HOST, host);
             }
+            if let Some(watcher) = watcher.as_deref_mut() {
+                watcher.starting(&server_name, tried_count - 1, &mut request);
+            }
 
             let in_flight = InFlight::new(self.clone(), index);
             let now = Instant::now();
             let allowed = deadline.saturating_duration_since(now);
             let timeout = self.policy.retry.per_try_timeout.map_or(allowed, |per_try| per_try.min(allowed));
             let result = tokio::time::timeout(timeout, self.exchange(index, request)).await;
+            if let Some(watcher) = watcher.as_deref_mut() {
+                watcher.ended(try_end(&result));
+            }
             if let Ok(Err(error)) = &result
                 && caused_by_connection_limit(error)
             {

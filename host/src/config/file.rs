@@ -51,6 +51,64 @@ pub struct ConfigFile {
     pub redis: BTreeMap<String, Spanned<RedisSection>>,
     /// What this instance shares with the others on the same Redis (purges, bans).
     pub cluster: Option<Spanned<ClusterSection>>,
+    /// Distributed tracing: where spans are exported and how many requests are sampled.
+    pub tracing: Option<Spanned<TracingSection>>,
+}
+
+/// `[tracing]`: OpenTelemetry traces of proxied requests, exported over OTLP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    /// The collector: `http://host:4318` (its `/v1/traces` is added when no path is given) for
+    /// HTTP/protobuf, `http://host:4317` for gRPC.
+    pub endpoint: Spanned<String>,
+    /// `http/protobuf` or `grpc`.
+    #[serde(default = "default_tracing_protocol")]
+    pub protocol: Spanned<String>,
+    /// The share of traces that start here which are recorded (0 to 1); a request whose client
+    /// sent a sampling decision keeps that decision.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: Spanned<f64>,
+    /// `service.name` of every span.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Headers sent with every export (an API key, say).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How long one export may take.
+    #[serde(default = "default_export_timeout")]
+    pub export_timeout: HumanDuration,
+    /// How long ended spans wait before they are sent (unless a batch fills first).
+    #[serde(default = "default_export_interval")]
+    pub export_interval: HumanDuration,
+    /// Ended spans kept while they wait; past it new ones are dropped (and counted).
+    #[serde(default = "default_tracing_queue")]
+    pub max_queue: usize,
+    /// Most spans in one export.
+    #[serde(default = "default_tracing_batch")]
+    pub max_batch: usize,
+}
+
+fn default_tracing_protocol() -> Spanned<String> {
+    Spanned::new(0..0, "http/protobuf".to_owned())
+}
+fn default_sampling_ratio() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+fn default_service_name() -> String {
+    "sluice".to_owned()
+}
+fn default_export_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_export_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_tracing_queue() -> usize {
+    2048
+}
+fn default_tracing_batch() -> usize {
+    512
 }
 
 /// `[cluster]`: the instances that share one Redis also share cache purges and bans.

@@ -81,6 +81,8 @@ pub struct Snapshot {
     pub redis: BTreeMap<String, Arc<sluice_runtime::kv::RedisKv>>,
     /// The Redis that `[cluster]` shares purges and bans through.
     pub cluster: Option<Arc<sluice_runtime::kv::RedisKv>>,
+    /// The tracer, when `[tracing]` is configured.
+    pub tracing: Option<Arc<crate::telemetry::traces::Tracing>>,
     /// The GeoIP databases, when `[geoip]` names any.
     pub geoip: Option<Arc<sluice_access::GeoIp>>,
     /// The routes.

@@ -45,6 +45,12 @@ impl Forwarding {
     fn bypass(reason: &'static str) -> Self {
         Self { status: CacheStatus::forward(reason), ticket: None, stale: None, revalidating: false }
     }
+
+    /// What the lookup found, as traces name it: `miss`, `bypass`, or `stale` when the origin
+    /// is asked to revalidate a stored response.
+    pub(crate) fn result(&self) -> &'static str {
+        if self.revalidating { "stale" } else { self.status.result() }
+    }
 }
 
 /// Decides how a request on a caching route is answered; may wait for another request fetching

@@ -12,6 +12,7 @@ use hyper::body::Frame;
 use tracing::Instrument;
 
 use crate::routing::Route;
+use crate::telemetry::traces::{ChildSpan, SharedTrace};
 use sluice_http::body::{self, BoxError, ProxyBody};
 use sluice_runtime::{
     BodyOutcome, CallContext, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, HeadOutcome, HostServices,
@@ -31,6 +32,8 @@ pub(crate) struct FilterChain {
     request_id: Arc<str>,
     /// Where failures are counted.
     services: Arc<HostServices>,
+    /// The request's trace, when it is recorded: each call gets a span under it.
+    trace: Option<SharedTrace>,
 }
 
 /// How a body phase ended for the chain.
@@ -74,7 +77,12 @@ impl FilterChain {
                 }
             }
         }
-        Ok(Self { links, request_id: context.request_id.clone(), services: services.clone() })
+        Ok(Self { links, request_id: context.request_id.clone(), services: services.clone(), trace: None })
+    }
+
+    /// Gives every call from now on a span in `trace`, when it is recorded.
+    pub(crate) fn trace_in(&mut self, trace: Option<SharedTrace>) {
+        self.trace = trace.filter(SharedTrace::recording);
     }
 
     /// Whether any live filter takes part in `phase`.
@@ -105,7 +113,10 @@ impl FilterChain {
                 continue;
             };
             let span = call_span(instance, "request_headers");
-            match instance.on_request(head).instrument(span).await {
+            let traced = trace_call(self.trace.as_ref(), instance, "request_headers");
+            let outcome = instance.on_request(head).instrument(span).await;
+            end_traced_call(traced, &outcome);
+            match outcome {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
                 Err(error) => self.failed(index, error)?,
@@ -126,7 +137,10 @@ impl FilterChain {
                 continue;
             };
             let span = call_span(instance, "request_body");
-            match instance.on_request_body(head, body.clone()).instrument(span).await {
+            let traced = trace_call(self.trace.as_ref(), instance, "request_body");
+            let outcome = instance.on_request_body(head, body.clone()).instrument(span).await;
+            end_traced_call(traced, &outcome);
+            match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
                 Ok(BodyOutcome::Respond(response)) => return Ok(ChainBody::Respond(response)),
@@ -149,7 +163,10 @@ impl FilterChain {
                 continue;
             };
             let span = call_span(instance, "response_headers");
-            match instance.on_response(head, response).instrument(span).await {
+            let traced = trace_call(self.trace.as_ref(), instance, "response_headers");
+            let outcome = instance.on_response(head, response).instrument(span).await;
+            end_traced_call(traced, &outcome);
+            match outcome {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
                 Err(error) => self.failed(index, error)?,
@@ -176,7 +193,10 @@ impl FilterChain {
                 continue;
             };
             let span = call_span(instance, "response_body");
-            match instance.on_response_body(head, response, true, body.clone(), true).instrument(span).await {
+            let traced = trace_call(self.trace.as_ref(), instance, "response_body");
+            let outcome = instance.on_response_body(head, response, true, body.clone(), true).instrument(span).await;
+            end_traced_call(traced, &outcome);
+            match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
                 Ok(BodyOutcome::Respond(local)) => return Ok(ChainBody::Respond(local)),
@@ -201,8 +221,10 @@ impl FilterChain {
                 continue;
             };
             let span = call_span(instance, "response_body");
+            let traced = trace_call(self.trace.as_ref(), instance, "response_body");
             let outcome =
                 instance.on_response_body(head, response, false, chunk.clone(), end_of_stream).instrument(span).await;
+            end_traced_call(traced, &outcome);
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => chunk = replacement,
@@ -282,6 +304,73 @@ async fn next_chunk(mut state: StreamState) -> Option<(Result<Frame<Bytes>, BoxE
 fn call_span(instance: &FilterInstance, phase: &'static str) -> tracing::Span {
     let spec = &instance.pool().spec;
     tracing::debug_span!("filter", filter = %spec.name, tenant = %spec.tenant.name, phase)
+}
+
+/// The trace span of one filter call, when the request's trace is recorded.
+fn trace_call(trace: Option<&SharedTrace>, instance: &FilterInstance, phase: &'static str) -> Option<ChildSpan> {
+    use opentelemetry::KeyValue;
+    let trace = trace?;
+    let spec = &instance.pool().spec;
+    let mut span = trace.child(format!("filter {}", spec.name), opentelemetry::trace::SpanKind::Internal);
+    span.annotate(|| {
+        vec![
+            KeyValue::new("sluice.filter.name", spec.name.to_string()),
+            KeyValue::new("sluice.filter.phase", phase),
+            KeyValue::new("sluice.plugin.name", spec.plugin.name.to_string()),
+            KeyValue::new("sluice.plugin.digest", spec.plugin.digest.clone()),
+            KeyValue::new("sluice.tenant", spec.tenant.name.to_string()),
+        ]
+    });
+    Some(span)
+}
+
+/// What a call decided, as its span says it.
+trait Decision {
+    /// `continue`, `respond`, `pass` or `replace`, and the status of a local response.
+    fn decision(&self) -> (&'static str, Option<u16>);
+}
+
+impl Decision for HeadOutcome {
+    fn decision(&self) -> (&'static str, Option<u16>) {
+        match self {
+            Self::Continue => ("continue", None),
+            Self::Respond(response) => ("respond", Some(response.status().as_u16())),
+        }
+    }
+}
+
+impl Decision for BodyOutcome {
+    fn decision(&self) -> (&'static str, Option<u16>) {
+        match self {
+            Self::Pass => ("pass", None),
+            Self::Replace(_) => ("replace", None),
+            Self::Respond(response) => ("respond", Some(response.status().as_u16())),
+        }
+    }
+}
+
+/// Ends a filter call's span with its decision, or its failure.
+fn end_traced_call<T: Decision>(span: Option<ChildSpan>, outcome: &Result<T, FilterError>) {
+    use opentelemetry::KeyValue;
+    let Some(mut span) = span else { return };
+    match outcome {
+        Ok(outcome) => {
+            let (decision, status) = outcome.decision();
+            span.annotate(|| {
+                let mut attributes = vec![KeyValue::new("sluice.filter.decision", decision)];
+                if let Some(status) = status {
+                    attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
+                }
+                attributes
+            });
+        }
+        Err(error) => {
+            span.annotate(|| {
+                vec![KeyValue::new("sluice.filter.decision", "error"), KeyValue::new("error.type", error.kind_name())]
+            });
+            span.fail(|| error.kind.to_string());
+        }
+    }
 }
 
 fn log_failure(services: &HostServices, error: &FilterError, tenant: &str, request_id: &str, policy: FailurePolicy) {

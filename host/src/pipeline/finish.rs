@@ -74,7 +74,7 @@ impl Drop for Unanswered {
             state.fill = None;
             state.error = Some(ProxyError::ClientClosed);
             let status = ProxyError::ClientClosed.status().as_u16();
-            record(&self.metrics, &state, status, BodyOutcome { bytes: 0, complete: false });
+            record(&self.metrics, &mut state, status, BodyOutcome { bytes: 0, complete: false });
         }
     }
 }
@@ -115,7 +115,7 @@ pub(crate) fn deliver(
         {
             state.error = Some(stream_failure(failure));
         }
-        record(&metrics, &state, status.as_u16(), end);
+        record(&metrics, &mut state, status.as_u16(), end);
     })
     .reporting_to(activity);
     Response::from_parts(parts, body::boxed(observed))
@@ -132,8 +132,22 @@ fn route_label(state: &RequestState) -> Name {
     Name(state.route.as_ref().map_or_else(no_name, |route| route.name.clone()))
 }
 
-/// Writes the access log line and the request's metrics.
-fn record(metrics: &Metrics, state: &RequestState, status: u16, end: BodyOutcome) {
+/// Writes the access log line and the request's metrics, and ends its trace.
+fn record(metrics: &Metrics, state: &mut RequestState, status: u16, end: BodyOutcome) {
+    if let Some(trace) = state.trace.take() {
+        trace.annotate(|| {
+            let mut attributes = vec![opentelemetry::KeyValue::new(
+                "http.response.body.size",
+                i64::try_from(end.bytes).unwrap_or(i64::MAX),
+            )];
+            if let Some(cache) = &state.cache {
+                attributes.push(opentelemetry::KeyValue::new("sluice.cache.result", cache.result()));
+            }
+            attributes
+        });
+        trace.end(status, state.error.as_ref().map(ProxyError::kind));
+    }
+    let state = &*state;
     let _in_request = state.span.enter();
     let elapsed = state.started.elapsed();
     let route = route_label(state);

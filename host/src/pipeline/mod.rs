@@ -29,12 +29,15 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use sluice_cache::HttpCache;
 use sluice_http::ConnectionActivity;
 use sluice_http::body::ProxyBody;
@@ -132,7 +135,16 @@ impl Proxy {
             Admission::Answered(response) => return Ok(response),
         };
         access::check_listener(state, &self.metrics)?;
-        let route = route_match::match_route(&admitted, state)?;
+        let matching_since = state.trace.as_ref().filter(|trace| trace.recording()).map(|_| SystemTime::now());
+        let matched = route_match::match_route(&admitted, state);
+        if let (Some(trace), Some(since)) = (&state.trace, matching_since) {
+            let mut span = trace.child_from("route match", since);
+            match &matched {
+                Ok(route) => span.annotate(|| vec![KeyValue::new("http.route", route.name.to_string())]),
+                Err(error) => span.annotate(|| vec![KeyValue::new("error.type", error.kind())]),
+            }
+        }
+        let route = matched?;
         access::check_route(&route, state, &self.metrics)?;
         let host = admitted.host.clone();
         let outbound = match request_phase::run(admitted, &route, state).await? {
@@ -156,7 +168,17 @@ impl Proxy {
             &host,
             outbound.head.parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
         );
-        let forwarding = match caching::lookup(&self.cache, &settings, &route, &mut outbound.head, default_key).await {
+        let mut lookup_span = state.trace.as_ref().map(|trace| trace.child("cache lookup", SpanKind::Internal));
+        let looked_up = caching::lookup(&self.cache, &settings, &route, &mut outbound.head, default_key).await;
+        if let Some(span) = lookup_span.as_mut() {
+            let result = match &looked_up {
+                Lookup::Answer(_, status) | Lookup::StaleAndRefresh { status, .. } => status.result(),
+                Lookup::Forward(forwarding) => forwarding.result(),
+            };
+            span.annotate(|| vec![KeyValue::new("sluice.cache.result", result)]);
+        }
+        drop(lookup_span);
+        let forwarding = match looked_up {
             Lookup::Answer(response, status) => {
                 state.answered_from_cache(status);
                 return Ok(response);

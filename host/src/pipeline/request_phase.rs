@@ -14,6 +14,7 @@ use super::errors::ProxyError;
 use super::filters::{self, ChainBody, FilterChain};
 use super::state::RequestState;
 use crate::routing::{Route, RouteAction};
+use crate::telemetry::traces::RequestTrace;
 
 /// The request on its way out, after the request phase.
 pub(crate) struct Outbound {
@@ -100,6 +101,7 @@ async fn run_filters(
     };
     let filters =
         state.filters.insert(FilterChain::checkout(route, &context, state.snapshot.services.runtime.services()).await?);
+    filters.trace_in(state.trace.as_ref().map(RequestTrace::share));
     if let HeadOutcome::Respond(response) = filters.on_request(&mut outbound.head).await? {
         return Ok(RequestPhase::Respond(response));
     }

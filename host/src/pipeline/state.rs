@@ -15,6 +15,7 @@ use super::errors::ProxyError;
 use super::filters::FilterChain;
 use crate::config::Snapshot;
 use crate::routing::Route;
+use crate::telemetry::traces::RequestTrace;
 
 /// Everything the phases know about one request.
 pub(crate) struct RequestState {
@@ -54,6 +55,8 @@ pub(crate) struct RequestState {
     pub(crate) error: Option<ProxyError>,
     /// The request's span: every event of its phases is recorded inside it.
     pub(crate) span: tracing::Span,
+    /// Its distributed trace, when `[tracing]` is configured (ended with its log line).
+    pub(crate) trace: Option<RequestTrace>,
     /// Counts the request as in flight on its connection until the response body has gone.
     pub(crate) in_flight: Option<InFlight>,
 }
@@ -78,6 +81,11 @@ impl RequestState {
             http.response.status_code = tracing::field::Empty,
             request_id = %id,
         );
+        let trace = snapshot.tracing.as_ref().map(|tracing| {
+            let trace = tracing.start_request(request.headers(), &method);
+            trace.annotate(|| server_span_attributes(request, &connection, client, &id));
+            trace
+        });
         Self {
             in_flight: Some(connection.activity.request_started()),
             id,
@@ -99,6 +107,7 @@ impl RequestState {
             from_cache: false,
             error: None,
             span,
+            trace,
         }
     }
 
@@ -128,6 +137,7 @@ impl RequestState {
             from_cache: false,
             error: None,
             span,
+            trace: None,
             in_flight: None,
         }
     }
@@ -135,6 +145,15 @@ impl RequestState {
     /// The route took the request.
     pub(crate) fn routed(&mut self, route: &Arc<Route>) {
         self.span.record("http.route", &*route.name);
+        if let Some(trace) = &self.trace {
+            trace.rename(|| format!("{} {}", self.method, route.name));
+            trace.annotate(|| {
+                vec![
+                    opentelemetry::KeyValue::new("http.route", route.name.to_string()),
+                    opentelemetry::KeyValue::new("sluice.tenant", route.tenant.name.to_string()),
+                ]
+            });
+        }
         self.route = Some(route.clone());
     }
 
@@ -148,4 +167,43 @@ impl RequestState {
     pub(crate) fn route_name(&self) -> &str {
         self.route.as_ref().map_or("", |route| &route.name)
     }
+}
+
+/// The server span's attributes (HTTP semantic conventions), for a recorded request.
+fn server_span_attributes<B>(
+    request: &Request<B>,
+    connection: &ConnectionInfo,
+    client: std::net::IpAddr,
+    id: &sluice_http::RequestId,
+) -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::KeyValue;
+    let version = match request.version() {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", request.method().as_str().to_owned()),
+        KeyValue::new("url.path", request.uri().path().to_owned()),
+        KeyValue::new("url.scheme", connection.scheme),
+        KeyValue::new("network.protocol.name", "http"),
+        KeyValue::new("network.protocol.version", version),
+        KeyValue::new("client.address", client.to_string()),
+        KeyValue::new("network.peer.address", connection.peer.ip().to_string()),
+        KeyValue::new("network.peer.port", i64::from(connection.peer.port())),
+        KeyValue::new("sluice.listener", connection.listener.to_string()),
+        KeyValue::new("sluice.request_id", id.to_string()),
+    ];
+    if let Some(agent) = request.headers().get(header::USER_AGENT).and_then(|agent| agent.to_str().ok()) {
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+    }
+    if let Some(host) = request.uri().host().or_else(|| {
+        request.headers().get(header::HOST).and_then(|host| host.to_str().ok()).map(|host| {
+            host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
+        })
+    }) {
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
+    }
+    attributes
 }

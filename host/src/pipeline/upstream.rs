@@ -10,10 +10,12 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use sluice_http::X_REQUEST_ID;
 use sluice_http::body;
 use sluice_runtime::RequestHead;
-use sluice_upstream::{Outgoing, SendError, ServerBody};
+use sluice_upstream::{Outgoing, SendError, ServerBody, TryEnd};
 use tracing::Instrument;
 
 use super::Tunnels;
@@ -23,6 +25,7 @@ use super::forwarding::{self, ClientSide};
 use super::request_phase::Outbound;
 use super::state::RequestState;
 use crate::routing::{Forward, Mirror};
+use crate::telemetry::traces::{ChildSpan, SharedTrace};
 
 /// The upstream's response head with its body still streaming, and the request head the response
 /// phase reads (kept only when a filter runs in it).
@@ -80,7 +83,11 @@ pub(crate) async fn send(
     }
     // The protocols the request asks to switch to: the only ones the upstream may switch to.
     let asked_upgrade = parts.headers.get(header::UPGRADE).cloned();
-    let outgoing = Outgoing { parts, path_and_query, body, preserve_host };
+    let watcher = state.trace.as_ref().map(|trace| {
+        Box::new(TracedTries { trace: trace.share(), method: parts.method.clone(), current: None })
+            as Box<dyn sluice_upstream::TryWatcher>
+    });
+    let outgoing = Outgoing { parts, path_and_query, body, preserve_host, watcher };
     let deadline = Instant::now() + forward.timeout;
     let client_ip = state.client;
     // The send (retries, the client's exchange) is a large future: built in place on the heap
@@ -188,8 +195,13 @@ fn mirror_request(
     *copy.version_mut() = parts.version;
     *copy.headers_mut() = parts.headers.clone();
     let (copy_parts, copy_body) = copy.into_parts();
-    let outgoing =
-        Outgoing { parts: copy_parts, path_and_query: path_and_query.clone(), body: copy_body, preserve_host };
+    let outgoing = Outgoing {
+        parts: copy_parts,
+        path_and_query: path_and_query.clone(),
+        body: copy_body,
+        preserve_host,
+        watcher: None,
+    };
     let upstream = mirror.upstream.clone();
     let client_ip = state.client;
     let mirrored = async move {
@@ -201,4 +213,55 @@ fn mirror_request(
         }
     };
     tokio::spawn(mirrored.instrument(tracing::debug_span!(parent: &state.span, "mirror")));
+}
+
+/// Gives each upstream try of a traced request a client span of its own (retries are siblings
+/// under the server span) and sends that span's context upstream in `traceparent`.
+struct TracedTries {
+    trace: SharedTrace,
+    method: http::Method,
+    /// The try under way.
+    current: Option<ChildSpan>,
+}
+
+impl sluice_upstream::TryWatcher for TracedTries {
+    fn starting(&mut self, server: &str, attempt: usize, request: &mut Request<body::ProxyBody>) {
+        let mut span = self.trace.child(self.method.as_str().to_owned(), SpanKind::Client);
+        span.annotate(|| {
+            let uri = request.uri();
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", self.method.as_str().to_owned()),
+                KeyValue::new("server.address", uri.host().unwrap_or(server).to_owned()),
+                KeyValue::new("url.full", uri.to_string()),
+                KeyValue::new("network.protocol.version", "1.1"),
+            ];
+            if let Some(port) = uri.port_u16() {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+            if attempt > 0 {
+                attributes.push(KeyValue::new("http.request.resend_count", attempt as i64));
+            }
+            attributes
+        });
+        span.inject(request.headers_mut());
+        self.current = Some(span);
+    }
+
+    fn ended(&mut self, end: TryEnd<'_>) {
+        let Some(mut span) = self.current.take() else { return };
+        match end {
+            TryEnd::Answered(status) => {
+                span.annotate(|| vec![KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
+                // For a client span a 4xx is an error too (semantic conventions).
+                if status.as_u16() >= 400 {
+                    span.annotate(|| vec![KeyValue::new("error.type", status.as_str().to_owned())]);
+                    span.fail(|| format!("the server answered {status}"));
+                }
+            }
+            TryEnd::Failed { kind, reason } => {
+                span.annotate(|| vec![KeyValue::new("error.type", kind)]);
+                span.fail(|| reason.to_string());
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod redis;
 mod route;
 mod server;
 mod tenant;
+mod tracing;
 mod upstream;
 
 use std::collections::{BTreeMap, HashSet};
@@ -128,6 +129,7 @@ pub(super) fn compile(
             })?)
         }
     };
+    let tracing = file.tracing.as_ref().map(|section| cx.tracing(section, previous)).transpose()?;
     let plugin_names: HashSet<String> = file.plugin.keys().cloned().collect();
     let mut tenants = BTreeMap::new();
     for (name, tenant) in &file.tenant {
@@ -174,6 +176,7 @@ pub(super) fn compile(
         data_files: cx.watched_files.take(),
         redis,
         cluster,
+        tracing,
         geoip,
         routes: RouteTable::new(routes),
         cache_max_bytes: file.cache.max_bytes,

@@ -1,0 +1,437 @@
+//! Distributed tracing: the W3C trace context a request brings and sends on, its spans, and
+//! their export over OTLP.
+//!
+//! A traced request has a server span from its head to the end of its response body, with
+//! children for the route match, each filter call, the cache lookup and each upstream try
+//! (retries are siblings, and each try carries its own span id upstream in `traceparent`).
+//! Spans are made with the OpenTelemetry API and SDK directly rather than through `tracing`
+//! spans: the proxy decides per request whether it records (the sampler runs once, at the server
+//! span), a request that is not recorded builds no attribute at all, and the upstream try's span
+//! context is at hand to inject. Ended spans go to the SDK's batch processor, which exports them
+//! from a thread of its own; the OTLP clients it drives (reqwest, tonic) need a tokio reactor,
+//! which that thread lacks, so the exporter brings a small runtime of its own
+//! ([`OwnRuntimeExporter`]). When `[tracing]` is absent nothing here runs: no span, no id, no
+//! header touched.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
+
+/// How spans leave the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies (`POST /v1/traces`).
+    HttpProtobuf,
+    /// OTLP/gRPC.
+    Grpc,
+}
+
+/// `[tracing]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// Where spans are sent (for HTTP, the full URL of the traces endpoint).
+    pub endpoint: String,
+    /// How.
+    pub protocol: OtlpProtocol,
+    /// The share of traces starting here that are recorded.
+    pub sampling_ratio: f64,
+    /// `service.name`.
+    pub service_name: String,
+    /// Headers (gRPC metadata) sent with every export.
+    pub headers: Vec<(String, String)>,
+    /// How long one export may take.
+    pub export_timeout: Duration,
+    /// How long ended spans wait before they are sent.
+    pub export_interval: Duration,
+    /// Ended spans kept while they wait.
+    pub max_queue: usize,
+    /// Most spans in one export.
+    pub max_batch: usize,
+}
+
+/// The tracer of one `[tracing]` configuration; kept across reloads while it is unchanged.
+pub struct Tracing {
+    settings: TracingSettings,
+    tracer: SdkTracer,
+    /// Taken when the tracer is dropped, to be shut down (its last spans flushed) off the
+    /// async runtime, since shutting down waits for the export thread.
+    provider: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Tracing {
+    /// A tracer exporting as `settings` say. Fails when the exporter cannot be built (an
+    /// endpoint that is not a URL, say).
+    pub fn new(settings: TracingSettings) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-trace-export")
+            .enable_all()
+            .build()
+            .map_err(|err| format!("cannot start the export runtime: {err}"))?;
+        let exporter = {
+            // tonic's channel is made inside the runtime that will drive it.
+            let _inside = runtime.enter();
+            build_exporter(&settings)?
+        };
+        let exporter = OwnRuntimeExporter { exporter, runtime: Some(runtime) };
+        let batching = BatchConfigBuilder::default()
+            .with_max_queue_size(settings.max_queue)
+            .with_max_export_batch_size(settings.max_batch.min(settings.max_queue))
+            .with_scheduled_delay(settings.export_interval)
+            .build();
+        let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batching).build();
+        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sampling_ratio)));
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .with_sampler(sampler)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("sluice");
+        Ok(Self { settings, tracer, provider: Some(provider) })
+    }
+
+    /// What it was made from.
+    pub fn settings(&self) -> &TracingSettings {
+        &self.settings
+    }
+
+    /// Sends every ended span now, waiting for the export (shutdown, tests).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+
+    /// The server span of a request whose head carries `headers`: a child of the client's trace
+    /// context when it sent a valid one, else the root of a new trace.
+    pub(crate) fn start_request(self: &Arc<Self>, headers: &HeaderMap, method: &http::Method) -> RequestTrace {
+        let parent = TraceContextPropagator::new().extract(&HeaderReader(headers));
+        let span = self
+            .tracer
+            .span_builder(Cow::Owned(method.as_str().to_owned()))
+            .with_kind(SpanKind::Server)
+            .start_with_context(&self.tracer, &parent);
+        RequestTrace(SharedTrace { cx: parent.with_span(span), tracing: self.clone() })
+    }
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        let Some(provider) = self.provider.take() else { return };
+        // Waits for the last export: never on an async worker.
+        let _ = std::thread::Builder::new().name("sluice-trace-shutdown".into()).spawn(move || {
+            let _ = provider.shutdown();
+        });
+    }
+}
+
+fn build_exporter(settings: &TracingSettings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let built = match settings.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            let headers: HashMap<String, String> = settings.headers.iter().cloned().collect();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(settings.endpoint.clone())
+                .with_timeout(settings.export_timeout)
+                .with_headers(headers)
+                .build()
+        }
+        OtlpProtocol::Grpc => {
+            let mut headers = HeaderMap::new();
+            for (name, value) in &settings.headers {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("header {name:?} is not a valid gRPC metadata key"))?;
+                let value =
+                    HeaderValue::try_from(value).map_err(|_| format!("the value of header {name} is not valid"))?;
+                headers.insert(name, value);
+            }
+            let metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_protocol(opentelemetry_otlp::Protocol::Grpc)
+                .with_endpoint(settings.endpoint.clone())
+                .with_timeout(settings.export_timeout)
+                .with_metadata(metadata)
+                .build()
+        }
+    };
+    built.map_err(|err| err.to_string())
+}
+
+/// The OTLP exporter, run on a runtime of its own: the batch processor calls it from its own
+/// thread, where no tokio reactor is.
+#[derive(Debug)]
+struct OwnRuntimeExporter {
+    exporter: opentelemetry_otlp::SpanExporter,
+    /// Dropped on the export thread, where dropping a runtime is allowed.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for OwnRuntimeExporter {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let result = match &self.runtime {
+            Some(runtime) => runtime.block_on(self.exporter.export(batch)),
+            None => Ok(()),
+        };
+        std::future::ready(result)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.exporter.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.exporter.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.exporter.set_resource(resource);
+    }
+}
+
+/// One request's trace: its server span, which its other spans are children of.
+pub(crate) struct RequestTrace(SharedTrace);
+
+impl RequestTrace {
+    /// Whether its spans are recorded (sampled); an unrecorded trace still gives upstream tries
+    /// their own span ids, with the client's decision.
+    pub(crate) fn recording(&self) -> bool {
+        self.0.cx.span().is_recording()
+    }
+
+    /// Sets attributes on the server span, built only when it records.
+    pub(crate) fn annotate(&self, attributes: impl FnOnce() -> Vec<KeyValue>) {
+        let span = self.0.cx.span();
+        if span.is_recording() {
+            span.set_attributes(attributes());
+        }
+    }
+
+    /// Renames the server span (`GET route`, once the route is known).
+    pub(crate) fn rename(&self, name: impl FnOnce() -> String) {
+        let span = self.0.cx.span();
+        if span.is_recording() {
+            span.update_name(name());
+        }
+    }
+
+    /// A child of the server span, started now.
+    pub(crate) fn child(&self, name: impl Into<Cow<'static, str>>, kind: SpanKind) -> ChildSpan {
+        self.0.child(name, kind)
+    }
+
+    /// A child of the server span that started at `started` (a phase timed before it knew it
+    /// would be recorded).
+    pub(crate) fn child_from(&self, name: impl Into<Cow<'static, str>>, started: SystemTime) -> ChildSpan {
+        let tracer = &self.0.tracing.tracer;
+        ChildSpan(
+            tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Internal)
+                .with_start_time(started)
+                .start_with_context(tracer, &self.0.cx),
+        )
+    }
+
+    /// The parent for spans made elsewhere (filter calls, upstream tries).
+    pub(crate) fn share(&self) -> SharedTrace {
+        self.0.clone()
+    }
+
+    /// Ends the server span with the response's status and the request's error, if any.
+    pub(crate) fn end(self, status: u16, error: Option<&str>) {
+        let span = self.0.cx.span();
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+            if let Some(kind) = error {
+                span.set_attribute(KeyValue::new("error.type", kind.to_owned()));
+            }
+            // For a server span only a 5xx is an error (semantic conventions).
+            if status >= 500 {
+                span.set_status(Status::error(error.unwrap_or("server error").to_owned()));
+            }
+        }
+        span.end();
+    }
+}
+
+/// A request's trace as the parts of its path that make spans keep it.
+#[derive(Clone)]
+pub(crate) struct SharedTrace {
+    cx: Context,
+    tracing: Arc<Tracing>,
+}
+
+impl SharedTrace {
+    /// Whether the request's spans are recorded.
+    pub(crate) fn recording(&self) -> bool {
+        self.cx.span().is_recording()
+    }
+
+    /// A child of the request's server span, started now.
+    pub(crate) fn child(&self, name: impl Into<Cow<'static, str>>, kind: SpanKind) -> ChildSpan {
+        let tracer = &self.tracing.tracer;
+        ChildSpan(tracer.span_builder(name).with_kind(kind).start_with_context(tracer, &self.cx))
+    }
+}
+
+/// A span under the server span; ended when dropped.
+pub(crate) struct ChildSpan(opentelemetry_sdk::trace::Span);
+
+impl ChildSpan {
+    /// Sets attributes, built only when it records.
+    pub(crate) fn annotate(&mut self, attributes: impl FnOnce() -> Vec<KeyValue>) {
+        if self.0.is_recording() {
+            self.0.set_attributes(attributes());
+        }
+    }
+
+    /// Marks it failed.
+    pub(crate) fn fail(&mut self, message: impl FnOnce() -> String) {
+        if self.0.is_recording() {
+            self.0.set_status(Status::error(message()));
+        }
+    }
+
+    /// Writes its context into `headers` as `traceparent` (and `tracestate`), replacing the
+    /// client's: the next hop's parent is this span.
+    pub(crate) fn inject(&self, headers: &mut HeaderMap) {
+        let cx = Context::new().with_remote_span_context(self.0.span_context().clone());
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderWriter(headers));
+    }
+}
+
+/// The trace context headers of a request, read.
+struct HeaderReader<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderReader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        // A header sent twice is ambiguous: W3C says to treat several traceparents as invalid.
+        let mut values = self.0.get_all(key).iter();
+        let first = values.next()?;
+        if key == "traceparent" && values.next().is_some() {
+            return None;
+        }
+        first.to_str().ok()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// The trace context headers of a request, written.
+struct HeaderWriter<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderWriter<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(ratio: f64) -> TracingSettings {
+        TracingSettings {
+            endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            sampling_ratio: ratio,
+            service_name: "test".into(),
+            headers: Vec::new(),
+            export_timeout: Duration::from_millis(100),
+            export_interval: Duration::from_secs(60),
+            max_queue: 16,
+            max_batch: 16,
+        }
+    }
+
+    fn traceparent(headers: &HeaderMap) -> &str {
+        headers.get("traceparent").and_then(|value| value.to_str().ok()).unwrap()
+    }
+
+    #[test]
+    fn a_sampled_parent_is_continued_with_a_new_span_id_for_each_hop() {
+        let tracing = Arc::new(Tracing::new(settings(0.0)).unwrap());
+        let mut headers = HeaderMap::new();
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        headers.insert("traceparent", HeaderValue::from_static(parent));
+        let trace = tracing.start_request(&headers, &http::Method::GET);
+        // The parent sampled it: the ratio (0 here) does not apply.
+        assert!(trace.recording());
+        let attempt = trace.child("GET", SpanKind::Client);
+        let mut upstream = headers.clone();
+        attempt.inject(&mut upstream);
+        let sent = traceparent(&upstream);
+        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{sent}");
+        assert!(sent.ends_with("-01"));
+        assert_ne!(&sent[36..52], "b7ad6b7169203331");
+    }
+
+    #[test]
+    fn an_unsampled_parent_stays_unsampled_and_is_still_passed_on() {
+        let tracing = Arc::new(Tracing::new(settings(1.0)).unwrap());
+        let mut headers = HeaderMap::new();
+        headers
+            .insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"));
+        let trace = tracing.start_request(&headers, &http::Method::GET);
+        assert!(!trace.recording());
+        let attempt = trace.child("GET", SpanKind::Client);
+        let mut upstream = HeaderMap::new();
+        attempt.inject(&mut upstream);
+        let sent = traceparent(&upstream);
+        assert!(sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && sent.ends_with("-00"), "{sent}");
+    }
+
+    #[test]
+    fn without_a_valid_parent_the_ratio_decides_and_a_new_trace_starts() {
+        let never = Arc::new(Tracing::new(settings(0.0)).unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static("00-not-a-trace-context-01"));
+        assert!(!never.start_request(&headers, &http::Method::GET).recording());
+        let always = Arc::new(Tracing::new(settings(1.0)).unwrap());
+        let trace = always.start_request(&headers, &http::Method::GET);
+        assert!(trace.recording());
+        let mut upstream = HeaderMap::new();
+        trace.child("GET", SpanKind::Client).inject(&mut upstream);
+        assert!(!traceparent(&upstream).contains("not-a-trace"));
+    }
+
+    #[test]
+    fn two_traceparent_headers_are_no_parent() {
+        let tracing = Arc::new(Tracing::new(settings(0.0)).unwrap());
+        let mut headers = HeaderMap::new();
+        let sampled = HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        headers.append("traceparent", sampled.clone());
+        headers.append("traceparent", sampled);
+        assert!(!tracing.start_request(&headers, &http::Method::GET).recording());
+    }
+}
