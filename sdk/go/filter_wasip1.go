@@ -10,13 +10,13 @@ import "unsafe"
 // A borrowed handle passed into an export is the filter's to drop before it returns (the
 // component model traps a call that leaves borrows behind).
 
-//go:wasmimport sluice:filter/http@0.1.2 [resource-drop]request
+//go:wasmimport sluice:filter/http@0.1.3 [resource-drop]request
 func dropRequest(handle uint32)
 
-//go:wasmimport sluice:filter/http@0.1.2 [resource-drop]response
+//go:wasmimport sluice:filter/http@0.1.3 [resource-drop]response
 func dropResponse(handle uint32)
 
-//go:wasmexport sluice:filter/filter@0.1.2#configure
+//go:wasmexport sluice:filter/filter@0.1.3#configure
 func exportConfigure(config unsafe.Pointer, length uint32) unsafe.Pointer {
 	raw := liftBytes(address(config), length)
 	release()
@@ -36,7 +36,7 @@ func exportConfigure(config unsafe.Pointer, length uint32) unsafe.Pointer {
 	return returnPointer()
 }
 
-//go:wasmexport sluice:filter/filter@0.1.2#on-request
+//go:wasmexport sluice:filter/filter@0.1.3#on-request
 func exportOnRequest(req uint32) unsafe.Pointer {
 	keepForHost = nil
 	decision := Continue()
@@ -49,7 +49,7 @@ func exportOnRequest(req uint32) unsafe.Pointer {
 	return returnPointer()
 }
 
-//go:wasmexport sluice:filter/filter@0.1.2#on-request-body
+//go:wasmexport sluice:filter/filter@0.1.3#on-request-body
 func exportOnRequestBody(req uint32, body unsafe.Pointer, length uint32, endOfStream uint32) unsafe.Pointer {
 	chunk := liftBytes(address(body), length)
 	release()
@@ -64,7 +64,7 @@ func exportOnRequestBody(req uint32, body unsafe.Pointer, length uint32, endOfSt
 	return returnPointer()
 }
 
-//go:wasmexport sluice:filter/filter@0.1.2#on-response
+//go:wasmexport sluice:filter/filter@0.1.3#on-response
 func exportOnResponse(req, resp uint32) unsafe.Pointer {
 	keepForHost = nil
 	decision := Continue()
@@ -78,7 +78,7 @@ func exportOnResponse(req, resp uint32) unsafe.Pointer {
 	return returnPointer()
 }
 
-//go:wasmexport sluice:filter/filter@0.1.2#on-response-body
+//go:wasmexport sluice:filter/filter@0.1.3#on-response-body
 func exportOnResponseBody(req, resp uint32, body unsafe.Pointer, length uint32, endOfStream uint32) unsafe.Pointer {
 	chunk := liftBytes(address(body), length)
 	release()

@@ -11,49 +11,49 @@ import (
 	"unsafe"
 )
 
-//go:wasmimport sluice:filter/log@0.1.2 log
+//go:wasmimport sluice:filter/log@0.1.3 log
 func importLog(level uint32, message unsafe.Pointer, length uint32)
 
-//go:wasmimport sluice:filter/kv@0.1.2 get
+//go:wasmimport sluice:filter/kv@0.1.3 get
 func importKVGet(key unsafe.Pointer, keyLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.2 set
+//go:wasmimport sluice:filter/kv@0.1.3 set
 func importKVSet(key unsafe.Pointer, keyLength uint32, value unsafe.Pointer, valueLength uint32, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.2 increment
+//go:wasmimport sluice:filter/kv@0.1.3 increment
 func importKVIncrement(key unsafe.Pointer, keyLength uint32, delta int64, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.2 delete
+//go:wasmimport sluice:filter/kv@0.1.3 delete
 func importKVDelete(key unsafe.Pointer, keyLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.2 compare-and-swap
+//go:wasmimport sluice:filter/kv@0.1.3 compare-and-swap
 func importKVCompareAndSwap(key unsafe.Pointer, keyLength uint32, hasExpected uint32, expected unsafe.Pointer, expectedLength uint32, value unsafe.Pointer, valueLength uint32, ttl uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/kv@0.1.2 take-tokens
+//go:wasmimport sluice:filter/kv@0.1.3 take-tokens
 func importKVTakeTokens(key unsafe.Pointer, keyLength uint32, capacity uint64, rate uint64, periodMs uint64, cost uint64, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/metrics@0.1.2 counter-add
+//go:wasmimport sluice:filter/metrics@0.1.3 counter-add
 func importCounterAdd(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value uint64)
 
-//go:wasmimport sluice:filter/metrics@0.1.2 gauge-set
+//go:wasmimport sluice:filter/metrics@0.1.3 gauge-set
 func importGaugeSet(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value int64)
 
-//go:wasmimport sluice:filter/metrics@0.1.2 histogram-record
+//go:wasmimport sluice:filter/metrics@0.1.3 histogram-record
 func importHistogramRecord(name unsafe.Pointer, nameLength uint32, labels unsafe.Pointer, labelCount uint32, value float64)
 
-//go:wasmimport sluice:filter/callout@0.1.2 send
+//go:wasmimport sluice:filter/callout@0.1.3 send
 func importCalloutSend(upstream unsafe.Pointer, upstreamLength uint32, method unsafe.Pointer, methodLength uint32, path unsafe.Pointer, pathLength uint32, headers unsafe.Pointer, headerCount uint32, body unsafe.Pointer, bodyLength uint32, timeoutMs uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/clock@0.1.2 now-unix-ms
+//go:wasmimport sluice:filter/clock@0.1.3 now-unix-ms
 func importNowUnixMs() uint64
 
-//go:wasmimport sluice:filter/clock@0.1.2 monotonic-ns
+//go:wasmimport sluice:filter/clock@0.1.3 monotonic-ns
 func importMonotonicNs() uint64
 
-//go:wasmimport sluice:filter/random@0.1.2 bytes
+//go:wasmimport sluice:filter/random@0.1.3 bytes
 func importRandomBytes(length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/random@0.1.2 next-u64
+//go:wasmimport sluice:filter/random@0.1.3 next-u64
 func importRandomNextU64() uint64
 
 func hostLog(level Level, message string) {

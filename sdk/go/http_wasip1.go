@@ -10,76 +10,76 @@ import (
 	"unsafe"
 )
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.method
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.method
 func importRequestMethod(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.set-method
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.set-method
 func importRequestSetMethod(self uint32, ptr unsafe.Pointer, length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.path-with-query
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.path-with-query
 func importRequestPathWithQuery(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.set-path-with-query
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.set-path-with-query
 func importRequestSetPathWithQuery(self uint32, ptr unsafe.Pointer, length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.authority
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.authority
 func importRequestAuthority(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.header
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.header
 func importRequestHeader(self uint32, ptr unsafe.Pointer, length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.header-all
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.header-all
 func importRequestHeaderAll(self uint32, ptr unsafe.Pointer, length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.headers
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.headers
 func importRequestHeaders(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.set-header
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.set-header
 func importRequestSetHeader(self uint32, name unsafe.Pointer, nameLength uint32, value unsafe.Pointer, valueLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.append-header
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.append-header
 func importRequestAppendHeader(self uint32, name unsafe.Pointer, nameLength uint32, value unsafe.Pointer, valueLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.remove-header
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.remove-header
 func importRequestRemoveHeader(self uint32, name unsafe.Pointer, nameLength uint32)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.client-ip
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.client-ip
 func importRequestClientIP(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.client-identity
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.client-identity
 func importRequestClientIdentity(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.request-id
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.request-id
 func importRequestID(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.route
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.route
 func importRequestRoute(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]request.set-cache-key
+//go:wasmimport sluice:filter/http@0.1.3 [method]request.set-cache-key
 func importRequestSetCacheKey(self uint32, ptr unsafe.Pointer, length uint32)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]response.status
+//go:wasmimport sluice:filter/http@0.1.3 [method]response.status
 func importResponseStatus(self uint32) uint32
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]response.set-status
+//go:wasmimport sluice:filter/http@0.1.3 [method]response.set-status
 func importResponseSetStatus(self uint32, status uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]response.header
+//go:wasmimport sluice:filter/http@0.1.3 [method]response.header
 func importResponseHeader(self uint32, ptr unsafe.Pointer, length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]response.header-all
+//go:wasmimport sluice:filter/http@0.1.3 [method]response.header-all
 func importResponseHeaderAll(self uint32, ptr unsafe.Pointer, length uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]response.headers
+//go:wasmimport sluice:filter/http@0.1.3 [method]response.headers
 func importResponseHeaders(self uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]response.set-header
+//go:wasmimport sluice:filter/http@0.1.3 [method]response.set-header
 func importResponseSetHeader(self uint32, name unsafe.Pointer, nameLength uint32, value unsafe.Pointer, valueLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]response.append-header
+//go:wasmimport sluice:filter/http@0.1.3 [method]response.append-header
 func importResponseAppendHeader(self uint32, name unsafe.Pointer, nameLength uint32, value unsafe.Pointer, valueLength uint32, ret unsafe.Pointer)
 
-//go:wasmimport sluice:filter/http@0.1.2 [method]response.remove-header
+//go:wasmimport sluice:filter/http@0.1.3 [method]response.remove-header
 func importResponseRemoveHeader(self uint32, name unsafe.Pointer, nameLength uint32)
 
 // stringResult lifts a `string` result from the return area.

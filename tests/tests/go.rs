@@ -219,7 +219,7 @@ fn a_go_filter_packs_as_a_plugin_package() {
     assert_eq!(package.info.name, "header-policy");
     assert_eq!(package.info.version, "0.1.0");
     assert!(package.info.description.as_deref().is_some_and(|text| text.contains("header policy")));
-    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.2");
+    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.3");
     // Go's linker keeps only the host functions the filter calls, and Go's runtime needs WASI
     // (clocks, randomness, stderr) through the adapter: no preopens, no environment.
     assert_eq!(package.info.capabilities, ["log", "metrics", "wasi"].map(String::from));

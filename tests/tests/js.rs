@@ -122,7 +122,7 @@ fn a_javascript_filter_packs_as_a_plugin_package() {
     assert_eq!(package.info.name, "sign-filter");
     assert_eq!(package.info.version, "0.1.0");
     assert!(package.info.description.as_deref().is_some_and(|text| text.contains("HMAC-SHA256")));
-    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.2");
+    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.3");
     // componentize-js imports every interface of the world; no WASI (every WASI feature is
     // disabled in its build).
     assert_eq!(

@@ -19,6 +19,7 @@ mod hostile;
 mod js;
 mod languages;
 mod limits;
+mod metering;
 mod packages;
 mod plugins;
 mod reload;

@@ -85,7 +85,7 @@ async fn packages_round_trip_through_a_registry() {
     let registry = Registry::start(&dir).await;
     let package = pack_hello();
     assert_eq!(package.info.name, "hello-filter");
-    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.2");
+    assert_eq!(package.info.world, "sluice:filter/plugin@0.1.3");
     // The layout `pack` writes reads back to the same bytes.
     package.write_layout(&dir.join("layout"), "0.1.0").expect("write layout");
     let from_disk = oci::Package::read_layout(&dir.join("layout")).expect("read layout");
@@ -287,7 +287,7 @@ async fn the_cli_packs_pushes_and_inspects() {
     let inspected: serde_json::Value = serde_json::from_str(&sluice(&["plugin", "inspect", &reference])).expect("json");
     assert_eq!(inspected["name"], "hello-filter");
     assert_eq!(inspected["digest"], packed.as_str());
-    assert_eq!(inspected["world"], "sluice:filter/plugin@0.1.2");
+    assert_eq!(inspected["world"], "sluice:filter/plugin@0.1.3");
     assert!(
         inspected["capabilities"].as_array().is_some_and(|list| list.iter().any(|cap| cap == "log")),
         "{inspected}"

@@ -151,7 +151,7 @@ async fn a_plugin_for_another_world_version_is_refused_saying_so() {
     assert!(matches!(error, PluginError::IncompatibleWorld { .. }), "{error}");
     assert_eq!(
         error.to_string(),
-        "built for sluice:filter@0.2.0; this Sluice serves sluice:filter@0.1.2: rebuild the plugin against this version"
+        "built for sluice:filter@0.2.0; this Sluice serves sluice:filter@0.1.3: rebuild the plugin against this version"
     );
     // A patch release of the same version is compatible.
     assert!(Plugin::load(&runtime, "patch", &component_for_version("0.1.3")).is_ok());
@@ -164,13 +164,31 @@ async fn a_plugin_built_for_the_0_1_0_world_loads() {
         let start = wit.find("/// The client of the request being served").unwrap();
         let end = wit.find("/// A Sluice filter plugin").unwrap();
         let mut old = format!("{}{}", &wit[..start], &wit[end..]);
-        old = old.replace("    import client;\n", "");
-        assert!(!old.contains("client {") && !old.contains("import client"));
+        // (`trace`, added in 0.1.3, sits between the two and goes with it.)
+        old = old.replace("    import client;\n", "").replace("    import trace;\n", "");
+        assert!(!old.contains("client {") && !old.contains("import client") && !old.contains("import trace"));
         old
     });
     let runtime = sluice_tests::filter_runtime();
     let plugin = Plugin::load(&runtime, "old", &component).expect("a 0.1.0 component loads");
     assert!(!plugin.capabilities().contains(&"client".to_owned()));
+}
+
+#[tokio::test]
+async fn a_plugin_built_for_the_0_1_2_world_loads_and_trace_needs_no_grant() {
+    // The 0.1.2 world: everything but the `trace` interface that 0.1.3 added.
+    let component = component_for_world("0.1.2", |wit| {
+        let start = wit.find("/// The request's distributed trace").unwrap();
+        let end = wit.find("/// A Sluice filter plugin").unwrap();
+        let old = format!("{}{}", &wit[..start], &wit[end..]).replace("    import trace;\n", "");
+        assert!(!old.contains("interface trace"));
+        old
+    });
+    let runtime = sluice_tests::filter_runtime();
+    Plugin::load(&runtime, "old", &component).expect("a 0.1.2 component loads");
+    // The whole 0.1.3 world imports `trace`, which is no capability a tenant grants.
+    let current = Plugin::load(&runtime, "current", &component_for_version(sluice_runtime::WIT_VERSION)).unwrap();
+    assert!(!current.capabilities().contains(&"trace".to_owned()), "{:?}", current.capabilities());
 }
 
 #[tokio::test]

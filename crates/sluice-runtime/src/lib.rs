@@ -20,6 +20,7 @@ mod callouts;
 mod host;
 pub mod kv;
 mod long_calls;
+pub mod metering;
 mod plugin;
 mod pool;
 mod tenant;
@@ -33,6 +34,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use callouts::{CalloutExchange, CalloutUpstreams, NoUpstreams};
 pub use host::metrics::SeriesBudget;
+pub use host::trace::{CallTrace, TraceEvent, TraceNotes};
 pub use host::{CallContext, HostServices};
 
 /// The bounds the host keeps a guest to, whatever its tenant's grants (see docs/operations.md,
@@ -44,12 +46,15 @@ pub mod limits {
     };
     pub use crate::host::log::MAX_LINE_BYTES;
     pub use crate::host::metrics::{MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_NAME_BYTES};
+    pub use crate::host::trace::{
+        MAX_EVENT_ATTRIBUTES, MAX_TRACE_ATTRIBUTES, MAX_TRACE_EVENTS, MAX_TRACE_KEY_BYTES, MAX_TRACE_VALUE_BYTES,
+    };
     pub use crate::kv::MAX_KEY_BYTES;
 }
 pub use long_calls::{LongCallPriority, LongCallThreads};
 pub use plugin::{Plugin, PluginError, WIT_PACKAGE, WIT_VERSION};
 pub use pool::{
-    BodyOutcome, Canary, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec,
+    BodyOutcome, CallReport, Canary, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool, FilterSpec,
     HeadOutcome, Isolation, RequestHead, RouteFilter,
 };
 pub use tenant::{

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -31,6 +31,11 @@ pub(crate) struct CallClock {
     /// The thread's CPU time (in ns, plus one) when the call was last charged or resumed on it;
     /// 0 before the first measurement on a worker.
     measured_from: AtomicU64,
+    /// When the call started or last resumed on a worker, in wall-clock time (ns after
+    /// [`wall_nanos`]'s origin): the start of a stretch the kernel's count has not measured yet.
+    resumed_at: AtomicU64,
+    /// Guest time charged to the current call so far.
+    used_ns: AtomicU64,
     /// The runtime the call came from: callouts made from a long-call thread are sent from there,
     /// so that the connections they open and pool are driven by the proxy's workers.
     home: Mutex<Option<Handle>>,
@@ -45,17 +50,33 @@ impl CallClock {
             move_requested: AtomicBool::new(false),
             moved: AtomicBool::new(false),
             measured_from: AtomicU64::new(0),
+            resumed_at: AtomicU64::new(0),
+            used_ns: AtomicU64::new(0),
             home: Mutex::new(None),
             threads,
         }
     }
 
-    /// Readies the clock for a call that will not run through [`run`] (a direct call): on the
-    /// worker, not yet measured, not asked to move.
-    pub(crate) fn restart(&self) {
+    /// Readies the clock for a call that will not run through [`run`] (a direct call), which
+    /// starts at `started`: on the worker, not yet measured, not asked to move.
+    pub(crate) fn restart(&self, started: Instant) {
         self.move_requested.store(false, Ordering::Relaxed);
         self.moved.store(false, Ordering::Relaxed);
         self.measured_from.store(0, Ordering::Relaxed);
+        self.resumed_at.store(wall_nanos(started), Ordering::Relaxed);
+        self.used_ns.store(0, Ordering::Relaxed);
+    }
+
+    /// The call resumes on a worker now: the stretch until its next charge is measured from here.
+    fn resume_on_worker(&self) {
+        self.measured_from.store(0, Ordering::Relaxed);
+        self.resumed_at.store(wall_nanos(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// Wall-clock time since the call started or resumed on a worker.
+    fn since_resumed(&self) -> Duration {
+        let now = wall_nanos(Instant::now());
+        Duration::from_nanos(now.saturating_sub(self.resumed_at.load(Ordering::Relaxed)))
     }
 
     /// Asks for the call to move to a long-call thread at its next pause; false if it already
@@ -65,14 +86,38 @@ impl CallClock {
     }
 
     /// The guest time used since the last charge, as the kernel counts this thread's CPU time.
-    /// The first charge on a worker, which cannot know when the call started on this thread,
-    /// is `tick`.
-    pub(crate) fn charge(&self, tick: Duration) -> Duration {
+    /// The first charge after a start or resumption on a worker is the wall-clock time since:
+    /// reading the kernel's count costs a system call (about half a microsecond), more than
+    /// many whole calls, so a call is measured by it only once it has run through a tick.
+    pub(crate) fn charge(&self) -> Duration {
         let now = thread_cpu_nanos() + 1;
-        match self.measured_from.swap(now, Ordering::Relaxed) {
-            0 => tick,
+        let used = match self.measured_from.swap(now, Ordering::Relaxed) {
+            0 => self.since_resumed(),
             from => Duration::from_nanos(now.saturating_sub(from)),
-        }
+        };
+        self.used_ns.fetch_add(nanos(used), Ordering::Relaxed);
+        used
+    }
+
+    /// The guest time the call used in all, as it returns (on the thread it ran on last): what
+    /// it was charged, and the stretch since its last charge. A call that never ran through a
+    /// tick is measured in wall-clock time, which on a worker that was not preempted is its
+    /// CPU time.
+    /// Measuring starts over from here, for a next call on the same clock.
+    pub(crate) fn finish(&self) -> Duration {
+        let rest = match self.measured_from.load(Ordering::Relaxed) {
+            0 => {
+                let now = wall_nanos(Instant::now());
+                let from = self.resumed_at.swap(now, Ordering::Relaxed);
+                Duration::from_nanos(now.saturating_sub(from))
+            }
+            from => {
+                let now = thread_cpu_nanos() + 1;
+                self.measured_from.store(now, Ordering::Relaxed);
+                Duration::from_nanos(now.saturating_sub(from))
+            }
+        };
+        Duration::from_nanos(self.used_ns.swap(0, Ordering::Relaxed)) + rest
     }
 
     /// The proxy runtime to send callouts from, when the call runs on a long-call thread.
@@ -108,7 +153,7 @@ pub(crate) fn run<T: Send + 'static>(
     clock: Arc<CallClock>,
     call: impl Future<Output = T> + Send + 'static,
 ) -> impl Future<Output = T> + Send {
-    clock.restart();
+    clock.restart(Instant::now());
     GuestCall { clock, place: Place::Inline(Box::pin(call)) }
 }
 
@@ -145,13 +190,16 @@ impl<T: Send + 'static> Future for GuestCall<T> {
         loop {
             match &mut this.place {
                 Place::Inline(call) => {
+                    if this.clock.measured_from.load(Ordering::Relaxed) == 0 {
+                        this.clock.resumed_at.store(wall_nanos(Instant::now()), Ordering::Relaxed);
+                    }
                     if let Poll::Ready(value) = call.as_mut().poll(cx) {
                         this.place = Place::Done;
                         return Poll::Ready(value);
                     }
                     // Paused on a worker, the call may resume on another one, whose CPU clock is
-                    // not this one's: measuring starts over at its next charge.
-                    this.clock.measured_from.store(0, Ordering::Relaxed);
+                    // not this one's: measuring starts over when it resumes.
+                    this.clock.resume_on_worker();
                     if !this.clock.move_requested.load(Ordering::Relaxed) {
                         return Poll::Pending;
                     }
@@ -305,6 +353,17 @@ fn lower_this_threads_priority(priority: LongCallPriority) {
     }
 }
 
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `at` in nanoseconds after a fixed origin of this process, to keep in an atomic.
+fn wall_nanos(at: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    nanos(at.saturating_duration_since(origin)) + 1
+}
+
 /// CPU time this thread has used, in nanoseconds.
 fn thread_cpu_nanos() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
@@ -325,7 +384,7 @@ mod tests {
             while started.elapsed() < Duration::from_micros(100) {
                 std::hint::spin_loop();
             }
-            charged += clock.charge(Duration::from_micros(100));
+            charged += clock.charge();
             rounds += 1;
             if rounds == move_after {
                 clock.request_move();

@@ -15,7 +15,7 @@ use super::host::FilterState;
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "sluice:filter";
 /// Its version.
-pub const WIT_VERSION: &str = "0.1.2";
+pub const WIT_VERSION: &str = "0.1.3";
 
 /// A plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +166,7 @@ fn check_world(runtime: &Runtime, component: &Component) -> Result<(bool, Vec<St
         if is_export && interface == "filter" && matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             exports_filter = true;
         }
-        if !is_export && !matches!(interface, "types" | "http") {
+        if !is_export && !matches!(interface, "types" | "http" | "trace") {
             capabilities.insert(interface.to_owned());
         }
     }

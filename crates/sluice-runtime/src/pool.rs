@@ -27,6 +27,7 @@ use super::long_calls::{self, LongCallPermits};
 use super::plugin::Plugin;
 use super::tenant::Tenant;
 use super::{EPOCH_TICK, Runtime};
+use crate::{CallTrace, TraceNotes};
 use sluice_http::body::{self, ProxyBody};
 
 /// How long a request waits for a free instance when the tenant's instance limit is reached.
@@ -244,7 +245,13 @@ impl FilterPool {
             None => instantiate(&self.runtime, &self.spec, &self.direct, self.entry()).await?.0,
         };
         instance.store.data_mut().call = Some(context);
-        Ok(FilterInstance { pool: self.clone(), instance: Some(instance), _permit: permit })
+        Ok(FilterInstance {
+            pool: self.clone(),
+            instance: Some(instance),
+            _permit: permit,
+            next_trace: None,
+            last_call: CallReport::default(),
+        })
     }
 
     fn error(&self, kind: FilterErrorKind, guest_message: Option<String>) -> FilterError {
@@ -330,14 +337,20 @@ async fn start_instance(
         Entry::Fiber => pre.instantiate_async(&mut store).await,
     };
     end_call(&mut store);
+    let mut cpu = store.data().clock.finish();
     let filter = match instantiated {
         Ok(filter) => filter,
-        Err(err) => return (store, Err(err)),
+        Err(err) => {
+            store.data().usage.record_instance_start(cpu);
+            return (store, Err(err));
+        }
     };
     start_call(&mut store, limits, entry);
     let configure = filter.sluice_filter_filter().func_configure();
     let configured = invoke(&mut store, configure, (config.as_str(),), entry).await;
     end_call(&mut store);
+    cpu += store.data().clock.finish();
+    store.data().usage.record_instance_start(cpu);
     (store, configured.map(|answer| (filter, answer)))
 }
 
@@ -358,7 +371,7 @@ fn epoch_callback(
     move |mut context| {
         let state = context.data_mut();
         state.cpu_ticks += 1;
-        let used = state.clock.charge(EPOCH_TICK);
+        let used = state.clock.charge();
         state.cpu_used += used;
         // One tick of slack: the first tick may land just after the call starts.
         if state.cpu_used > state.cpu_limit + EPOCH_TICK {
@@ -478,7 +491,7 @@ fn start_call(store: &mut Store<FilterState>, limits: CallLimits, entry: Entry) 
     state.direct_call = entry == Entry::Direct;
     if state.direct_call {
         // A call on a fiber has its clock set when it starts (`long_calls::run`).
-        state.clock.restart();
+        state.clock.restart(now);
     }
     if let Some(written) = &state.guest_stderr
         && let Ok(mut written) = written.lock()
@@ -537,6 +550,21 @@ pub struct FilterInstance {
     /// `None` once a call has failed (or was cut short): its instance is gone.
     instance: Option<Instance>,
     _permit: OwnedSemaphorePermit,
+    /// The trace of the next call, when its request is traced.
+    next_trace: Option<CallTrace>,
+    /// What the last call cost and added to its span.
+    last_call: CallReport,
+}
+
+/// What one filter call cost, and what the guest added to its span.
+#[derive(Debug, Default)]
+pub struct CallReport {
+    /// Guest CPU time: the kernel's count for the call's thread once it has run through an epoch
+    /// tick, wall-clock time for a shorter call (see `long_calls::CallClock`). It is also charged
+    /// to the filter's meter.
+    pub guest_cpu: Duration,
+    /// What the guest added to its span (`sluice:filter/trace`), when the call was traced.
+    pub trace_notes: Option<Box<TraceNotes>>,
 }
 
 impl std::fmt::Debug for FilterInstance {
@@ -602,6 +630,17 @@ impl FilterInstance {
         &self.pool
     }
 
+    /// Makes the next call part of `trace`: the guest can read its trace id and add to its span,
+    /// and its callouts carry it.
+    pub fn trace_next_call(&mut self, trace: CallTrace) {
+        self.next_trace = Some(trace);
+    }
+
+    /// What the last call cost and added to its span.
+    pub fn take_last_call(&mut self) -> CallReport {
+        std::mem::take(&mut self.last_call)
+    }
+
     /// Lends the heads to the store, makes `call`, and takes them back whatever happened.
     async fn with_heads(
         &mut self,
@@ -616,6 +655,7 @@ impl FilterInstance {
             return Err(self.pool.error(failed_before, None));
         };
         let state = instance.store.data_mut();
+        state.trace = self.next_trace.take();
         state.request = Some(RequestSlot {
             parts: std::mem::replace(&mut request.parts, empty_request_parts()),
             writable: request_writable,
@@ -631,7 +671,7 @@ impl FilterInstance {
         // midway: such an instance is never reused.
         let limits = CallLimits { cpu: self.pool.spec.tenant.cpu_per_call, wall: self.pool.spec.tenant.call_timeout };
         let entry = self.pool.entry();
-        let (instance, (request_slot, response_slot), result) = match entry {
+        let (instance, (request_slot, response_slot), report, result) = match entry {
             Entry::Direct => run_phase(instance, call, limits, entry).await,
             Entry::Fiber => {
                 let clock = instance.store.data().clock.clone();
@@ -646,6 +686,7 @@ impl FilterInstance {
             *parts = slot.parts;
         }
         self.instance = instance;
+        self.last_call = report;
         result.map_err(|(kind, guest_message)| self.pool.error(kind, guest_message))
     }
 
@@ -761,10 +802,12 @@ enum PhaseAnswer {
     Action(wit::BodyAction),
 }
 
-/// A phase call's instance (`None` once it has failed), the heads it was lent, and its answer.
+/// A phase call's instance (`None` once it has failed), the heads it was lent, what it cost, and
+/// its answer.
 type PhaseRun = (
     Option<Instance>,
     (Option<RequestSlot>, Option<ResponseSlot>),
+    CallReport,
     Result<PhaseAnswer, (FilterErrorKind, Option<String>)>,
 );
 
@@ -772,7 +815,13 @@ type PhaseRun = (
 async fn run_phase(mut instance: Instance, call: PhaseCall, limits: CallLimits, entry: Entry) -> PhaseRun {
     start_call(&mut instance.store, limits, entry);
     let result = call_phase(&mut instance.store, &instance.filter, call, entry).await;
+    // Measured here, on the thread the call ended on, before any pause it owes.
+    let guest_cpu = instance.store.data().clock.finish();
     end_call(&mut instance.store);
+    let state = instance.store.data_mut();
+    state.usage.record_call(guest_cpu);
+    state.trace = None;
+    let report = CallReport { guest_cpu, trace_notes: state.trace_notes.take() };
     pay_owed_pause(&mut instance.store).await;
     let state = instance.store.data_mut();
     let heads = (state.request.take(), state.response.take());
@@ -780,7 +829,7 @@ async fn run_phase(mut instance: Instance, call: PhaseCall, limits: CallLimits, 
     // A failed instance is never reused. It is dropped here, where it failed: for a call on a
     // fiber that spun or grew to its limit that is a long-call thread, which also takes the cost
     // of handing its memory back.
-    (result.is_ok().then_some(instance), heads, result)
+    (result.is_ok().then_some(instance), heads, report, result)
 }
 
 /// Makes handles for the lent heads, calls the export, and drops the handles.

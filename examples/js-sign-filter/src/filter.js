@@ -3,7 +3,7 @@
 // the proxy sent. Config: `{ secret = "...", header = "x-signature" }`.
 
 import { BodyAction, defineFilter, toBytes } from '@sluice/filter-sdk';
-import { log } from 'sluice:filter/log@0.1.2';
+import { log } from 'sluice:filter/log@0.1.3';
 import { hex, hmacSha256 } from './hmac.js';
 
 class Sign {

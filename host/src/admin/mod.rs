@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz`, `/upstreams` (each
 //! upstream's servers with their health, ejection and load, as JSON), `/status` (configuration
 //! generation, plugins, the last reload error), `GET /blocks` (bans in force), `POST /reload`,
-//! `POST /cache/purge`, `POST /blocks` and `DELETE /blocks` (token-protected). It serves operators, not clients, so it binds to loopback unless configured
+//! `GET /tenants/usage` (each tenant's usage per interval, for billing), `POST /cache/purge`,
+//! `POST /blocks` and `DELETE /blocks` (token-protected). It serves operators, not clients, so it binds to loopback unless configured
 //! otherwise.
 
 use std::convert::Infallible;
@@ -103,10 +104,30 @@ async fn answer(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody
         (&Method::GET, "/blocks") => text_response(StatusCode::OK, JSON, list_bans(admin)),
         (&Method::POST, "/blocks") => add_ban(request, admin).await,
         (&Method::DELETE, "/blocks") => lift_ban(&request, admin),
-        (_, "/metrics" | "/healthz" | "/upstreams" | "/status" | "/reload" | "/cache/purge" | "/blocks") => {
+        (&Method::GET, "/tenants/usage") => tenants_usage(&request, admin),
+        (
+            _,
+            "/metrics" | "/healthz" | "/upstreams" | "/status" | "/reload" | "/cache/purge" | "/blocks"
+            | "/tenants/usage",
+        ) => {
             text_response(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".to_owned())
         }
         _ => text_response(StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
+    }
+}
+
+/// `GET /tenants/usage`: what each tenant used, per interval (see docs/operations.md).
+fn tenants_usage(request: &Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
+    const JSON: &str = "application/json";
+    use crate::telemetry::usage::{UsageQuery, usage_report};
+    match UsageQuery::parse(request.uri().query()) {
+        Ok(query) => {
+            let ledger = admin.snapshot.load().services.runtime.services().usage.clone();
+            text_response(StatusCode::OK, JSON, format!("{}\n", usage_report(&ledger, &query)))
+        }
+        Err(message) => {
+            text_response(StatusCode::BAD_REQUEST, JSON, format!("{}\n", serde_json::json!({ "error": message })))
+        }
     }
 }
 

@@ -115,7 +115,7 @@ impl FilterChain {
             let span = call_span(instance, "request_headers");
             let traced = trace_call(self.trace.as_ref(), instance, "request_headers");
             let outcome = instance.on_request(head).instrument(span).await;
-            end_traced_call(traced, &outcome);
+            end_traced_call(traced, instance, &outcome);
             match outcome {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
@@ -139,7 +139,7 @@ impl FilterChain {
             let span = call_span(instance, "request_body");
             let traced = trace_call(self.trace.as_ref(), instance, "request_body");
             let outcome = instance.on_request_body(head, body.clone()).instrument(span).await;
-            end_traced_call(traced, &outcome);
+            end_traced_call(traced, instance, &outcome);
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
@@ -165,7 +165,7 @@ impl FilterChain {
             let span = call_span(instance, "response_headers");
             let traced = trace_call(self.trace.as_ref(), instance, "response_headers");
             let outcome = instance.on_response(head, response).instrument(span).await;
-            end_traced_call(traced, &outcome);
+            end_traced_call(traced, instance, &outcome);
             match outcome {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
@@ -195,7 +195,7 @@ impl FilterChain {
             let span = call_span(instance, "response_body");
             let traced = trace_call(self.trace.as_ref(), instance, "response_body");
             let outcome = instance.on_response_body(head, response, true, body.clone(), true).instrument(span).await;
-            end_traced_call(traced, &outcome);
+            end_traced_call(traced, instance, &outcome);
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
@@ -224,7 +224,7 @@ impl FilterChain {
             let traced = trace_call(self.trace.as_ref(), instance, "response_body");
             let outcome =
                 instance.on_response_body(head, response, false, chunk.clone(), end_of_stream).instrument(span).await;
-            end_traced_call(traced, &outcome);
+            end_traced_call(traced, instance, &outcome);
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => chunk = replacement,
@@ -307,7 +307,7 @@ fn call_span(instance: &FilterInstance, phase: &'static str) -> tracing::Span {
 }
 
 /// The trace span of one filter call, when the request's trace is recorded.
-fn trace_call(trace: Option<&SharedTrace>, instance: &FilterInstance, phase: &'static str) -> Option<ChildSpan> {
+fn trace_call(trace: Option<&SharedTrace>, instance: &mut FilterInstance, phase: &'static str) -> Option<ChildSpan> {
     use opentelemetry::KeyValue;
     let trace = trace?;
     let spec = &instance.pool().spec;
@@ -321,6 +321,9 @@ fn trace_call(trace: Option<&SharedTrace>, instance: &FilterInstance, phase: &'s
             KeyValue::new("sluice.tenant", spec.tenant.name.to_string()),
         ]
     });
+    if let Some(trace) = span.call_trace() {
+        instance.trace_next_call(trace);
+    }
     Some(span)
 }
 
@@ -349,10 +352,31 @@ impl Decision for BodyOutcome {
     }
 }
 
-/// Ends a filter call's span with its decision, or its failure.
-fn end_traced_call<T: Decision>(span: Option<ChildSpan>, outcome: &Result<T, FilterError>) {
+/// Ends a filter call's span with its guest CPU time, what the guest added to it, and its
+/// decision or failure.
+fn end_traced_call<T: Decision>(span: Option<ChildSpan>, instance: &mut FilterInstance, outcome: &Result<T, FilterError>) {
     use opentelemetry::KeyValue;
     let Some(mut span) = span else { return };
+    let report = instance.take_last_call();
+    span.annotate(|| {
+        let cpu_us = i64::try_from(report.guest_cpu.as_micros()).unwrap_or(i64::MAX);
+        let mut attributes = vec![KeyValue::new("sluice.filter.guest_cpu_us", cpu_us)];
+        if let Some(notes) = &report.trace_notes {
+            // The guest's own attributes, under names it chose (never `sluice.`: the runtime
+            // drops those).
+            attributes.extend(notes.attributes.iter().map(|(key, value)| KeyValue::new(key.clone(), value.clone())));
+            if notes.dropped > 0 {
+                attributes.push(KeyValue::new("sluice.filter.trace_dropped", i64::from(notes.dropped)));
+            }
+        }
+        attributes
+    });
+    if let Some(notes) = report.trace_notes {
+        for event in notes.events {
+            let attributes = event.attributes.into_iter().map(|(key, value)| KeyValue::new(key, value)).collect();
+            span.add_event(event.name, attributes);
+        }
+    }
     match outcome {
         Ok(outcome) => {
             let (decision, status) = outcome.decision();

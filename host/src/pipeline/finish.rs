@@ -153,7 +153,10 @@ fn record(metrics: &Metrics, state: &mut RequestState, status: u16, end: BodyOut
     let route = route_label(state);
     let upstream = Name(state.upstream.clone().unwrap_or_else(no_name));
     match &state.route {
-        Some(taken) => taken.figures.record(metrics, &route, &upstream, status, elapsed.as_secs_f64()),
+        Some(taken) => {
+            taken.figures.record(metrics, &route, &upstream, status, elapsed.as_secs_f64());
+            taken.usage.record_request(end.bytes);
+        }
         None => metrics.record_request(&route, &upstream, status, elapsed.as_secs_f64()),
     }
 

@@ -41,6 +41,9 @@ pub struct Route {
     pub cache: Option<Arc<sluice_cache::CacheSettings>>,
     /// Handles on its request counters and latency histogram, found once.
     pub figures: crate::telemetry::metrics::RouteFigures,
+    /// The route's meter (requests and response bytes, for its tenant's usage), found once and
+    /// kept across reloads.
+    pub usage: Arc<sluice_runtime::metering::Usage>,
 }
 
 /// What a route does with a request it takes.

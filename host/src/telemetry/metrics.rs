@@ -194,6 +194,7 @@ impl Metrics {
 
     /// Adds the figures filters write through the `metrics` host interface.
     pub fn register_filter_metrics(&mut self, services: &sluice_runtime::HostServices) {
+        self.registry.register_collector(Box::new(super::usage::UsageCollector(services.usage.clone())));
         self.registry.register("filter_counter", "Counters written by filters", services.counters.clone());
         self.registry.register("filter_gauge", "Gauges written by filters", services.gauges.clone());
         self.registry.register("filter_histogram", "Histograms written by filters", services.histograms.clone());

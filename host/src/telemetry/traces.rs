@@ -311,6 +311,23 @@ impl ChildSpan {
         }
     }
 
+    /// Adds an event.
+    pub(crate) fn add_event(&mut self, name: String, attributes: Vec<KeyValue>) {
+        if self.0.is_recording() {
+            self.0.add_event(name, attributes);
+        }
+    }
+
+    /// What a filter call in this span sees of the trace: its id, and the span's context for
+    /// the call's callouts.
+    pub(crate) fn call_trace(&self) -> Option<sluice_runtime::CallTrace> {
+        let mut headers = HeaderMap::new();
+        self.inject(&mut headers);
+        let traceparent = headers.remove("traceparent")?;
+        let trace_id = Arc::from(self.0.span_context().trace_id().to_string());
+        Some(sluice_runtime::CallTrace { trace_id, traceparent, tracestate: headers.remove("tracestate") })
+    }
+
     /// Marks it failed.
     pub(crate) fn fail(&mut self, message: impl FnOnce() -> String) {
         if self.0.is_recording() {

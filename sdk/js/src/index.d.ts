@@ -1,4 +1,4 @@
-// TypeScript types for the Sluice filter SDK and for the whole `sluice:filter@0.1.2` world: the
+// TypeScript types for the Sluice filter SDK and for the whole `sluice:filter@0.1.3` world: the
 // handles and variants as componentize-js presents them (lists of bytes are Uint8Array, variants
 // are `{ tag, val }`, flags are objects of booleans, a `result` error is thrown), and the host
 // interfaces a filter imports by name.
@@ -152,13 +152,13 @@ export interface FilterClass<Config = Record<string, unknown>> {
 
 export function defineFilter<Config>(filter: FilterClass<Config>): FilterExport;
 
-// The host's interfaces, imported by name: `import { log } from 'sluice:filter/log@0.1.2'`.
+// The host's interfaces, imported by name: `import { log } from 'sluice:filter/log@0.1.3'`.
 
-declare module 'sluice:filter/log@0.1.2' {
+declare module 'sluice:filter/log@0.1.3' {
   export function log(level: import('./index.js').Level, message: string): void;
 }
 
-declare module 'sluice:filter/kv@0.1.2' {
+declare module 'sluice:filter/kv@0.1.3' {
   /** Thrown by key-value calls. */
   export type KvError = { tag: 'quota-exceeded' } | { tag: 'not-a-number' } | { tag: 'other'; val: string };
   export function get(key: string): Uint8Array | undefined;
@@ -177,14 +177,14 @@ declare module 'sluice:filter/kv@0.1.2' {
   export function takeTokens(key: string, capacity: bigint, rate: bigint, periodMs: bigint, cost: bigint): Bucket;
 }
 
-declare module 'sluice:filter/metrics@0.1.2' {
+declare module 'sluice:filter/metrics@0.1.3' {
   export type Labels = Array<[string, string]>;
   export function counterAdd(name: string, labels: Labels, value: bigint): void;
   export function gaugeSet(name: string, labels: Labels, value: bigint): void;
   export function histogramRecord(name: string, labels: Labels, value: number): void;
 }
 
-declare module 'sluice:filter/callout@0.1.2' {
+declare module 'sluice:filter/callout@0.1.3' {
   export interface CalloutRequest {
     method: string;
     pathWithQuery: string;
@@ -205,12 +205,12 @@ declare module 'sluice:filter/callout@0.1.2' {
   export function send(upstream: string, request: CalloutRequest): CalloutResponse;
 }
 
-declare module 'sluice:filter/clock@0.1.2' {
+declare module 'sluice:filter/clock@0.1.3' {
   export function nowUnixMs(): bigint;
   export function monotonicNs(): bigint;
 }
 
-declare module 'sluice:filter/random@0.1.2' {
+declare module 'sluice:filter/random@0.1.3' {
   export function bytes(len: number): Uint8Array;
   export function nextU64(): bigint;
 }

@@ -71,7 +71,7 @@ pub struct PackageInfo {
     /// What it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The WIT world it was built for, such as `sluice:filter/plugin@0.1.2`.
+    /// The WIT world it was built for, such as `sluice:filter/plugin@0.1.3`.
     pub world: String,
     /// The host interfaces it imports (`log`, `kv`, `callout`, ...): what a tenant must grant.
     pub capabilities: Vec<String>,

@@ -36,13 +36,18 @@ impl callout::Host for FilterState {
         if let Ok(mut held) = self.long_call.lock() {
             held.take();
         }
-        let exchange = send_callout(context.upstreams.clone(), upstream_name, context.client_ip, request, left);
+        let sent_bytes = request.body.len() as u64;
+        let trace = self.trace.clone();
+        let exchange =
+            send_callout(context.upstreams.clone(), upstream_name, context.client_ip, request, trace, left);
         let answer = match self.clock.home() {
             // From a long-call thread, the exchange runs on the proxy's workers: the connection it
             // may open joins the upstream's pool and must be driven from there.
             Some(home) => home.spawn(exchange).await.unwrap_or_else(|err| Err(format!("callout task failed: {err}"))),
             None => exchange.await,
         };
+        let received_bytes = answer.as_ref().map_or(0, |response| response.body.len() as u64);
+        self.usage.record_callout(sent_bytes + received_bytes);
         Ok(answer.map_err(callout::CalloutError::Failed))
     }
 }
@@ -52,6 +57,7 @@ async fn send_callout(
     upstream_name: String,
     client_ip: std::net::IpAddr,
     request: callout::CalloutRequest,
+    trace: Option<crate::CallTrace>,
     left: Duration,
 ) -> Result<callout::CalloutResponse, String> {
     let method =
@@ -71,6 +77,16 @@ async fn send_callout(
     // Within the same bounds as the heads a filter changes.
     for (name, value) in &request.headers {
         set_header(outgoing.headers_mut(), name, value, true)?;
+    }
+    // The callout belongs to the filter call's span, unless the filter set a trace of its own.
+    if let Some(trace) = trace
+        && !outgoing.headers().contains_key("traceparent")
+    {
+        let headers = outgoing.headers_mut();
+        headers.insert(HeaderName::from_static("traceparent"), trace.traceparent);
+        if let Some(state) = trace.tracestate {
+            headers.insert(HeaderName::from_static("tracestate"), state);
+        }
     }
     let asked = if request.timeout_ms == 0 {
         CALLOUT_DEFAULT_TIMEOUT

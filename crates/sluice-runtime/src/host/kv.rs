@@ -174,6 +174,7 @@ fn prepare_set(
         return Ok(Prepared::done(Err(kv_error(refused))));
     }
     let asker = store.data().asker()?;
+    store.data().usage.record_kv((key.len() + value.len()) as u64);
     let operation = asker.set_now_or_later(&key, value.as_le_slice(&store), ttl_ms);
     Ok(Prepared { asker: Some(asker), operation })
 }
@@ -193,6 +194,8 @@ fn prepare_compare_and_swap(
         return Ok(Prepared::done(Ok(false)));
     }
     let asker = store.data().asker()?;
+    let moved = key.len() + value.len() + expected.as_ref().map_or(0, WasmList::len);
+    store.data().usage.record_kv(moved as u64);
     let expected = expected.as_ref().map(|expected| expected.as_le_slice(&store));
     let operation = asker.compare_and_swap_now_or_later(&key, expected, value.as_le_slice(&store), ttl_ms);
     Ok(Prepared { asker: Some(asker), operation })
@@ -217,23 +220,29 @@ pub(crate) fn link_unlifted(kv: &mut LinkerInstance<'_, FilterState>) -> wasmtim
 impl kv::Host for FilterState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::KvError>> {
         let asker = self.asker()?;
-        Ok(match &asker.backend {
+        let key_bytes = key.len();
+        let value = match &asker.backend {
             KvBackend::Memory => Ok(asker.services.kv.get(&asker.tenant, &key)),
             KvBackend::Redis(redis) => {
                 asker.redis_call(redis, |redis, tenant| async move { redis.get(&tenant, &key).await }).await
             }
-        })
+        };
+        let value_bytes = value.as_ref().map_or(0, |value| value.as_ref().map_or(0, Vec::len));
+        self.usage.record_kv((key_bytes + value_bytes) as u64);
+        Ok(value)
     }
 
     // Linked by hand (`link_unlifted`); these serve only a linker without it.
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u64) -> wasmtime::Result<Result<(), kv::KvError>> {
         let asker = self.asker()?;
+        self.usage.record_kv((key.len() + value.len()) as u64);
         let operation = asker.set_now_or_later(&key, &value, ttl_ms);
         Ok(Prepared { asker: Some(asker), operation }.finish().await)
     }
 
     async fn increment(&mut self, key: String, delta: i64, ttl_ms: u64) -> wasmtime::Result<Result<i64, kv::KvError>> {
         let asker = self.asker()?;
+        self.usage.record_kv(key.len() as u64 + 8);
         let quota = asker.quota;
         Ok(match &asker.backend {
             KvBackend::Memory => {
@@ -251,6 +260,7 @@ impl kv::Host for FilterState {
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::KvError>> {
         let asker = self.asker()?;
+        self.usage.record_kv(key.len() as u64);
         Ok(match &asker.backend {
             KvBackend::Memory => Ok(asker.services.kv.delete(&asker.tenant, &key)),
             KvBackend::Redis(redis) => {
@@ -267,6 +277,8 @@ impl kv::Host for FilterState {
         ttl_ms: u64,
     ) -> wasmtime::Result<Result<bool, kv::KvError>> {
         let asker = self.asker()?;
+        let moved = key.len() + value.len() + expected.as_ref().map_or(0, Vec::len);
+        self.usage.record_kv(moved as u64);
         let operation = asker.compare_and_swap_now_or_later(&key, expected.as_deref(), &value, ttl_ms);
         Ok(Prepared { asker: Some(asker), operation }.finish().await)
     }
@@ -280,6 +292,7 @@ impl kv::Host for FilterState {
         cost: u64,
     ) -> wasmtime::Result<Result<kv::Bucket, kv::KvError>> {
         let asker = self.asker()?;
+        self.usage.record_kv(key.len() as u64 + 8);
         let spec = match BucketSpec::new(capacity, rate, period_ms, cost) {
             Ok(spec) => spec,
             Err(refused) => return Ok(Err(kv_error(refused))),

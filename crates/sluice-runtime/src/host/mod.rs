@@ -39,6 +39,7 @@ mod kv;
 pub(crate) mod log;
 pub(crate) mod metrics;
 mod random;
+pub(crate) mod trace;
 
 #[cfg(test)]
 mod fuzz;
@@ -86,6 +87,8 @@ pub struct HostServices {
     /// Clients banned for a while, by operators and by filters; it outlives reloads with the
     /// runtime.
     pub blocks: Arc<sluice_access::BlockList>,
+    /// What each tenant's filters and routes used; it outlives reloads with the runtime.
+    pub usage: Arc<crate::metering::UsageLedger>,
     /// The origin of the guests' monotonic clock.
     started: Instant,
 }
@@ -108,6 +111,7 @@ impl Default for HostServices {
             log_lines_dropped: Family::default(),
             kv_unavailable: Family::default(),
             blocks: Arc::default(),
+            usage: Arc::default(),
             started: Instant::now(),
         }
     }
@@ -223,12 +227,30 @@ pub(crate) struct FilterState {
     /// What the current direct call owes its tenant's CPU rate: it sleeps that long once it has
     /// returned.
     pub(crate) owed_pause: Duration,
+    /// The filter's meter (tenant, route, filter): what its calls, memory, callouts and
+    /// key-value operations cost.
+    pub(crate) usage: Arc<crate::metering::Usage>,
+    /// The current call's trace, when its request is traced.
+    pub(crate) trace: Option<crate::CallTrace>,
+    /// What the guest added to its call's span.
+    pub(crate) trace_notes: Option<Box<crate::TraceNotes>>,
+}
+
+impl Drop for FilterState {
+    fn drop(&mut self) {
+        self.usage.memory_released(self.memory_bytes as u64);
+    }
 }
 
 impl FilterState {
     /// Fresh state for an instance of a filter of `tenant` (its `wasi` is set after, for a plugin
     /// that imports WASI).
     pub(crate) fn new(services: Arc<HostServices>, route: Arc<str>, filter: Arc<str>, tenant: &Tenant) -> Self {
+        let usage = services.usage.meter(crate::metering::MeterKey {
+            tenant: tenant.name.clone(),
+            route: route.clone(),
+            filter: Some(filter.clone()),
+        });
         let owner = [route, filter, tenant.name.clone()];
         let log =
             log::GuestLog::new(tenant.log_lines_per_second, services.log_lines_dropped.clone(), labels_of(&owner));
@@ -254,6 +276,9 @@ impl FilterState {
             long_call: Arc::default(),
             direct_call: false,
             owed_pause: Duration::ZERO,
+            usage,
+            trace: None,
+            trace_notes: None,
         }
     }
 
@@ -347,7 +372,9 @@ impl ResourceLimiter for FilterState {
         if desired > self.memory_limit {
             return Err(wasmtime::Error::new(MemoryLimitExceeded { limit: self.memory_limit, desired }));
         }
-        self.memory_bytes += desired.saturating_sub(current);
+        let grown = desired.saturating_sub(current);
+        self.memory_bytes += grown;
+        self.usage.memory_grew(grown as u64);
         Ok(true)
     }
 

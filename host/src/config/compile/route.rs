@@ -337,6 +337,11 @@ impl Compiler<'_> {
 
         let access = self.access_rules(&key, route.access.as_ref(), route.countries.as_ref(), defaults.geoip)?;
 
+        let usage = self.services.runtime.services().usage.meter(sluice_runtime::metering::MeterKey {
+            tenant: tenant.name.clone(),
+            route: name.clone(),
+            filter: None,
+        });
         Ok(Route {
             name,
             access,
@@ -346,7 +351,6 @@ impl Compiler<'_> {
             headers,
             action,
             max_body_bytes: route.max_body_bytes.unwrap_or(server.max_body_bytes),
-            tenant,
             filters,
             max_filter_body_bytes: route.max_filter_body_bytes,
             compression: match &route.compression {
@@ -358,6 +362,8 @@ impl Compiler<'_> {
                 _ => None,
             },
             figures: Default::default(),
+            usage,
+            tenant,
         })
     }
 
