@@ -36,6 +36,9 @@ pub(crate) struct CallClock {
     resumed_at: AtomicU64,
     /// Guest time charged to the current call so far.
     used_ns: AtomicU64,
+    /// Whether the current call reads the kernel's count when it starts and resumes, rather
+    /// than taking wall-clock time for the stretch until its first charge (see [`Self::restart`]).
+    exact: AtomicBool,
     /// The runtime the call came from: callouts made from a long-call thread are sent from there,
     /// so that the connections they open and pool are driven by the proxy's workers.
     home: Mutex<Option<Handle>>,
@@ -52,25 +55,35 @@ impl CallClock {
             measured_from: AtomicU64::new(0),
             resumed_at: AtomicU64::new(0),
             used_ns: AtomicU64::new(0),
+            exact: AtomicBool::new(false),
             home: Mutex::new(None),
             threads,
         }
     }
 
-    /// Readies the clock for a call that will not run through [`run`] (a direct call), which
-    /// starts at `started`: on the worker, not yet measured, not asked to move.
-    pub(crate) fn restart(&self, started: Instant) {
+    /// Readies the clock for a call, which starts at `started`: on the worker, not asked to
+    /// move. Reading the kernel's count costs a system call (about half a microsecond here),
+    /// more than many whole calls, so an `exact` call (one of a filter whose calls usually take
+    /// long enough for that not to matter, see `metering::Usage::typical_call`) reads it now,
+    /// and another is measured in wall-clock time until its first epoch tick, if it has one.
+    /// On a worker that was not preempted that is its CPU time; on an overloaded machine it
+    /// charges the wait for a CPU too, at most one tick of it, and only to a call that is short.
+    pub(crate) fn restart(&self, started: Instant, exact: bool) {
         self.move_requested.store(false, Ordering::Relaxed);
         self.moved.store(false, Ordering::Relaxed);
-        self.measured_from.store(0, Ordering::Relaxed);
-        self.resumed_at.store(wall_nanos(started), Ordering::Relaxed);
+        self.exact.store(exact, Ordering::Relaxed);
         self.used_ns.store(0, Ordering::Relaxed);
+        self.start_stretch(started);
     }
 
-    /// The call resumes on a worker now: the stretch until its next charge is measured from here.
-    fn resume_on_worker(&self) {
-        self.measured_from.store(0, Ordering::Relaxed);
-        self.resumed_at.store(wall_nanos(Instant::now()), Ordering::Relaxed);
+    /// A stretch on a worker starts: measured from here.
+    fn start_stretch(&self, at: Instant) {
+        if self.exact.load(Ordering::Relaxed) {
+            self.measured_from.store(thread_cpu_nanos() + 1, Ordering::Relaxed);
+        } else {
+            self.measured_from.store(0, Ordering::Relaxed);
+            self.resumed_at.store(wall_nanos(at), Ordering::Relaxed);
+        }
     }
 
     /// Wall-clock time since the call started or resumed on a worker.
@@ -85,10 +98,8 @@ impl CallClock {
         !self.move_requested.swap(true, Ordering::Relaxed)
     }
 
-    /// The guest time used since the last charge, as the kernel counts this thread's CPU time.
-    /// The first charge after a start or resumption on a worker is the wall-clock time since:
-    /// reading the kernel's count costs a system call (about half a microsecond), more than
-    /// many whole calls, so a call is measured by it only once it has run through a tick.
+    /// The guest time used since the last charge, as the kernel counts this thread's CPU time
+    /// (the first charge of a stretch that is not exact: the wall-clock time since it started).
     pub(crate) fn charge(&self) -> Duration {
         let now = thread_cpu_nanos() + 1;
         let used = match self.measured_from.swap(now, Ordering::Relaxed) {
@@ -100,10 +111,8 @@ impl CallClock {
     }
 
     /// The guest time the call used in all, as it returns (on the thread it ran on last): what
-    /// it was charged, and the stretch since its last charge. A call that never ran through a
-    /// tick is measured in wall-clock time, which on a worker that was not preempted is its
-    /// CPU time.
-    /// Measuring starts over from here, for a next call on the same clock.
+    /// it was charged, and the stretch since its last charge. Measuring starts over from here,
+    /// for a next call on the same clock.
     pub(crate) fn finish(&self) -> Duration {
         let rest = match self.measured_from.load(Ordering::Relaxed) {
             0 => {
@@ -151,9 +160,10 @@ impl LongCallPermits {
 /// asked for it (see [`CallClock::request_move`]).
 pub(crate) fn run<T: Send + 'static>(
     clock: Arc<CallClock>,
+    exact: bool,
     call: impl Future<Output = T> + Send + 'static,
 ) -> impl Future<Output = T> + Send {
-    clock.restart(Instant::now());
+    clock.restart(Instant::now(), exact);
     GuestCall { clock, place: Place::Inline(Box::pin(call)) }
 }
 
@@ -191,7 +201,7 @@ impl<T: Send + 'static> Future for GuestCall<T> {
             match &mut this.place {
                 Place::Inline(call) => {
                     if this.clock.measured_from.load(Ordering::Relaxed) == 0 {
-                        this.clock.resumed_at.store(wall_nanos(Instant::now()), Ordering::Relaxed);
+                        this.clock.start_stretch(Instant::now());
                     }
                     if let Poll::Ready(value) = call.as_mut().poll(cx) {
                         this.place = Place::Done;
@@ -199,7 +209,7 @@ impl<T: Send + 'static> Future for GuestCall<T> {
                     }
                     // Paused on a worker, the call may resume on another one, whose CPU clock is
                     // not this one's: measuring starts over when it resumes.
-                    this.clock.resume_on_worker();
+                    this.clock.measured_from.store(0, Ordering::Relaxed);
                     if !this.clock.move_requested.load(Ordering::Relaxed) {
                         return Poll::Pending;
                     }
@@ -405,13 +415,13 @@ mod tests {
     #[tokio::test]
     async fn a_call_that_asks_to_move_finishes_on_a_long_call_thread_and_is_charged_its_cpu_time() {
         let clock = clock_at_ordinary_priority();
-        let (moved, charged) = run(clock.clone(), spin(Duration::from_millis(5), clock.clone(), 3)).await;
+        let (moved, charged) = run(clock.clone(), false, spin(Duration::from_millis(5), clock.clone(), 3)).await;
         assert!(moved, "the call ended on a long-call thread");
         assert!(charged >= Duration::from_millis(5));
         assert!(clock.home().is_some(), "callouts go back to the runtime the call came from");
 
         // The same clock, reused for the next call, starts on the worker again.
-        let (moved, _) = run(clock.clone(), spin(Duration::from_millis(1), clock.clone(), usize::MAX)).await;
+        let (moved, _) = run(clock.clone(), false, spin(Duration::from_millis(1), clock.clone(), usize::MAX)).await;
         assert!(!moved, "a call that never asks stays inline");
         assert!(clock.home().is_none());
     }
@@ -430,7 +440,7 @@ mod tests {
                 }
             }
         };
-        let mut call = Box::pin(run(clock, endless));
+        let mut call = Box::pin(run(clock, false, endless));
         // Poll until it has moved (its first pause), then drop it.
         std::future::poll_fn(|cx| {
             let _ = call.as_mut().poll(cx);
@@ -453,6 +463,6 @@ mod tests {
                 panic!("guest host bug");
             }
         };
-        run(clock, panicking).await;
+        run(clock, false, panicking).await;
     }
 }

@@ -48,7 +48,14 @@ pub struct Usage {
     requests: AtomicU64,
     response_bytes: AtomicU64,
     memory: Mutex<MemoryIntegral>,
+    /// A moving average of the filter's calls' guest time, in ns: whether they are long enough
+    /// to read the kernel's count at their start ([`Usage::measures_exactly`]).
+    typical_call_ns: AtomicU64,
 }
+
+/// Calls of a filter that usually take this long read the kernel's CPU count when they start:
+/// the half-microsecond that costs is 1% of such a call.
+const EXACT_FROM: Duration = Duration::from_micros(50);
 
 /// The linear memory the meter's live instances hold, integrated over time. It changes only when
 /// an instance starts, grows or goes, never per call.
@@ -75,6 +82,7 @@ impl Default for Usage {
             requests: AtomicU64::new(0),
             response_bytes: AtomicU64::new(0),
             memory: Mutex::new(MemoryIntegral { live_bytes: 0, byte_ns: 0, since: Instant::now(), peak_bytes: 0 }),
+            typical_call_ns: AtomicU64::new(0),
         }
     }
 }
@@ -92,6 +100,17 @@ impl Usage {
     pub fn record_call(&self, cpu: Duration) {
         add(&self.calls, 1);
         add(&self.guest_cpu_ns, nanos(cpu));
+        // An average over about the last eight calls; concurrent updates may lose one, which an
+        // average shrugs off.
+        let typical = self.typical_call_ns.load(Ordering::Relaxed);
+        let updated = typical - typical / 8 + nanos(cpu) / 8;
+        self.typical_call_ns.store(updated, Ordering::Relaxed);
+    }
+
+    /// Whether the filter's calls usually take long enough (50 µs) to be measured by the
+    /// kernel's count from their start (see `long_calls::CallClock::restart`).
+    pub(crate) fn measures_exactly(&self) -> bool {
+        self.typical_call_ns.load(Ordering::Relaxed) >= nanos(EXACT_FROM)
     }
 
     /// An instance started (and configured), which took `cpu`.
@@ -299,11 +318,7 @@ impl UsageLedger {
         let open_since_unix = now - now % resolution.as_secs();
         Self {
             meters: RwLock::default(),
-            history: Mutex::new(History {
-                buckets: VecDeque::new(),
-                open_since_unix,
-                totals_then: HashMap::new(),
-            }),
+            history: Mutex::new(History { buckets: VecDeque::new(), open_since_unix, totals_then: HashMap::new() }),
             resolution,
             started_unix: now,
             closer: std::sync::Once::new(),
@@ -373,7 +388,9 @@ impl UsageLedger {
                 loop {
                     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
                     let next_boundary = (now.as_secs() / step + 1) * step;
-                    std::thread::sleep(Duration::from_secs(next_boundary) - now.min(Duration::from_secs(next_boundary)));
+                    std::thread::sleep(
+                        Duration::from_secs(next_boundary) - now.min(Duration::from_secs(next_boundary)),
+                    );
                     let Some(ledger) = ledger.upgrade() else { return };
                     ledger.close_due_buckets(unix_seconds(SystemTime::now()));
                 }

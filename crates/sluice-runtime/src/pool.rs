@@ -311,7 +311,7 @@ async fn instantiate(
         Entry::Direct => start_instance(store, pre, config, limits, entry).await,
         Entry::Fiber => {
             let clock = store.data().clock.clone();
-            long_calls::run(clock, start_instance(store, pre, config, limits, entry)).await
+            long_calls::run(clock, true, start_instance(store, pre, config, limits, entry)).await
         }
     };
     match outcome {
@@ -491,7 +491,7 @@ fn start_call(store: &mut Store<FilterState>, limits: CallLimits, entry: Entry) 
     state.direct_call = entry == Entry::Direct;
     if state.direct_call {
         // A call on a fiber has its clock set when it starts (`long_calls::run`).
-        state.clock.restart(now);
+        state.clock.restart(now, state.usage.measures_exactly());
     }
     if let Some(written) = &state.guest_stderr
         && let Ok(mut written) = written.lock()
@@ -675,7 +675,8 @@ impl FilterInstance {
             Entry::Direct => run_phase(instance, call, limits, entry).await,
             Entry::Fiber => {
                 let clock = instance.store.data().clock.clone();
-                long_calls::run(clock, run_phase(instance, call, limits, entry)).await
+                let exact = instance.store.data().usage.measures_exactly();
+                long_calls::run(clock, exact, run_phase(instance, call, limits, entry)).await
             }
         };
         if let Some(slot) = request_slot {

@@ -109,9 +109,7 @@ async fn answer(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody
             _,
             "/metrics" | "/healthz" | "/upstreams" | "/status" | "/reload" | "/cache/purge" | "/blocks"
             | "/tenants/usage",
-        ) => {
-            text_response(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".to_owned())
-        }
+        ) => text_response(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".to_owned()),
         _ => text_response(StatusCode::NOT_FOUND, TEXT, "not found\n".to_owned()),
     }
 }

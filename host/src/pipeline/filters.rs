@@ -354,7 +354,11 @@ impl Decision for BodyOutcome {
 
 /// Ends a filter call's span with its guest CPU time, what the guest added to it, and its
 /// decision or failure.
-fn end_traced_call<T: Decision>(span: Option<ChildSpan>, instance: &mut FilterInstance, outcome: &Result<T, FilterError>) {
+fn end_traced_call<T: Decision>(
+    span: Option<ChildSpan>,
+    instance: &mut FilterInstance,
+    outcome: &Result<T, FilterError>,
+) {
     use opentelemetry::KeyValue;
     let Some(mut span) = span else { return };
     let report = instance.take_last_call();

@@ -101,9 +101,8 @@ impl UsageQuery {
                 "since" => {
                     let since = match value.parse::<u64>() {
                         Ok(seconds) => UNIX_EPOCH + Duration::from_secs(seconds),
-                        Err(_) => humantime::parse_rfc3339_weak(&value).map_err(|err| {
-                            format!("since: {value:?} is neither RFC 3339 nor unix seconds ({err})")
-                        })?,
+                        Err(_) => humantime::parse_rfc3339_weak(&value)
+                            .map_err(|err| format!("since: {value:?} is neither RFC 3339 nor unix seconds ({err})"))?,
                     };
                     parsed.since = Some(since);
                 }
@@ -187,7 +186,8 @@ pub fn usage_report(ledger: &UsageLedger, query: &UsageQuery) -> Value {
                     let routes: Vec<Value> = routes
                         .into_iter()
                         .map(|(route, (route_figures, filters))| {
-                            let mut entry = figures_json(route_figures.copied().as_ref().unwrap_or(&UsageFigures::default()), true);
+                            let mut entry =
+                                figures_json(route_figures.copied().as_ref().unwrap_or(&UsageFigures::default()), true);
                             entry["route"] = json!(route);
                             entry["filters"] = filters
                                 .into_iter()
@@ -230,7 +230,10 @@ mod tests {
         assert_eq!(query.since, Some(humantime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap()));
         assert_eq!(query.interval, Some(Duration::from_secs(3600)));
         assert_eq!(query.tenant.as_deref(), Some("acme"));
-        assert_eq!(UsageQuery::parse(Some("since=1700000000")).unwrap().since, Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        assert_eq!(
+            UsageQuery::parse(Some("since=1700000000")).unwrap().since,
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
         assert!(UsageQuery::parse(Some("since=yesterday")).unwrap_err().starts_with("since:"));
         assert!(UsageQuery::parse(Some("interval=0")).unwrap_err().starts_with("interval:"));
         assert!(UsageQuery::parse(Some("until=1")).unwrap_err().contains("unknown parameter"));

@@ -38,8 +38,7 @@ impl callout::Host for FilterState {
         }
         let sent_bytes = request.body.len() as u64;
         let trace = self.trace.clone();
-        let exchange =
-            send_callout(context.upstreams.clone(), upstream_name, context.client_ip, request, trace, left);
+        let exchange = send_callout(context.upstreams.clone(), upstream_name, context.client_ip, request, trace, left);
         let answer = match self.clock.home() {
             // From a long-call thread, the exchange runs on the proxy's workers: the connection it
             // may open joins the upstream's pool and must be driven from there.
