@@ -92,6 +92,19 @@ func HistogramRecord(name string, labels [][2]string, value float64) {
 	metricsHistogramRecord(name, labels, value)
 }
 
+// TraceID is the request's W3C trace id (32 lowercase hex digits), and false when the request
+// is not traced (tracing off, or not sampled).
+func TraceID() (string, bool) { return traceID() }
+
+// SetSpanAttribute sets an attribute on this filter call's span in the request's trace (keys up
+// to 128 bytes, not starting "sluice."; values up to 1 KiB; up to 32 per call). It does nothing
+// when the request is not traced.
+func SetSpanAttribute(key, value string) { traceSetAttribute(key, value) }
+
+// AddSpanEvent adds an event with attributes (name-value pairs) to this call's span (up to 32
+// per call, 16 attributes each). It does nothing when the request is not traced.
+func AddSpanEvent(name string, attributes [][2]string) { traceAddEvent(name, attributes) }
+
 // CalloutRequest is a request to an upstream the tenant was granted.
 type CalloutRequest struct {
 	Method        string

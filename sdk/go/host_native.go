@@ -51,3 +51,6 @@ func clockNowUnixMs() uint64                                       { noHost(); r
 func clockMonotonicNs() uint64                                     { noHost(); return 0 }
 func randomBytes(uint32) []byte                                    { noHost(); return nil }
 func randomNextU64() uint64                                        { noHost(); return 0 }
+func traceID() (string, bool)                                      { noHost(); return "", false }
+func traceSetAttribute(string, string)                             { noHost() }
+func traceAddEvent(string, [][2]string)                            { noHost() }

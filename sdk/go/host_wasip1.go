@@ -1,6 +1,6 @@
 //go:build wasip1
 
-// The host's capability interfaces (log, kv, metrics, callout, clock, random), lowered and
+// The host's capability interfaces (log, kv, metrics, callout, clock, random, trace), lowered and
 // lifted by hand.
 
 package sluice
@@ -55,6 +55,15 @@ func importRandomBytes(length uint32, ret unsafe.Pointer)
 
 //go:wasmimport sluice:filter/random@0.1.3 next-u64
 func importRandomNextU64() uint64
+
+//go:wasmimport sluice:filter/trace@0.1.3 trace-id
+func importTraceID(ret unsafe.Pointer)
+
+//go:wasmimport sluice:filter/trace@0.1.3 set-attribute
+func importTraceSetAttribute(key unsafe.Pointer, keyLength uint32, value unsafe.Pointer, valueLength uint32)
+
+//go:wasmimport sluice:filter/trace@0.1.3 add-event
+func importTraceAddEvent(name unsafe.Pointer, nameLength uint32, attributes unsafe.Pointer, attributeCount uint32)
 
 func hostLog(level Level, message string) {
 	importLog(uint32(level), stringPointer(message), uint32(len(message)))
@@ -146,6 +155,25 @@ func kvTakeTokens(key string, capacity, rate, periodMs, cost uint64) (Bucket, er
 		FullIn:    time.Duration(areaU64(24)) * time.Millisecond,
 		RetryIn:   time.Duration(areaU64(32)) * time.Millisecond,
 	}, nil
+}
+
+func traceID() (string, bool) {
+	importTraceID(returnPointer())
+	return optionStringResult()
+}
+
+func traceSetAttribute(key, value string) {
+	importTraceSetAttribute(stringPointer(key), uint32(len(key)), stringPointer(value), uint32(len(value)))
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(value)
+}
+
+func traceAddEvent(name string, attributes [][2]string) {
+	flat := lowerPairs(attributes)
+	importTraceAddEvent(stringPointer(name), uint32(len(name)), flatPointer(flat), uint32(len(attributes)))
+	runtime.KeepAlive(name)
+	runtime.KeepAlive(attributes)
+	runtime.KeepAlive(flat)
 }
 
 func metricsCounterAdd(name string, labels [][2]string, value uint64) {

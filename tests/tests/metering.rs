@@ -1,7 +1,6 @@
 //! Per-tenant metering through a running proxy: a filter's guest CPU time as the kernel counts
 //! it, in `/metrics` and `GET /tenants/usage`; tenants' usage kept apart; usage across a reload.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;

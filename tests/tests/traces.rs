@@ -414,3 +414,103 @@ async fn a_tracing_section_with_a_bad_value_is_refused_with_its_key() {
         assert!(error.contains(key), "{error}");
     }
 }
+
+/// A request's `traceparent` and `x-trace-id`, as the origin got them.
+type SentTrace = (Option<String>, Option<String>);
+
+#[tokio::test]
+async fn filters_in_rust_js_and_go_add_attributes_and_events_to_their_spans() {
+    let collector = HttpCollector::start().await;
+    // What reached the origin: each request's traceparent and x-trace-id.
+    let seen: Arc<Mutex<Vec<SentTrace>>> = Arc::default();
+    let noted = seen.clone();
+    let origin = Origin::start(move |request| {
+        let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
+        noted.lock().unwrap().push((header("traceparent"), header("x-trace-id")));
+        Box::pin(async { Response::new(body::full("ok\n")) })
+    })
+    .await;
+    // A Rust and a Go filter on the request, the JavaScript one on the response body; the Go one
+    // also makes a callout (to the same origin), which carries its span as the parent.
+    let config = format!(
+        r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[upstream.app]
+servers = [{{ addr = "{origin}" }}]
+[tenant.acme]
+callouts = ["app"]
+[plugin.rust]
+source = "{rust}"
+[plugin.go]
+source = "{go}"
+[plugin.js]
+source = "{js}"
+[[route]]
+name = "languages"
+tenant = "acme"
+upstream = "app"
+filters = [
+  {{ plugin = "rust", config = {{ tag = "r", trace = true }} }},
+  {{ plugin = "go", config = {{ tag = "g", trace = true, host_calls = "app" }} }},
+  {{ plugin = "js", config = {{ secret = "a-secret-of-sixteen-bytes" }} }},
+]
+{tracing}"#,
+        origin = origin.addr,
+        rust = plugin("tests/plugins/probe").display(),
+        go = plugin("tests/plugins/go-probe").display(),
+        js = plugin("examples/js-sign-filter").display(),
+        tracing = tracing_section(&format!("http://{}", collector.addr), "http/protobuf", 1.0),
+    );
+    let proxy = TestProxy::start(&config).await;
+    let answer = get_with(&proxy, "/traced?q=1", &[("traceparent", &traceparent(TRACE_ID, true))]).await;
+    // (The Go probe answers 203 from its response phase when it made its host calls.)
+    assert_eq!(answer.status, 203, "{}", answer.text());
+    assert!(answer.headers.contains_key("x-signature"), "the JavaScript filter signed the body");
+
+    let spans = collector.received.trace(TRACE_ID).await;
+    let call = |filter: &str, phase: &str| {
+        spans
+            .iter()
+            .find(|span| {
+                attribute(span, "sluice.filter.name").as_deref() == Some(filter)
+                    && attribute(span, "sluice.filter.phase").as_deref() == Some(phase)
+            })
+            .unwrap_or_else(|| panic!("no {phase} span of {filter}"))
+    };
+    for (filter, tag) in [("rust", "r"), ("go", "g")] {
+        let span = call(filter, "request_headers");
+        assert_eq!(attribute(span, "probe.tag").as_deref(), Some(tag), "{filter}'s attribute");
+        let event =
+            span.events.iter().find(|event| event.name == "probe.seen").unwrap_or_else(|| panic!("{filter}'s event"));
+        let path = event
+            .attributes
+            .iter()
+            .find(|attribute| attribute.key == "path")
+            .map(|attribute| value_text(attribute.value.as_ref()));
+        assert_eq!(path.as_deref(), Some(if filter == "rust" { "/traced?q=1" } else { "/traced" }));
+        assert!(attribute(span, "sluice.filter.guest_cpu_us").is_some(), "{filter}'s guest CPU time");
+    }
+    let signed = call("js", "response_body");
+    assert_eq!(attribute(signed, "sign.header").as_deref(), Some("x-signature"));
+    let event = signed.events.iter().find(|event| event.name == "signed").expect("the JavaScript filter's event");
+    assert!(event.attributes.iter().any(|attribute| attribute.key == "bytes"));
+
+    // The Go filter's callout went out under its call's span; the request itself under its try's.
+    let go_call = hex_id(&call("go", "request_headers").span_id);
+    let seen = seen.lock().unwrap().clone();
+    let parents: Vec<String> = seen
+        .iter()
+        .map(|(sent, _)| sent.as_deref().expect("every request to the origin carries a traceparent").to_owned())
+        .collect();
+    assert!(
+        seen.iter().any(|(_, trace_id)| trace_id.as_deref() == Some(TRACE_ID)),
+        "the filters read the trace id: {seen:?}"
+    );
+    assert!(
+        parents.contains(&format!("00-{TRACE_ID}-{go_call}-01")),
+        "the callout's parent is the Go filter's span: {parents:?}"
+    );
+    let try_span = spans.iter().find(|span| span.kind == SpanKind::Client as i32).expect("the upstream try");
+    assert!(parents.contains(&format!("00-{TRACE_ID}-{}-01", hex_id(&try_span.span_id))), "{parents:?}");
+}

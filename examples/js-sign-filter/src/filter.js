@@ -4,6 +4,7 @@
 
 import { BodyAction, defineFilter, toBytes } from '@sluice/filter-sdk';
 import { log } from 'sluice:filter/log@0.1.3';
+import { addEvent, setAttribute } from 'sluice:filter/trace@0.1.3';
 import { hex, hmacSha256 } from './hmac.js';
 
 class Sign {
@@ -21,6 +22,9 @@ class Sign {
 
   onResponseBody(request, response, body) {
     response.setHeader(this.header, `sha256=${hex(hmacSha256(this.key, body))}`);
+    // In the request's trace (when it is traced): what was signed, on this call's span.
+    setAttribute('sign.header', this.header);
+    addEvent('signed', [['bytes', String(body.length)]]);
     response.setHeader('x-signed-by', 'sluice-js');
     return BodyAction.pass();
   }

@@ -18,10 +18,11 @@ use sluice_runtime::metering::{MeterKey, UsageFigures, UsageLedger};
 #[derive(Debug)]
 pub struct UsageCollector(pub Arc<UsageLedger>);
 
-/// A filter meter's figures, as (name, help, value).
-type FilterSeries = [(&'static str, &'static str, fn(&UsageFigures) -> f64); 8];
+/// A series: name, help, and its value from a meter's figures.
+type Series<T> = (&'static str, &'static str, fn(&UsageFigures) -> T);
 
-const FILTER_SERIES: FilterSeries = [
+/// The series of filter meters.
+const FILTER_SERIES: [Series<f64>; 8] = [
     ("tenant_guest_cpu_seconds", "Guest CPU time of filter calls and instance starts", |f| f.guest_cpu_seconds()),
     ("tenant_filter_calls", "Filter calls", |f| f.calls as f64),
     ("tenant_instances_started", "Filter instances started", |f| f.instances_started as f64),
@@ -63,7 +64,7 @@ impl Collector for UsageCollector {
             let live = i64::try_from(figures.memory_live_bytes).unwrap_or(i64::MAX);
             ConstGauge::new(live).encode(family.encode_family(&filter_labels(key))?)?;
         }
-        let route_series: [(&str, &str, fn(&UsageFigures) -> u64); 2] = [
+        let route_series: [Series<u64>; 2] = [
             ("tenant_requests", "Requests answered on the tenant's routes", |f| f.requests),
             ("tenant_response_bytes", "Response body bytes sent on the tenant's routes", |f| f.response_bytes),
         ];

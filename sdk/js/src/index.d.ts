@@ -210,6 +210,15 @@ declare module 'sluice:filter/clock@0.1.3' {
   export function monotonicNs(): bigint;
 }
 
+declare module 'sluice:filter/trace@0.1.3' {
+  /** The request's W3C trace id (32 lowercase hex digits), or `undefined` when not traced. */
+  export function traceId(): string | undefined;
+  /** Sets an attribute on this call's span (keys up to 128 bytes, not `sluice.`-prefixed). */
+  export function setAttribute(key: string, value: string): void;
+  /** Adds an event with `[name, value]` attributes to this call's span. */
+  export function addEvent(name: string, attributes: Array<[string, string]>): void;
+}
+
 declare module 'sluice:filter/random@0.1.3' {
   export function bytes(len: number): Uint8Array;
   export function nextU64(): bigint;

@@ -1,7 +1,7 @@
 // The Sluice filter SDK for JavaScript: wrappers over the `sluice:filter` world's handles and
 // variants, and `defineFilter`, which turns a filter class into the `filter` export the host
-// calls. Host capabilities (log, kv, metrics, callout, clock, random) are imported directly from
-// their interfaces, such as `import { log } from 'sluice:filter/log@0.1.3'`.
+// calls. Host capabilities (log, kv, metrics, callout, clock, random, trace) are imported directly
+// from their interfaces, such as `import { log } from 'sluice:filter/log@0.1.3'`.
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -156,6 +156,31 @@ pub mod random {
     }
 }
 
+/// The request's distributed trace: each filter call has a span of its own (`filter NAME`) under
+/// the request's. Does nothing, and [`trace::trace_id`] is `None`, when the request is not traced.
+pub mod trace {
+    use crate::bindings::sluice::filter::trace as host;
+
+    /// The request's W3C trace id (32 lowercase hex digits), when it is traced: for log lines
+    /// and for systems that join on it.
+    pub fn trace_id() -> Option<String> {
+        host::trace_id()
+    }
+
+    /// Sets an attribute on this call's span (keys up to 128 bytes, not starting `sluice.`;
+    /// values up to 1 KiB; up to 32 per call).
+    pub fn set_attribute(key: &str, value: &str) {
+        host::set_attribute(key, value);
+    }
+
+    /// Adds an event with attributes to this call's span (up to 32 per call, 16 attributes each).
+    pub fn add_event(name: &str, attributes: &[(&str, &str)]) {
+        let attributes: Vec<(String, String)> =
+            attributes.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+        host::add_event(name, &attributes);
+    }
+}
+
 /// The client of the request being served: where it is, and banning it from the tenant's routes.
 pub mod client {
     use std::time::Duration;

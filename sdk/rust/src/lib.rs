@@ -55,7 +55,7 @@ pub mod host;
 mod http;
 
 pub use filter::{BodyAction, Decision, Filter, Phases};
-pub use host::{callout, client, clock, kv, log, metrics, random};
+pub use host::{callout, client, clock, kv, log, metrics, random, trace};
 pub use http::{LocalResponse, Request, Response};
 
 #[doc(hidden)]

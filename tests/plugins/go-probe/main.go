@@ -31,6 +31,9 @@ type Config struct {
 	HostCalls string `json:"host_calls"`
 	// PanicPath: panic in the request phase for this path.
 	PanicPath string `json:"panic_path"`
+	// Trace: add an attribute and an event to the call's span, and report the trace id in
+	// x-trace-id.
+	Trace bool `json:"trace"`
 }
 
 // Probe is the base filter: request and response heads.
@@ -71,6 +74,13 @@ func (p *Probe) OnRequest(req *sluice.Request) sluice.Decision {
 		panic("go-probe panicked on " + req.Path())
 	}
 	_ = req.SetHeader("x-"+p.config.Tag+"-instance-requests", strconv.FormatUint(p.served, 10))
+	if p.config.Trace {
+		sluice.SetSpanAttribute("probe.tag", p.config.Tag)
+		sluice.AddSpanEvent("probe.seen", [][2]string{{"path", req.Path()}})
+		if id, ok := sluice.TraceID(); ok {
+			_ = req.SetHeader("x-trace-id", id)
+		}
+	}
 	if p.config.DenyPath != nil && *p.config.DenyPath == req.Path() {
 		return sluice.Respond(sluice.NewResponse(403).
 			WithHeader("content-type", "text/plain").

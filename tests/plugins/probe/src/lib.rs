@@ -33,6 +33,9 @@ pub struct Config {
     /// Report the client as the host sees it: `x-client-ip`, `x-client-country`,
     /// `x-client-asn` on the request.
     locate: bool,
+    /// Add an attribute and an event to the request call's span, and report the trace id in
+    /// `x-trace-id`.
+    trace: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +95,13 @@ impl Filter for Probe {
             let _ = request.set_path_with_query("/rewritten");
         }
         let _ = request.append_header("x-chain", &self.config.tag);
+        if self.config.trace {
+            sluice_sdk::trace::set_attribute("probe.tag", &self.config.tag);
+            sluice_sdk::trace::add_event("probe.seen", &[("path", &request.path_with_query())]);
+            if let Some(id) = sluice_sdk::trace::trace_id() {
+                let _ = request.set_header("x-trace-id", id);
+            }
+        }
         if let Some(echo) = &self.config.kv_echo {
             let key = echo.key_from_header.as_deref().and_then(|name| request.header_str(name)).unwrap_or(echo.key.clone());
             let value = echo.set_from_header.as_deref().and_then(|name| request.header_str(name)).or(echo.set.clone());
