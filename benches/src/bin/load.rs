@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value = "target/bench/load.md")]
     out: PathBuf,
     /// Only these targets (direct, nginx, haproxy, sluice, sluice-filters, nginx-cache,
-    /// sluice-cache, sluice-deny-list), comma separated.
+    /// sluice-cache, sluice-deny-list, sluice-traced, ...; see `Target::key`), comma separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Leave out the HTTPS measurements (handshakes and requests over TLS).
@@ -67,10 +67,12 @@ enum Target {
     SluiceRateLimit,
     SluiceRateLimitRedis,
     SluiceRateLimitRedisApprox,
+    SluiceTraced,
+    SluiceTracedSampled,
 }
 
 impl Target {
-    const ALL: [Target; 12] = [
+    const ALL: [Target; 14] = [
         Target::Direct,
         Target::Nginx,
         Target::Haproxy,
@@ -83,6 +85,8 @@ impl Target {
         Target::SluiceRateLimit,
         Target::SluiceRateLimitRedis,
         Target::SluiceRateLimitRedisApprox,
+        Target::SluiceTraced,
+        Target::SluiceTracedSampled,
     ];
 
     /// The target a row's ratios are taken against: cache hits against nginx's cache hits, the
@@ -90,7 +94,7 @@ impl Target {
     fn baseline(self) -> Target {
         match self {
             Target::NginxCache | Target::SluiceCache => Target::NginxCache,
-            Target::SluiceDenyList => Target::Sluice,
+            Target::SluiceDenyList | Target::SluiceTraced | Target::SluiceTracedSampled => Target::Sluice,
             Target::SluiceRateLimitRedis | Target::SluiceRateLimitRedisApprox => Target::SluiceRateLimit,
             _ => Target::Nginx,
         }
@@ -110,6 +114,8 @@ impl Target {
             Target::SluiceRateLimit => "sluice-rate-limit",
             Target::SluiceRateLimitRedis => "sluice-rate-limit-redis",
             Target::SluiceRateLimitRedisApprox => "sluice-rate-limit-redis-approx",
+            Target::SluiceTraced => "sluice-traced",
+            Target::SluiceTracedSampled => "sluice-traced-1pct",
         }
     }
 
@@ -127,6 +133,8 @@ impl Target {
             Target::SluiceRateLimit => "Sluice, rate-limit filter, memory backend",
             Target::SluiceRateLimitRedis => "Sluice, rate-limit on Redis, exact (ratio to memory)",
             Target::SluiceRateLimitRedisApprox => "Sluice, rate-limit on Redis, approximate (ratio to memory)",
+            Target::SluiceTraced => "Sluice, tracing every request over OTLP (ratio to Sluice)",
+            Target::SluiceTracedSampled => "Sluice, tracing 1% of requests over OTLP (ratio to Sluice)",
         }
     }
 
@@ -377,7 +385,9 @@ impl Proxy {
             | Target::SluiceDenyList
             | Target::SluiceRateLimit
             | Target::SluiceRateLimitRedis
-            | Target::SluiceRateLimitRedisApprox => {
+            | Target::SluiceRateLimitRedisApprox
+            | Target::SluiceTraced
+            | Target::SluiceTracedSampled => {
                 let config = work.join(format!("{}.toml", target.key()));
                 let filters = target == Target::SluiceFilters;
                 let cache = target == Target::SluiceCache;
@@ -394,6 +404,15 @@ impl Proxy {
                     _ => None,
                 } {
                     text.push_str(&rate_limited(repo, mode, redis)?);
+                }
+                if let Some(ratio) = match target {
+                    Target::SluiceTraced => Some(1.0),
+                    Target::SluiceTracedSampled => Some(0.01),
+                    _ => None,
+                } {
+                    // The benchmark origin answers the OTLP exports (any path, 200): the spans
+                    // are encoded and sent as they would be to a collector.
+                    let _ = writeln!(text, "[tracing]\nendpoint = \"http://{origin}\"\nsampling_ratio = {ratio}");
                 }
                 std::fs::write(&config, text)?;
                 let sluice = repo.join("target/release/sluice");

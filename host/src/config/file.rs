@@ -81,7 +81,7 @@ pub struct TracingSection {
     /// How long ended spans wait before they are sent (unless a batch fills first).
     #[serde(default = "default_export_interval")]
     pub export_interval: HumanDuration,
-    /// Ended spans kept while they wait; past it new ones are dropped (and counted).
+    /// Ended spans kept while they wait; past it new ones are dropped.
     #[serde(default = "default_tracing_queue")]
     pub max_queue: usize,
     /// Most spans in one export.
