@@ -86,10 +86,12 @@ impl CallClock {
         }
     }
 
-    /// Wall-clock time since the call started or resumed on a worker.
+    /// Wall-clock time since the call started or resumed on a worker, at most one epoch tick:
+    /// the first tick comes within one unless the thread waited for a CPU (or the ticker did),
+    /// and a call is not charged, nor failed for its CPU limit, for waiting.
     fn since_resumed(&self) -> Duration {
         let now = wall_nanos(Instant::now());
-        Duration::from_nanos(now.saturating_sub(self.resumed_at.load(Ordering::Relaxed)))
+        Duration::from_nanos(now.saturating_sub(self.resumed_at.load(Ordering::Relaxed))).min(crate::EPOCH_TICK)
     }
 
     /// Asks for the call to move to a long-call thread at its next pause; false if it already
@@ -116,9 +118,9 @@ impl CallClock {
     pub(crate) fn finish(&self) -> Duration {
         let rest = match self.measured_from.load(Ordering::Relaxed) {
             0 => {
-                let now = wall_nanos(Instant::now());
-                let from = self.resumed_at.swap(now, Ordering::Relaxed);
-                Duration::from_nanos(now.saturating_sub(from))
+                let rest = self.since_resumed();
+                self.resumed_at.store(wall_nanos(Instant::now()), Ordering::Relaxed);
+                rest
             }
             from => {
                 let now = thread_cpu_nanos() + 1;
