@@ -144,7 +144,8 @@ filters = [{{ plugin = "cpu" }}]
     assert_eq!(series(&metrics, "sluice_tenant_requests_total", &labels[..2]), Some(2000.0));
 }
 
-fn two_tenants(origin: &Origin, probe: &std::path::Path, extra_header: &str) -> String {
+/// Two tenants' routes; `acme_route_keys` go at the end of acme's route.
+fn two_tenants(origin: &Origin, probe: &std::path::Path, acme_route_keys: &str) -> String {
     format!(
         r#"
 [[listener]]
@@ -163,7 +164,7 @@ path_prefix = "/acme"
 tenant = "acme"
 upstream = "app"
 filters = [{{ plugin = "probe", config = {{ tag = "a", count = true }} }}]
-{extra_header}
+{acme_route_keys}
 [[route]]
 name = "globex"
 path_prefix = "/globex"

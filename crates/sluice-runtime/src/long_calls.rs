@@ -19,6 +19,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
+
+use crate::metering::nanos;
 use tokio::task::JoinHandle;
 
 /// What a call's future shares with its epoch callback and its host calls.
@@ -363,10 +365,6 @@ fn lower_this_threads_priority(priority: LongCallPriority) {
     if let Err(err) = lowered {
         tracing::warn!(error = %err, ?priority, "cannot lower the priority of a long-call thread");
     }
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// `at` in nanoseconds after a fixed origin of this process, to keep in an atomic.

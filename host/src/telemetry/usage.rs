@@ -187,8 +187,7 @@ pub fn usage_report(ledger: &UsageLedger, query: &UsageQuery) -> Value {
                     let routes: Vec<Value> = routes
                         .into_iter()
                         .map(|(route, (route_figures, filters))| {
-                            let mut entry =
-                                figures_json(route_figures.copied().as_ref().unwrap_or(&UsageFigures::default()), true);
+                            let mut entry = figures_json(&route_figures.copied().unwrap_or_default(), true);
                             entry["route"] = json!(route);
                             entry["filters"] = filters
                                 .into_iter()
