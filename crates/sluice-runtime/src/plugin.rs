@@ -63,6 +63,10 @@ pub struct Plugin {
     capabilities: Vec<String>,
     /// The JSON Schema its configs must satisfy, when its package or crate ships one.
     config_schema: Option<Arc<jsonschema::Validator>>,
+    /// That schema as written, for the admin API.
+    config_schema_source: Option<Arc<serde_json::Value>>,
+    /// The `sluice:filter` version its `filter` export was built against (`0.1.3`).
+    world_version: String,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -95,13 +99,23 @@ impl Plugin {
         }
         let component =
             Component::new(runtime.engine(), bytes).map_err(|err| PluginError::Invalid(format!("{err:#}")))?;
-        let (uses_wasi, capabilities) = check_world(runtime, &component)?;
+        let World { uses_wasi, capabilities, version: world_version } = check_world(runtime, &component)?;
         let answers_at_once =
             !uses_wasi && !capabilities.iter().any(|name| WAITING_CAPABILITIES.contains(&name.as_str()));
         let instance_pre =
             runtime.linker.instantiate_pre(&component).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
         let pre = PluginPre::new(instance_pre).map_err(|err| PluginError::WorldMismatch(format!("{err:#}")))?;
-        Ok(Self { name: name.into(), digest, pre, uses_wasi, answers_at_once, capabilities, config_schema: None })
+        Ok(Self {
+            name: name.into(),
+            digest,
+            pre,
+            uses_wasi,
+            answers_at_once,
+            capabilities,
+            config_schema: None,
+            config_schema_source: None,
+            world_version,
+        })
     }
 
     /// Attaches the JSON Schema its configs must satisfy.
@@ -109,6 +123,7 @@ impl Plugin {
         let validator = jsonschema::validator_for(schema)
             .map_err(|err| PluginError::Invalid(format!("its config schema is not a valid JSON Schema: {err}")))?;
         self.config_schema = Some(Arc::new(validator));
+        self.config_schema_source = Some(Arc::new(schema.clone()));
         Ok(self)
     }
 
@@ -130,15 +145,35 @@ impl Plugin {
     pub fn capabilities(&self) -> Vec<String> {
         self.capabilities.clone()
     }
+
+    /// The JSON Schema its configs must satisfy, as written, when it has one.
+    pub fn config_schema(&self) -> Option<&serde_json::Value> {
+        self.config_schema_source.as_deref()
+    }
+
+    /// The `sluice:filter` world it was built against, such as `sluice:filter@0.1.3`.
+    pub fn world(&self) -> String {
+        format!("{WIT_PACKAGE}@{}", self.world_version)
+    }
 }
 
 /// The capabilities whose host functions may wait (for Redis, for an upstream): a component that
 /// imports one needs an async store.
 const WAITING_CAPABILITIES: [&str; 2] = ["kv", "callout"];
 
+/// What a component's imports and exports say about it.
+struct World {
+    /// Whether it imports WASI.
+    uses_wasi: bool,
+    /// The host capabilities it imports.
+    capabilities: Vec<String>,
+    /// The `sluice:filter` version of its `filter` export.
+    version: String,
+}
+
 /// Checks the component's `sluice:filter` imports and exports against this host's version and
 /// says whether it imports WASI.
-fn check_world(runtime: &Runtime, component: &Component) -> Result<(bool, Vec<String>), PluginError> {
+fn check_world(runtime: &Runtime, component: &Component) -> Result<World, PluginError> {
     let ty = component.component_type();
     let engine = runtime.engine();
     let mut uses_wasi = false;
@@ -146,7 +181,7 @@ fn check_world(runtime: &Runtime, component: &Component) -> Result<(bool, Vec<St
         .imports(engine)
         .map(|(name, item)| (name, item, false))
         .chain(ty.exports(engine).map(|(name, item)| (name, item, true)));
-    let mut exports_filter = false;
+    let mut exports_filter = None;
     let mut capabilities = std::collections::BTreeSet::new();
     for (name, item, is_export) in names {
         if name.starts_with("wasi:") {
@@ -164,19 +199,19 @@ fn check_world(runtime: &Runtime, component: &Component) -> Result<(bool, Vec<St
             return Err(PluginError::IncompatibleWorld { found: format!("{WIT_PACKAGE}@{version}") });
         }
         if is_export && interface == "filter" && matches!(item.ty, ComponentItem::ComponentInstance(_)) {
-            exports_filter = true;
+            exports_filter = Some(version.to_owned());
         }
         if !is_export && !matches!(interface, "types" | "http" | "trace") {
             capabilities.insert(interface.to_owned());
         }
     }
-    if !exports_filter {
+    let Some(version) = exports_filter else {
         return Err(PluginError::WorldMismatch(format!("it does not export {WIT_PACKAGE}/filter")));
-    }
+    };
     if uses_wasi {
         capabilities.insert("wasi".to_owned());
     }
-    Ok((uses_wasi, capabilities.into_iter().collect()))
+    Ok(World { uses_wasi, capabilities: capabilities.into_iter().collect(), version })
 }
 
 /// Semver compatibility with [`WIT_VERSION`]: for 0.x the minor version must match.

@@ -83,6 +83,15 @@ impl FilterSpec {
     }
 }
 
+/// A filter pool's instances at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceCount {
+    /// Idle, ready for a request.
+    pub warm: usize,
+    /// Serving a request.
+    pub busy: usize,
+}
+
 /// Why a filter failed a request.
 #[derive(Debug, thiserror::Error)]
 #[error("filter {filter} on route {route}: {kind}")]
@@ -218,6 +227,13 @@ impl FilterPool {
     /// The phases the filter takes part in.
     pub fn phases(&self) -> Phases {
         self.phases
+    }
+
+    /// Its instances now: warm (idle, ready for a request) and busy (serving one).
+    pub fn instances(&self) -> InstanceCount {
+        let warm = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len();
+        let busy = self.spec.tenant.max_instances.max(1).saturating_sub(self.permits.available_permits());
+        InstanceCount { warm, busy }
     }
 
     /// Whether its calls enter the guest directly rather than on a fiber (see [`FilterPool`]).

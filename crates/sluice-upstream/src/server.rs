@@ -112,6 +112,11 @@ impl ServerState {
         self.in_flight.get().max(0) as usize
     }
 
+    /// Times passive outlier detection has ejected it since the start.
+    pub fn ejections(&self) -> u64 {
+        self.ejections_metric.get()
+    }
+
     /// The latency average in microseconds (0 before the first response).
     pub fn latency_ewma_us(&self) -> u64 {
         self.latency_ewma_us.load(Ordering::Relaxed)

@@ -431,6 +431,9 @@ pub struct AdminSection {
     pub bind: Spanned<String>,
     /// The bearer token `POST /reload` requires; without one, reloads over HTTP are refused.
     pub reload_token: Option<String>,
+    /// The bearer token the read endpoints (`/metrics`, `/routes`, `/live`, ...) require; without
+    /// one, they answer anyone who reaches the listener.
+    pub read_token: Option<String>,
 }
 
 fn default_admin_bind() -> Spanned<String> {

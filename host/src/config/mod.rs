@@ -4,6 +4,7 @@
 //! function per section (`compile`). Each step's errors name file, key, line and column.
 
 mod compile;
+pub(crate) use compile::place_in_chain;
 mod error;
 pub mod file;
 mod resolve;
@@ -36,12 +37,14 @@ pub struct Services {
     pub runtime: Arc<Runtime>,
     /// Upstream health and load metrics.
     pub upstream_metrics: Arc<UpstreamMetrics>,
+    /// Every route's live figures, by name, for the dashboard (kept across generations).
+    pub live: Arc<crate::telemetry::live::LiveBoard>,
 }
 
 impl Services {
     /// Services over `runtime`.
     pub fn new(runtime: Runtime) -> Self {
-        Self { runtime: Arc::new(runtime), upstream_metrics: Arc::default() }
+        Self { runtime: Arc::new(runtime), upstream_metrics: Arc::default(), live: Arc::default() }
     }
 
     /// Services whose runtime caches compiled components where users expect them
@@ -67,6 +70,12 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     /// The token `POST /reload` on the admin listener requires.
     pub admin_reload_token: Option<Arc<str>>,
+    /// The token the admin listener's read endpoints require, when set (`admin.read_token`).
+    pub admin_read_token: Option<Arc<str>>,
+    /// Every tenant by name, `default` among them.
+    pub tenants: BTreeMap<String, Arc<sluice_runtime::Tenant>>,
+    /// Where each plugin comes from, as written (`oci://...` or a path).
+    pub plugin_origins: BTreeMap<String, String>,
     /// Client listeners.
     pub listeners: Vec<ListenerSpec>,
     /// Upstreams by name (shared with filter callouts).
@@ -150,6 +159,25 @@ pub struct ListenerSpec {
 }
 
 impl Snapshot {
+    /// Each route's name and its chain's places (`filters[0]`, `filters[0].canary`): what the
+    /// live figures keep.
+    pub fn live_places(&self) -> Vec<(Arc<str>, Vec<String>)> {
+        use crate::config::place_in_chain;
+        self.routes
+            .routes()
+            .iter()
+            .map(|route| {
+                let places = route
+                    .filters
+                    .iter()
+                    .flat_map(|filter| filter.versions())
+                    .map(|version| place_in_chain(&version.key).to_owned())
+                    .collect();
+                (route.name.clone(), places)
+            })
+            .collect()
+    }
+
     /// Reads and compiles a configuration file.
     pub fn from_file(services: &Services, path: &Path) -> Result<Self, ConfigError> {
         Self::read_and_compile(services, path, None)

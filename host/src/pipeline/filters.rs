@@ -3,6 +3,7 @@
 //! policy (fail-closed ends the request with an error, fail-open skips the filter).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -12,6 +13,7 @@ use hyper::body::Frame;
 use tracing::Instrument;
 
 use crate::routing::Route;
+use crate::telemetry::live::FilterLive;
 use crate::telemetry::traces::{ChildSpan, SharedTrace};
 use sluice_http::body::{self, BoxError, ProxyBody};
 use sluice_runtime::{
@@ -24,6 +26,8 @@ struct Link {
     instance: Option<FilterInstance>,
     phases: Phases,
     policy: FailurePolicy,
+    /// The live figures of the version that serves this request.
+    live: Arc<FilterLive>,
 }
 
 /// The checked-out instances of a route's filters for one request.
@@ -53,8 +57,12 @@ impl FilterChain {
         services: &Arc<HostServices>,
     ) -> Result<Self, FilterError> {
         let mut links = Vec::with_capacity(route.filters.len());
-        for filter in &route.filters {
-            let filter = filter.choose(context.client_ip);
+        for (configured, live) in route.filters.iter().zip(&route.filter_live) {
+            let filter = configured.choose(context.client_ip);
+            let live = match &live.canary {
+                Some(canary) if !std::ptr::eq(filter, configured) => canary.clone(),
+                _ => live.filter.clone(),
+            };
             let Some(pool) = filter.pool() else {
                 return Err(FilterError {
                     route: route.name.clone(),
@@ -67,13 +75,14 @@ impl FilterChain {
             filter_context.filter = filter.spec.name.clone();
             let policy = filter.spec.on_error;
             match pool.checkout(filter_context).await {
-                Ok(instance) => links.push(Link { instance: Some(instance), phases: pool.phases(), policy }),
+                Ok(instance) => links.push(Link { instance: Some(instance), phases: pool.phases(), policy, live }),
                 Err(error) => {
                     log_failure(services, &error, &filter.spec.tenant.name, &context.request_id, policy);
+                    live.record_call(std::time::Duration::ZERO, true);
                     if policy == FailurePolicy::FailClosed {
                         return Err(error);
                     }
-                    links.push(Link { instance: None, phases: Phases::empty(), policy });
+                    links.push(Link { instance: None, phases: Phases::empty(), policy, live });
                 }
             }
         }
@@ -114,8 +123,9 @@ impl FilterChain {
             };
             let span = call_span(instance, "request_headers");
             let traced = trace_call(self.trace.as_ref(), instance, "request_headers");
+            let started = Instant::now();
             let outcome = instance.on_request(head).instrument(span).await;
-            end_traced_call(traced, instance, &outcome);
+            end_call(&link.live, started, traced, instance, &outcome);
             match outcome {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
@@ -138,8 +148,9 @@ impl FilterChain {
             };
             let span = call_span(instance, "request_body");
             let traced = trace_call(self.trace.as_ref(), instance, "request_body");
+            let started = Instant::now();
             let outcome = instance.on_request_body(head, body.clone()).instrument(span).await;
-            end_traced_call(traced, instance, &outcome);
+            end_call(&link.live, started, traced, instance, &outcome);
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
@@ -164,8 +175,9 @@ impl FilterChain {
             };
             let span = call_span(instance, "response_headers");
             let traced = trace_call(self.trace.as_ref(), instance, "response_headers");
+            let started = Instant::now();
             let outcome = instance.on_response(head, response).instrument(span).await;
-            end_traced_call(traced, instance, &outcome);
+            end_call(&link.live, started, traced, instance, &outcome);
             match outcome {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
@@ -194,8 +206,9 @@ impl FilterChain {
             };
             let span = call_span(instance, "response_body");
             let traced = trace_call(self.trace.as_ref(), instance, "response_body");
+            let started = Instant::now();
             let outcome = instance.on_response_body(head, response, true, body.clone(), true).instrument(span).await;
-            end_traced_call(traced, instance, &outcome);
+            end_call(&link.live, started, traced, instance, &outcome);
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
@@ -222,9 +235,10 @@ impl FilterChain {
             };
             let span = call_span(instance, "response_body");
             let traced = trace_call(self.trace.as_ref(), instance, "response_body");
+            let started = Instant::now();
             let outcome =
                 instance.on_response_body(head, response, false, chunk.clone(), end_of_stream).instrument(span).await;
-            end_traced_call(traced, instance, &outcome);
+            end_call(&link.live, started, traced, instance, &outcome);
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => chunk = replacement,
@@ -352,14 +366,17 @@ impl Decision for BodyOutcome {
     }
 }
 
-/// Ends a filter call's span with its guest CPU time, what the guest added to it, and its
-/// decision or failure.
-fn end_traced_call<T: Decision>(
+/// Counts a filter call that began at `started` in its live figures, and ends its span, when
+/// traced, with its guest CPU time, what the guest added to it, and its decision or failure.
+fn end_call<T: Decision>(
+    live: &FilterLive,
+    started: Instant,
     span: Option<ChildSpan>,
     instance: &mut FilterInstance,
     outcome: &Result<T, FilterError>,
 ) {
     use opentelemetry::KeyValue;
+    live.record_call(started.elapsed(), outcome.is_err());
     let Some(mut span) = span else { return };
     let report = instance.take_last_call();
     span.annotate(|| {

@@ -103,6 +103,9 @@ pub(crate) fn deliver(
     if let Some(cache) = &state.cache {
         let route = route_label(&state);
         metrics.cache_lookups.get_or_create(&CacheLabels { route, result: cache.result() }).inc();
+        if let Some(taken) = &state.route {
+            taken.live.record_cache(cache.result());
+        }
     }
     let metrics = metrics.clone();
     let (parts, body) = response.into_parts();
@@ -156,6 +159,7 @@ fn record(metrics: &Metrics, state: &mut RequestState, status: u16, end: BodyOut
         Some(taken) => {
             taken.figures.record(metrics, &route, &upstream, status, elapsed.as_secs_f64());
             taken.usage.record_request(end.bytes);
+            taken.live.record_request(status, elapsed);
         }
         None => metrics.record_request(&route, &upstream, status, elapsed.as_secs_f64()),
     }

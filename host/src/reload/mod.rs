@@ -188,6 +188,7 @@ impl Reloader {
             pending_restart.push("server.long_call_priority".to_owned());
         }
         let generation = self.status().generation + 1;
+        next.services.live.keep_only(&next.live_places());
         self.snapshot.store(Arc::new(next));
         Ok((generation, pending_restart))
     }

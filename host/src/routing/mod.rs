@@ -23,7 +23,7 @@ use bucket::Bucket;
 use http::{HeaderMap, Method};
 
 pub use matcher::{HeaderCondition, HeaderMatch, HostPattern, PathMatch};
-pub use route::{Backends, Forward, Mirror, PathRewrite, Redirect, Route, RouteAction};
+pub use route::{Backends, FilterLiveFigures, Forward, Mirror, PathRewrite, Redirect, Route, RouteAction};
 
 /// The compiled routes, indexed by host, then by path within each host, so that finding the
 /// route costs about the same among ten thousand routes as among ten.

@@ -44,6 +44,19 @@ pub struct Route {
     /// The route's meter (requests and response bytes, for its tenant's usage), found once and
     /// kept across reloads.
     pub usage: Arc<sluice_runtime::metering::Usage>,
+    /// Its live figures for the dashboard (kept across reloads by route name).
+    pub live: Arc<crate::telemetry::live::RouteLive>,
+    /// Each filter's live figures, in chain order: the filter's, and its canary's.
+    pub filter_live: Vec<FilterLiveFigures>,
+}
+
+/// A filter's live figures, and its canary's when it has one.
+#[derive(Debug)]
+pub struct FilterLiveFigures {
+    /// The filter's own version.
+    pub filter: Arc<crate::telemetry::live::FilterLive>,
+    /// Its canary's.
+    pub canary: Option<Arc<crate::telemetry::live::FilterLive>>,
 }
 
 /// What a route does with a request it takes.

@@ -171,7 +171,6 @@ impl Server {
                     metrics: metrics.clone(),
                     snapshot: snapshot.clone(),
                     reloader: reloader.clone(),
-                    reload_token: current.admin_reload_token.clone(),
                     cache: cache.clone(),
                     cluster: cluster.clone(),
                 };

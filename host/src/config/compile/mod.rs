@@ -11,6 +11,8 @@ mod tenant;
 mod tracing;
 mod upstream;
 
+pub(crate) use route::place_in_chain;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -77,6 +79,13 @@ pub(super) fn compile(
     let admin_reload_token = match file.admin.as_ref().and_then(|admin| admin.reload_token.as_deref()) {
         Some(token) if token.len() < 16 => {
             return Err(cx.error(None, "admin.reload_token", "must be at least 16 characters (use a random string)"));
+        }
+        Some(token) => Some(Arc::from(token)),
+        None => None,
+    };
+    let admin_read_token = match file.admin.as_ref().and_then(|admin| admin.read_token.as_deref()) {
+        Some(token) if token.len() < 16 => {
+            return Err(cx.error(None, "admin.read_token", "must be at least 16 characters (use a random string)"));
         }
         Some(token) => Some(Arc::from(token)),
         None => None,
@@ -165,10 +174,26 @@ pub(super) fn compile(
         routes.push(Arc::new(compiled));
     }
 
+    let plugin_origins = file
+        .plugin
+        .iter()
+        .map(|(name, section)| {
+            let origin = match section.get_ref().source.get_ref() {
+                crate::config::file::PluginSource::Package(reference) => reference.clone(),
+                crate::config::file::PluginSource::Path(path) => path.display().to_string(),
+            };
+            (name.clone(), origin)
+        })
+        .collect();
+    let mut all_tenants = tenants.clone();
+    all_tenants.entry(default_tenant.name.to_string()).or_insert_with(|| default_tenant.clone());
     Ok(Snapshot {
         server,
         admin,
         admin_reload_token,
+        admin_read_token,
+        tenants: all_tenants,
+        plugin_origins,
         listeners,
         upstreams: Arc::new(super::UpstreamTable::new(upstreams)),
         plugins,

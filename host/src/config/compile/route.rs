@@ -342,7 +342,20 @@ impl Compiler<'_> {
             route: name.clone(),
             filter: None,
         });
+        let live = self.services.live.route(&name);
+        let filter_live = filters
+            .iter()
+            .map(|filter| crate::routing::FilterLiveFigures {
+                filter: live.filter(place_in_chain(&filter.key), &filter.spec.plugin.name),
+                canary: filter
+                    .canary
+                    .as_ref()
+                    .map(|canary| live.filter(place_in_chain(&canary.filter.key), &canary.filter.spec.plugin.name)),
+            })
+            .collect();
         Ok(Route {
+            live,
+            filter_live,
             name,
             access,
             hosts,
@@ -450,4 +463,10 @@ impl Compiler<'_> {
         };
         Ok(HeaderMatch { name, condition })
     }
+}
+
+/// A filter's place in its route's chain, `filters[0]` or `filters[0].canary`, from its key
+/// in the file (`route[3].filters[0]`).
+pub(crate) fn place_in_chain(key: &str) -> &str {
+    key.split_once('.').map_or(key, |(_, place)| place)
 }
