@@ -37,6 +37,15 @@ if ! command -v redis-server >/dev/null && command -v apt-get >/dev/null; then
   $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
 
+# The dashboard's tests drive a real browser: Debian's Chromium, headless, through its
+# chromedriver (each test starts its own on a port chromedriver picks).
+if { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; } && command -v apt-get >/dev/null; then
+  say "Installing chromium and chromium-driver (for the dashboard's browser tests)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # JavaScript filters build with Node.js and npm (the SDK's build fetches componentize-js and rolldown from npm).
 if { ! command -v node >/dev/null || ! command -v npm >/dev/null; } && command -v apt-get >/dev/null; then
   say "Installing Node.js and npm (for the JavaScript filter SDK and its example)"

@@ -5,6 +5,7 @@
 //! state and run in parallel.
 
 pub mod architecture;
+pub mod browser;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -4,11 +4,13 @@
 
 mod abuse;
 mod access;
+mod admin_api;
 mod architecture;
 mod balancing;
 mod cache;
 mod cli;
 mod compression;
+mod dashboard;
 mod dns;
 mod filters;
 mod forwarding;

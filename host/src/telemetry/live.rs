@@ -165,8 +165,11 @@ pub struct RouteLive {
     cache_hits: AtomicU64,
     latency: LatencyHistogram,
     /// Its filters' figures by place in the chain (`filters[0]`, `filters[0].canary`).
-    filters: Mutex<BTreeMap<String, (Arc<str>, Arc<FilterLive>)>>,
+    filters: Mutex<FiltersByPlace>,
 }
+
+/// Each place in a chain: the plugin it runs and that filter's figures.
+type FiltersByPlace = BTreeMap<String, (Arc<str>, Arc<FilterLive>)>;
 
 impl RouteLive {
     /// Counts one answered request.
