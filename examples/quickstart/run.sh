@@ -36,6 +36,6 @@ target/debug/echo-origin --listen 127.0.0.1:3001 --name origin-a & pids+=($!)
 target/debug/echo-origin --listen 127.0.0.1:3002 --name origin-b & pids+=($!)
 
 say "Starting sluice on http://127.0.0.1:8080 (admin on http://127.0.0.1:9901)"
-echo "    try: curl -i http://127.0.0.1:8080/api/hello"
+echo "    try: curl -i http://127.0.0.1:8080/api/hello, and the dashboard at http://127.0.0.1:9901/"
 target/debug/sluice run --config examples/quickstart/sluice.toml "$@" & pids+=($!)
 wait "${pids[-1]}"

@@ -69,10 +69,11 @@ enum Target {
     SluiceRateLimitRedisApprox,
     SluiceTraced,
     SluiceTracedSampled,
+    SluiceDashboard,
 }
 
 impl Target {
-    const ALL: [Target; 14] = [
+    const ALL: [Target; 15] = [
         Target::Direct,
         Target::Nginx,
         Target::Haproxy,
@@ -87,6 +88,7 @@ impl Target {
         Target::SluiceRateLimitRedisApprox,
         Target::SluiceTraced,
         Target::SluiceTracedSampled,
+        Target::SluiceDashboard,
     ];
 
     /// The target a row's ratios are taken against: cache hits against nginx's cache hits, the
@@ -94,7 +96,10 @@ impl Target {
     fn baseline(self) -> Target {
         match self {
             Target::NginxCache | Target::SluiceCache => Target::NginxCache,
-            Target::SluiceDenyList | Target::SluiceTraced | Target::SluiceTracedSampled => Target::Sluice,
+            Target::SluiceDenyList
+            | Target::SluiceTraced
+            | Target::SluiceTracedSampled
+            | Target::SluiceDashboard => Target::Sluice,
             Target::SluiceRateLimitRedis | Target::SluiceRateLimitRedisApprox => Target::SluiceRateLimit,
             _ => Target::Nginx,
         }
@@ -116,6 +121,7 @@ impl Target {
             Target::SluiceRateLimitRedisApprox => "sluice-rate-limit-redis-approx",
             Target::SluiceTraced => "sluice-traced",
             Target::SluiceTracedSampled => "sluice-traced-1pct",
+            Target::SluiceDashboard => "sluice-dashboard",
         }
     }
 
@@ -135,6 +141,7 @@ impl Target {
             Target::SluiceRateLimitRedisApprox => "Sluice, rate-limit on Redis, approximate (ratio to memory)",
             Target::SluiceTraced => "Sluice, tracing every request over OTLP (ratio to Sluice)",
             Target::SluiceTracedSampled => "Sluice, tracing 1% of requests over OTLP (ratio to Sluice)",
+            Target::SluiceDashboard => "Sluice, dashboard open and polling (ratio to Sluice)",
         }
     }
 
@@ -348,6 +355,54 @@ struct Behind<'a> {
 struct Proxy {
     child: Child,
     address: SocketAddr,
+    /// For the dashboard target: what an open dashboard reads, read every second.
+    dashboard: Option<DashboardReader>,
+}
+
+/// Reads what an open dashboard page reads from the admin listener (`/status`, `/live`,
+/// `/upstreams`, `/cache` every second, `/routes` once), on a thread of its own, until dropped.
+/// The page's own rendering happens in a browser, elsewhere: only what it asks of the proxy is
+/// the proxy's cost.
+struct DashboardReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl DashboardReader {
+    fn start(admin: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let read = |path: &str| -> bool {
+                let Ok(mut stream) = TcpStream::connect_timeout(&admin, Duration::from_secs(1)) else { return false };
+                let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+                let mut answer = Vec::new();
+                stream.write_all(request.as_bytes()).is_ok()
+                    && stream.read_to_end(&mut answer).is_ok()
+                    && answer.starts_with(b"HTTP/1.1 200")
+            };
+            let mut reads = u64::from(read("/routes"));
+            while !stopping.load(Ordering::Relaxed) {
+                for path in ["/status", "/live", "/upstreams", "/cache"] {
+                    reads += u64::from(read(path));
+                }
+                // The page's poll interval; a harness thread, not a test: a pause is what it is.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            reads
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for DashboardReader {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(reads) = self.thread.take().and_then(|thread| thread.join().ok()) {
+            eprintln!("    (the dashboard's reads answered: {reads})");
+        }
+    }
 }
 
 impl Proxy {
@@ -363,6 +418,7 @@ impl Proxy {
     ) -> Result<Option<Self>> {
         let (origin, redis) = (behind.origin, behind.redis);
         let address = free_port()?;
+        let mut admin = None;
         let mut command = Command::new("taskset");
         command.args(["-c", cpus]);
         match target {
@@ -387,11 +443,16 @@ impl Proxy {
             | Target::SluiceRateLimitRedis
             | Target::SluiceRateLimitRedisApprox
             | Target::SluiceTraced
-            | Target::SluiceTracedSampled => {
+            | Target::SluiceTracedSampled
+            | Target::SluiceDashboard => {
                 let config = work.join(format!("{}.toml", target.key()));
                 let filters = target == Target::SluiceFilters;
                 let cache = target == Target::SluiceCache;
                 let mut text = sluice_config(repo, address, origin, filters, cache, tls);
+                // Every Sluice has its admin listener; only the dashboard target has it read.
+                let admin_address = free_port()?;
+                let _ = writeln!(text, "[admin]\nbind = \"{admin_address}\"");
+                admin = Some(admin_address);
                 if target == Target::SluiceDenyList {
                     let list = work.join("deny-100k.txt");
                     std::fs::write(&list, deny_list(100_000))?;
@@ -434,8 +495,11 @@ impl Proxy {
             }
         }
         let child = command.stdout(Stdio::null()).spawn().with_context(|| format!("starting {}", target.key()))?;
-        let mut proxy = Self { child, address };
+        let mut proxy = Self { child, address, dashboard: None };
         proxy.wait_until_ready(target, tls.is_some())?;
+        if target == Target::SluiceDashboard {
+            proxy.dashboard = admin.map(DashboardReader::start);
+        }
         Ok(Some(proxy))
     }
 
