@@ -96,10 +96,9 @@ impl Target {
     fn baseline(self) -> Target {
         match self {
             Target::NginxCache | Target::SluiceCache => Target::NginxCache,
-            Target::SluiceDenyList
-            | Target::SluiceTraced
-            | Target::SluiceTracedSampled
-            | Target::SluiceDashboard => Target::Sluice,
+            Target::SluiceDenyList | Target::SluiceTraced | Target::SluiceTracedSampled | Target::SluiceDashboard => {
+                Target::Sluice
+            }
             Target::SluiceRateLimitRedis | Target::SluiceRateLimitRedisApprox => Target::SluiceRateLimit,
             _ => Target::Nginx,
         }

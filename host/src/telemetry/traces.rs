@@ -5,9 +5,9 @@
 //! children for the route match, each filter call, the cache lookup and each upstream try
 //! (retries are siblings, and each try carries its own span id upstream in `traceparent`).
 //! Spans are made with the OpenTelemetry API and SDK directly rather than through `tracing`
-//! spans: the proxy decides per request whether it records (the sampler runs once, at the server
-//! span), a request that is not recorded builds no attribute at all, and the upstream try's span
-//! context is at hand to inject. Ended spans go to the SDK's batch processor, which exports them
+//! spans: the proxy decides per request whether it records (once, at the server span, before the
+//! SDK is involved), a request that is not recorded makes no span at all and only passes its
+//! context on, and the upstream try's span context is at hand to inject. Ended spans go to the SDK's batch processor, which exports them
 //! from a thread of its own; the OTLP clients it drives (reqwest, tonic) need a tokio reactor,
 //! which that thread lacks, so the exporter brings a small runtime of its own
 //! ([`OwnRuntimeExporter`]). When `[tracing]` is absent nothing here runs: no span, no id, no
@@ -21,7 +21,10 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -97,7 +100,8 @@ impl Tracing {
             .with_scheduled_delay(settings.export_interval)
             .build();
         let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batching).build();
-        let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sampling_ratio)));
+        // `start_request` decides which requests are sampled and hands only those to the SDK.
+        let sampler = Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name(settings.service_name.clone())
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -125,14 +129,35 @@ impl Tracing {
 
     /// The server span of a request whose head carries `headers`: a child of the client's trace
     /// context when it sent a valid one, else the root of a new trace.
+    ///
+    /// The sampling decision is made here, before the SDK is asked for anything: a valid parent's
+    /// decides, else the ratio does. An unsampled request never reaches the SDK (no span, no
+    /// processor, no id generator), since it is most requests at a low ratio; it keeps only the
+    /// context it passes on. A sampled one is handed to the SDK, whose sampler then follows the
+    /// decision made here (parent-based over always-on).
     pub(crate) fn start_request(self: &Arc<Self>, headers: &HeaderMap, method: &http::Method) -> RequestTrace {
         let parent = TraceContextPropagator::new().extract(&HeaderReader(headers));
+        let remote = parent.span().span_context().clone();
+        let sampled = if remote.is_valid() {
+            remote.is_sampled()
+        } else {
+            self.settings.sampling_ratio >= 1.0 || rand::random::<f64>() < self.settings.sampling_ratio
+        };
+        if !sampled {
+            let context = if remote.is_valid() {
+                remote
+            } else {
+                let trace_id = TraceId::from(random_nonzero::<u128>(128));
+                SpanContext::new(trace_id, SpanId::INVALID, TraceFlags::default(), false, TraceState::default())
+            };
+            return RequestTrace(SharedTrace(Trace::Unrecorded(next_hop(&context))));
+        }
         let span = self
             .tracer
             .span_builder(Cow::Owned(method.as_str().to_owned()))
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &parent);
-        RequestTrace(SharedTrace { cx: parent.with_span(span), tracing: self.clone() })
+        RequestTrace(SharedTrace(Trace::Recorded { cx: parent.with_span(span), tracing: self.clone() }))
     }
 }
 
@@ -221,22 +246,20 @@ impl RequestTrace {
     /// Whether its spans are recorded (sampled); an unrecorded trace still gives upstream tries
     /// their own span ids, with the client's decision.
     pub(crate) fn recording(&self) -> bool {
-        self.0.cx.span().is_recording()
+        self.0.recording()
     }
 
     /// Sets attributes on the server span, built only when it records.
     pub(crate) fn annotate(&self, attributes: impl FnOnce() -> Vec<KeyValue>) {
-        let span = self.0.cx.span();
-        if span.is_recording() {
-            span.set_attributes(attributes());
+        if let Trace::Recorded { cx, .. } = &self.0.0 {
+            cx.span().set_attributes(attributes());
         }
     }
 
     /// Renames the server span (`GET route`, once the route is known).
     pub(crate) fn rename(&self, name: impl FnOnce() -> String) {
-        let span = self.0.cx.span();
-        if span.is_recording() {
-            span.update_name(name());
+        if let Trace::Recorded { cx, .. } = &self.0.0 {
+            cx.span().update_name(name());
         }
     }
 
@@ -248,14 +271,19 @@ impl RequestTrace {
     /// A child of the server span that started at `started` (a phase timed before it knew it
     /// would be recorded).
     pub(crate) fn child_from(&self, name: impl Into<Cow<'static, str>>, started: SystemTime) -> ChildSpan {
-        let tracer = &self.0.tracing.tracer;
-        ChildSpan(
-            tracer
-                .span_builder(name)
-                .with_kind(SpanKind::Internal)
-                .with_start_time(started)
-                .start_with_context(tracer, &self.0.cx),
-        )
+        match &self.0.0 {
+            Trace::Recorded { cx, tracing } => {
+                let tracer = &tracing.tracer;
+                ChildSpan(Child::Recorded(
+                    tracer
+                        .span_builder(name)
+                        .with_kind(SpanKind::Internal)
+                        .with_start_time(started)
+                        .start_with_context(tracer, cx),
+                ))
+            }
+            Trace::Unrecorded(context) => ChildSpan(Child::Unrecorded(next_hop(context))),
+        }
     }
 
     /// The parent for spans made elsewhere (filter calls, upstream tries).
@@ -265,16 +293,15 @@ impl RequestTrace {
 
     /// Ends the server span with the response's status and the request's error, if any.
     pub(crate) fn end(self, status: u16, error: Option<&str>) {
-        let span = self.0.cx.span();
-        if span.is_recording() {
-            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
-            if let Some(kind) = error {
-                span.set_attribute(KeyValue::new("error.type", kind.to_owned()));
-            }
-            // For a server span only a 5xx is an error (semantic conventions).
-            if status >= 500 {
-                span.set_status(Status::error(error.unwrap_or("server error").to_owned()));
-            }
+        let Trace::Recorded { cx, .. } = &self.0.0 else { return };
+        let span = cx.span();
+        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+        if let Some(kind) = error {
+            span.set_attribute(KeyValue::new("error.type", kind.to_owned()));
+        }
+        // For a server span only a 5xx is an error (semantic conventions).
+        if status >= 500 {
+            span.set_status(Status::error(error.unwrap_or("server error").to_owned()));
         }
         span.end();
     }
@@ -282,39 +309,89 @@ impl RequestTrace {
 
 /// A request's trace as the parts of its path that make spans keep it.
 #[derive(Clone)]
-pub(crate) struct SharedTrace {
-    cx: Context,
-    tracing: Arc<Tracing>,
+pub(crate) struct SharedTrace(Trace);
+
+/// Whether a request's trace is recorded, and what it needs either way.
+#[derive(Clone)]
+enum Trace {
+    /// Sampled: its spans are made by the SDK and exported.
+    Recorded { cx: Context, tracing: Arc<Tracing> },
+    /// Not sampled: no span is made and nothing reaches the SDK; only the context is passed on,
+    /// with a new span id for each hop (this is the request's own span context, never
+    /// exported).
+    Unrecorded(SpanContext),
 }
 
 impl SharedTrace {
     /// Whether the request's spans are recorded.
     pub(crate) fn recording(&self) -> bool {
-        self.cx.span().is_recording()
+        matches!(self.0, Trace::Recorded { .. })
     }
 
     /// A child of the request's server span, started now.
     pub(crate) fn child(&self, name: impl Into<Cow<'static, str>>, kind: SpanKind) -> ChildSpan {
-        let tracer = &self.tracing.tracer;
-        ChildSpan(tracer.span_builder(name).with_kind(kind).start_with_context(tracer, &self.cx))
+        match &self.0 {
+            Trace::Recorded { cx, tracing } => {
+                let tracer = &tracing.tracer;
+                ChildSpan(Child::Recorded(tracer.span_builder(name).with_kind(kind).start_with_context(tracer, cx)))
+            }
+            Trace::Unrecorded(context) => ChildSpan(Child::Unrecorded(next_hop(context))),
+        }
     }
 }
 
+/// A random id that is not all zeros (the W3C invalid id).
+fn random_nonzero<T: TryFrom<u128>>(bits: u32) -> T {
+    loop {
+        let value = rand::random::<u128>() >> (128 - bits);
+        if value != 0
+            && let Ok(id) = T::try_from(value)
+        {
+            return id;
+        }
+    }
+}
+
+/// The same trace and decision under a new span id: the context a hop of an unrecorded trace
+/// sends on.
+fn next_hop(context: &SpanContext) -> SpanContext {
+    let span_id = SpanId::from(random_nonzero::<u64>(64));
+    SpanContext::new(context.trace_id(), span_id, context.trace_flags(), false, context.trace_state().clone())
+}
+
 /// A span under the server span; ended when dropped.
-pub(crate) struct ChildSpan(opentelemetry_sdk::trace::Span);
+pub(crate) struct ChildSpan(Child);
+
+enum Child {
+    /// An SDK span of a recorded trace.
+    Recorded(opentelemetry_sdk::trace::Span),
+    /// A hop of an unrecorded trace: only its context, to pass on.
+    Unrecorded(SpanContext),
+}
 
 impl ChildSpan {
     /// Sets attributes, built only when it records.
     pub(crate) fn annotate(&mut self, attributes: impl FnOnce() -> Vec<KeyValue>) {
-        if self.0.is_recording() {
-            self.0.set_attributes(attributes());
+        if let Child::Recorded(span) = &mut self.0
+            && span.is_recording()
+        {
+            span.set_attributes(attributes());
         }
     }
 
     /// Adds an event.
     pub(crate) fn add_event(&mut self, name: String, attributes: Vec<KeyValue>) {
-        if self.0.is_recording() {
-            self.0.add_event(name, attributes);
+        if let Child::Recorded(span) = &mut self.0
+            && span.is_recording()
+        {
+            span.add_event(name, attributes);
+        }
+    }
+
+    fn span_context(&self) -> &SpanContext {
+        match &self.0 {
+            Child::Recorded(span) => span.span_context(),
+            Child::Unrecorded(context) => context,
         }
     }
 
@@ -324,21 +401,23 @@ impl ChildSpan {
         let mut headers = HeaderMap::new();
         self.inject(&mut headers);
         let traceparent = headers.remove("traceparent")?;
-        let trace_id = Arc::from(self.0.span_context().trace_id().to_string());
+        let trace_id = Arc::from(self.span_context().trace_id().to_string());
         Some(sluice_runtime::CallTrace { trace_id, traceparent, tracestate: headers.remove("tracestate") })
     }
 
     /// Marks it failed.
     pub(crate) fn fail(&mut self, message: impl FnOnce() -> String) {
-        if self.0.is_recording() {
-            self.0.set_status(Status::error(message()));
+        if let Child::Recorded(span) = &mut self.0
+            && span.is_recording()
+        {
+            span.set_status(Status::error(message()));
         }
     }
 
     /// Writes its context into `headers` as `traceparent` (and `tracestate`), replacing the
     /// client's: the next hop's parent is this span.
     pub(crate) fn inject(&self, headers: &mut HeaderMap) {
-        let cx = Context::new().with_remote_span_context(self.0.span_context().clone());
+        let cx = Context::new().with_remote_span_context(self.span_context().clone());
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderWriter(headers));
     }
 }
@@ -440,6 +519,27 @@ mod tests {
         let mut upstream = HeaderMap::new();
         trace.child("GET", SpanKind::Client).inject(&mut upstream);
         assert!(!traceparent(&upstream).contains("not-a-trace"));
+    }
+
+    #[test]
+    fn an_unsampled_new_trace_still_sends_a_context_and_the_ratio_holds() {
+        let half = Arc::new(Tracing::new(settings(0.5)).unwrap());
+        let headers = HeaderMap::new();
+        let mut sampled = 0;
+        for _ in 0..10_000 {
+            let trace = half.start_request(&headers, &http::Method::GET);
+            if trace.recording() {
+                sampled += 1;
+                continue;
+            }
+            let mut upstream = HeaderMap::new();
+            trace.child("GET", SpanKind::Client).inject(&mut upstream);
+            let sent = traceparent(&upstream).to_owned();
+            assert!(sent.starts_with("00-") && sent.ends_with("-00") && sent.len() == 55, "{sent}");
+            assert!(!sent.contains("00000000000000000000000000000000"), "a valid trace id: {sent}");
+        }
+        // Binomial(10,000, 0.5): outside 4,500..5,500 happens with odds far below one in a billion.
+        assert!((4_500..5_500).contains(&sampled), "{sampled} of 10,000 sampled at 0.5");
     }
 
     #[test]
