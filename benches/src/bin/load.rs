@@ -448,10 +448,6 @@ impl Proxy {
                 let filters = target == Target::SluiceFilters;
                 let cache = target == Target::SluiceCache;
                 let mut text = sluice_config(repo, address, origin, filters, cache, tls);
-                // Every Sluice has its admin listener; only the dashboard target has it read.
-                let admin_address = free_port()?;
-                let _ = writeln!(text, "[admin]\nbind = \"{admin_address}\"");
-                admin = Some(admin_address);
                 if target == Target::SluiceDenyList {
                     let list = work.join("deny-100k.txt");
                     std::fs::write(&list, deny_list(100_000))?;
@@ -474,6 +470,11 @@ impl Proxy {
                     // are encoded and sent as they would be to a collector.
                     let _ = writeln!(text, "[tracing]\nendpoint = \"http://{origin}\"\nsampling_ratio = {ratio}");
                 }
+                // Every Sluice has its admin listener (last: the lines above add to the route's
+                // table); only the dashboard target has it read.
+                let admin_address = free_port()?;
+                let _ = writeln!(text, "\n[admin]\nbind = \"{admin_address}\"");
+                admin = Some(admin_address);
                 std::fs::write(&config, text)?;
                 let sluice = repo.join("target/release/sluice");
                 // `check` builds and compiles the filters first, so the start below is quick.

@@ -226,7 +226,9 @@ struct TracedTries {
 
 impl sluice_upstream::TryWatcher for TracedTries {
     fn starting(&mut self, server: &str, attempt: usize, request: &mut Request<body::ProxyBody>) {
-        let mut span = self.trace.child(self.method.as_str().to_owned(), SpanKind::Client);
+        // An unrecorded try's span has no name to show: none is made.
+        let name = if self.trace.recording() { self.method.as_str().to_owned() } else { String::new() };
+        let mut span = self.trace.child(name, SpanKind::Client);
         span.annotate(|| {
             let uri = request.uri();
             let mut attributes = vec![

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
     Tracer as _, TracerProvider as _,
@@ -417,11 +417,51 @@ impl ChildSpan {
         }
     }
 
-    /// Writes its context into `headers` as `traceparent` (and `tracestate`), replacing the
-    /// client's: the next hop's parent is this span.
+    /// Writes its context into `headers` as `traceparent` (and `tracestate` when there is
+    /// one), replacing the client's: the next hop's parent is this span.
     pub(crate) fn inject(&self, headers: &mut HeaderMap) {
-        let cx = Context::new().with_remote_span_context(self.span_context().clone());
-        TraceContextPropagator::new().inject_context(&cx, &mut HeaderWriter(headers));
+        write_trace_context(self.span_context(), headers);
+    }
+}
+
+/// Writes `context` as W3C `traceparent` (`00-TRACE-SPAN-FLAGS`) and, when it has one,
+/// `tracestate`, replacing the request's. Written here rather than by the SDK's propagator,
+/// which makes a `Context` and formats through `format!` for every hop: this runs for every
+/// upstream try of every request while tracing is on, sampled or not.
+fn write_trace_context(context: &SpanContext, headers: &mut HeaderMap) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 55];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        for &byte in bytes {
+            text[at] = HEX[usize::from(byte >> 4)];
+            text[at + 1] = HEX[usize::from(byte & 0x0f)];
+            at += 2;
+        }
+    };
+    put(&[0]);
+    put(&context.trace_id().to_bytes());
+    put(&context.span_id().to_bytes());
+    put(&[context.trace_flags().to_u8()]);
+    // The dashes between the fields: version (2), trace id (32), span id (16), flags (2).
+    let mut traceparent = [0u8; 55];
+    traceparent[..2].copy_from_slice(&text[..2]);
+    traceparent[2] = b'-';
+    traceparent[3..35].copy_from_slice(&text[2..34]);
+    traceparent[35] = b'-';
+    traceparent[36..52].copy_from_slice(&text[34..50]);
+    traceparent[52] = b'-';
+    traceparent[53..55].copy_from_slice(&text[50..52]);
+    let value = HeaderValue::from_bytes(&traceparent).expect("hex digits and dashes are a valid header value");
+    headers.insert(HeaderName::from_static("traceparent"), value);
+    let state = context.trace_state().header();
+    match HeaderValue::try_from(state) {
+        Ok(value) if !value.is_empty() => {
+            headers.insert(HeaderName::from_static("tracestate"), value);
+        }
+        _ => {
+            headers.remove("tracestate");
+        }
     }
 }
 
@@ -441,17 +481,6 @@ impl Extractor for HeaderReader<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-/// The trace context headers of a request, written.
-struct HeaderWriter<'a>(&'a mut HeaderMap);
-
-impl Injector for HeaderWriter<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::try_from(value)) {
-            self.0.insert(name, value);
-        }
     }
 }
 
@@ -543,6 +572,30 @@ mod tests {
         }
         // Binomial(10,000, 0.5): outside 4,500..5,500 happens with odds far below one in a billion.
         assert!((4_500..5_500).contains(&sampled), "{sampled} of 10,000 sampled at 0.5");
+    }
+
+    #[test]
+    fn the_trace_context_is_written_as_the_w3c_propagator_writes_it() {
+        for (flags, state) in [(TraceFlags::SAMPLED, "vendor=abc,other=1"), (TraceFlags::default(), "")] {
+            let state: TraceState = state.parse().unwrap();
+            let context = SpanContext::new(
+                TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                flags,
+                false,
+                state,
+            );
+            let mut expected = HashMap::new();
+            TraceContextPropagator::new()
+                .inject_context(&Context::new().with_remote_span_context(context.clone()), &mut expected);
+            let mut headers = HeaderMap::new();
+            headers.insert("tracestate", HeaderValue::from_static("client=stale"));
+            write_trace_context(&context, &mut headers);
+            assert_eq!(Some(traceparent(&headers)), expected.get("traceparent").map(String::as_str));
+            let written = headers.get("tracestate").map(|value| value.to_str().unwrap().to_owned());
+            let wanted = expected.get("tracestate").filter(|state| !state.is_empty()).cloned();
+            assert_eq!(written, wanted, "the client's tracestate is replaced, an empty one not sent");
+        }
     }
 
     #[test]
