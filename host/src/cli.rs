@@ -61,14 +61,14 @@ pub enum Command {
 /// `sluice plugin ...`.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Scaffold a Rust filter crate in a new folder NAME.
+    /// Scaffold a filter project (Rust, JavaScript or Go) in a new folder NAME.
     New {
         /// The plugin's name (lower case, digits, dashes).
         name: String,
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The language: `rust` or `js`.
+        /// The language: `rust`, `js` or `go`.
         #[arg(long, value_enum, default_value = "rust")]
         lang: packages::Language,
     },
@@ -106,10 +106,13 @@ pub enum PluginCommand {
         reference: String,
     },
     /// Show a package's name, version, world, capabilities and config schema: from a registry
-    /// reference or a package folder.
+    /// reference, a package folder, or a filter's own folder (built first, nothing fetched).
     Inspect {
-        /// A reference or a package folder.
+        /// A reference (host/repo:tag), a package folder, or a filter's folder.
         target: String,
+        /// Cargo's target directory, when TARGET is a filter's folder.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
     },
 }
 
@@ -286,7 +289,10 @@ fn init_logging(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_env("SLUICE_LOG")
         .or_else(|_| EnvFilter::try_new(format!("{level},rustls=error")))
         .unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal, and never when NO_COLOR is set: a log file or
+    // a CI log gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
@@ -370,10 +376,17 @@ fn package_command(command: PluginCommand) -> Result<(), packages::oci::PackageE
             );
             println!("{}", package.digest());
         }
-        PluginCommand::Inspect { target } => {
+        PluginCommand::Inspect { target, target_dir } => {
             let path = PathBuf::from(&target);
             let package = if path.join("index.json").exists() {
                 Package::read_layout(&path)?
+            } else if path.is_dir() {
+                // A filter's own folder (a crate, an npm package, a Go module): what it would
+                // pack to, built here. A folder is never a registry reference.
+                let options = packages::BuildOptions { target_dir, quiet: false };
+                let filter_runtime = sluice_runtime::Runtime::with_default_cache()
+                    .map_err(|err| PackageError::Build(err.to_string()))?;
+                oci::pack(&filter_runtime, &path, &options)?
             } else {
                 runtime.block_on(oci::pull(&oci::parse_reference(&target)?))?
             };

@@ -213,3 +213,48 @@ fn check_reports_a_filter_config_the_plugin_refuses() {
         "{stderr}"
     );
 }
+
+#[test]
+fn logs_carry_no_colour_codes_when_not_on_a_terminal() {
+    // An address this machine does not have: the start fails and says so in the log.
+    let path = write_config("colour", "[[listener]]\nbind = \"192.0.2.1:9\"\n");
+    let output = sluice().args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot start"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes in a log that is not a terminal: {stderr:?}");
+}
+
+#[test]
+fn plugin_new_help_names_every_language() {
+    let output = sluice().args(["plugin", "new", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for language in ["rust", "js", "go"] {
+        assert!(help.contains(language), "`plugin new --help` does not name {language}: {help}");
+    }
+    assert!(help.contains("Rust, JavaScript or Go"), "{help}");
+}
+
+#[test]
+fn a_registry_error_keeps_its_cause() {
+    // Nothing listens on a port that was just free.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let output = sluice().args(["plugin", "pull", &format!("127.0.0.1:{port}/filters/waf:1.0.0")]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
+    assert!(stderr.contains("connection refused"), "the cause is dropped: {stderr}");
+}
+
+#[test]
+fn plugin_inspect_on_a_filters_folder_builds_it_and_fetches_nothing() {
+    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/plugins/probe");
+    let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plugins");
+    let output = sluice().args(["plugin", "inspect", probe, "--target-dir", target]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert!(report["digest"].as_str().is_some_and(|digest| digest.starts_with("sha256:")), "{report}");
+    assert!(report["world"].as_str().is_some_and(|world| world.starts_with("sluice:filter")), "{report}");
+    assert_eq!(report["name"], "probe");
+    assert!(report["capabilities"].as_array().is_some_and(|capabilities| !capabilities.is_empty()), "{report}");
+}

@@ -395,8 +395,21 @@ pub fn credentials(registry: &str) -> RegistryAuth {
     }
 }
 
-fn registry_error(err: impl std::fmt::Display) -> PackageError {
-    PackageError::Registry(err.to_string())
+/// A registry error with its causes, `outer: inner: innermost`: "error sending request" says
+/// little without the "Connection refused" under it.
+fn registry_error(err: impl std::error::Error) -> PackageError {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        // Some errors repeat their cause in their own message.
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    PackageError::Registry(message)
 }
 
 /// What a transfer reports as it goes: a blob's name, bytes so far, and its size.
