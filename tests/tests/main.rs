@@ -28,6 +28,7 @@ mod reload;
 mod routing;
 mod runtime;
 mod scale_out;
+mod shadow;
 mod shutdown;
 mod streaming;
 mod templates;

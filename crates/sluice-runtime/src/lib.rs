@@ -55,7 +55,7 @@ pub use long_calls::{LongCallPriority, LongCallThreads};
 pub use plugin::{Plugin, PluginError, WIT_PACKAGE, WIT_VERSION};
 pub use pool::{
     BodyOutcome, CallReport, Canary, FailurePolicy, FilterError, FilterErrorKind, FilterInstance, FilterPool,
-    FilterSpec, HeadOutcome, InstanceCount, Isolation, RequestHead, RouteFilter,
+    FilterSpec, HeadOutcome, InstanceCount, Isolation, RequestHead, RouteFilter, Shadow,
 };
 pub use tenant::{
     BanGrant, CpuRate, DEFAULT_BAN_ENTRIES, DEFAULT_CALL_TIMEOUT, DEFAULT_LOG_LINES_PER_SECOND, DEFAULT_METRIC_SERIES,

@@ -255,6 +255,25 @@ impl FilterPool {
                 _ => return Err(self.error(FilterErrorKind::Busy(self.spec.tenant.max_instances), None)),
             },
         };
+        self.instance_under(permit, context).await
+    }
+
+    /// An instance for a shadow run: like [`FilterPool::checkout`], but `None` at once when the
+    /// tenant's instances are all busy, rather than waiting for one.
+    pub async fn checkout_if_free(
+        self: &Arc<Self>,
+        context: CallContext,
+    ) -> Option<Result<FilterInstance, FilterError>> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(self.instance_under(permit, context).await)
+    }
+
+    /// A warm instance, or a new one, held under `permit`.
+    async fn instance_under(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        context: CallContext,
+    ) -> Result<FilterInstance, FilterError> {
         let warm = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
         let mut instance = match warm {
             Some(instance) => instance,
@@ -947,6 +966,18 @@ pub struct RouteFilter {
     pool: std::sync::OnceLock<Arc<FilterPool>>,
     /// Another version taking a share of the requests.
     pub canary: Option<Canary>,
+    /// Another version that runs beside this one on a copy of what it sees, with no effect.
+    pub shadow: Option<Shadow>,
+}
+
+/// A shadow version of a filter: another plugin (or config) that runs on a copy of a share of
+/// the filter's calls, whose decisions are compared with the filter's and never applied.
+#[derive(Debug)]
+pub struct Shadow {
+    /// The shadow filter.
+    pub filter: Box<RouteFilter>,
+    /// Share of requests shadowed, 1 to 100.
+    pub percent: u32,
 }
 
 /// A canary version of a filter: another plugin that serves `percent` of its requests.
@@ -963,7 +994,19 @@ pub struct Canary {
 impl RouteFilter {
     /// A filter not yet prepared.
     pub fn new(spec: FilterSpec, key: String, position: Option<(usize, usize)>) -> Self {
-        Self { spec, key, position, pool: std::sync::OnceLock::new(), canary: None }
+        Self { spec, key, position, pool: std::sync::OnceLock::new(), canary: None, shadow: None }
+    }
+
+    /// The same filter with a shadow version.
+    pub fn with_shadow(mut self, shadow: Shadow) -> Self {
+        self.shadow = Some(shadow);
+        self
+    }
+
+    /// The shadow version, when this request is one of its share.
+    pub fn shadow_for_this_request(&self) -> Option<&RouteFilter> {
+        let shadow = self.shadow.as_ref()?;
+        (shadow.percent >= 100 || rand::random_range(0..100) < shadow.percent).then_some(&*shadow.filter)
     }
 
     /// The same filter with a canary version.
@@ -972,9 +1015,12 @@ impl RouteFilter {
         self
     }
 
-    /// This filter and its canary, if any: everything that must be prepared.
+    /// This filter, its canary and its shadow, where it has them: everything that must be
+    /// prepared.
     pub fn versions(&self) -> impl Iterator<Item = &RouteFilter> {
-        std::iter::once(self).chain(self.canary.as_ref().map(|canary| &*canary.filter))
+        std::iter::once(self)
+            .chain(self.canary.as_ref().map(|canary| &*canary.filter))
+            .chain(self.shadow.as_ref().map(|shadow| &*shadow.filter))
     }
 
     /// The version that serves a request from `client`: the canary for its share of requests

@@ -1,7 +1,8 @@
 //! What the admin API shows, as JSON: the configuration generation and its last reload
 //! (`/status`), routes with their filter chains (`/routes`), plugins (`/plugins`), tenants with
 //! their grants and use (`/tenants`, `/tenants/usage`), upstream servers (`/upstreams`), the
-//! cache (`/cache`) and live per-route figures (`/live`). The schemas are in
+//! cache (`/cache`), live per-route figures (`/live`) and shadow filters' comparisons
+//! (`/shadows`). The schemas are in
 //! docs/operations.md.
 //!
 //! `/routes` and `/live` take `?search=TEXT` (routes whose name contains it), `?offset=N` and
@@ -24,7 +25,15 @@ use sluice_upstream::Availability;
 pub(super) fn serves(path: &str) -> bool {
     matches!(
         path,
-        "/status" | "/routes" | "/plugins" | "/tenants" | "/tenants/usage" | "/upstreams" | "/cache" | "/live"
+        "/status"
+            | "/routes"
+            | "/plugins"
+            | "/tenants"
+            | "/tenants/usage"
+            | "/upstreams"
+            | "/cache"
+            | "/live"
+            | "/shadows"
     )
 }
 
@@ -46,6 +55,7 @@ pub(super) fn read(request: &Request<Incoming>, admin: &Admin, path: &str) -> Re
         "/upstreams" => upstreams(&snapshot),
         "/cache" => cache(admin, &snapshot),
         "/live" => live(&snapshot, &page),
+        "/shadows" => snapshot.services.shadows.report(),
         _ => return error_response(StatusCode::NOT_FOUND, "not found"),
     };
     json_response(StatusCode::OK, &body)
@@ -221,6 +231,11 @@ fn route_json(route: &std::sync::Arc<Route>) -> Value {
                 version["percent"] = json!(canary.percent);
                 version["sticky"] = json!(canary.sticky);
                 described["canary"] = version;
+            }
+            if let Some(shadow) = &filter.shadow {
+                let mut version = filter_version_json(&shadow.filter);
+                version["percent"] = json!(shadow.percent);
+                described["shadow"] = version;
             }
             described
         })

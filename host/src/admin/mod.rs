@@ -1,6 +1,6 @@
 //! The admin listener: the dashboard at `/` ([`dashboard`]), what the proxy knows as JSON
 //! ([`inventory`]: `/status`, `/routes`, `/plugins`, `/tenants`, `/upstreams`, `/cache`,
-//! `/live`, `/tenants/usage`, `/blocks`), `/metrics` (Prometheus text format), `/healthz`, and
+//! `/live`, `/shadows`, `/tenants/usage`, `/blocks`), `/metrics` (Prometheus text format), `/healthz`, and
 //! the changes ([`changes`]: `POST /reload`, `POST /cache/purge`, `POST /blocks`,
 //! `DELETE /blocks`).
 //!
@@ -213,7 +213,9 @@ mod tests {
     fn every_endpoint_has_one_access_level() {
         assert_eq!(access_of(&Method::GET, "/healthz"), Some(Access::Open));
         assert_eq!(access_of(&Method::GET, "/"), Some(Access::Open));
-        for path in ["/metrics", "/status", "/routes", "/plugins", "/tenants", "/live", "/upstreams", "/cache"] {
+        for path in
+            ["/metrics", "/status", "/routes", "/plugins", "/tenants", "/live", "/upstreams", "/cache", "/shadows"]
+        {
             assert_eq!(access_of(&Method::GET, path), Some(Access::Read), "{path}");
         }
         assert_eq!(access_of(&Method::GET, "/tenants/usage"), Some(Access::Read));

@@ -313,6 +313,26 @@ pub struct FilterEntry {
     pub isolation: IsolationSetting,
     /// Another plugin (a new version) that serves a share of the requests instead.
     pub canary: Option<CanaryEntry>,
+    /// Another plugin (or config) that runs beside this one on a copy of what it sees, whose
+    /// decisions are compared and never applied.
+    pub shadow: Option<ShadowEntry>,
+}
+
+/// A shadow: another plugin deciding on a share of a filter's requests without effect.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowEntry {
+    /// The plugin (a key of `[plugin]`), typically a newer version of the filter's.
+    pub plugin: Spanned<String>,
+    /// Share of requests shadowed, 1 to 100.
+    #[serde(default = "all_percent")]
+    pub percent: u32,
+    /// Its config; default: the filter's own.
+    pub config: Option<toml::Value>,
+}
+
+fn all_percent() -> u32 {
+    100
 }
 
 /// A canary: another plugin taking `percent` of a filter's requests.

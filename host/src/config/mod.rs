@@ -39,12 +39,19 @@ pub struct Services {
     pub upstream_metrics: Arc<UpstreamMetrics>,
     /// Every route's live figures, by name, for the dashboard (kept across generations).
     pub live: Arc<crate::telemetry::live::LiveBoard>,
+    /// Every shadow filter's comparisons with the filter it shadows (kept across generations).
+    pub shadows: Arc<crate::pipeline::shadow::ShadowBoard>,
 }
 
 impl Services {
     /// Services over `runtime`.
     pub fn new(runtime: Runtime) -> Self {
-        Self { runtime: Arc::new(runtime), upstream_metrics: Arc::default(), live: Arc::default() }
+        Self {
+            runtime: Arc::new(runtime),
+            upstream_metrics: Arc::default(),
+            live: Arc::default(),
+            shadows: Arc::default(),
+        }
     }
 
     /// Services whose runtime caches compiled components where users expect them

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tracing::Instrument;
 
+use super::shadow::{Input, Outcome, ShadowRun, copy_request, copy_response};
 use crate::routing::Route;
 use crate::telemetry::live::FilterLive;
 use crate::telemetry::traces::{ChildSpan, SharedTrace};
@@ -28,6 +29,32 @@ struct Link {
     policy: FailurePolicy,
     /// The live figures of the version that serves this request.
     live: Arc<FilterLive>,
+    /// Its shadow's run for this request, when the filter has a shadow and this request is in
+    /// its share.
+    shadow: Option<ShadowRun>,
+}
+
+impl Link {
+    /// Hands the shadow this phase's input and the real call's outcome (made by `outcome`); a
+    /// failed real call ends the shadow's run uncompared.
+    fn shadow_step<T>(
+        &mut self,
+        input: Option<Input>,
+        result: &Result<T, FilterError>,
+        outcome: impl FnOnce(&T) -> Outcome,
+    ) {
+        let (Some(run), Some(input)) = (&self.shadow, input) else { return };
+        let handed = match result {
+            Ok(real) => run.send(input, outcome(real)),
+            Err(_) => {
+                run.skip();
+                false
+            }
+        };
+        if !handed {
+            self.shadow = None;
+        }
+    }
 }
 
 /// The checked-out instances of a route's filters for one request.
@@ -57,11 +84,19 @@ impl FilterChain {
         services: &Arc<HostServices>,
     ) -> Result<Self, FilterError> {
         let mut links = Vec::with_capacity(route.filters.len());
-        for (configured, live) in route.filters.iter().zip(&route.filter_live) {
+        for (configured, figures) in route.filters.iter().zip(&route.filter_live) {
             let filter = configured.choose(context.client_ip);
-            let live = match &live.canary {
+            let live = match &figures.canary {
                 Some(canary) if !std::ptr::eq(filter, configured) => canary.clone(),
-                _ => live.filter.clone(),
+                _ => figures.filter.clone(),
+            };
+            let shadow = match (configured.shadow_for_this_request(), &figures.shadow) {
+                (Some(shadow), Some(tally)) => shadow.pool().and_then(|pool| {
+                    let mut shadow_context = context.clone();
+                    shadow_context.filter = shadow.spec.name.clone();
+                    ShadowRun::start(pool.clone(), shadow_context, tally.clone())
+                }),
+                _ => None,
             };
             let Some(pool) = filter.pool() else {
                 return Err(FilterError {
@@ -75,14 +110,16 @@ impl FilterChain {
             filter_context.filter = filter.spec.name.clone();
             let policy = filter.spec.on_error;
             match pool.checkout(filter_context).await {
-                Ok(instance) => links.push(Link { instance: Some(instance), phases: pool.phases(), policy, live }),
+                Ok(instance) => {
+                    links.push(Link { instance: Some(instance), phases: pool.phases(), policy, live, shadow });
+                }
                 Err(error) => {
                     log_failure(services, &error, &filter.spec.tenant.name, &context.request_id, policy);
                     live.record_call(std::time::Duration::ZERO, true);
                     if policy == FailurePolicy::FailClosed {
                         return Err(error);
                     }
-                    links.push(Link { instance: None, phases: Phases::empty(), policy, live });
+                    links.push(Link { instance: None, phases: Phases::empty(), policy, live, shadow: None });
                 }
             }
         }
@@ -107,6 +144,7 @@ impl FilterChain {
             link.instance.as_ref().map(|instance| instance.pool().spec.tenant.name.clone()).unwrap_or_default();
         log_failure(&self.services, &error, &tenant, &self.request_id, link.policy);
         link.instance = None;
+        link.shadow = None;
         match link.policy {
             FailurePolicy::FailOpen => Ok(()),
             FailurePolicy::FailClosed => Err(error),
@@ -123,9 +161,11 @@ impl FilterChain {
             };
             let span = call_span(instance, "request_headers");
             let traced = trace_call(self.trace.as_ref(), instance, "request_headers");
+            let shadow_input = link.shadow.as_ref().map(|_| Input::Request(copy_request(head)));
             let started = Instant::now();
             let outcome = instance.on_request(head).instrument(span).await;
             end_call(&link.live, started, traced, instance, &outcome);
+            link.shadow_step(shadow_input, &outcome, |real| Outcome::of_head(real, &head.parts.headers));
             match outcome {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
@@ -148,9 +188,11 @@ impl FilterChain {
             };
             let span = call_span(instance, "request_body");
             let traced = trace_call(self.trace.as_ref(), instance, "request_body");
+            let shadow_input = link.shadow.as_ref().map(|_| Input::RequestBody(copy_request(head), body.clone()));
             let started = Instant::now();
             let outcome = instance.on_request_body(head, body.clone()).instrument(span).await;
             end_call(&link.live, started, traced, instance, &outcome);
+            link.shadow_step(shadow_input, &outcome, |real| Outcome::of_body(real, &head.parts.headers));
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,
@@ -175,9 +217,12 @@ impl FilterChain {
             };
             let span = call_span(instance, "response_headers");
             let traced = trace_call(self.trace.as_ref(), instance, "response_headers");
+            let shadow_input =
+                link.shadow.as_ref().map(|_| Input::Response(copy_request(head), copy_response(response)));
             let started = Instant::now();
             let outcome = instance.on_response(head, response).instrument(span).await;
             end_call(&link.live, started, traced, instance, &outcome);
+            link.shadow_step(shadow_input, &outcome, |real| Outcome::of_head(real, &response.headers));
             match outcome {
                 Ok(HeadOutcome::Continue) => {}
                 Ok(respond @ HeadOutcome::Respond(_)) => return Ok(respond),
@@ -206,9 +251,14 @@ impl FilterChain {
             };
             let span = call_span(instance, "response_body");
             let traced = trace_call(self.trace.as_ref(), instance, "response_body");
+            let shadow_input = link
+                .shadow
+                .as_ref()
+                .map(|_| Input::ResponseBody(copy_request(head), copy_response(response), body.clone()));
             let started = Instant::now();
             let outcome = instance.on_response_body(head, response, true, body.clone(), true).instrument(span).await;
             end_call(&link.live, started, traced, instance, &outcome);
+            link.shadow_step(shadow_input, &outcome, |real| Outcome::of_body(real, &response.headers));
             match outcome {
                 Ok(BodyOutcome::Pass) => {}
                 Ok(BodyOutcome::Replace(replacement)) => body = replacement,

@@ -24,6 +24,7 @@ pub mod forwarding;
 mod request_phase;
 mod response_phase;
 mod route_match;
+pub mod shadow;
 mod state;
 mod upstream;
 

@@ -188,7 +188,9 @@ impl Reloader {
             pending_restart.push("server.long_call_priority".to_owned());
         }
         let generation = self.status().generation + 1;
-        next.services.live.keep_only(&next.live_places());
+        let places = next.live_places();
+        next.services.live.keep_only(&places);
+        next.services.shadows.keep_only(&places);
         self.snapshot.store(Arc::new(next));
         Ok((generation, pending_restart))
     }

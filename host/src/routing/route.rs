@@ -57,6 +57,8 @@ pub struct FilterLiveFigures {
     pub filter: Arc<crate::telemetry::live::FilterLive>,
     /// Its canary's.
     pub canary: Option<Arc<crate::telemetry::live::FilterLive>>,
+    /// Its shadow's comparisons, when it has a shadow.
+    pub shadow: Option<Arc<crate::pipeline::shadow::ShadowTally>>,
 }
 
 /// What a route does with a request it takes.

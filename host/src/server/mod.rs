@@ -95,6 +95,7 @@ impl Server {
         }
         let mut metrics = Metrics::new();
         metrics.register_filter_metrics(snapshot.services.runtime.services());
+        metrics.register_shadow_metrics(&snapshot.services.shadows);
         metrics.register_upstream_metrics(&snapshot.services.upstream_metrics);
         let metrics = Arc::new(metrics);
         let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));

@@ -226,6 +226,11 @@ impl Metrics {
         );
     }
 
+    /// Adds the comparisons of shadow filters with the filters they shadow.
+    pub fn register_shadow_metrics(&mut self, shadows: &Arc<crate::pipeline::shadow::ShadowBoard>) {
+        self.registry.register_collector(Box::new(crate::pipeline::shadow::ShadowCollector(shadows.clone())));
+    }
+
     /// The registry in Prometheus text format, encoded on a blocking thread, one scrape at a
     /// time: a large page never holds up a worker, and scrapes cannot pile up.
     pub async fn encode_off_workers(self: &Arc<Self>) -> String {

@@ -42,7 +42,9 @@ use crate::routing::{
 use sluice_cache::CacheSettings;
 use sluice_http::compression::{CompressionLevel, CompressionSettings, Encoding};
 use sluice_runtime::kv::{KvBackend, KvQuota};
-use sluice_runtime::{Canary, FailurePolicy, FilterSpec, Isolation, LongCallPriority, Plugin, RouteFilter, Tenant};
+use sluice_runtime::{
+    Canary, FailurePolicy, FilterSpec, Isolation, LongCallPriority, Plugin, RouteFilter, Shadow, Tenant,
+};
 use sluice_runtime::{CpuRate, LongCallLane};
 use sluice_tls::server::{self as tls, CertificatePaths, TlsSettings};
 use sluice_upstream::{

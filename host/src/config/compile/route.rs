@@ -332,6 +332,18 @@ impl Compiler<'_> {
                     sticky: canary.sticky,
                 });
             }
+            if let Some(shadow) = &written.shadow {
+                let shadow_key = format!("{filter_key}.shadow");
+                if !(1..=100).contains(&shadow.percent) {
+                    return Err(self.spanned_error(entry, &format!("{shadow_key}.percent"), "must be 1 to 100"));
+                }
+                let config = shadow.config.as_ref().or(written.config.as_ref());
+                let spec = self.filter_spec(&version, &shadow.plugin, config, &shadow_key)?;
+                filter = filter.with_shadow(Shadow {
+                    filter: Box::new(RouteFilter::new(spec, shadow_key, position)),
+                    percent: shadow.percent,
+                });
+            }
             filters.push(filter);
         }
 
@@ -351,6 +363,13 @@ impl Compiler<'_> {
                     .canary
                     .as_ref()
                     .map(|canary| live.filter(place_in_chain(&canary.filter.key), &canary.filter.spec.plugin.name)),
+                shadow: filter.shadow.as_ref().map(|shadow| {
+                    self.services.shadows.tally(
+                        &name,
+                        place_in_chain(&shadow.filter.key),
+                        &shadow.filter.spec.plugin.name,
+                    )
+                }),
             })
             .collect();
         Ok(Route {
