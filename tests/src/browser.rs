@@ -103,7 +103,9 @@ impl Browser {
             .collect()
     }
 
-    /// The text of the first element `css` selects, if there is one.
+    /// The text of the first element `css` selects, if there is one (and it was not redrawn
+    /// between finding and reading it: pages that redraw are read through
+    /// [`Browser::wait_for_text`]).
     pub async fn text(&self, css: &str) -> Option<String> {
         let element = self.client.find(Locator::Css(css)).await.ok()?;
         element.text().await.ok()

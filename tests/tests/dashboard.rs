@@ -49,7 +49,7 @@ source = "{probe}"
 name = "shop"
 host = ["shop.test"]
 upstream = "app"
-filters = [{{ plugin = "probe", config = {{ tag = "shop" }} }}]
+filters = [{{ plugin = "probe", config = {{ tag = "shop" }}, shadow = {{ plugin = "probe", config = {{ tag = "strict", deny_path = "/" }} }} }}]
 [[route]]
 name = "cached"
 host = ["app.test"]
@@ -142,7 +142,8 @@ async fn the_dashboard_loads_clean_counts_requests_live_and_pages_a_thousand_rou
     assert_eq!(rows, 50, "a page shows 50 routes, not all of them");
     browser.fill("#route-search", "route-0999").await;
     browser.wait_for_text("#route-count", "one match", |text| text.starts_with("1 of 1,002")).await;
-    assert_eq!(browser.text("#routes-body tr td a").await.as_deref(), Some("route-0999"));
+    // The page redraws every second: read through the wait, which tries again on a redrawn row.
+    browser.wait_for_text("#routes-body tr td a", "the match", |text| text == "route-0999").await;
     browser.fill("#route-search", "shop").await;
 
     let requests = "#routes-body tr[data-route=\"shop\"] td[data-field=\"requests\"]";
@@ -165,6 +166,9 @@ async fn the_dashboard_loads_clean_counts_requests_live_and_pages_a_thousand_rou
     browser.wait_for_text(calls, "the filter's calls", |text| count(text).is_some_and(|n| n >= 120)).await;
     let p99 = "#route-filters tr[data-place=\"filters[0]\"] td[data-field=\"p99\"]";
     browser.wait_for_text(p99, "the filter's call times", |text| text != "-").await;
+    // The shadow blocks what the filter lets through: the page counts its disagreements.
+    let disagreed = "#route-shadows tr[data-place=\"filters[0].shadow\"] td[data-field=\"disagreed\"]";
+    browser.wait_for_text(disagreed, "the shadow's disagreements", |text| count(text).is_some_and(|n| n > 0)).await;
     save_screenshot(&browser, "dashboard-route.png").await;
     drop(traffic);
 
@@ -195,7 +199,7 @@ async fn a_stopped_origin_turns_unhealthy_and_a_failed_reload_shows_its_error() 
     drop(doomed);
     browser.wait_for_text(&state, "the stopped server unhealthy", |text| text == "unhealthy").await;
     let steady_state = format!("tr[data-server=\"{}\"] td[data-field=\"state\"]", steady.addr);
-    assert_eq!(browser.text(&steady_state).await.as_deref(), Some("available"));
+    browser.wait_for_text(&steady_state, "the other server still available", |text| text == "available").await;
 
     // A broken file, reloaded from the page's own form: the overview says why it failed.
     std::fs::write(&path, "[[listener]]\nbind = 7\n").expect("break the config");
@@ -210,7 +214,7 @@ async fn a_stopped_origin_turns_unhealthy_and_a_failed_reload_shows_its_error() 
     assert!(error.contains("listener[0].bind"), "{error}");
     let hidden = browser.run_script("return document.getElementById('reload-error').hidden").await;
     assert_eq!(hidden, false, "the failed reload is shown");
-    assert_eq!(browser.text("#overview-generation").await.as_deref(), Some("1"), "the running generation stays");
+    browser.wait_for_text("#overview-generation", "the running generation kept", |text| text == "1").await;
     browser.close().await;
     server.shutdown_within(std::time::Duration::from_secs(5)).await;
 }

@@ -1,7 +1,7 @@
-//! The admin listener: the dashboard at `/` ([`dashboard`]), what the proxy knows as JSON
-//! ([`inventory`]: `/status`, `/routes`, `/plugins`, `/tenants`, `/upstreams`, `/cache`,
-//! `/live`, `/shadows`, `/tenants/usage`, `/blocks`), `/metrics` (Prometheus text format), `/healthz`, and
-//! the changes ([`changes`]: `POST /reload`, `POST /cache/purge`, `POST /blocks`,
+//! The admin listener: the dashboard at `/` (`dashboard`), what the proxy knows as JSON
+//! (`inventory`: `/status`, `/routes`, `/plugins`, `/tenants`, `/upstreams`, `/cache`, `/live`,
+//! `/shadows`, `/tenants/usage`, `/blocks`), `/metrics` (Prometheus text format), `/healthz`,
+//! and the changes (`changes`: `POST /reload`, `POST /cache/purge`, `POST /blocks`,
 //! `DELETE /blocks`).
 //!
 //! Changes need `Authorization: Bearer <admin.reload_token>`. Reads need `admin.read_token` (or

@@ -40,7 +40,7 @@ pub struct Services {
     /// Every route's live figures, by name, for the dashboard (kept across generations).
     pub live: Arc<crate::telemetry::live::LiveBoard>,
     /// Every shadow filter's comparisons with the filter it shadows (kept across generations).
-    pub shadows: Arc<crate::pipeline::shadow::ShadowBoard>,
+    pub shadows: Arc<crate::telemetry::shadows::ShadowBoard>,
 }
 
 impl Services {

@@ -12,9 +12,10 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tracing::Instrument;
 
-use super::shadow::{Input, Outcome, ShadowRun, copy_request, copy_response};
+use super::shadow::{Input, ShadowRun, copy_request, copy_response};
 use crate::routing::Route;
 use crate::telemetry::live::FilterLive;
+use crate::telemetry::shadows::Outcome;
 use crate::telemetry::traces::{ChildSpan, SharedTrace};
 use sluice_http::body::{self, BoxError, ProxyBody};
 use sluice_runtime::{

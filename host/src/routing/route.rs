@@ -58,7 +58,7 @@ pub struct FilterLiveFigures {
     /// Its canary's.
     pub canary: Option<Arc<crate::telemetry::live::FilterLive>>,
     /// Its shadow's comparisons, when it has a shadow.
-    pub shadow: Option<Arc<crate::pipeline::shadow::ShadowTally>>,
+    pub shadow: Option<Arc<crate::telemetry::shadows::ShadowTally>>,
 }
 
 /// What a route does with a request it takes.

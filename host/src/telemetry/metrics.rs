@@ -227,8 +227,8 @@ impl Metrics {
     }
 
     /// Adds the comparisons of shadow filters with the filters they shadow.
-    pub fn register_shadow_metrics(&mut self, shadows: &Arc<crate::pipeline::shadow::ShadowBoard>) {
-        self.registry.register_collector(Box::new(crate::pipeline::shadow::ShadowCollector(shadows.clone())));
+    pub fn register_shadow_metrics(&mut self, shadows: &Arc<crate::telemetry::shadows::ShadowBoard>) {
+        self.registry.register_collector(Box::new(crate::telemetry::shadows::ShadowCollector(shadows.clone())));
     }
 
     /// The registry in Prometheus text format, encoded on a blocking thread, one scrape at a

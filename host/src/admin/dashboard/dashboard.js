@@ -16,6 +16,7 @@ const state = {
   upstreams: null,
   plugins: null,
   tenants: null,
+  shadows: null,
   cache: null,
   history: [],
   routeSearch: "",
@@ -292,6 +293,7 @@ function renderRoute(name) {
       numberCell("p99", number(figures.p99_us, 0)),
       el("td", { class: "number" + (figures.failures ? " state failed" : ""), dataset: { field: "failures" } }, number(figures.failures)));
   }));
+  renderShadows(name);
   settingsRows(byId("route-settings"), [
     ["tenant", route.tenant],
     ["match", matchText(route)],
@@ -301,6 +303,32 @@ function renderRoute(name) {
     ["compression", route.compression],
     ["access rules", route.access_rules ? "yes" : "none"],
   ]);
+}
+
+function renderShadows(route) {
+  const shadows = state.shadows ? state.shadows.shadows.filter((shadow) => shadow.route === route) : [];
+  byId("route-shadows-section").hidden = shadows.length === 0;
+  replaceRows(byId("route-shadows"), shadows.map((shadow) => {
+    const disagreed = shadow.disagreed;
+    const total = disagreed.decision + disagreed.status + disagreed.headers + disagreed.body;
+    return el("tr", { dataset: { place: shadow.place } },
+      el("td", {}, shadow.place),
+      el("td", {}, shadow.plugin),
+      numberCell("agreed", number(shadow.agreed)),
+      el("td", { class: "number" + (total ? " state failed" : ""), dataset: { field: "disagreed" } },
+        `${number(total)} (${number(disagreed.decision)} / ${number(disagreed.status)} / ${number(disagreed.headers)} / ${number(disagreed.body)})`),
+      numberCell("skipped", number(shadow.skipped)),
+      numberCell("failed", number(shadow.failed)));
+  }));
+  const recent = shadows.flatMap((shadow) => shadow.recent_disagreements).slice(0, 10);
+  replaceRows(byId("route-disagreements"), recent.map((kept) =>
+    el("tr", {},
+      el("td", {}, new Date(kept.at).toLocaleTimeString()),
+      el("td", { class: "digest" }, kept.request_id),
+      el("td", {}, kept.phase),
+      el("td", {}, kept.disagreement),
+      el("td", {}, kept.real),
+      el("td", {}, kept.shadow))));
 }
 
 function renderUpstreams() {
@@ -410,6 +438,7 @@ async function poll() {
       state.routes = (await read("/routes")).routes;
       state.routesGeneration = status.generation;
     }
+    if (view === "route") state.shadows = await read("/shadows");
     if (view === "plugins") state.plugins = await read("/plugins");
     if (view === "tenants") state.tenants = await read("/tenants");
     byId("read-token").hidden = true;
