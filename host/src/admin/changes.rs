@@ -22,18 +22,31 @@ struct PurgeRequest {
     route: Option<String>,
 }
 
+fn bad(message: String) -> Response<ProxyBody> {
+    super::error_response(StatusCode::BAD_REQUEST, &message)
+}
+
+/// Reads a JSON body of at most `limit` bytes as a `T`; the error is the `400` to send, saying
+/// what was `expected`.
+#[allow(clippy::result_large_err)]
+async fn json_body<T: serde::de::DeserializeOwned>(
+    request: Request<Incoming>,
+    limit: usize,
+    expected: &str,
+) -> Result<T, Response<ProxyBody>> {
+    let body = match http_body_util::Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => return Err(bad(format!("could not read the body: {err}"))),
+    };
+    serde_json::from_slice(&body).map_err(|err| bad(format!("expected {expected}: {err}")))
+}
+
 /// `POST /cache/purge` with a JSON body such as `{"tag": "products"}`; token-protected.
 pub(super) async fn purge(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
-    let bad = |message: String| {
-        text_response(StatusCode::BAD_REQUEST, JSON, format!("{}\n", serde_json::json!({"error": message})))
-    };
-    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => return bad(format!("could not read the body: {err}")),
-    };
-    let wanted: PurgeRequest = match serde_json::from_slice(&body) {
+    let expected = "{\"key\" | \"prefix\" | \"tag\": ..., \"route\"?: ...}";
+    let wanted: PurgeRequest = match json_body(request, 64 * 1024, expected).await {
         Ok(wanted) => wanted,
-        Err(err) => return bad(format!("expected {{\"key\" | \"prefix\" | \"tag\": ..., \"route\"?: ...}}: {err}")),
+        Err(refused) => return refused,
     };
     let target = match (&wanted.key, &wanted.prefix, &wanted.tag) {
         (Some(key), None, None) => PurgeTarget::Key(key),
@@ -102,20 +115,10 @@ struct BanBody {
 /// `POST /blocks` with `{"address": "192.0.2.7", "duration": "10m", "reason": "...",
 /// "tenant"?: "..."}`; token-protected. Banning an address banned already extends the ban.
 pub(super) async fn add_ban(request: Request<Incoming>, admin: &Admin) -> Response<ProxyBody> {
-    let bad = |message: String| {
-        text_response(StatusCode::BAD_REQUEST, JSON, format!("{}\n", serde_json::json!({"error": message})))
-    };
-    let body = match http_body_util::Limited::new(request.into_body(), 16 * 1024).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => return bad(format!("could not read the body: {err}")),
-    };
-    let wanted: BanBody = match serde_json::from_slice(&body) {
+    let expected = "{\"address\": ..., \"duration\": ..., \"reason\"?: ..., \"tenant\"?: ...}";
+    let wanted: BanBody = match json_body(request, 16 * 1024, expected).await {
         Ok(wanted) => wanted,
-        Err(err) => {
-            return bad(format!(
-                "expected {{\"address\": ..., \"duration\": ..., \"reason\"?: ..., \"tenant\"?: ...}}: {err}"
-            ));
-        }
+        Err(refused) => return refused,
     };
     let Some(network) = sluice_access::parse_network(&wanted.address) else {
         return bad(format!("{:?} is not an address or a CIDR range", wanted.address));

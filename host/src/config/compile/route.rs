@@ -325,9 +325,9 @@ impl Compiler<'_> {
                     return Err(self.spanned_error(entry, &format!("{canary_key}.percent"), "must be 1 to 99"));
                 }
                 let config = canary.config.as_ref().or(written.config.as_ref());
-                let spec = self.filter_spec(&version, &canary.plugin, config, &canary_key)?;
+                let canary_filter = self.other_version(&version, &canary.plugin, config, canary_key, position)?;
                 filter = filter.with_canary(Canary {
-                    filter: Box::new(RouteFilter::new(spec, canary_key, position)),
+                    filter: Box::new(canary_filter),
                     percent: canary.percent,
                     sticky: canary.sticky,
                 });
@@ -338,11 +338,8 @@ impl Compiler<'_> {
                     return Err(self.spanned_error(entry, &format!("{shadow_key}.percent"), "must be 1 to 100"));
                 }
                 let config = shadow.config.as_ref().or(written.config.as_ref());
-                let spec = self.filter_spec(&version, &shadow.plugin, config, &shadow_key)?;
-                filter = filter.with_shadow(Shadow {
-                    filter: Box::new(RouteFilter::new(spec, shadow_key, position)),
-                    percent: shadow.percent,
-                });
+                let shadow_filter = self.other_version(&version, &shadow.plugin, config, shadow_key, position)?;
+                filter = filter.with_shadow(Shadow { filter: Box::new(shadow_filter), percent: shadow.percent });
             }
             filters.push(filter);
         }
@@ -397,6 +394,20 @@ impl Compiler<'_> {
             usage,
             tenant,
         })
+    }
+
+    /// Another version of a filter (a canary or a shadow): `plugin` with `config`, written at
+    /// `key`.
+    fn other_version(
+        &self,
+        version: &FilterVersion<'_>,
+        plugin: &Spanned<String>,
+        config: Option<&toml::Value>,
+        key: String,
+        position: Option<(usize, usize)>,
+    ) -> Result<RouteFilter, ConfigError> {
+        let spec = self.filter_spec(version, plugin, config, &key)?;
+        Ok(RouteFilter::new(spec, key, position))
     }
 
     pub(super) fn path_match(&self, key: &str, route: &RouteSection) -> Result<PathMatch, ConfigError> {
