@@ -249,6 +249,19 @@ async fn a_panicking_go_filter_fails_only_its_request_and_logs_the_panic() {
     let message = line["guest_message"].as_str().unwrap();
     assert!(message.starts_with("panic: go-probe panicked on /boom"), "{message}");
     assert!(message.contains("main.(*Probe).OnRequest"), "{message}");
+    // Go's runtime writes the panic in pieces: it is logged a whole line per event, not a word.
+    let stderr: Vec<String> = sluice_tests::logged_events()
+        .into_iter()
+        .filter(|event| event["target"] == "sluice::filter" && event["stream"] == "stderr")
+        .map(|event| event["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(stderr.iter().any(|line| line == "panic: go-probe panicked on /boom"), "{stderr:?}");
+    assert!(stderr.iter().any(|line| line == "goroutine 1 [running]:"), "{stderr:?}");
+    assert!(!stderr.iter().any(|line| line == "[" || line == ":"), "logged in pieces: {stderr:?}");
+    // The access log line says what failed in one line; the backtrace is in the failure event.
+    let access = sluice_tests::access_log_line(request_id).await;
+    let said = access["error.message"].as_str().unwrap_or_default();
+    assert!(said.starts_with("filter probe on route fragile: trapped") && !said.contains('\n'), "{said:?}");
     // The trapped instance was discarded; the next request gets a fresh one and succeeds.
     let next = get(&proxy, "app.test", "/fine").await;
     assert_eq!(next.status, 200);

@@ -310,13 +310,7 @@ async fn instantiate(
         let stream = |stream_name: &'static str, kept: Option<Arc<Mutex<String>>>| {
             AsyncStdoutStream::new(
                 8192,
-                GuestOutput {
-                    route: spec.route.clone(),
-                    filter: spec.name.clone(),
-                    stream_name,
-                    kept,
-                    log: state.log.clone(),
-                },
+                GuestOutput::new(spec.route.clone(), spec.name.clone(), stream_name, kept, state.log.clone()),
             )
         };
         // Nothing ambient: no files, no environment, no sockets.
@@ -910,29 +904,61 @@ async fn call_phase(
     answer
 }
 
-/// Where a guest's WASI stdout and stderr go: the log, a line per line written, within the
-/// instance's log budget and escaped as its log lines are; for stderr also the start of what the
-/// call wrote, kept as the guest's message should the call fail.
+/// Where a guest's WASI stdout and stderr go: the log, one event per line (a line written in
+/// pieces, as Go's runtime writes a panic, is gathered first), within the instance's log budget
+/// and escaped as its log lines are; for stderr also the start of what the call wrote, kept as
+/// the guest's message should the call fail.
 struct GuestOutput {
     route: Arc<str>,
     filter: Arc<str>,
     stream_name: &'static str,
     kept: Option<Arc<Mutex<String>>>,
     log: Arc<GuestLog>,
+    /// The start of a line whose end has not been written yet.
+    partial: Vec<u8>,
 }
 
 /// How much of a call's stderr is kept for its failure message.
 const STDERR_KEPT_BYTES: usize = 4096;
 
+/// The longest line gathered; a longer one is logged in pieces of this size.
+const GUEST_LINE_BYTES: usize = 4096;
+
+impl GuestOutput {
+    fn new(
+        route: Arc<str>,
+        filter: Arc<str>,
+        stream_name: &'static str,
+        kept: Option<Arc<Mutex<String>>>,
+        log: Arc<GuestLog>,
+    ) -> Self {
+        Self { route, filter, stream_name, kept, log, partial: Vec::new() }
+    }
+
+    fn log_line(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let line = text.trim_end();
+        if line.is_empty() || !self.log.admit() {
+            return;
+        }
+        let line = escape_line(line);
+        tracing::info!(target: "sluice::filter", route = %self.route, filter = %self.filter, stream = self.stream_name, "{line}");
+    }
+}
+
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
-        let text = String::from_utf8_lossy(bytes);
-        for line in text.lines().map(str::trim_end).filter(|line| !line.is_empty()) {
-            if !self.log.admit() {
-                break;
-            }
-            let line = escape_line(line);
-            tracing::info!(target: "sluice::filter", route = %self.route, filter = %self.filter, stream = self.stream_name, "{line}");
+    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|&byte| byte == b'\n') {
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&rest[..end]);
+            self.log_line(&line);
+            rest = &rest[end + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        if self.partial.len() >= GUEST_LINE_BYTES {
+            let line = std::mem::take(&mut self.partial);
+            self.log_line(&line);
         }
         if let Some(kept) = &self.kept
             && let Ok(mut kept) = kept.lock()
@@ -949,8 +975,18 @@ impl tokio::io::AsyncWrite for GuestOutput {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let line = std::mem::take(&mut self.partial);
+        self.log_line(&line);
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for GuestOutput {
+    /// An instance that ends with a line unfinished still has it logged.
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.partial);
+        self.log_line(&line);
     }
 }
 

@@ -195,7 +195,9 @@ fn record(metrics: &Metrics, state: &mut RequestState, status: u16, end: BodyOut
         request_id = %state.id,
         error.kind = error.map(ProxyError::kind),
         error.side = side,
-        error.message = error.map(tracing::field::display),
+        // One line: a filter's trap carries its wasm backtrace, which its own failure event has
+        // already logged.
+        error.message = error.map(|error| error.to_string().lines().next().unwrap_or_default().to_owned()),
         "{}",
         if error.is_some() { "request failed" } else { "request" }
     );
