@@ -188,12 +188,16 @@ async fn wasi_output_is_bounded_and_escaped_like_log_lines() {
         probe = plugin("tests/plugins/wasi-probe").display(),
     ))
     .await;
-    assert_eq!(get(&proxy, "a", "/").await.status, StatusCode::OK);
-    let lines: Vec<String> = logged_events()
+    let answer = get(&proxy, "a", "/").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let request_id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+    let events: Vec<serde_json::Value> = logged_events()
         .into_iter()
         .filter(|event| event["target"] == "sluice::filter" && event["stream"] == "stdout")
-        .map(|event| event["message"].as_str().unwrap().to_owned())
         .collect();
+    // Each line is logged with the request whose call wrote it.
+    assert!(events.iter().all(|event| event["request_id"] == request_id.as_str()), "{events:?}");
+    let lines: Vec<String> = events.iter().map(|event| event["message"].as_str().unwrap().to_owned()).collect();
     assert!((10..=11).contains(&lines.len()), "{} lines", lines.len());
     assert!(lines.iter().all(|line| line.contains("\\u{1b}[2J") && !line.contains('\u{1b}')), "{lines:?}");
 }

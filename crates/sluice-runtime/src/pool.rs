@@ -306,12 +306,17 @@ async fn instantiate(
         |kind, guest_message| FilterError { route: spec.route.clone(), filter: spec.name.clone(), kind, guest_message };
     let mut state = FilterState::new(runtime.services.clone(), spec.route.clone(), spec.name.clone(), &spec.tenant);
     let stderr_kept = spec.plugin.uses_wasi.then(|| Arc::new(Mutex::new(String::new())));
-    state.wasi = spec.plugin.uses_wasi.then(|| {
+    let guest_lines = spec.plugin.uses_wasi.then(|| {
+        Arc::new(GuestLines {
+            route: spec.route.clone(),
+            filter: spec.name.clone(),
+            log: state.log.clone(),
+            pending: Mutex::new(Vec::new()),
+        })
+    });
+    state.wasi = guest_lines.as_ref().map(|lines| {
         let stream = |stream_name: &'static str, kept: Option<Arc<Mutex<String>>>| {
-            AsyncStdoutStream::new(
-                8192,
-                GuestOutput::new(spec.route.clone(), spec.name.clone(), stream_name, kept, state.log.clone()),
-            )
+            AsyncStdoutStream::new(8192, GuestOutput::new(stream_name, kept, lines.clone()))
         };
         // Nothing ambient: no files, no environment, no sockets.
         WasiCtxBuilder::new()
@@ -323,6 +328,7 @@ async fn instantiate(
             .build()
     });
     state.guest_stderr = stderr_kept;
+    state.guest_lines = guest_lines;
     // Deadlines count epochs: the ticker must run before a guest does.
     runtime.start_epoch_ticker();
     let mut store = Store::new(runtime.engine(), state);
@@ -343,10 +349,16 @@ async fn instantiate(
             long_calls::run(clock, true, start_instance(store, pre, config, limits, entry)).await
         }
     };
+    let state = store.data_mut();
+    let guest_message = outcome.is_err().then(|| state.take_guest_message()).flatten();
+    // What it wrote while starting belongs to no request.
+    if let Some(lines) = &state.guest_lines {
+        lines.flush(None, outcome.is_err());
+    }
     match outcome {
         Ok((filter, Ok(phases))) => Ok((Instance { store, filter }, phases)),
         Ok((_, Err(refusal))) => Err(fail(FilterErrorKind::ConfigRefused(refusal), None)),
-        Err(err) => Err(fail(classify(&err), store.data_mut().take_guest_message())),
+        Err(err) => Err(fail(classify(&err), guest_message)),
     }
 }
 
@@ -856,6 +868,9 @@ async fn run_phase(mut instance: Instance, call: PhaseCall, limits: CallLimits, 
     let state = instance.store.data_mut();
     let heads = (state.request.take(), state.response.take());
     let result = result.map_err(|err| (classify(&err), state.take_guest_message()));
+    if let Some(lines) = &state.guest_lines {
+        lines.flush(state.call.as_ref().map(|context| &*context.request_id), result.is_err());
+    }
     // A failed instance is never reused. It is dropped here, where it failed: for a call on a
     // fiber that spun or grew to its limit that is a long-call thread, which also takes the cost
     // of handing its memory back.
@@ -904,16 +919,14 @@ async fn call_phase(
     answer
 }
 
-/// Where a guest's WASI stdout and stderr go: the log, one event per line (a line written in
-/// pieces, as Go's runtime writes a panic, is gathered first), within the instance's log budget
-/// and escaped as its log lines are; for stderr also the start of what the call wrote, kept as
-/// the guest's message should the call fail.
+/// Where a guest's WASI stdout and stderr go: gathered into whole lines (Go's runtime, for one,
+/// writes a panic in pieces) and held as the call's [`GuestLines`], logged when the call ends;
+/// for stderr also the start of what the call wrote, kept as the guest's message should the call
+/// fail.
 struct GuestOutput {
-    route: Arc<str>,
-    filter: Arc<str>,
     stream_name: &'static str,
     kept: Option<Arc<Mutex<String>>>,
-    log: Arc<GuestLog>,
+    lines: Arc<GuestLines>,
     /// The start of a line whose end has not been written yet.
     partial: Vec<u8>,
 }
@@ -921,28 +934,68 @@ struct GuestOutput {
 /// How much of a call's stderr is kept for its failure message.
 const STDERR_KEPT_BYTES: usize = 4096;
 
-/// The longest line gathered; a longer one is logged in pieces of this size.
+/// The longest line gathered; a longer one is held in pieces of this size.
 const GUEST_LINE_BYTES: usize = 4096;
 
-impl GuestOutput {
-    fn new(
-        route: Arc<str>,
-        filter: Arc<str>,
-        stream_name: &'static str,
-        kept: Option<Arc<Mutex<String>>>,
-        log: Arc<GuestLog>,
-    ) -> Self {
-        Self { route, filter, stream_name, kept, log, partial: Vec::new() }
-    }
+/// Lines one call may leave to be logged; past it they are dropped and counted as the log
+/// budget's drops are.
+const GUEST_LINES_PER_CALL: usize = 256;
 
-    fn log_line(&self, line: &[u8]) {
+/// What a guest wrote during a call, a line at a time, logged when the call ends
+/// ([`GuestLines::flush`]): with the call's request id, within the instance's log budget and
+/// escaped as its log lines are. A failed call's stderr is not logged line by line: it is the
+/// failure's message, so a panic is one event (the failure's), not one per line of its stack.
+pub(crate) struct GuestLines {
+    route: Arc<str>,
+    filter: Arc<str>,
+    log: Arc<GuestLog>,
+    pending: Mutex<Vec<(&'static str, String)>>,
+}
+
+impl std::fmt::Debug for GuestLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestLines").field("route", &self.route).field("filter", &self.filter).finish_non_exhaustive()
+    }
+}
+
+impl GuestLines {
+    fn push(&self, stream: &'static str, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let line = text.trim_end();
-        if line.is_empty() || !self.log.admit() {
+        if line.is_empty() {
             return;
         }
-        let line = escape_line(line);
-        tracing::info!(target: "sluice::filter", route = %self.route, filter = %self.filter, stream = self.stream_name, "{line}");
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pending.len() >= GUEST_LINES_PER_CALL {
+            self.log.count_dropped();
+            return;
+        }
+        pending.push((stream, escape_line(line)));
+    }
+
+    /// Logs what the call that just ended wrote (`failed`: it failed, and its stderr is the
+    /// failure's message instead).
+    pub(crate) fn flush(&self, request_id: Option<&str>, failed: bool) {
+        let lines = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        for (stream, line) in lines {
+            if (failed && stream == "stderr") || !self.log.admit() {
+                continue;
+            }
+            tracing::info!(
+                target: "sluice::filter",
+                route = %self.route,
+                filter = %self.filter,
+                stream,
+                request_id = request_id.unwrap_or(""),
+                "{line}"
+            );
+        }
+    }
+}
+
+impl GuestOutput {
+    fn new(stream_name: &'static str, kept: Option<Arc<Mutex<String>>>, lines: Arc<GuestLines>) -> Self {
+        Self { stream_name, kept, lines, partial: Vec::new() }
     }
 }
 
@@ -952,13 +1005,13 @@ impl tokio::io::AsyncWrite for GuestOutput {
         while let Some(end) = rest.iter().position(|&byte| byte == b'\n') {
             let mut line = std::mem::take(&mut self.partial);
             line.extend_from_slice(&rest[..end]);
-            self.log_line(&line);
+            self.lines.push(self.stream_name, &line);
             rest = &rest[end + 1..];
         }
         self.partial.extend_from_slice(rest);
         if self.partial.len() >= GUEST_LINE_BYTES {
             let line = std::mem::take(&mut self.partial);
-            self.log_line(&line);
+            self.lines.push(self.stream_name, &line);
         }
         if let Some(kept) = &self.kept
             && let Ok(mut kept) = kept.lock()
@@ -977,16 +1030,8 @@ impl tokio::io::AsyncWrite for GuestOutput {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let line = std::mem::take(&mut self.partial);
-        self.log_line(&line);
+        self.lines.push(self.stream_name, &line);
         Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for GuestOutput {
-    /// An instance that ends with a line unfinished still has it logged.
-    fn drop(&mut self) {
-        let line = std::mem::take(&mut self.partial);
-        self.log_line(&line);
     }
 }
 

@@ -46,6 +46,11 @@ impl GuestLog {
         Self { bucket, per_second, dropped, labels }
     }
 
+    /// Counts a line dropped for another reason than the rate (too many in one call).
+    pub(crate) fn count_dropped(&self) {
+        self.dropped.get_or_create(&self.labels).inc();
+    }
+
     /// Whether one more line may be written now; counts it as dropped if not.
     pub(crate) fn admit(&self) -> bool {
         let mut bucket = self.bucket.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

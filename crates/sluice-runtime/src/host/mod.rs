@@ -210,6 +210,8 @@ pub(crate) struct FilterState {
     /// What the guest wrote to WASI stderr in the current call (its first 4 KiB): the message of
     /// a runtime that reports a panic there and exits, as Go's does.
     pub(crate) guest_stderr: Option<Arc<std::sync::Mutex<String>>>,
+    /// What a WASI guest wrote during the call, logged when it ends.
+    pub(crate) guest_lines: Option<Arc<crate::pool::GuestLines>>,
     /// Linear memory the instance has (all its memories), in bytes.
     pub(crate) memory_bytes: usize,
     /// The lanes the current call holds once it has become a long call (tenant's, then
@@ -272,6 +274,7 @@ impl FilterState {
             cpu_limit: tenant.cpu_per_call,
             guest_error: None,
             guest_stderr: None,
+            guest_lines: None,
             memory_bytes: 0,
             long_call: Arc::default(),
             direct_call: false,
