@@ -425,7 +425,12 @@ async function poll() {
   const connection = byId("connection");
   try {
     const { view } = currentView();
-    const [status, live, upstreams, cache] = await Promise.all([read("/status"), read("/live"), read("/upstreams"), read("/cache")]);
+    // `/cache` takes a reading of every route's counters as `/live` does: asked only by the
+    // views that show it.
+    const wantsCache = view === "overview" || view === "cache";
+    const [status, live, upstreams, cache] = await Promise.all([
+      read("/status"), read("/live"), read("/upstreams"), wantsCache ? read("/cache") : Promise.resolve(state.cache),
+    ]);
     state.status = status;
     state.live = live;
     state.upstreams = upstreams;
