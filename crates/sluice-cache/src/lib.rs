@@ -15,7 +15,7 @@ pub mod entry;
 pub mod policy;
 pub mod status;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -158,7 +158,43 @@ pub struct HttpCache {
     fills: Mutex<HashMap<EntryKey, watch::Receiver<()>>>,
     /// Bumped by every purge, so a fill that began before a purge does not store what was purged.
     purges: AtomicU64,
+    /// The latest purges, so that a fill that saw others happen while it streamed is dropped
+    /// only when one of them could have meant its key.
+    recent_purges: Mutex<VecDeque<PurgeRecord>>,
     max_bytes: u64,
+}
+
+/// How many purges [`HttpCache`] remembers; a fill older than all of them is dropped.
+const REMEMBERED_PURGES: usize = 512;
+
+/// One purge, as [`FillBody`] checks it against the key it fills.
+#[derive(Debug)]
+struct PurgeRecord {
+    generation: u64,
+    route: Option<Arc<str>>,
+    target: OwnedPurgeTarget,
+}
+
+#[derive(Debug)]
+enum OwnedPurgeTarget {
+    Key(Box<str>),
+    Prefix(Box<str>),
+    // A tag is only known from a response's headers: a fill whose own tags are not known when
+    // the check runs is compared by them.
+    Tag(Box<str>),
+}
+
+impl PurgeRecord {
+    fn may_mean(&self, key: &EntryKey, tags: &[String]) -> bool {
+        if self.route.as_ref().is_some_and(|route| *route != key.route) {
+            return false;
+        }
+        match &self.target {
+            OwnedPurgeTarget::Key(wanted) => **wanted == *key.key,
+            OwnedPurgeTarget::Prefix(prefix) => key.key.starts_with(&**prefix),
+            OwnedPurgeTarget::Tag(tag) => tags.iter().any(|own| **own == **tag),
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpCache {
@@ -198,7 +234,13 @@ impl HttpCache {
             .weigher(|_: &EntryKey, variants: &Arc<Variants>| u32::try_from(variants.size).unwrap_or(u32::MAX))
             .expire_after(KeepWhileUseful)
             .build();
-        Arc::new(Self { entries, fills: Mutex::new(HashMap::new()), purges: AtomicU64::new(0), max_bytes })
+        Arc::new(Self {
+            entries,
+            fills: Mutex::new(HashMap::new()),
+            purges: AtomicU64::new(0),
+            recent_purges: Mutex::new(VecDeque::with_capacity(REMEMBERED_PURGES)),
+            max_bytes,
+        })
     }
 
     /// The store's bound in bytes.
@@ -252,7 +294,19 @@ impl HttpCache {
 
     /// Removes what `target` names, on `route` only when given; returns how many keys went.
     pub fn purge(&self, target: PurgeTarget<'_>, route: Option<&str>) -> usize {
-        self.purges.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut recent = self.recent_purges.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let generation = self.purges.fetch_add(1, Ordering::SeqCst) + 1;
+            if recent.len() == REMEMBERED_PURGES {
+                recent.pop_front();
+            }
+            let target = match target {
+                PurgeTarget::Key(key) => OwnedPurgeTarget::Key(key.into()),
+                PurgeTarget::Prefix(prefix) => OwnedPurgeTarget::Prefix(prefix.into()),
+                PurgeTarget::Tag(tag) => OwnedPurgeTarget::Tag(tag.into()),
+            };
+            recent.push_back(PurgeRecord { generation, route: route.map(Arc::from), target });
+        }
         let doomed: Vec<Arc<EntryKey>> = self
             .entries
             .iter()
@@ -283,6 +337,20 @@ impl HttpCache {
     /// The purge count now, to hand to [`FillBody`].
     pub fn purge_generation(&self) -> u64 {
         self.purges.load(Ordering::SeqCst)
+    }
+
+    /// Whether a purge after `generation` may have meant `key` (carrying `tags`): then what was
+    /// fetched before it must not be stored. Purges of other keys leave the fill alone.
+    pub fn purged_since(&self, generation: u64, key: &EntryKey, tags: &[String]) -> bool {
+        if self.purges.load(Ordering::SeqCst) == generation {
+            return false;
+        }
+        let recent = self.recent_purges.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Purges older than the remembered ones are unknown: count them as meaning this key.
+        if recent.front().is_none_or(|oldest| oldest.generation > generation + 1) {
+            return true;
+        }
+        recent.iter().filter(|purge| purge.generation > generation).any(|purge| purge.may_mean(key, tags))
     }
 }
 
@@ -399,7 +467,7 @@ impl FillBody {
     fn finish(collected: &mut BytesMut, pending: &mut Option<(FillTicket, Entry)>) {
         if let Some((ticket, mut entry)) = pending.take() {
             // A purge while the body streamed may have meant this very response.
-            if ticket.cache.purge_generation() == ticket.purge_generation {
+            if !ticket.cache.purged_since(ticket.purge_generation, &ticket.key, &entry.tags) {
                 entry.body = std::mem::take(collected).freeze();
                 ticket.cache.insert(&ticket.key, Arc::new(entry));
             }
@@ -515,6 +583,27 @@ mod tests {
         cache.purge(PurgeTarget::Prefix(""), None);
         let _ = response.into_body().collect().await.unwrap();
         assert!(stored_body(&cache, "purged").is_none(), "purged while streaming");
+
+        // Purges of other keys, prefixes, tags and routes while a body streams leave it stored.
+        let (response, _) = ticket(&cache, "a.test/kept", 1024).store(cacheable("kept", "blue"));
+        cache.purge(PurgeTarget::Key("a.test/other"), None);
+        cache.purge(PurgeTarget::Prefix("b.test/"), None);
+        cache.purge(PurgeTarget::Tag("red"), None);
+        cache.purge(PurgeTarget::Key("a.test/kept"), Some("other-route"));
+        let _ = response.into_body().collect().await.unwrap();
+        assert_eq!(stored_body(&cache, "a.test/kept").as_deref(), Some(&b"kept"[..]));
+        let (response, _) = ticket(&cache, "a.test/tagged", 1024).store(cacheable("tagged", "blue"));
+        cache.purge(PurgeTarget::Tag("blue"), None);
+        let _ = response.into_body().collect().await.unwrap();
+        assert!(stored_body(&cache, "a.test/tagged").is_none(), "its tag was purged");
+
+        // A fill older than every purge remembered is dropped: what it missed is unknown.
+        let (response, _) = ticket(&cache, "a.test/old", 1024).store(cacheable("old", ""));
+        for index in 0..=REMEMBERED_PURGES {
+            cache.purge(PurgeTarget::Key(&format!("elsewhere/{index}")), None);
+        }
+        let _ = response.into_body().collect().await.unwrap();
+        assert!(stored_body(&cache, "a.test/old").is_none());
     }
 
     #[test]
