@@ -9,6 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::policy::{self, Directives};
+use super::range::{self, RangeAnswer};
 use sluice_http::body::{self, ProxyBody};
 use sluice_http::compression::{self, CompressionSettings};
 
@@ -148,26 +149,50 @@ impl Entry {
             return if_none_match.trim() == "*" || if_none_match.split(',').any(|tag| opaque(tag) == opaque(etag));
         }
         let since = policy::date_header(request, header::IF_MODIFIED_SINCE);
-        let modified = policy::date_header(&self.headers, header::LAST_MODIFIED);
+        // Without Last-Modified, its Date stands for when it was last known unchanged (RFC 9111
+        // section 4.3.2).
+        let modified = policy::date_header(&self.headers, header::LAST_MODIFIED)
+            .or_else(|| policy::date_header(&self.headers, header::DATE));
         matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
     }
 
-    /// The response a client gets from it: the stored one with its current `Age`, or a 304
-    /// when the client's validators match, without a body for HEAD.
+    /// The response a client gets from it: the stored one with its current `Age`, a 304 when
+    /// the client's validators match, the part a `Range` asks for (206, or 416 when it selects
+    /// nothing), without a body for HEAD.
     pub fn response(&self, now: Instant, method: &Method, request: &HeaderMap) -> Response<ProxyBody> {
         let not_modified = self.not_modified_for(request);
-        let body = if method == Method::HEAD || not_modified { body::empty() } else { body::full(self.body.clone()) };
+        let ranged = if not_modified || self.status != StatusCode::OK || method != Method::GET {
+            RangeAnswer::Whole
+        } else {
+            range::answer(request, &self.headers, self.body.len())
+        };
         let mut headers = HeaderMap::new();
-        let status = if not_modified {
+        let (status, body) = if not_modified {
             for name in [header::CACHE_CONTROL, header::ETAG, header::EXPIRES, header::VARY, header::LAST_MODIFIED] {
                 for value in self.headers.get_all(&name) {
                     headers.append(name.clone(), value.clone());
                 }
             }
-            StatusCode::NOT_MODIFIED
+            (StatusCode::NOT_MODIFIED, body::empty())
         } else {
             headers.clone_from(&self.headers);
-            self.status
+            let whole = self.body.len();
+            match ranged {
+                RangeAnswer::Whole if method == Method::HEAD => (self.status, body::empty()),
+                RangeAnswer::Whole => (self.status, body::full(self.body.clone())),
+                RangeAnswer::Partial(part) => {
+                    let content_range = format!("bytes {}-{}/{whole}", part.start, part.end - 1);
+                    headers.insert(header::CONTENT_RANGE, HeaderValue::try_from(content_range).expect("ascii"));
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+                    (StatusCode::PARTIAL_CONTENT, body::full(self.body.slice(part)))
+                }
+                RangeAnswer::Unsatisfiable => {
+                    let content_range = format!("bytes */{whole}");
+                    headers.insert(header::CONTENT_RANGE, HeaderValue::try_from(content_range).expect("ascii"));
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                    (StatusCode::RANGE_NOT_SATISFIABLE, body::empty())
+                }
+            }
         };
         headers.insert(header::AGE, HeaderValue::from(self.age(now).as_secs()));
         let mut response = Response::new(body);

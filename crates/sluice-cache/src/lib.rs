@@ -13,6 +13,7 @@
 
 pub mod entry;
 pub mod policy;
+pub mod range;
 pub mod status;
 
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +60,10 @@ pub struct CacheSettings {
     pub tag_header: HeaderName,
     /// How long a request waits for another one fetching the same key before going itself.
     pub lock_timeout: Duration,
+    /// Targeted cache-control fields (RFC 9213) this cache obeys over `Cache-Control`, in order.
+    pub targeted_fields: Vec<HeaderName>,
+    /// Give responses without an explicit lifetime a heuristic one (RFC 9111 section 4.2.2).
+    pub heuristics: bool,
 }
 
 impl Default for CacheSettings {
@@ -73,6 +78,8 @@ impl Default for CacheSettings {
             bypass_cookies: Vec::new(),
             tag_header: HeaderName::from_static("cache-tag"),
             lock_timeout: Duration::from_secs(5),
+            targeted_fields: vec![HeaderName::from_static("cdn-cache-control")],
+            heuristics: true,
         }
     }
 }
@@ -389,6 +396,8 @@ impl FillTicket {
             request: &self.request_directives,
             authorized: self.request_headers.contains_key(header::AUTHORIZATION),
             default_ttl: self.settings.default_ttl,
+            targeted: &self.settings.targeted_fields,
+            heuristics: self.settings.heuristics,
         };
         let storable = policy::storable(context, status, headers)?;
         let mut stored_headers = headers.clone();

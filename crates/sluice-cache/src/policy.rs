@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
 /// The `Cache-Control` directives Sluice acts on, from a request or a response.
@@ -35,6 +35,8 @@ pub struct Directives {
     pub max_stale: Option<Option<Duration>>,
     /// `min-fresh=N` (requests).
     pub min_fresh: Option<Duration>,
+    /// `must-understand` (responses): store only statuses whose caching rules Sluice knows.
+    pub must_understand: bool,
 }
 
 impl Directives {
@@ -65,6 +67,7 @@ impl Directives {
                     "only-if-cached" => directives.only_if_cached = true,
                     "max-stale" => directives.max_stale = Some(seconds()),
                     "min-fresh" => directives.min_fresh = seconds(),
+                    "must-understand" => directives.must_understand = true,
                     _ => {}
                 }
             }
@@ -79,6 +82,48 @@ impl Directives {
             directives.no_cache = true;
         }
         directives
+    }
+}
+
+impl Directives {
+    /// The directives of the first of `fields` (targeted fields such as `CDN-Cache-Control`,
+    /// RFC 9213) that the response carries as a valid Structured Field dictionary. A field that
+    /// does not parse, or gives a directive a value of the wrong type, is ignored as if absent.
+    pub fn parse_targeted(headers: &HeaderMap, fields: &[HeaderName]) -> Option<Self> {
+        fields.iter().find_map(|field| Self::parse_structured(headers, field))
+    }
+
+    fn parse_structured(headers: &HeaderMap, field: &HeaderName) -> Option<Self> {
+        let mut lines = headers.get_all(field).iter();
+        let mut dictionary: sfv::Dictionary = sfv::Parser::new(lines.next()?.as_bytes()).parse().ok()?;
+        for line in lines {
+            dictionary = sfv::Parser::new(line.as_bytes()).parse_dictionary_with_visitor(dictionary).ok()?;
+        }
+        let mut directives = Self::default();
+        for (name, member) in &dictionary {
+            let sfv::ListEntry::Item(item) = member else { return None };
+            let seconds = || -> Option<Option<Duration>> {
+                let value = i64::from(item.bare_item.as_integer()?);
+                Some(Some(Duration::from_secs(u64::try_from(value).ok()?)))
+            };
+            let flag = || item.bare_item.as_boolean();
+            match name.as_str() {
+                "max-age" => directives.max_age = seconds()?,
+                "s-maxage" => directives.s_maxage = seconds()?,
+                "stale-while-revalidate" => directives.stale_while_revalidate = seconds()?,
+                "stale-if-error" => directives.stale_if_error = seconds()?,
+                // Field names after no-cache or private are taken as the whole response, as in
+                // Cache-Control.
+                "no-cache" => directives.no_cache = true,
+                "private" => directives.private = true,
+                "no-store" => directives.no_store = flag()?,
+                "public" => directives.public = flag()?,
+                "must-revalidate" | "proxy-revalidate" => directives.must_revalidate = flag()?,
+                "must-understand" => directives.must_understand = flag()?,
+                _ => {}
+            }
+        }
+        Some(directives)
     }
 }
 
@@ -117,6 +162,15 @@ pub fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<Syst
 /// Statuses a cache may store with a heuristic lifetime (RFC 9110 section 15.1).
 fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
+}
+
+/// Statuses whose caching rules Sluice implements, for `must-understand`: those RFC 9110
+/// defines (with final semantics a cache can reuse) and 206.
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451 | 500..=505 | 511
+    )
 }
 
 /// Why a response was not stored; shown in `Cache-Status` as `detail`.
@@ -179,6 +233,11 @@ pub struct StoreContext<'a> {
     pub authorized: bool,
     /// Lifetime for responses that state none and may be stored; zero for none.
     pub default_ttl: Duration,
+    /// Targeted fields (RFC 9213) that, when present and valid, replace `Cache-Control` and
+    /// `Expires` for this cache, the first found winning.
+    pub targeted: &'a [HeaderName],
+    /// Whether a response without an explicit lifetime gets a heuristic one.
+    pub heuristics: bool,
 }
 
 /// Whether a shared cache may store this response (RFC 9111 section 3) and, if so, for how long
@@ -187,8 +246,14 @@ pub fn storable(context: StoreContext<'_>, status: StatusCode, headers: &HeaderM
     if context.method != Method::GET {
         return Err(NotStored::Method);
     }
-    let directives = Directives::parse(headers);
-    if directives.no_store || context.request.no_store {
+    let targeted = Directives::parse_targeted(headers, context.targeted);
+    let directives = targeted.clone().unwrap_or_else(|| Directives::parse(headers));
+    if directives.must_understand {
+        // must-understand overrides no-store for the statuses a cache knows (RFC 9111 5.2.2.3).
+        if !understood(status) {
+            return Err(NotStored::Status);
+        }
+    } else if directives.no_store || context.request.no_store {
         return Err(NotStored::NoStore);
     }
     if directives.private {
@@ -212,6 +277,10 @@ pub fn storable(context: StoreContext<'_>, status: StatusCode, headers: &HeaderM
         return Err(NotStored::Status);
     }
     let explicit = directives.s_maxage.or(directives.max_age).or_else(|| {
+        // A targeted field stands for the whole of this cache's instructions: Expires too.
+        if targeted.is_some() {
+            return None;
+        }
         let expires = headers.get(header::EXPIRES)?;
         // An invalid Expires (often "0") means already expired.
         let Some(expires) = expires.to_str().ok().and_then(|text| httpdate::parse_http_date(text).ok()) else {
@@ -223,7 +292,7 @@ pub fn storable(context: StoreContext<'_>, status: StatusCode, headers: &HeaderM
     let lifetime = match explicit {
         Some(lifetime) => lifetime,
         None if !heuristically_cacheable(status) => return Err(NotStored::Status),
-        None => heuristic_lifetime(headers).unwrap_or(context.default_ttl),
+        None => context.heuristics.then(|| heuristic_lifetime(headers)).flatten().unwrap_or(context.default_ttl),
     };
     let has_validator = headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
     let may_serve_stale = directives.stale_if_error.is_some() || directives.stale_while_revalidate.is_some();
@@ -248,13 +317,16 @@ pub fn initial_age(headers: &HeaderMap, request_time: SystemTime, response_time:
     let apparent = date_header(headers, header::DATE)
         .and_then(|date| response_time.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| parse_delta_seconds(text.trim()))
-        .unwrap_or(Duration::ZERO);
+    let age_value = age_header(headers).unwrap_or(Duration::ZERO);
     let delay = response_time.duration_since(request_time).unwrap_or(Duration::ZERO);
     apparent.max(age_value + delay)
+}
+
+/// The `Age` header: the first member of the first line; an invalid one (negative, decimal,
+/// with parameters) is ignored (RFC 9111 section 5.1).
+fn age_header(headers: &HeaderMap) -> Option<Duration> {
+    let first = headers.get(header::AGE)?.to_str().ok()?.split(',').next()?;
+    parse_delta_seconds(first.trim())
 }
 
 /// Whether a stored response of `age` with `lifetime` satisfies a request's directives without
@@ -294,8 +366,14 @@ mod tests {
 
     fn store(status: u16, pairs: &[(&str, &str)]) -> Result<Storable, NotStored> {
         let request = Directives::default();
-        let context =
-            StoreContext { method: &Method::GET, request: &request, authorized: false, default_ttl: Duration::ZERO };
+        let context = StoreContext {
+            method: &Method::GET,
+            request: &request,
+            authorized: false,
+            default_ttl: Duration::ZERO,
+            targeted: &[],
+            heuristics: true,
+        };
         storable(context, StatusCode::from_u16(status).unwrap(), &headers(pairs))
     }
 
@@ -358,8 +436,14 @@ mod tests {
 
         let pairs = headers(&[("cache-control", "max-age=60")]);
         let request = Directives::default();
-        let authorized =
-            StoreContext { method: &Method::GET, request: &request, authorized: true, default_ttl: Duration::ZERO };
+        let authorized = StoreContext {
+            method: &Method::GET,
+            request: &request,
+            authorized: true,
+            default_ttl: Duration::ZERO,
+            targeted: &[],
+            heuristics: true,
+        };
         assert_eq!(storable(authorized, StatusCode::OK, &pairs), Err(NotStored::Authorization));
         let shared = headers(&[("cache-control", "max-age=60, public")]);
         assert!(storable(authorized, StatusCode::OK, &shared).is_ok());

@@ -251,6 +251,8 @@ fn route_json(route: &std::sync::Arc<Route>) -> Value {
             "bypass_cookies": cache.bypass_cookies,
             "tag_header": cache.tag_header.as_str(),
             "lock_timeout_ms": u64::try_from(cache.lock_timeout.as_millis()).unwrap_or(u64::MAX),
+            "targeted_fields": cache.targeted_fields.iter().map(|name| name.as_str()).collect::<Vec<_>>(),
+            "heuristics": cache.heuristics,
         })
     });
     let compression = route.compression.as_ref().map(|compression| {

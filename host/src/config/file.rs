@@ -841,6 +841,11 @@ pub struct RouteCacheSection {
     pub tag_header: Spanned<String>,
     /// Longest wait for another request fetching the same key.
     pub lock_timeout: HumanDuration,
+    /// Targeted cache-control fields (RFC 9213) obeyed over `Cache-Control`, first found wins.
+    pub targeted_fields: Vec<Spanned<String>>,
+    /// Heuristic freshness (a tenth of the time since `Last-Modified`) for responses without
+    /// an explicit lifetime.
+    pub heuristics: bool,
 }
 
 impl Default for RouteCacheSection {
@@ -856,6 +861,8 @@ impl Default for RouteCacheSection {
             bypass_cookies: Vec::new(),
             tag_header: Spanned::new(0..0, "cache-tag".to_owned()),
             lock_timeout: HumanDuration(Duration::from_secs(5)),
+            targeted_fields: vec![Spanned::new(0..0, "cdn-cache-control".to_owned())],
+            heuristics: true,
         }
     }
 }

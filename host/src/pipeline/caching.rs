@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode};
 
 use super::ProxyError;
@@ -39,11 +39,62 @@ pub(crate) struct Forwarding {
     stale: Option<Arc<Entry>>,
     /// The request went out with the stale entry's validators.
     revalidating: bool,
+    /// An unsafe request: what its success invalidates.
+    invalidates: Option<Invalidation>,
+}
+
+/// What a successful unsafe request makes suspect (RFC 9111 section 4.4): its own URI, and the
+/// URIs its response names in `Location` and `Content-Location` on the same host.
+struct Invalidation {
+    cache: Arc<HttpCache>,
+    route: Arc<str>,
+    key: Arc<str>,
+    host: String,
+    path: String,
+}
+
+impl Invalidation {
+    fn after(self, response: &Response<ProxyBody>) {
+        // An error says nothing changed.
+        if !(response.status().is_success() || response.status().is_redirection()) {
+            return;
+        }
+        self.cache.purge(PurgeTarget::Key(&self.key), Some(&self.route));
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(named) = response.headers().get(&name).and_then(|value| value.to_str().ok()) else { continue };
+            if let Some(path) = same_host_path(named, &self.host, &self.path) {
+                let key = sluice_cache::default_key(&self.host, &path);
+                if *key != *self.key {
+                    self.cache.purge(PurgeTarget::Key(&key), Some(&self.route));
+                }
+            }
+        }
+    }
+}
+
+/// The path and query `reference` names when it is on `host`: an absolute URI on the same host,
+/// an absolute path, or a path relative to `base`'s folder. `None` for another host.
+fn same_host_path(reference: &str, host: &str, base: &str) -> Option<String> {
+    let reference = reference.trim();
+    if reference.starts_with("//") || reference.contains("://") {
+        let uri: http::Uri = reference.parse().ok()?;
+        let authority = uri.authority()?;
+        if !authority.as_str().eq_ignore_ascii_case(host) {
+            return None;
+        }
+        return Some(uri.path_and_query().map_or("/", |path| path.as_str()).to_owned());
+    }
+    if reference.starts_with('/') {
+        return Some(reference.to_owned());
+    }
+    let base = base.split('?').next().unwrap_or("/");
+    let folder = &base[..base.rfind('/').map_or(0, |slash| slash + 1)];
+    Some(format!("{}{reference}", if folder.is_empty() { "/" } else { folder }))
 }
 
 impl Forwarding {
     fn bypass(reason: &'static str) -> Self {
-        Self { status: CacheStatus::forward(reason), ticket: None, stale: None, revalidating: false }
+        Self { status: CacheStatus::forward(reason), ticket: None, stale: None, revalidating: false, invalidates: None }
     }
 
     /// What the lookup found, as traces name it: `miss`, `bypass`, or `stale` when the origin
@@ -60,16 +111,24 @@ pub(crate) async fn lookup(
     settings: &Arc<CacheSettings>,
     route: &Route,
     head: &mut RequestHead,
+    host: &str,
     default_key: String,
 ) -> Lookup {
     let key = EntryKey { route: route.name.clone(), key: Arc::from(head.cache_key.take().unwrap_or(default_key)) };
     let method = head.parts.method.clone();
     if method != Method::GET && method != Method::HEAD {
-        // A change through this URI makes what is stored for it suspect (RFC 9111 section 4.4).
+        let mut forwarding = Forwarding::bypass("method");
+        // A change through this URI makes what is stored for it suspect, once it succeeds.
         if !method.is_safe() {
-            cache.purge(PurgeTarget::Key(&key.key), Some(&route.name));
+            forwarding.invalidates = Some(Invalidation {
+                cache: cache.clone(),
+                route: route.name.clone(),
+                key: key.key.clone(),
+                host: host.to_owned(),
+                path: head.parts.uri.path_and_query().map_or("/", |path| path.as_str()).to_owned(),
+            });
         }
-        return Lookup::Forward(Forwarding::bypass("method"));
+        return Lookup::Forward(forwarding);
     }
     if settings.bypassed_by(&head.parts.headers) {
         return Lookup::Forward(Forwarding::bypass("bypass"));
@@ -99,7 +158,13 @@ pub(crate) async fn lookup(
                             let ticket = ticket(cache, settings, route, head, &key, directives.clone(), Some(guard));
                             let revalidating = revalidate_with(&mut head.parts.headers, entry);
                             let status = CacheStatus::forward("stale");
-                            Some(Forwarding { status, ticket: Some(ticket), stale: Some(entry.clone()), revalidating })
+                            Some(Forwarding {
+                                status,
+                                ticket: Some(ticket),
+                                stale: Some(entry.clone()),
+                                revalidating,
+                                invalidates: None,
+                            })
                         }
                         _ => None,
                     };
@@ -136,12 +201,12 @@ pub(crate) async fn lookup(
                 }
             }
         };
-        let ticket =
-            (method == Method::GET).then(|| ticket(cache, settings, route, head, &key, directives.clone(), guard));
+        // A HEAD's ticket never stores its (empty) body; it lets a 200 freshen the stored GET.
+        let ticket = Some(ticket(cache, settings, route, head, &key, directives.clone(), guard));
         let revalidating = method == Method::GET
             && entry.as_ref().is_some_and(|entry| revalidate_with(&mut head.parts.headers, entry));
         let status = CacheStatus { collapsed, ..CacheStatus::forward(reason) };
-        return Lookup::Forward(Forwarding { status, ticket, stale: entry, revalidating });
+        return Lookup::Forward(Forwarding { status, ticket, stale: entry, revalidating, invalidates: None });
     }
 }
 
@@ -200,7 +265,10 @@ pub(crate) fn after_forward(
     forwarding: Forwarding,
     head_only: bool,
 ) -> Result<Answer, ProxyError> {
-    let Forwarding { mut status, ticket, stale, revalidating } = forwarding;
+    let Forwarding { mut status, ticket, stale, revalidating, invalidates } = forwarding;
+    if let (Some(invalidation), Ok(response)) = (invalidates, &forwarded) {
+        invalidation.after(response);
+    }
     let now = Instant::now();
     let origin_failed = match &forwarded {
         Err(error) => matches!(
@@ -219,6 +287,17 @@ pub(crate) fn after_forward(
     }
     let response = forwarded?;
     status.forward_status = Some(response.status().as_u16());
+    if head_only {
+        // A HEAD's 200 updates the stored GET response it describes (RFC 9111 section 4.3.5).
+        if let (Some(ticket), Some(stale)) = (&ticket, &stale)
+            && response.status() == StatusCode::OK
+            && describes_same_body(stale, response.headers())
+        {
+            refresh(ticket, stale, response.headers());
+            status.stored = true;
+        }
+        return Ok(Answer::FromOrigin(response, status, None));
+    }
     if revalidating && response.status() == StatusCode::NOT_MODIFIED {
         let (Some(ticket), Some(stale)) = (ticket, stale) else {
             return Ok(Answer::FromOrigin(response, status, None));
@@ -237,15 +316,7 @@ pub(crate) fn refresh(ticket: &FillTicket, stale: &Arc<Entry>, not_modified: &He
     let mut headers = stale.headers.clone();
     let mut replaced = std::collections::HashSet::new();
     for (name, value) in not_modified {
-        if matches!(
-            *name,
-            header::CONTENT_LENGTH | header::CONTENT_ENCODING | header::TRANSFER_ENCODING | header::CONTENT_TYPE
-        ) || name == sluice_http::X_REQUEST_ID
-        {
-            continue;
-        }
-        // The stored ETag is weak when Sluice compressed the body: keep it so.
-        if name == header::ETAG && is_weak_form_of(headers.get(header::ETAG), value) {
+        if kept_from_stored(name) {
             continue;
         }
         if replaced.insert(name.clone()) {
@@ -267,9 +338,27 @@ pub(crate) fn refresh(ticket: &FillTicket, stale: &Arc<Entry>, not_modified: &He
     }
 }
 
-fn is_weak_form_of(stored: Option<&HeaderValue>, fresh: &HeaderValue) -> bool {
-    match (stored.and_then(|value| value.to_str().ok()), fresh.to_str().ok()) {
-        (Some(stored), Some(fresh)) => stored.strip_prefix("W/") == Some(fresh),
-        _ => false,
-    }
+/// Whether a HEAD response's validators and length agree with the stored response's, so that
+/// its fields may update it.
+fn describes_same_body(stored: &Entry, head: &HeaderMap) -> bool {
+    let same = |name: header::HeaderName| match (stored.headers.get(&name), head.get(&name)) {
+        (Some(stored), Some(fresh)) => stored == fresh,
+        _ => true,
+    };
+    same(header::ETAG) && same(header::LAST_MODIFIED) && same(header::CONTENT_LENGTH)
+}
+
+/// Fields a 304 does not change in the stored response (RFC 9111 section 3.2): those that
+/// describe the stored body itself (its length, coding, range and digest) and its entity tag,
+/// which Sluice may have made weak when it compressed the body.
+fn kept_from_stored(name: &header::HeaderName) -> bool {
+    matches!(
+        *name,
+        header::CONTENT_LENGTH
+            | header::CONTENT_ENCODING
+            | header::TRANSFER_ENCODING
+            | header::CONTENT_RANGE
+            | header::ETAG
+    ) || name == "content-md5"
+        || name == sluice_http::X_REQUEST_ID
 }

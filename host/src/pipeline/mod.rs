@@ -170,7 +170,7 @@ impl Proxy {
             outbound.head.parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
         );
         let mut lookup_span = state.trace.as_ref().map(|trace| trace.child("cache lookup", SpanKind::Internal));
-        let looked_up = caching::lookup(&self.cache, &settings, &route, &mut outbound.head, default_key).await;
+        let looked_up = caching::lookup(&self.cache, &settings, &route, &mut outbound.head, &host, default_key).await;
         if let Some(span) = lookup_span.as_mut() {
             let result = match &looked_up {
                 Lookup::Answer(_, status) | Lookup::StaleAndRefresh { status, .. } => status.result(),

@@ -54,6 +54,12 @@ impl Compiler<'_> {
             .enumerate()
             .map(|(index, name)| header_name(name, &format!("bypass_headers[{index}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let targeted_fields = section
+            .targeted_fields
+            .iter()
+            .enumerate()
+            .map(|(index, name)| header_name(name, &format!("targeted_fields[{index}]")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(CacheSettings {
             default_ttl: section.default_ttl.0,
             max_object_bytes: section.max_object_bytes,
@@ -64,6 +70,8 @@ impl Compiler<'_> {
             bypass_cookies: section.bypass_cookies.clone(),
             tag_header: header_name(&section.tag_header, "tag_header")?,
             lock_timeout: section.lock_timeout.0,
+            targeted_fields,
+            heuristics: section.heuristics,
         })
     }
 
