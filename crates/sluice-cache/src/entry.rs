@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use super::policy::{self, Directives};
-use super::range::{self, RangeAnswer};
+use super::range::{self, Part, RangeAnswer};
 use sluice_http::body::{self, ProxyBody};
 use sluice_http::compression::{self, CompressionSettings};
 
@@ -43,6 +43,9 @@ pub struct Entry {
     pub vary: Vec<(HeaderName, Option<String>)>,
     /// Purge tags from the route's tag header.
     pub tags: Vec<String>,
+    /// For a stored `206`: which part of the representation its body is. It answers only the
+    /// ranges inside it, and is never revalidated or served whole.
+    pub part: Option<Part>,
 }
 
 /// How a stored response stands against a request.
@@ -116,14 +119,20 @@ impl Entry {
         self.body.len() + headers + 256
     }
 
-    /// Whether it answers a request whose headers are `request` (its `Vary` headers match).
+    /// Whether it answers a request whose headers are `request`: its `Vary` headers match and,
+    /// for a stored part, the request asks for a range inside it.
     pub fn selected_by(&self, request: &HeaderMap, compression: Option<&CompressionSettings>) -> bool {
         self.vary.iter().all(|(name, value)| selecting_value(name, request, compression) == *value)
             && self.coding_accepted_by(request)
+            && self
+                .part
+                .is_none_or(|part| range::answer_from_part(request, &self.headers, part, self.body.len()).is_some())
     }
 
     /// Whether the client accepts the stored body's `Content-Encoding`. Variants are keyed by the
-    /// encoding the route would choose, but an origin may have chosen differently.
+    /// encoding the route would choose, but an origin may have chosen differently. Only the
+    /// codings Sluice knows are checked: an unknown one is the origin's business, served as
+    /// stored.
     fn coding_accepted_by(&self, request: &HeaderMap) -> bool {
         let Some(coding) = self.headers.get(header::CONTENT_ENCODING).and_then(|value| value.to_str().ok()) else {
             return true;
@@ -131,10 +140,7 @@ impl Entry {
         let accept = request.get(header::ACCEPT_ENCODING).and_then(|value| value.to_str().ok()).unwrap_or_default();
         match compression::Encoding::from_token(&coding.trim().to_ascii_lowercase()) {
             Some(encoding) => compression::negotiate(accept, &[encoding]).is_some(),
-            None => accept.split(',').any(|item| {
-                let token = item.split(';').next().unwrap_or_default().trim();
-                token.eq_ignore_ascii_case(coding.trim()) && !item.replace(' ', "").contains(";q=0")
-            }),
+            None => true,
         }
     }
 
@@ -161,11 +167,16 @@ impl Entry {
     /// nothing), without a body for HEAD.
     pub fn response(&self, now: Instant, method: &Method, request: &HeaderMap) -> Response<ProxyBody> {
         let not_modified = self.not_modified_for(request);
-        let ranged = if not_modified || self.status != StatusCode::OK || method != Method::GET {
+        let ranged = if let Some(part) = self.part {
+            range::answer_from_part(request, &self.headers, part, self.body.len())
+                .unwrap_or(RangeAnswer::Partial(part.start..part.start + self.body.len()))
+        } else if not_modified || self.status != StatusCode::OK || method != Method::GET {
             RangeAnswer::Whole
         } else {
             range::answer(request, &self.headers, self.body.len())
         };
+        // Offsets are into the whole representation; a stored part's body starts at its own.
+        let (offset, whole) = self.part.map_or((0, self.body.len()), |part| (part.start, part.complete));
         let mut headers = HeaderMap::new();
         let (status, body) = if not_modified {
             for name in [header::CACHE_CONTROL, header::ETAG, header::EXPIRES, header::VARY, header::LAST_MODIFIED] {
@@ -176,7 +187,6 @@ impl Entry {
             (StatusCode::NOT_MODIFIED, body::empty())
         } else {
             headers.clone_from(&self.headers);
-            let whole = self.body.len();
             match ranged {
                 RangeAnswer::Whole if method == Method::HEAD => (self.status, body::empty()),
                 RangeAnswer::Whole => (self.status, body::full(self.body.clone())),
@@ -184,7 +194,12 @@ impl Entry {
                     let content_range = format!("bytes {}-{}/{whole}", part.start, part.end - 1);
                     headers.insert(header::CONTENT_RANGE, HeaderValue::try_from(content_range).expect("ascii"));
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
-                    (StatusCode::PARTIAL_CONTENT, body::full(self.body.slice(part)))
+                    let body = if method == Method::HEAD {
+                        body::empty()
+                    } else {
+                        body::full(self.body.slice(part.start - offset..part.end - offset))
+                    };
+                    (StatusCode::PARTIAL_CONTENT, body)
                 }
                 RangeAnswer::Unsatisfiable => {
                     let content_range = format!("bytes */{whole}");
@@ -223,8 +238,9 @@ pub fn selecting_value(
     if values.is_empty() {
         return None;
     }
-    // Whitespace between list items is not significant.
-    Some(values.join(",").split(',').map(str::trim).collect::<Vec<_>>().join(","))
+    // Whitespace between list items is not significant, nor is the case of language tags.
+    let joined = values.join(",").split(',').map(str::trim).collect::<Vec<_>>().join(",");
+    Some(if *name == header::ACCEPT_LANGUAGE { joined.to_ascii_lowercase() } else { joined })
 }
 
 /// The header names a response's `Vary` lists.
@@ -253,8 +269,12 @@ pub struct Variants {
 }
 
 impl Variants {
-    /// These variants with `entry` added, replacing any variant with the same selecting values.
+    /// These variants with `entry` added, replacing any variant with the same selecting values;
+    /// a stored part does not replace a whole response.
     pub fn with(&self, entry: Arc<Entry>, now: Instant) -> Self {
+        if entry.part.is_some() && self.entries.iter().any(|old| old.vary == entry.vary && old.part.is_none()) {
+            return Self::from_entries(self.entries.clone(), now);
+        }
         let mut entries = vec![entry.clone()];
         entries.extend(self.entries.iter().filter(|old| old.vary != entry.vary).take(MOST_VARIANTS - 1).cloned());
         Self::from_entries(entries, now)
@@ -300,6 +320,7 @@ mod tests {
             keep_stale: Duration::from_secs(3600),
             vary: Vec::new(),
             tags: Vec::new(),
+            part: None,
         }
     }
 

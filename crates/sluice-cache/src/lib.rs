@@ -400,6 +400,11 @@ impl FillTicket {
             heuristics: self.settings.heuristics,
         };
         let storable = policy::storable(context, status, headers)?;
+        // A 206 is stored only as one known part of a representation of known length.
+        let part = match status {
+            StatusCode::PARTIAL_CONTENT => Some(range::Part::of(headers).ok_or(policy::NotStored::Status)?),
+            _ => None,
+        };
         let mut stored_headers = headers.clone();
         stored_headers.remove(header::AGE);
         stored_headers.remove(sluice_http::X_REQUEST_ID);
@@ -435,6 +440,7 @@ impl FillTicket {
             directives: storable.directives,
             vary,
             tags,
+            part,
         })
     }
 
@@ -450,6 +456,13 @@ impl FillTicket {
             Ok(entry) => {
                 let (parts, body) = response.into_parts();
                 let expected = body.size_hint().exact();
+                // A body known to be empty (a 204, a zero Content-Length) is never polled by
+                // the client connection: store it now.
+                if parts.status == StatusCode::NO_CONTENT || (expected == Some(0) && body.is_end_stream()) {
+                    let mut pending = Some((self, entry));
+                    FillBody::finish(&mut BytesMut::new(), &mut pending);
+                    return (Response::from_parts(parts, body), Ok(()));
+                }
                 let fill = FillBody { inner: body, collected: BytesMut::new(), expected, pending: Some((self, entry)) };
                 (Response::from_parts(parts, sluice_http::body::boxed(fill)), Ok(()))
             }
@@ -475,8 +488,10 @@ pin_project_lite::pin_project! {
 impl FillBody {
     fn finish(collected: &mut BytesMut, pending: &mut Option<(FillTicket, Entry)>) {
         if let Some((ticket, mut entry)) = pending.take() {
-            // A purge while the body streamed may have meant this very response.
-            if !ticket.cache.purged_since(ticket.purge_generation, &ticket.key, &entry.tags) {
+            // A purge while the body streamed may have meant this very response; a part whose
+            // body is not the length its Content-Range says is not what it claims to be.
+            let whole_part = entry.part.is_none_or(|part| part.length == collected.len());
+            if whole_part && !ticket.cache.purged_since(ticket.purge_generation, &ticket.key, &entry.tags) {
                 entry.body = std::mem::take(collected).freeze();
                 ticket.cache.insert(&ticket.key, Arc::new(entry));
             }
@@ -515,7 +530,7 @@ impl Body for FillBody {
 
     fn is_end_stream(&self) -> bool {
         // Report the end only after poll_frame has seen it, so the store happens.
-        (self.pending.is_none() || self.expected == Some(0)) && self.inner.is_end_stream()
+        self.pending.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -613,6 +628,33 @@ mod tests {
         }
         let _ = response.into_body().collect().await.unwrap();
         assert!(stored_body(&cache, "a.test/old").is_none());
+    }
+
+    #[test]
+    fn empty_bodies_are_stored_without_being_read() {
+        let cache = HttpCache::new(1 << 20);
+        let mut no_content = cacheable("", "");
+        *no_content.status_mut() = StatusCode::NO_CONTENT;
+        let (_response, stored) = ticket(&cache, "204", 1024).store(no_content);
+        assert!(stored.is_ok());
+        assert_eq!(stored_body(&cache, "204").as_deref(), Some(&b""[..]), "stored before any poll");
+        let (_response, _) = ticket(&cache, "empty", 1024).store(cacheable("", ""));
+        assert!(stored_body(&cache, "empty").is_some());
+    }
+
+    #[tokio::test]
+    async fn parts_are_stored_only_when_their_body_is_the_range_they_claim() {
+        let cache = HttpCache::new(1 << 20);
+        for (key, body) in [("short", "012"), ("exact", "01234")] {
+            let mut part = cacheable(body, "");
+            *part.status_mut() = StatusCode::PARTIAL_CONTENT;
+            part.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 0-4/10"));
+            let (response, stored) = ticket(&cache, key, 1024).store(part);
+            assert!(stored.is_ok());
+            let _ = response.into_body().collect().await.unwrap();
+        }
+        assert!(stored_body(&cache, "short").is_none(), "3 bytes claiming to be 5");
+        assert_eq!(stored_body(&cache, "exact").as_deref(), Some(&b"01234"[..]));
     }
 
     #[test]

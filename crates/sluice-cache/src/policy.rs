@@ -161,7 +161,7 @@ pub fn date_header(headers: &HeaderMap, name: header::HeaderName) -> Option<Syst
 
 /// Statuses a cache may store with a heuristic lifetime (RFC 9110 section 15.1).
 fn heuristically_cacheable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
+    matches!(status.as_u16(), 200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
 }
 
 /// Statuses whose caching rules Sluice implements, for `must-understand`: those RFC 9110
@@ -273,7 +273,9 @@ pub fn storable(context: StoreContext<'_>, status: StatusCode, headers: &HeaderM
     {
         return Err(NotStored::VaryAll);
     }
-    if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::NOT_MODIFIED || status.is_informational() {
+    // A 206 may be stored as a part (its Content-Range is checked by the caller); 304s and
+    // interim responses never.
+    if status == StatusCode::NOT_MODIFIED || status.is_informational() {
         return Err(NotStored::Status);
     }
     let explicit = directives.s_maxage.or(directives.max_age).or_else(|| {
@@ -291,7 +293,8 @@ pub fn storable(context: StoreContext<'_>, status: StatusCode, headers: &HeaderM
     });
     let lifetime = match explicit {
         Some(lifetime) => lifetime,
-        None if !heuristically_cacheable(status) => return Err(NotStored::Status),
+        // `public` lets any final status be given a heuristic lifetime (RFC 9111 section 4.2.2).
+        None if !heuristically_cacheable(status) && !directives.public => return Err(NotStored::Status),
         None => context.heuristics.then(|| heuristic_lifetime(headers)).flatten().unwrap_or(context.default_ttl),
     };
     let has_validator = headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
@@ -430,7 +433,8 @@ mod tests {
         assert_eq!(store(200, &[("cache-control", "private, max-age=60")]), Err(NotStored::Private));
         assert_eq!(store(200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]), Err(NotStored::SetCookie));
         assert_eq!(store(200, &[("cache-control", "max-age=60"), ("vary", "accept, *")]), Err(NotStored::VaryAll));
-        assert_eq!(store(206, &[("cache-control", "max-age=60")]), Err(NotStored::Status));
+        assert!(store(206, &[("cache-control", "max-age=60")]).is_ok(), "a part: its Content-Range decides");
+        assert_eq!(store(304, &[("cache-control", "max-age=60")]), Err(NotStored::Status));
         assert!(store(200, &[("cache-control", "no-cache"), ("etag", "\"a\"")]).is_ok(), "stored, revalidated");
         assert!(store(200, &[("cache-control", "max-age=0, stale-if-error=60")]).is_ok());
 

@@ -18,6 +18,45 @@ pub enum RangeAnswer {
     Unsatisfiable,
 }
 
+/// The part of a representation a stored `206` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Offset of its first byte in the whole representation.
+    pub start: usize,
+    /// How many bytes it says it holds; a body of another length is not stored.
+    pub length: usize,
+    /// Length of the whole representation.
+    pub complete: usize,
+}
+
+impl Part {
+    /// The part a `206`'s `Content-Range` (`bytes 4-9/10`) describes, when it is one range of
+    /// a representation of known length.
+    pub fn of(headers: &HeaderMap) -> Option<Self> {
+        let mut values = headers.get_all(header::CONTENT_RANGE).iter();
+        let (Some(value), None) = (values.next(), values.next()) else { return None };
+        let (unit, rest) = value.to_str().ok()?.trim().split_once(' ')?;
+        if !unit.eq_ignore_ascii_case("bytes") {
+            return None;
+        }
+        let (span, complete) = rest.trim().split_once('/')?;
+        let (first, last) = span.split_once('-')?;
+        let [first, last, complete] = [first, last, complete].map(|text| text.trim().parse::<usize>().ok());
+        let (first, last, complete) = (first?, last?, complete?);
+        (first <= last && last < complete).then(|| Self { start: first, length: last - first + 1, complete })
+    }
+}
+
+/// Decides how a request for a stored part of a representation is answered: `held` is the range
+/// of the whole the stored bytes cover. `None` when the request asks for what is not held.
+pub fn answer_from_part(request: &HeaderMap, stored: &HeaderMap, part: Part, held: usize) -> Option<RangeAnswer> {
+    let answer = answer(request, stored, part.complete);
+    match &answer {
+        RangeAnswer::Partial(wanted) if wanted.start >= part.start && wanted.end <= part.start + held => Some(answer),
+        _ => None,
+    }
+}
+
 /// Decides how a request for a stored 200 response with `stored` headers and a body of `length`
 /// bytes is answered.
 pub fn answer(request: &HeaderMap, stored: &HeaderMap, length: usize) -> RangeAnswer {
@@ -135,6 +174,22 @@ mod tests {
         assert_eq!(ask("items=0-4"), RangeAnswer::Whole);
         assert_eq!(ask("bytes=0-1,4-5"), RangeAnswer::Whole, "several ranges get the whole body");
         assert_eq!(ask("bytes=99999999999999999999999-"), RangeAnswer::Unsatisfiable);
+    }
+
+    #[test]
+    fn stored_parts_answer_the_ranges_inside_them() {
+        let stored = with(&[("content-range", "bytes 4-8/10")]);
+        let part = Part::of(&stored).unwrap();
+        assert_eq!(part, Part { start: 4, length: 5, complete: 10 });
+        let ask = |range: &str| answer_from_part(&with(&[("range", range)]), &stored, part, 5);
+        assert_eq!(ask("bytes=6-8"), Some(RangeAnswer::Partial(6..9)));
+        assert_eq!(ask("bytes=4-"), None, "byte 9 is not held");
+        assert_eq!(ask("bytes=-7"), None, "a suffix reaching before the part");
+        assert_eq!(ask("bytes=0-1"), None);
+        assert_eq!(answer_from_part(&HeaderMap::new(), &stored, part, 5), None, "the whole is not held");
+        for invalid in ["bytes 5-4/10", "bytes 0-10/10", "bytes 0-4/*", "items 0-4/10", "bytes */10"] {
+            assert_eq!(Part::of(&with(&[("content-range", invalid)])), None, "{invalid}");
+        }
     }
 
     #[test]

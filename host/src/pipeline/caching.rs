@@ -54,6 +54,21 @@ struct Invalidation {
 }
 
 impl Invalidation {
+    /// Whether `response` (to a POST) says it is the current state of the request's own URI,
+    /// with an explicit lifetime.
+    fn names_itself(&self, response: &Response<ProxyBody>) -> bool {
+        let headers = response.headers();
+        let explicit = {
+            let directives = Directives::parse(headers);
+            directives.max_age.is_some() || directives.s_maxage.is_some() || headers.contains_key(header::EXPIRES)
+        };
+        let location = headers.get(header::CONTENT_LOCATION).and_then(|value| value.to_str().ok());
+        response.status() == StatusCode::OK
+            && explicit
+            && location.and_then(|location| same_host_path(location, &self.host, &self.path)).as_deref()
+                == Some(self.path.as_str())
+    }
+
     fn after(self, response: &Response<ProxyBody>) {
         // An error says nothing changed.
         if !(response.status().is_success() || response.status().is_redirection()) {
@@ -120,6 +135,10 @@ pub(crate) async fn lookup(
         let mut forwarding = Forwarding::bypass("method");
         // A change through this URI makes what is stored for it suspect, once it succeeds.
         if !method.is_safe() {
+            if method == Method::POST {
+                // Kept only if the response says it is the resource's new state (below).
+                forwarding.ticket = Some(ticket(cache, settings, route, head, &key, Directives::default(), None));
+            }
             forwarding.invalidates = Some(Invalidation {
                 cache: cache.clone(),
                 route: route.name.clone(),
@@ -173,6 +192,8 @@ pub(crate) async fn lookup(
                 Freshness::Stale => {}
             }
         }
+        // A stale stored part is neither revalidated nor served on error: it is fetched again.
+        let entry = entry.filter(|entry| entry.part.is_none());
         if directives.only_if_cached {
             let mut response = Response::new(body::empty());
             *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
@@ -266,8 +287,18 @@ pub(crate) fn after_forward(
     head_only: bool,
 ) -> Result<Answer, ProxyError> {
     let Forwarding { mut status, ticket, stale, revalidating, invalidates } = forwarding;
-    if let (Some(invalidation), Ok(response)) = (invalidates, &forwarded) {
-        invalidation.after(response);
+    if let Some(invalidation) = invalidates {
+        let response = forwarded?;
+        status.forward_status = Some(response.status().as_u16());
+        let stores = ticket.is_some() && invalidation.names_itself(&response);
+        invalidation.after(&response);
+        // A POST response with explicit freshness whose Content-Location is the request's own
+        // URI is what a GET of that URI would get (RFC 9110 section 9.3.3): stored as such.
+        let ticket = ticket.filter(|_| stores).map(|mut ticket| {
+            ticket.purge_generation = ticket.cache.purge_generation();
+            ticket
+        });
+        return Ok(Answer::FromOrigin(response, status, ticket));
     }
     let now = Instant::now();
     let origin_failed = match &forwarded {
