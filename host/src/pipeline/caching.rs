@@ -41,6 +41,8 @@ pub(crate) struct Forwarding {
     revalidating: bool,
     /// An unsafe request: what its success invalidates.
     invalidates: Option<Invalidation>,
+    /// A stored first part of the representation; the request asks the origin for the rest.
+    completing: Option<Arc<Entry>>,
 }
 
 /// What a successful unsafe request makes suspect (RFC 9111 section 4.4): its own URI, and the
@@ -109,7 +111,14 @@ fn same_host_path(reference: &str, host: &str, base: &str) -> Option<String> {
 
 impl Forwarding {
     fn bypass(reason: &'static str) -> Self {
-        Self { status: CacheStatus::forward(reason), ticket: None, stale: None, revalidating: false, invalidates: None }
+        Self {
+            status: CacheStatus::forward(reason),
+            ticket: None,
+            stale: None,
+            revalidating: false,
+            invalidates: None,
+            completing: None,
+        }
     }
 
     /// What the lookup found, as traces name it: `miss`, `bypass`, or `stale` when the origin
@@ -183,6 +192,7 @@ pub(crate) async fn lookup(
                                 stale: Some(entry.clone()),
                                 revalidating,
                                 invalidates: None,
+                                completing: None,
                             })
                         }
                         _ => None,
@@ -226,8 +236,24 @@ pub(crate) async fn lookup(
         let ticket = Some(ticket(cache, settings, route, head, &key, directives.clone(), guard));
         let revalidating = method == Method::GET
             && entry.as_ref().is_some_and(|entry| revalidate_with(&mut head.parts.headers, entry));
+        let completing = match (&entry, &variants) {
+            (None, Some(variants)) if method == Method::GET => variants
+                .part_to_complete(&head.parts.headers, compression)
+                .filter(|part| part.freshness(now, &directives) == Freshness::Fresh)
+                .filter(|part| ask_for_the_rest(&mut head.parts.headers, part))
+                .cloned(),
+            _ => None,
+        };
+        let reason = if completing.is_some() { "partial" } else { reason };
         let status = CacheStatus { collapsed, ..CacheStatus::forward(reason) };
-        return Lookup::Forward(Forwarding { status, ticket, stale: entry, revalidating, invalidates: None });
+        return Lookup::Forward(Forwarding {
+            status,
+            ticket,
+            stale: entry,
+            revalidating,
+            invalidates: None,
+            completing,
+        });
     }
 }
 
@@ -251,6 +277,44 @@ fn ticket(
         guard,
         purge_generation: cache.purge_generation(),
     }
+}
+
+/// Asks for the bytes after a stored first part, `If-Range` its strong validator so that a
+/// changed representation comes whole. Returns false (and asks nothing) without one.
+fn ask_for_the_rest(headers: &mut HeaderMap, part: &Entry) -> bool {
+    let etag = part.etag().filter(|etag| !etag.as_bytes().starts_with(b"W/"));
+    let Some(validator) = etag.or_else(|| part.last_modified()).cloned() else { return false };
+    let range = format!("bytes={}-", part.body.len());
+    headers.insert(header::RANGE, http::HeaderValue::try_from(range).expect("ascii"));
+    headers.insert(header::IF_RANGE, validator);
+    true
+}
+
+/// The whole response from a stored first part and the origin's answer for the rest: a 206 for
+/// exactly the rest is joined to the part; a 200 (the representation changed) is whole already.
+fn complete(response: Response<ProxyBody>, part: &Entry) -> Result<Response<ProxyBody>, ProxyError> {
+    if response.status() != StatusCode::PARTIAL_CONTENT {
+        return Ok(response);
+    }
+    let stored = part.part.expect("a stored part");
+    let rest = sluice_cache::range::Part::of(response.headers());
+    let expected = sluice_cache::range::Part {
+        start: stored.length,
+        length: stored.complete - stored.length,
+        complete: stored.complete,
+    };
+    if rest != Some(expected) {
+        return Err(ProxyError::UpstreamFailed {
+            server: "origin".to_owned(),
+            reason: "answered the request for the rest of a stored part with another range".to_owned(),
+        });
+    }
+    let (mut parts, body) = response.into_parts();
+    parts.status = StatusCode::OK;
+    parts.headers.remove(header::CONTENT_RANGE);
+    parts.headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(stored.complete));
+    let body = sluice_cache::CompletedBody::new(part.body.clone(), body);
+    Ok(Response::from_parts(parts, sluice_http::body::boxed(body)))
 }
 
 /// Adds the stale entry's validators to the request, unless the client sent its own (then a
@@ -286,7 +350,7 @@ pub(crate) fn after_forward(
     forwarding: Forwarding,
     head_only: bool,
 ) -> Result<Answer, ProxyError> {
-    let Forwarding { mut status, ticket, stale, revalidating, invalidates } = forwarding;
+    let Forwarding { mut status, ticket, stale, revalidating, invalidates, completing } = forwarding;
     if let Some(invalidation) = invalidates {
         let response = forwarded?;
         status.forward_status = Some(response.status().as_u16());
@@ -328,6 +392,9 @@ pub(crate) fn after_forward(
             status.stored = true;
         }
         return Ok(Answer::FromOrigin(response, status, None));
+    }
+    if let Some(part) = completing {
+        return Ok(Answer::FromOrigin(complete(response, &part)?, status, ticket));
     }
     if revalidating && response.status() == StatusCode::NOT_MODIFIED {
         let (Some(ticket), Some(stale)) = (ticket, stale) else {
