@@ -9,6 +9,7 @@ mod architecture;
 mod balancing;
 mod cache;
 mod cache_conformance;
+mod cache_semantics;
 mod cli;
 mod compression;
 mod dashboard;
