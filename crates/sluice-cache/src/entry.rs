@@ -186,7 +186,12 @@ impl Entry {
             }
             (StatusCode::NOT_MODIFIED, body::empty())
         } else {
-            headers.clone_from(&self.headers);
+            // Room for what is added on the way out (Age, Cache-Status, the request id, Via...),
+            // so that they do not make the map grow.
+            headers.reserve(self.headers.len() + 6);
+            for (name, value) in &self.headers {
+                headers.append(name.clone(), value.clone());
+            }
             match ranged {
                 RangeAnswer::Whole if method == Method::HEAD => (self.status, body::empty()),
                 RangeAnswer::Whole => (self.status, body::full(self.body.clone())),

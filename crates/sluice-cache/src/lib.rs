@@ -113,7 +113,10 @@ pub struct EntryKey {
 
 /// The default cache key: host, path and query.
 pub fn default_key(host: &str, path_and_query: &str) -> String {
-    format!("{host}{path_and_query}")
+    let mut key = String::with_capacity(host.len() + path_and_query.len());
+    key.push_str(host);
+    key.push_str(path_and_query);
+    key
 }
 
 /// What to purge.

@@ -33,9 +33,12 @@ impl CacheStatus {
         Self { forward: Some(reason), ..Self::default() }
     }
 
-    /// The header value, naming this cache `sluice`.
+    /// The header value, naming this cache `sluice`. Built in one buffer: it is written on every
+    /// response of a caching route, hits included.
     pub fn header_value(&self) -> HeaderValue {
-        let mut text = String::from("sluice");
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(64);
+        text.push_str("sluice");
         if self.hit {
             text.push_str("; hit");
         }
@@ -44,10 +47,10 @@ impl CacheStatus {
             text.push_str(forward);
         }
         if let Some(status) = self.forward_status {
-            text.push_str(&format!("; fwd-status={status}"));
+            let _ = write!(text, "; fwd-status={status}");
         }
         if let Some(ttl) = self.ttl {
-            text.push_str(&format!("; ttl={ttl}"));
+            let _ = write!(text, "; ttl={ttl}");
         }
         if self.stored {
             text.push_str("; stored");
