@@ -488,3 +488,24 @@ async fn routes_without_a_cache_never_store_and_large_bodies_pass_through() {
     assert_eq!(big.text(), "/big #1 ", "the client gets all of it");
     assert_eq!(fetch(&proxy, "GET", "/big", &[]).await.text(), "/big #2 ", "but it was too large to keep");
 }
+
+#[tokio::test]
+async fn a_304_that_sets_a_cookie_gives_it_to_its_client_and_drops_the_entry() {
+    let (origin, script) = scripted_origin().await;
+    let proxy = proxy(&origin, "{}", "").await;
+    script.set(
+        "/session",
+        Reply {
+            etag: Some("v1"),
+            revalidated: vec![("set-cookie", "fresh=1".to_owned()), ("cache-control", "max-age=60".to_owned())],
+            ..reply(&[("cache-control", "no-cache")])
+        },
+    );
+    assert_eq!(fetch(&proxy, "GET", "/session", &[]).await.text(), "/session #1 ");
+    let revalidated = fetch(&proxy, "GET", "/session", &[]).await;
+    assert_eq!(revalidated.text(), "/session #1 ", "the stored body");
+    assert_eq!(revalidated.headers["set-cookie"], "fresh=1", "the 304's cookie reaches the client it was for");
+    assert!(!cache_status(&revalidated).contains("stored"), "{}", cache_status(&revalidated));
+    let after = fetch(&proxy, "GET", "/session", &[]).await;
+    assert_eq!(after.text(), "/session #2 ", "nothing is stored with another client's cookie");
+}

@@ -2,7 +2,7 @@
 //! published HTTP Caching Tests suite does not cover (see `cache_conformance.rs`): targeted
 //! fields (`CDN-Cache-Control`, RFC 9213), ranges answered from stored responses, stored parts
 //! reused and completed, invalidation by `Location` and `Content-Location`, `must-understand`,
-//! a HEAD freshening the stored GET, 204s, and `no-cache` naming fields.
+//! a HEAD freshening the stored GET, 204s, `no-cache` naming fields, and entity tags with obs-text.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -289,4 +289,18 @@ async fn must_understand_head_freshening_204s_and_fields_kept_from_the_store() {
     assert_eq!(freshened.text(), "0123456789");
     assert_eq!(header(&freshened, "x-new"), "yes", "the HEAD's fields");
     assert_eq!(header(&freshened, "cache-control"), "max-age=60");
+}
+
+#[tokio::test]
+async fn entity_tags_with_obs_text_match_the_clients_if_none_match() {
+    let (origin, _) = described_origin().await;
+    let proxy = proxy(&origin, "{}").await;
+    let path = "/o?cache-control=max-age%3D60&etag=%22caf%C3%A9%22";
+    let first = fetch(&proxy, "GET", path, &[]).await;
+    let etag = first.headers["etag"].clone();
+    assert_eq!(etag.as_bytes(), "\"café\"".as_bytes());
+    let mut request = Request::get(proxy.url(path)).header("host", "app.test");
+    request = request.header("if-none-match", etag);
+    let conditional = send(&http1_client(), request.body(body::empty()).unwrap()).await;
+    assert_eq!(conditional.status, 304, "the stored tag matches byte for byte");
 }

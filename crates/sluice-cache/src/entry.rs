@@ -149,10 +149,16 @@ impl Entry {
         if self.status != StatusCode::OK {
             return false;
         }
-        if let Some(if_none_match) = request.get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok()) {
-            let Some(etag) = self.etag().and_then(|value| value.to_str().ok()) else { return false };
-            let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
-            return if_none_match.trim() == "*" || if_none_match.split(',').any(|tag| opaque(tag) == opaque(etag));
+        if let Some(if_none_match) = request.get(header::IF_NONE_MATCH) {
+            // Compared as bytes: an entity tag may hold obs-text, which is not a str.
+            let Some(etag) = self.etag() else { return false };
+            let opaque = |tag: &[u8]| {
+                let tag = tag.trim_ascii();
+                tag.strip_prefix(b"W/").unwrap_or(tag).to_vec()
+            };
+            let wanted = if_none_match.as_bytes();
+            return wanted.trim_ascii() == b"*"
+                || wanted.split(|byte| *byte == b',').any(|tag| opaque(tag) == opaque(etag.as_bytes()));
         }
         let since = policy::date_header(request, header::IF_MODIFIED_SINCE);
         // Without Last-Modified, its Date stands for when it was last known unchanged (RFC 9111

@@ -400,17 +400,26 @@ pub(crate) fn after_forward(
         let (Some(ticket), Some(stale)) = (ticket, stale) else {
             return Ok(Answer::FromOrigin(response, status, None));
         };
-        let refreshed = refresh(&ticket, &stale, response.headers());
+        let (refreshed, merged) = refresh(&ticket, &stale, response.headers());
         status.ttl = Some(refreshed.ttl_seconds(now));
-        status.stored = true;
-        return Ok(Answer::FromCache(refreshed.response(now, &Method::GET, &HeaderMap::new()), status));
+        status.stored = !Arc::ptr_eq(&refreshed, &stale);
+        // This client gets every field of the 304, those kept out of the store included (a
+        // Set-Cookie meant for it).
+        let mut answer = refreshed.response(now, &Method::GET, &HeaderMap::new());
+        let age = answer.headers_mut().remove(header::AGE);
+        *answer.headers_mut() = merged;
+        if let Some(age) = age {
+            answer.headers_mut().insert(header::AGE, age);
+        }
+        return Ok(Answer::FromCache(answer, status));
     }
     Ok(Answer::FromOrigin(response, status, ticket))
 }
 
 /// The stored entry brought up to date by a 304's headers (RFC 9111 section 4.3.4) and stored
-/// again; dropped from the store when the new headers forbid storing it.
-pub(crate) fn refresh(ticket: &FillTicket, stale: &Arc<Entry>, not_modified: &HeaderMap) -> Arc<Entry> {
+/// again, with the merged headers; when the new headers forbid storing it, it is dropped from
+/// the store and the stale entry comes back.
+pub(crate) fn refresh(ticket: &FillTicket, stale: &Arc<Entry>, not_modified: &HeaderMap) -> (Arc<Entry>, HeaderMap) {
     let mut headers = stale.headers.clone();
     let mut replaced = std::collections::HashSet::new();
     for (name, value) in not_modified {
@@ -422,7 +431,7 @@ pub(crate) fn refresh(ticket: &FillTicket, stale: &Arc<Entry>, not_modified: &He
         }
         headers.append(name.clone(), value.clone());
     }
-    match ticket.entry_for(stale.status, &headers, SystemTime::now()) {
+    let entry = match ticket.entry_for(stale.status, &headers, SystemTime::now()) {
         Ok(mut entry) => {
             entry.body = stale.body.clone();
             let entry = Arc::new(entry);
@@ -433,7 +442,8 @@ pub(crate) fn refresh(ticket: &FillTicket, stale: &Arc<Entry>, not_modified: &He
             ticket.cache.remove(&ticket.key, stale);
             stale.clone()
         }
-    }
+    };
+    (entry, headers)
 }
 
 /// Whether a HEAD response's validators and length agree with the stored response's, so that
