@@ -20,6 +20,7 @@ mod fuzz;
 mod go;
 mod guest_limits;
 mod hostile;
+mod http3;
 mod js;
 mod languages;
 mod limits;

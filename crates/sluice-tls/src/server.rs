@@ -262,6 +262,26 @@ pub fn server_config(settings: &TlsSettings) -> Result<(Arc<ServerConfig>, Certi
     Ok((Arc::new(config), resolver))
 }
 
+/// The TLS settings of a listener's HTTP/3 side: the same certificates through `resolver` (so a
+/// reload reaches QUIC handshakes too), TLS 1.3 only as QUIC requires, ALPN `h3`, and no 0-RTT
+/// (early data could be replayed). Client certificates are not offered over QUIC.
+pub fn quic_server_config(
+    settings: &TlsSettings,
+    resolver: &CertificateResolver,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|err| TlsError::Invalid { path: String::new(), reason: err.to_string() })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver.clone()));
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = 0;
+    config.session_storage = ServerSessionMemoryCache::new(settings.session_cache.max(1));
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|err| TlsError::Invalid { path: String::new(), reason: err.to_string() })?;
+    Ok(Arc::new(config))
+}
+
 /// Watches the certificate files of a listener and swaps in a new set when any changes; a set
 /// that fails to load is logged and the old one keeps serving.
 pub fn spawn_reloader(

@@ -475,6 +475,35 @@ pub struct ListenerSection {
     pub redirect_to_https: Option<u16>,
     /// Client addresses refused on every route of this listener.
     pub access: Option<Spanned<AddressListsSection>>,
+    /// HTTP/3 on the listener's port over UDP (TLS listeners only): `true`, or its settings.
+    pub http3: Option<Spanned<Http3Field>>,
+}
+
+/// `http3 = true` or `http3 = { ... }` on a listener.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Http3Field {
+    /// On (`true`) with the defaults, or off.
+    Switch(bool),
+    /// On, with these settings.
+    Settings(Http3Section),
+}
+
+/// A listener's HTTP/3 settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http3Section {
+    /// How long clients may remember that HTTP/3 is offered (`Alt-Svc`'s `ma`); `0s` advertises
+    /// nothing.
+    pub alt_svc_max_age: HumanDuration,
+    /// Most request streams a client may have open at once on one connection.
+    pub max_streams: u32,
+}
+
+impl Default for Http3Section {
+    fn default() -> Self {
+        Self { alt_svc_max_age: HumanDuration(Duration::from_secs(24 * 3600)), max_streams: 100 }
+    }
 }
 
 /// `tls = { ... }` on a listener.

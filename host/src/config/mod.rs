@@ -163,6 +163,17 @@ pub struct ListenerSpec {
     pub redirect_to_https: Option<u16>,
     /// Client addresses refused on every route of the listener.
     pub access: Arc<sluice_access::AccessRules>,
+    /// HTTP/3 beside it, when on.
+    pub http3: Option<Http3Settings>,
+}
+
+/// A listener's HTTP/3 side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http3Settings {
+    /// `Alt-Svc`'s max-age on the listener's TCP responses; zero advertises nothing.
+    pub alt_svc_max_age: Duration,
+    /// Most request streams open at once per connection.
+    pub max_streams: u32,
 }
 
 impl Snapshot {

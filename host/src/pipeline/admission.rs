@@ -16,12 +16,50 @@ use super::forwarding;
 use super::state::RequestState;
 use crate::routing::normalize_host;
 
+/// A client's request body, whichever protocol brought it: hyper's for HTTP/1.1 and HTTP/2 (no
+/// box on the hot path), boxed for HTTP/3.
+pub(crate) enum ClientBody {
+    /// From hyper's server.
+    Hyper(Incoming),
+    /// From any other server (HTTP/3's QUIC streams).
+    Boxed(ProxyBody),
+}
+
+impl http_body::Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, body::BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(incoming) => std::pin::Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Self::Boxed(boxed) => std::pin::Pin::new(boxed).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(incoming) => incoming.is_end_stream(),
+            Self::Boxed(boxed) => boxed.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Hyper(incoming) => incoming.size_hint(),
+            Self::Boxed(boxed) => boxed.size_hint(),
+        }
+    }
+}
+
 /// A request that passed admission.
 pub(crate) struct Admitted {
     /// Its head, with the normalised path.
     pub(crate) parts: http::request::Parts,
     /// Its body, as it streams in.
-    pub(crate) body: Incoming,
+    pub(crate) body: ClientBody,
     /// The host the client asked for, with port, as it sent it.
     pub(crate) authority: Option<String>,
     /// That host, lower case and without port, for routing.
@@ -44,7 +82,7 @@ pub(crate) enum Admission {
 }
 
 /// Admits `request` or says why not.
-pub(crate) fn admit(mut request: Request<Incoming>, state: &RequestState) -> Result<Admission, ProxyError> {
+pub(crate) fn admit(mut request: Request<ClientBody>, state: &RequestState) -> Result<Admission, ProxyError> {
     // CONNECT would make the proxy a tunnel to anywhere; TRACE would echo the request back,
     // headers the proxy adds included.
     if request.method() == Method::CONNECT || request.method() == Method::TRACE {
@@ -82,7 +120,7 @@ pub(crate) fn admit(mut request: Request<Incoming>, state: &RequestState) -> Res
 
 /// The host the client asked for, with port: the URI's authority (HTTP/2, absolute-form) or the
 /// Host header. HTTP/1.1 requires one (RFC 9112 section 3.2).
-fn request_authority(request: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+fn request_authority<B>(request: &Request<B>) -> Result<Option<String>, ProxyError> {
     // Credentials have no place in an HTTP authority (RFC 9110 section 4.2.4, RFC 9112
     // section 3.2): a request that carries them is refused, not routed on what follows the `@`.
     if let Some(authority) = request.uri().authority() {

@@ -35,6 +35,11 @@ pub(crate) fn finish_response(mut response: Response<ProxyBody>, state: &mut Req
         response.headers_mut().insert(HeaderName::from_static("cache-status"), status.header_value());
     }
     response.headers_mut().insert(X_REQUEST_ID, state.id.header_value());
+    if let Some(alt_svc) = &state.connection.alt_svc
+        && !response.headers().contains_key(header::ALT_SVC)
+    {
+        response.headers_mut().insert(header::ALT_SVC, alt_svc.clone());
+    }
     if let Some(hsts) = &state.connection.hsts {
         response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }

@@ -51,7 +51,7 @@ pub use errors::{ProxyError, Side, error_response, local_response};
 use crate::config::Snapshot;
 use crate::routing::{Forward, RouteAction};
 use crate::telemetry::metrics::Metrics;
-use admission::Admission;
+use admission::{Admission, ClientBody};
 use caching::{Answer, Lookup};
 use request_phase::{Outbound, RequestPhase};
 use state::RequestState;
@@ -71,6 +71,8 @@ pub struct ConnectionInfo {
     pub client_identity: Option<Arc<str>>,
     /// `Strict-Transport-Security` for every response on this connection.
     pub hsts: Option<HeaderValue>,
+    /// `Alt-Svc` for every response on this connection: the listener also speaks HTTP/3.
+    pub alt_svc: Option<HeaderValue>,
     /// Redirect every request to HTTPS on this port.
     pub redirect_to_https: Option<u16>,
     /// In-flight and idle tracking for the connection.
@@ -107,8 +109,22 @@ impl Proxy {
         Self { snapshot, metrics, tunnels, cache }
     }
 
-    /// Serves one request to completion of its response head; the body streams afterwards.
+    /// Serves one request from hyper's server (HTTP/1.1, HTTP/2) to completion of its response
+    /// head; the body streams afterwards.
     pub async fn handle(self, request: Request<Incoming>, connection: Arc<ConnectionInfo>) -> Response<ProxyBody> {
+        self.serve(request.map(ClientBody::Hyper), connection).await
+    }
+
+    /// [`Proxy::handle`] for a request another server brought (HTTP/3).
+    pub async fn handle_boxed(
+        self,
+        request: Request<ProxyBody>,
+        connection: Arc<ConnectionInfo>,
+    ) -> Response<ProxyBody> {
+        self.serve(request.map(ClientBody::Boxed), connection).await
+    }
+
+    async fn serve(self, request: Request<ClientBody>, connection: Arc<ConnectionInfo>) -> Response<ProxyBody> {
         let state = RequestState::new(self.snapshot.load_full(), connection, &request);
         let span = state.span.clone();
         // Logged when dropped unanswered: the client left before the response head was ready.
@@ -128,7 +144,7 @@ impl Proxy {
     /// Phases 1 to 7, in order; each may answer early.
     async fn process(
         &self,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
         state: &mut RequestState,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let admitted = match admission::admit(request, state)? {

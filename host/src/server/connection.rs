@@ -200,6 +200,7 @@ impl ConnectionInfo {
             scheme: "http",
             client_identity: None,
             hsts: None,
+            alt_svc: None,
             redirect_to_https: None,
             activity: ConnectionActivity::new(),
         }

@@ -11,6 +11,7 @@
 //! (admin, reloads, health checks, certificate reloads) stays on the starting runtime.
 
 mod connection;
+mod http3;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -125,10 +126,35 @@ impl Server {
             let local = sockets[0].local_addr()?;
             tracing::info!(listener = %spec.name, address = %local, sockets = sockets.len(), "listening");
             listeners.push((spec.name.clone(), local));
+            let mut alt_svc = None;
             let tls = match &spec.tls {
                 Some(settings) => {
                     let (config, resolver) =
                         tls::server_config(settings).map_err(|err| io::Error::other(err.to_string()))?;
+                    if let Some(http3) = &spec.http3 {
+                        // The same port over UDP; the same certificates, through the same resolver.
+                        let quic = tls::quic_server_config(settings, &resolver)
+                            .map_err(|err| io::Error::other(err.to_string()))?;
+                        let limits = http3::QuicLimits::of(http3, &current.server);
+                        let endpoint = http3::bind(local, quic, &limits).map_err(|err| {
+                            io::Error::new(err.kind(), format!("cannot listen on {local} (UDP): {err}"))
+                        })?;
+                        tracing::info!(listener = %spec.name, address = %local, "listening for HTTP/3");
+                        if !http3.alt_svc_max_age.is_zero() {
+                            let value = format!("h3=\":{}\"; ma={}", local.port(), http3.alt_svc_max_age.as_secs());
+                            alt_svc = Some(http::HeaderValue::try_from(value).expect("digits and ASCII"));
+                        }
+                        tokio::spawn(http3::accept_loop(http3::QuicListener {
+                            endpoint,
+                            name: spec.name.clone(),
+                            hsts: spec.hsts.clone(),
+                            proxy: proxy.clone(),
+                            settings: limits,
+                            connections: connections.clone(),
+                            drain: drain.clone(),
+                            close_now: tunnels.close_now.clone(),
+                        }));
+                    }
                     tls::spawn_reloader(spec.name.clone(), settings.clone(), resolver, drain.clone());
                     Some(TlsAcceptor::from(config))
                 }
@@ -139,6 +165,7 @@ impl Server {
                     listener: socket,
                     tls: tls.clone(),
                     hsts: spec.hsts.clone(),
+                    alt_svc: alt_svc.clone(),
                     redirect_to_https: spec.redirect_to_https,
                     name: spec.name.clone(),
                     proxy: proxy.clone(),
@@ -349,6 +376,7 @@ struct AcceptLoop {
     listener: std::net::TcpListener,
     tls: Option<TlsAcceptor>,
     hsts: Option<http::HeaderValue>,
+    alt_svc: Option<http::HeaderValue>,
     redirect_to_https: Option<u16>,
     name: Arc<str>,
     proxy: Proxy,
@@ -420,6 +448,7 @@ async fn accept_loop(accept: AcceptLoop) {
         let (proxy, drain, close_now, active) =
             (accept.proxy.clone(), accept.drain.clone(), accept.close_now.clone(), active.clone());
         let (tls, hsts, handshake_timeout) = (accept.tls.clone(), accept.hsts.clone(), header_read_timeout);
+        let alt_svc = accept.alt_svc.clone();
         accept.connections.spawn(async move {
             match tls {
                 None => connection::serve(stream, builder, proxy, info, timeouts, drain, close_now).await,
@@ -430,6 +459,7 @@ async fn accept_loop(accept: AcceptLoop) {
                         Ok(Ok(stream)) => {
                             info.scheme = "https";
                             info.hsts = hsts;
+                            info.alt_svc = alt_svc;
                             info.client_identity = tls::client_identity(stream.get_ref().1.peer_certificates());
                             connection::serve(stream, builder, proxy, info, timeouts, drain, close_now).await;
                         }

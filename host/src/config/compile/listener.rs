@@ -40,9 +40,43 @@ impl Compiler<'_> {
                 ));
             }
             let access = self.access_rules(&key, listener.get_ref().access.as_ref(), None, false)?;
-            listeners.push(ListenerSpec { name, bind, tls, hsts, redirect_to_https, access });
+            let http3 = self.http3(&key, listener.get_ref().http3.as_ref(), tls.as_ref())?;
+            listeners.push(ListenerSpec { name, bind, tls, hsts, redirect_to_https, access, http3 });
         }
         Ok(listeners)
+    }
+
+    /// A listener's `http3`: only beside TLS (QUIC is always encrypted), and not with client
+    /// certificates, which its HTTP/3 side does not ask for.
+    fn http3(
+        &self,
+        key: &str,
+        written: Option<&Spanned<Http3Field>>,
+        tls: Option<&TlsSettings>,
+    ) -> Result<Option<Http3Settings>, ConfigError> {
+        let Some(written) = written else { return Ok(None) };
+        let section = match written.get_ref() {
+            Http3Field::Switch(false) => return Ok(None),
+            Http3Field::Switch(true) => Http3Section::default(),
+            Http3Field::Settings(section) => {
+                Http3Section { alt_svc_max_age: section.alt_svc_max_age, max_streams: section.max_streams }
+            }
+        };
+        let key = format!("{key}.http3");
+        let Some(tls) = tls else {
+            return Err(self.spanned_error(written, &key, "needs `tls` on the listener: HTTP/3 is always encrypted"));
+        };
+        if tls.client_ca.is_some() {
+            return Err(self.spanned_error(
+                written,
+                &key,
+                "is not offered with client certificates (`tls.client_ca`): its QUIC side does not ask for them",
+            ));
+        }
+        if section.max_streams == 0 {
+            return Err(self.spanned_error(written, &format!("{key}.max_streams"), "must be at least 1"));
+        }
+        Ok(Some(Http3Settings { alt_svc_max_age: section.alt_svc_max_age.0, max_streams: section.max_streams }))
     }
 
     pub(super) fn tls(&self, key: &str, written: &Spanned<TlsSection>) -> Result<TlsSettings, ConfigError> {

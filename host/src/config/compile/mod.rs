@@ -29,12 +29,12 @@ use std::path::Path;
 
 use super::file::{
     BalancerName, CheckKindName, CompressionLevelName, CompressionSection, ConfigFile, EncodingName, FilterEntry,
-    HeaderCondition as WrittenHeaderCondition, IsolationSetting, LongCallPriorityValue, OnError, PluginSection,
-    ResolverSection, RetryOn, RetrySection, RouteCacheSection, RouteSection, ServerSection, TenantSection, TlsSection,
-    UpstreamAlpn, UpstreamSection, UpstreamTlsSection,
+    HeaderCondition as WrittenHeaderCondition, Http3Field, Http3Section, IsolationSetting, LongCallPriorityValue,
+    OnError, PluginSection, ResolverSection, RetryOn, RetrySection, RouteCacheSection, RouteSection, ServerSection,
+    TenantSection, TlsSection, UpstreamAlpn, UpstreamSection, UpstreamTlsSection,
 };
 use super::resolve::{Resolved, ResolvedPlugin};
-use super::{ConfigError, ListenerSpec, ServerSettings, Services, Snapshot};
+use super::{ConfigError, Http3Settings, ListenerSpec, ServerSettings, Services, Snapshot};
 use crate::routing::{
     Backends, Forward, HeaderCondition, HeaderMatch, HostPattern, Mirror, PathMatch, PathRewrite, Redirect, Route,
     RouteAction, RouteTable,

