@@ -1,7 +1,7 @@
 //! HTTP/3 through a running proxy, with quinn and h3's own client: a GET that the route's cache
 //! then answers, a POST whose body streams through, a filter's local response, Alt-Svc on the TCP
-//! side of the listener, streams past the limit refused without harm to the rest, and shutdown
-//! letting an in-flight request finish.
+//! side of the listener, shutdown letting an in-flight request finish, and the configuration's
+//! refusals.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -147,4 +147,77 @@ async fn filters_answer_http3_requests_as_they_answer_tcp_ones() {
     assert!(text.contains("web application firewall"), "the filter's own answer: {text}");
     let (status, _, _) = exchange(&mut client, get("/item?id=1"), &[]).await;
     assert_eq!(status, 200, "the same connection goes on");
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_http3_request_in_flight_finish() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (held, told) = (gate.clone(), arrived.clone());
+    let origin = Origin::start(move |_request| {
+        let (gate, arrived) = (held.clone(), told.clone());
+        Box::pin(async move {
+            arrived.notify_one();
+            gate.acquire().await.unwrap().forget();
+            http::Response::new(sluice_http::body::full("late answer"))
+        })
+    })
+    .await;
+    let certificate = certificate("shutdown");
+    let mut proxy = TestProxy::start(&config(&certificate, &origin, "")).await;
+    let addr = proxy.server().listener_addrs()[0].1;
+    let mut client = client(addr, &certificate).await;
+    let mut stream = client.send_request(get("/slow")).await.unwrap();
+    stream.finish().await.unwrap();
+    arrived.notified().await;
+
+    let mut shutdown = Box::pin(proxy.take_server().shutdown_within(std::time::Duration::from_secs(60)));
+    // One poll starts the drain (GOAWAY to the client); the request is still at the origin.
+    assert!(tokio::time::timeout(std::time::Duration::ZERO, &mut shutdown).await.is_err());
+    gate.add_permits(1);
+    let response = stream.recv_response().await.expect("the request in flight is answered");
+    assert_eq!(response.status(), 200);
+    let mut text = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        text.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    assert_eq!(text, b"late answer");
+    assert_eq!(shutdown.await, sluice::server::ShutdownOutcome::Drained);
+}
+
+#[tokio::test]
+async fn http3_needs_tls_and_is_refused_with_client_certificates() {
+    let compile = |listener: &str| {
+        sluice::config::Snapshot::from_toml(
+            &sluice_tests::services(),
+            &format!(
+                "{listener}[upstream.app]\nservers = [{{ addr = \"127.0.0.1:9\" }}]\n[[route]]\nupstream = \"app\"\n"
+            ),
+        )
+    };
+    let plain = compile("[[listener]]\nbind = \"127.0.0.1:0\"\nhttp3 = true\n").expect_err("no TLS");
+    assert_eq!(plain.key, "listener[0].http3");
+    assert!(plain.to_string().contains("needs `tls`"), "{plain}");
+    assert_eq!(plain.position.map(|(line, _)| line), Some(3), "the line of the key: {plain}");
+
+    let certificate = certificate("config");
+    let tls = format!(
+        "tls = {{ certificates = [{{ cert = \"{0}\", key = \"{1}\" }}], client_ca = \"{0}\" }}",
+        certificate.cert.display(),
+        certificate.key.display()
+    );
+    let mutual =
+        compile(&format!("[[listener]]\nbind = \"127.0.0.1:0\"\nhttp3 = true\n{tls}\n")).expect_err("client CA");
+    assert_eq!(mutual.key, "listener[0].http3");
+    let zero = compile(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nhttp3 = {{ max_streams = 0 }}\n{}\n",
+        tls.replace(&format!(", client_ca = \"{}\"", certificate.cert.display()), "")
+    ))
+    .expect_err("no streams");
+    assert_eq!(zero.key, "listener[0].http3.max_streams");
+    let off = compile(&format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nhttp3 = false\n{}\n",
+        tls.replace(&format!(", client_ca = \"{}\"", certificate.cert.display()), "")
+    ));
+    assert!(off.is_ok(), "http3 = false is the default");
 }

@@ -24,6 +24,9 @@ use crate::pipeline::{ConnectionInfo, Proxy};
 use sluice_http::ConnectionActivity;
 use sluice_http::body::{self, BoxError, ProxyBody};
 
+/// HTTP/3's "no error" code, for connections Sluice closes on purpose.
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+
 type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -93,6 +96,9 @@ pub(super) struct QuicListener {
     pub(super) connections: TaskTracker,
     pub(super) drain: CancellationToken,
     pub(super) close_now: CancellationToken,
+    /// Connections per client address, shared with the TCP listeners (`max_connections_per_client`).
+    pub(super) per_client: Arc<super::ClientConnections>,
+    pub(super) per_client_limit: usize,
 }
 
 /// Accepts QUIC connections until shutdown, each served on a task of its own.
@@ -113,12 +119,19 @@ pub(super) async fn accept_loop(listener: QuicListener) {
             let _ = incoming.retry();
             continue;
         }
+        let Some(slot) = listener.per_client.admit(incoming.remote_address().ip(), Some(listener.per_client_limit))
+        else {
+            tracing::debug!(listener = %listener.name, peer = %incoming.remote_address(), "HTTP/3 connection refused: the client holds its limit of connections");
+            incoming.refuse();
+            continue;
+        };
         let listener = listener.clone();
         let connections = listener.connections.clone();
         connections.spawn(async move {
             if let Err(error) = serve_connection(incoming, &listener).await {
                 tracing::debug!(listener = %listener.name, %error, "HTTP/3 connection ended");
             }
+            drop(slot);
         });
     }
     // No new connections; those open finish their requests (GOAWAY) or are cut at the deadline.
@@ -147,17 +160,22 @@ async fn serve_connection(incoming: quinn::Incoming, listener: &QuicListener) ->
         .build(h3_quinn::Connection::new(connection.clone()))
         .await?;
     let requests = TaskTracker::new();
-    let mut draining = false;
     loop {
         let accepted = tokio::select! {
-            () = listener.drain.cancelled(), if !draining => {
-                draining = true;
-                // GOAWAY: the requests already accepted finish; the client takes new ones elsewhere.
+            () = listener.drain.cancelled() => {
+                // GOAWAY: the requests already accepted finish, then the connection closes; the
+                // client takes new requests elsewhere.
                 h3.shutdown(0).await?;
-                continue;
+                requests.close();
+                tokio::select! {
+                    () = requests.wait() => {}
+                    () = listener.close_now.cancelled() => {}
+                }
+                connection.close(H3_NO_ERROR, b"");
+                return Ok(());
             }
             () = listener.close_now.cancelled() => {
-                connection.close(quinn::VarInt::from_u32(0x100), b"shutting down");
+                connection.close(H3_NO_ERROR, b"shutting down");
                 break;
             }
             accepted = h3.accept() => accepted,

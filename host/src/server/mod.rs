@@ -153,6 +153,8 @@ impl Server {
                             connections: connections.clone(),
                             drain: drain.clone(),
                             close_now: tunnels.close_now.clone(),
+                            per_client: per_client.clone(),
+                            per_client_limit: current.server.max_connections_per_client,
                         }));
                     }
                     tls::spawn_reloader(spec.name.clone(), settings.clone(), resolver, drain.clone());
