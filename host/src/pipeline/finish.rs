@@ -185,6 +185,7 @@ fn record(metrics: &Metrics, state: &mut RequestState, status: u16, end: BodyOut
         target: "sluice::access",
         tracing::Level::INFO,
         http.request.method = %state.method,
+        network.protocol.version = protocol_version(state.version),
         url.path = state.path,
         http.response.status_code = status,
         http.response.body.size = end.bytes,
@@ -206,4 +207,14 @@ fn record(metrics: &Metrics, state: &mut RequestState, status: u16, end: BodyOut
         "{}",
         if error.is_some() { "request failed" } else { "request" }
     );
+}
+
+/// The HTTP version as OpenTelemetry's `network.protocol.version` writes it.
+pub(super) fn protocol_version(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
 }

@@ -177,12 +177,7 @@ fn server_span_attributes<B>(
     id: &sluice_http::RequestId,
 ) -> Vec<opentelemetry::KeyValue> {
     use opentelemetry::KeyValue;
-    let version = match request.version() {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
+    let version = super::finish::protocol_version(request.version());
     let mut attributes = vec![
         KeyValue::new("http.request.method", request.method().as_str().to_owned()),
         KeyValue::new("url.path", request.uri().path().to_owned()),
