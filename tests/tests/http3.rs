@@ -1,7 +1,7 @@
 //! HTTP/3 through a running proxy, with quinn and h3's own client: a GET that the route's cache
 //! then answers, a POST whose body streams through, a filter's local response, Alt-Svc on the TCP
-//! side of the listener, shutdown letting an in-flight request finish, and the configuration's
-//! refusals.
+//! side of the listener, shutdown letting an in-flight request finish, the configuration's
+//! refusals, and an independent client (aioquic, installed by `tests/run.sh`) served alike.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -220,4 +220,37 @@ async fn http3_needs_tls_and_is_refused_with_client_certificates() {
         tls.replace(&format!(", client_ca = \"{}\"", certificate.cert.display()), "")
     ));
     assert!(off.is_ok(), "http3 = false is the default");
+}
+
+/// The Python with aioquic that `tests/run.sh` installs (or `SLUICE_AIOQUIC_PYTHON`).
+fn aioquic_python() -> PathBuf {
+    std::env::var_os("SLUICE_AIOQUIC_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+        cache.join("sluice/aioquic/bin/python")
+    })
+}
+
+#[tokio::test]
+async fn an_independent_http3_client_is_served() {
+    let origin = Origin::echo("aioquic").await;
+    let certificate = certificate("aioquic");
+    let proxy = TestProxy::start(&config(&certificate, &origin, "")).await;
+    let addr = proxy.server().listener_addrs()[0].1;
+    let python = aioquic_python();
+    let output = tokio::process::Command::new(&python)
+        .arg(sluice_tests::repo_root().join("tests/interop/h3_get.py"))
+        .args(["127.0.0.1", &addr.port().to_string()])
+        .arg(&certificate.cert)
+        .arg("/from-aioquic")
+        .output()
+        .await
+        .unwrap_or_else(|err| panic!("{} does not run ({err}): tests/run.sh installs aioquic", python.display()));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(answer["headers"]["via"], "1.1 sluice");
+    let echo = sluice_tests::Echo::parse(answer["body"].as_str().unwrap().as_bytes());
+    assert_eq!((echo.origin(), echo.uri()), ("aioquic", "/from-aioquic"));
 }
