@@ -1,6 +1,7 @@
 //! HTTP/3 through a running proxy, with quinn and h3's own client: a GET that the route's cache
 //! then answers, a POST whose body streams through, a filter's local response, Alt-Svc on the TCP
-//! side of the listener, shutdown letting an in-flight request finish, the configuration's
+//! side of the listener, a certificate reload reaching new QUIC handshakes, shutdown letting an
+//! in-flight request finish, the configuration's
 //! refusals, and an independent client (aioquic, installed by `tests/run.sh`) served alike.
 
 use std::net::SocketAddr;
@@ -253,4 +254,57 @@ async fn an_independent_http3_client_is_served() {
     assert_eq!(answer["headers"]["via"], "1.1 sluice");
     let echo = sluice_tests::Echo::parse(answer["body"].as_str().unwrap().as_bytes());
     assert_eq!((echo.origin(), echo.uri()), ("aioquic", "/from-aioquic"));
+}
+
+/// The leaf certificate Sluice presents to a new QUIC connection, with `trusted` as roots.
+async fn quic_leaf(addr: SocketAddr, trusted: &[&Certificate]) -> rustls::pki_types::CertificateDer<'static> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in trusted {
+        roots.add(certificate.der.clone()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connection = endpoint.connect(addr, "localhost").unwrap().await.expect("a QUIC handshake");
+    let identity = connection.peer_identity().expect("the server's certificates");
+    let chain = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().expect("rustls certificates");
+    connection.close(0u32.into(), b"");
+    chain[0].clone()
+}
+
+#[tokio::test]
+async fn a_certificate_replaced_on_disk_reaches_new_quic_handshakes() {
+    let origin = Origin::echo("h3-reload").await;
+    let first = certificate("reload");
+    let listener = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\nhttp3 = true\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}], reload_interval = \"100ms\" }}\n\
+         [upstream.app]\nservers = [{{ addr = \"{}\" }}]\n[[route]]\nupstream = \"app\"\n",
+        first.cert.display(),
+        first.key.display(),
+        origin.addr
+    );
+    let proxy = TestProxy::start(&listener).await;
+    let addr = proxy.server().listener_addrs()[0].1;
+    assert_eq!(quic_leaf(addr, &[&first]).await, first.der);
+    // The same files, a new certificate: written aside and renamed in, as a deployment would.
+    let second = {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        for (path, text) in [(&first.key, issued.signing_key.serialize_pem()), (&first.cert, issued.cert.pem())] {
+            let aside = path.with_extension("new");
+            std::fs::write(&aside, text).unwrap();
+            std::fs::rename(&aside, path).unwrap();
+        }
+        Certificate { cert: first.cert.clone(), key: first.key.clone(), der: issued.cert.der().clone() }
+    };
+    // Handshake until the reloader has picked the new files up; the test runner bounds the wait.
+    while quic_leaf(addr, &[&first, &second]).await != second.der {
+        tokio::task::yield_now().await;
+    }
 }
