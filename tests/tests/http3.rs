@@ -113,7 +113,8 @@ async fn requests_over_http3_take_the_same_path_as_over_tcp() {
 async fn the_tcp_side_advertises_http3_with_alt_svc() {
     let origin = Origin::echo("alt-svc").await;
     let certificate = certificate("alt-svc");
-    let proxy = TestProxy::start(&config(&certificate, &origin, "")).await;
+    let quiet = "[[route]]\npath_prefix = \"/quiet\"\nupstream = \"app\"\nalt_svc = false\n";
+    let proxy = TestProxy::start(&format!("{}{quiet}", config(&certificate, &origin, ""))).await;
     let addr = proxy.server().listener_addrs()[0].1;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate.der.clone()).unwrap();
@@ -122,15 +123,28 @@ async fn the_tcp_side_advertises_http3_with_alt_svc() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, stream).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    let tls = Arc::new(tls);
+    let ask = |path: &'static str| {
+        let tls = tls.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut stream = tokio_rustls::TlsConnector::from(tls).connect(name, stream).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).to_lowercase()
+        }
+    };
+    let answer = ask("/").await;
     assert!(answer.contains(&format!("alt-svc: h3=\":{}\"; ma=86400", addr.port())), "{answer}");
+    let quiet = ask("/quiet").await;
+    assert!(
+        quiet.starts_with("http/1.1 200") && !quiet.contains("\nalt-svc:"),
+        "a route with alt_svc = false: {quiet}"
+    );
 }
 
 #[tokio::test]

@@ -844,6 +844,9 @@ pub struct RouteSection {
     pub access: Option<Spanned<AddressListsSection>>,
     /// Client countries refused on this route (needs `[geoip]`).
     pub countries: Option<Spanned<CountriesSection>>,
+    /// Advertise the listener's HTTP/3 (`Alt-Svc`) on this route's responses.
+    #[serde(default = "default_true")]
+    pub alt_svc: bool,
 }
 
 /// A route's `cache`.

@@ -36,6 +36,7 @@ pub(crate) fn finish_response(mut response: Response<ProxyBody>, state: &mut Req
     }
     response.headers_mut().insert(X_REQUEST_ID, state.id.header_value());
     if let Some(alt_svc) = &state.connection.alt_svc
+        && state.route.as_ref().is_none_or(|route| route.alt_svc)
         && !response.headers().contains_key(header::ALT_SVC)
     {
         response.headers_mut().insert(header::ALT_SVC, alt_svc.clone());

@@ -39,6 +39,8 @@ pub struct Route {
     pub compression: Option<Arc<sluice_http::compression::CompressionSettings>>,
     /// HTTP caching, when the route caches.
     pub cache: Option<Arc<sluice_cache::CacheSettings>>,
+    /// Its responses advertise the listener's HTTP/3 (`Alt-Svc`), when the listener has it.
+    pub alt_svc: bool,
     /// Handles on its request counters and latency histogram, found once.
     pub figures: crate::telemetry::metrics::RouteFigures,
     /// The route's meter (requests and response bytes, for its tenant's usage), found once and

@@ -390,6 +390,7 @@ impl Compiler<'_> {
             max_body_bytes: route.max_body_bytes.unwrap_or(server.max_body_bytes),
             filters,
             max_filter_body_bytes: route.max_filter_body_bytes,
+            alt_svc: route.alt_svc,
             compression: match &route.compression {
                 Some(section) => Some(Arc::new(self.compression(&key, section)?)),
                 None => None,
