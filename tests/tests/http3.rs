@@ -1,7 +1,8 @@
 //! HTTP/3 through a running proxy, with quinn and h3's own client: a GET that the route's cache
 //! then answers, a POST whose body streams through, a filter's local response, Alt-Svc on the TCP
 //! side of the listener, a certificate reload reaching new QUIC handshakes, shutdown letting an
-//! in-flight request finish, the configuration's
+//! in-flight request finish, a client past its stream limit held back without harm to others, the
+//! configuration's
 //! refusals, and an independent client (aioquic, installed by `tests/run.sh`) served alike.
 
 use std::net::SocketAddr;
@@ -321,4 +322,48 @@ async fn a_certificate_replaced_on_disk_reaches_new_quic_handshakes() {
     while quic_leaf(addr, &[&first, &second]).await != second.der {
         tokio::task::yield_now().await;
     }
+}
+
+#[tokio::test]
+async fn a_client_past_its_stream_limit_waits_and_others_are_served() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let arrived = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let first_arrived = Arc::new(tokio::sync::Notify::new());
+    let (held, seen, told) = (gate.clone(), arrived.clone(), first_arrived.clone());
+    let origin = Origin::start(move |request| {
+        let (gate, seen, told) = (held.clone(), seen.clone(), told.clone());
+        Box::pin(async move {
+            let path = request.uri().path().to_owned();
+            seen.lock().unwrap().push(path.clone());
+            if path == "/held" {
+                told.notify_one();
+                gate.acquire().await.unwrap().forget();
+            }
+            http::Response::new(sluice_http::body::full(path))
+        })
+    })
+    .await;
+    let certificate = certificate("streams");
+    let listener = config(&certificate, &origin, "").replace("http3 = true", "http3 = { max_streams = 1 }");
+    let proxy = TestProxy::start(&listener).await;
+    let addr = proxy.server().listener_addrs()[0].1;
+
+    let mut greedy = client(addr, &certificate).await;
+    let mut held = greedy.send_request(get("/held")).await.unwrap();
+    held.finish().await.unwrap();
+    first_arrived.notified().await;
+    // Its second stream cannot open until the first ends: QUIC gives it no credit for one.
+    let mut second_client = greedy.clone();
+    let second = tokio::spawn(async move { exchange(&mut second_client, get("/second"), &[]).await });
+
+    let mut other = client(addr, &certificate).await;
+    let (status, _, text) = exchange(&mut other, get("/other"), &[]).await;
+    assert_eq!((status.as_u16(), text.as_str()), (200, "/other"), "another client is served meanwhile");
+    assert_eq!(*arrived.lock().unwrap(), ["/held", "/other"], "the stream past the limit has not reached the origin");
+
+    gate.add_permits(1);
+    let response = held.recv_response().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _, text) = second.await.unwrap();
+    assert_eq!((status.as_u16(), text.as_str()), (200, "/second"), "served once a stream is free");
 }
