@@ -99,6 +99,8 @@ pub(super) struct QuicListener {
     /// Connections per client address, shared with the TCP listeners (`max_connections_per_client`).
     pub(super) per_client: Arc<super::ClientConnections>,
     pub(super) per_client_limit: usize,
+    /// The process's connection slots (`max_connections`), shared with the TCP listeners.
+    pub(super) limit: Arc<tokio::sync::Semaphore>,
 }
 
 /// Accepts QUIC connections until shutdown, each served on a task of its own.
@@ -119,6 +121,13 @@ pub(super) async fn accept_loop(listener: QuicListener) {
             let _ = incoming.retry();
             continue;
         }
+        // Past max_connections a QUIC client is refused at once: unlike TCP there is no kernel
+        // queue to leave it waiting in.
+        let Ok(permit) = listener.limit.clone().try_acquire_owned() else {
+            tracing::debug!(listener = %listener.name, peer = %incoming.remote_address(), "HTTP/3 connection refused: max_connections are open");
+            incoming.refuse();
+            continue;
+        };
         let Some(slot) = listener.per_client.admit(incoming.remote_address().ip(), Some(listener.per_client_limit))
         else {
             tracing::debug!(listener = %listener.name, peer = %incoming.remote_address(), "HTTP/3 connection refused: the client holds its limit of connections");
@@ -132,6 +141,7 @@ pub(super) async fn accept_loop(listener: QuicListener) {
                 tracing::debug!(listener = %listener.name, %error, "HTTP/3 connection ended");
             }
             drop(slot);
+            drop(permit);
         });
     }
     // No new connections; those open finish their requests (GOAWAY) or are cut at the deadline.

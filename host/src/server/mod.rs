@@ -155,6 +155,7 @@ impl Server {
                             close_now: tunnels.close_now.clone(),
                             per_client: per_client.clone(),
                             per_client_limit: current.server.max_connections_per_client,
+                            limit: limit.clone(),
                         }));
                     }
                     tls::spawn_reloader(spec.name.clone(), settings.clone(), resolver, drain.clone());
