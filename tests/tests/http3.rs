@@ -1,8 +1,8 @@
 //! HTTP/3 through a running proxy, with quinn and h3's own client: a GET that the route's cache
 //! then answers, a POST whose body streams through, a filter's local response, Alt-Svc on the TCP
 //! side of the listener, a certificate reload reaching new QUIC handshakes, shutdown letting an
-//! in-flight request finish, a client past its stream limit held back without harm to others, the
-//! configuration's
+//! in-flight request finish, a client past its stream limit held back without harm to others, a
+//! body that disagrees with its Content-Length refused, the configuration's
 //! refusals, and an independent client (aioquic, installed by `tests/run.sh`) served alike.
 
 use std::net::SocketAddr;
@@ -366,4 +366,22 @@ async fn a_client_past_its_stream_limit_waits_and_others_are_served() {
     assert_eq!(response.status(), 200);
     let (status, _, text) = second.await.unwrap();
     assert_eq!((status.as_u16(), text.as_str()), (200, "/second"), "served once a stream is free");
+}
+
+#[tokio::test]
+async fn a_body_that_disagrees_with_its_content_length_is_refused() {
+    let origin = Origin::echo("h3-length").await;
+    let certificate = certificate("length");
+    let proxy = TestProxy::start(&config(&certificate, &origin, "")).await;
+    let addr = proxy.server().listener_addrs()[0].1;
+    let mut client = client(addr, &certificate).await;
+    for (declared, chunks) in [("3", &[&b"longer than three"[..]][..]), ("30", &[&b"short"[..]][..])] {
+        let request = Request::post("https://localhost/upload").header("content-length", declared).body(()).unwrap();
+        let (status, _, text) = exchange(&mut client, request, chunks).await;
+        assert_eq!(status, 400, "Content-Length {declared}: {text}");
+    }
+    let request = Request::post("https://localhost/upload").header("content-length", "5").body(()).unwrap();
+    let (status, _, text) = exchange(&mut client, request, &[b"exact"]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sluice_tests::Echo::parse(text.as_bytes()).0["body_bytes"], 5);
 }

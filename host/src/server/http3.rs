@@ -226,7 +226,9 @@ async fn serve_request(
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
     {
         Some(0) => body::empty(),
-        Some(length) => body::boxed(QuicBody { stream: recv, first: None, exact: Some(length), ended: false }),
+        Some(length) => {
+            body::boxed(QuicBody { stream: recv, first: None, exact: Some(length), received: 0, ended: false })
+        }
         None => {
             // Without a declared length, the body is known empty only once the stream ends: a
             // GET's FIN comes with its headers, so waiting for it costs nothing there.
@@ -234,7 +236,7 @@ async fn serve_request(
                 Ok(None) => body::empty(),
                 Ok(Some(mut first)) => {
                     let first = first.copy_to_bytes(first.remaining());
-                    body::boxed(QuicBody { stream: recv, first: Some(first), exact: None, ended: false })
+                    body::boxed(QuicBody { stream: recv, first: Some(first), exact: None, received: 0, ended: false })
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -272,13 +274,23 @@ async fn send_response(send: &mut SendStream, response: Response<ProxyBody>) -> 
     Ok(())
 }
 
-/// A request body read from its QUIC stream.
+/// A request body read from its QUIC stream. With a declared `Content-Length`, a body that
+/// runs past it or ends short fails rather than reach an HTTP/1.1 upstream framed wrongly (RFC
+/// 9114 section 4.1.2: such a request is malformed).
 struct QuicBody {
     stream: RecvStream,
     /// Data read already (to learn whether there was a body at all).
     first: Option<Bytes>,
     exact: Option<u64>,
+    received: u64,
     ended: bool,
+}
+
+/// A request body that disagrees with its own `Content-Length`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is not the {declared} bytes its Content-Length declares")]
+struct LengthMismatch {
+    declared: u64,
 }
 
 impl Body for QuicBody {
@@ -294,7 +306,19 @@ impl Body for QuicBody {
             return Poll::Ready(None);
         }
         match this.stream.poll_recv_data(cx) {
-            Poll::Ready(Ok(Some(mut data))) => Poll::Ready(Some(Ok(Frame::data(data.copy_to_bytes(data.remaining()))))),
+            Poll::Ready(Ok(Some(mut data))) => {
+                this.received += data.remaining() as u64;
+                if let Some(declared) = this.exact.filter(|declared| this.received > *declared) {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(LengthMismatch { declared }.into())));
+                }
+                Poll::Ready(Some(Ok(Frame::data(data.copy_to_bytes(data.remaining())))))
+            }
+            Poll::Ready(Ok(None)) if this.exact.is_some_and(|declared| declared != this.received) => {
+                this.ended = true;
+                let declared = this.exact.unwrap_or_default();
+                Poll::Ready(Some(Err(LengthMismatch { declared }.into())))
+            }
             Poll::Ready(Ok(None)) => match this.stream.poll_recv_trailers(cx) {
                 Poll::Ready(Ok(Some(trailers))) => {
                     this.ended = true;
