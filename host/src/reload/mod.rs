@@ -209,6 +209,13 @@ fn restart_only_changes(running: &Snapshot, next: &Snapshot) -> Vec<String> {
     if listeners(running) != listeners(next) {
         changed.push("listener".to_owned());
     }
+    // A listener's QUIC endpoint is bound with its HTTP/3 settings at start.
+    let http3 = |snapshot: &Snapshot| -> Vec<_> {
+        snapshot.listeners.iter().map(|listener| (listener.name.clone(), listener.http3.clone())).collect()
+    };
+    if http3(running) != http3(next) {
+        changed.push("listener.http3".to_owned());
+    }
     if running.admin != next.admin {
         changed.push("admin.bind".to_owned());
     }
