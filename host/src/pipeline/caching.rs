@@ -388,8 +388,8 @@ pub(crate) fn after_forward(
             && response.status() == StatusCode::OK
             && describes_same_body(stale, response.headers())
         {
-            refresh(ticket, stale, response.headers());
-            status.stored = true;
+            let (refreshed, _) = refresh(ticket, stale, response.headers());
+            status.stored = !Arc::ptr_eq(&refreshed, stale);
         }
         return Ok(Answer::FromOrigin(response, status, None));
     }
