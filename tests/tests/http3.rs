@@ -41,10 +41,12 @@ fn config(certificate: &Certificate, origin: &Origin, route: &str) -> String {
     )
 }
 
-/// An HTTP/3 client connection to `addr` trusting `certificate`.
-async fn client(addr: SocketAddr, certificate: &Certificate) -> h3::client::SendRequest<h3_quinn::OpenStreams, Bytes> {
+/// A QUIC client endpoint offering `h3`, trusting `trusted`.
+fn quic_endpoint(trusted: &[&Certificate]) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(certificate.der.clone()).unwrap();
+    for certificate in trusted {
+        roots.add(certificate.der.clone()).unwrap();
+    }
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -54,6 +56,12 @@ async fn client(addr: SocketAddr, certificate: &Certificate) -> h3::client::Send
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
+/// An HTTP/3 client connection to `addr` trusting `certificate`.
+async fn client(addr: SocketAddr, certificate: &Certificate) -> h3::client::SendRequest<h3_quinn::OpenStreams, Bytes> {
+    let endpoint = quic_endpoint(&[certificate]);
     let connection = endpoint.connect(addr, "localhost").unwrap().await.expect("a QUIC handshake with Sluice");
     let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection)).await.unwrap();
     tokio::spawn(async move {
@@ -273,19 +281,7 @@ async fn an_independent_http3_client_is_served() {
 
 /// The leaf certificate Sluice presents to a new QUIC connection, with `trusted` as roots.
 async fn quic_leaf(addr: SocketAddr, trusted: &[&Certificate]) -> rustls::pki_types::CertificateDer<'static> {
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in trusted {
-        roots.add(certificate.der.clone()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let endpoint = quic_endpoint(trusted);
     let connection = endpoint.connect(addr, "localhost").unwrap().await.expect("a QUIC handshake");
     let identity = connection.peer_identity().expect("the server's certificates");
     let chain = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().expect("rustls certificates");
