@@ -626,6 +626,21 @@ pub async fn get(proxy: &TestProxy, host: &str, path: &str) -> Collected {
     send(&http1_client(), request).await
 }
 
+/// `method` `path` from `proxy` with the given Host header and extra request headers.
+pub async fn request_as(
+    proxy: &TestProxy,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Collected {
+    let mut request = Request::builder().method(method).uri(proxy.url(path)).header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(&http1_client(), request.body(body::empty()).expect("valid request")).await
+}
+
 /// Writes `raw` to a new connection and reads until the server closes it.
 pub async fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");

@@ -103,11 +103,7 @@ async fn proxy(origin: &Origin, cache: &str) -> TestProxy {
 }
 
 async fn fetch(proxy: &TestProxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Collected {
-    let mut request = Request::builder().method(method).uri(proxy.url(path)).header("host", "app.test");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    send(&http1_client(), request.body(body::empty()).unwrap()).await
+    sluice_tests::request_as(proxy, "app.test", method, path, headers).await
 }
 
 fn header(response: &Collected, name: &str) -> String {

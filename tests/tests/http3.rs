@@ -70,6 +70,17 @@ async fn client(addr: SocketAddr, certificate: &Certificate) -> h3::client::Send
     send
 }
 
+type ClientStream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// The rest of a response's body, as it comes.
+async fn read_body(stream: &mut ClientStream) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    body
+}
+
 /// Sends one request and collects its answer.
 async fn exchange(
     client: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
@@ -82,10 +93,7 @@ async fn exchange(
     }
     stream.finish().await.unwrap();
     let response = stream.recv_response().await.unwrap();
-    let mut text = Vec::new();
-    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-        text.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-    }
+    let text = read_body(&mut stream).await;
     (response.status(), response.headers().clone(), String::from_utf8_lossy(&text).into_owned())
 }
 
@@ -201,11 +209,7 @@ async fn shutdown_lets_an_http3_request_in_flight_finish() {
     gate.add_permits(1);
     let response = stream.recv_response().await.expect("the request in flight is answered");
     assert_eq!(response.status(), 200);
-    let mut text = Vec::new();
-    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-        text.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-    }
-    assert_eq!(text, b"late answer");
+    assert_eq!(read_body(&mut stream).await, b"late answer");
     assert_eq!(shutdown.await, sluice::server::ShutdownOutcome::Drained);
 }
 
