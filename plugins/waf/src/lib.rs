@@ -9,6 +9,7 @@ pub mod engine;
 pub mod normalize;
 pub mod request;
 pub mod rules;
+pub mod seclang;
 
 use engine::{Assessment, Config, Engine, Mode};
 use request::{Facts, Inspected};

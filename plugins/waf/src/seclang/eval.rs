@@ -1,0 +1,636 @@
+//! Running a rule set on one request: its transaction (the `TX` collection and the other
+//! per-request collections, matched variables, captures, `ctl:` changes) and the phases.
+//!
+//! Phase 1 runs on the request head, phase 2 once the body (if any) is in. A rule's targets
+//! are read, transformed and matched; when a rule and its whole chain match, its actions run
+//! (`setvar`, `ctl`, `skipAfter`, the disruptive action). In anomaly-scoring mode (the CRS's
+//! default) rules only add to `TX:anomaly_score`, and the blocking evaluation rule denies.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::input::{BodyProcessor, Element, RequestInput};
+use super::macros::{Macro, Part};
+use super::{Ctl, Disruptive, EngineMode, Entry, Rule, RuleSet, SetVar, Target, TargetExclusion, Variable, in_ranges};
+
+/// A rule that matched and logs: what the log line and the metrics say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    pub id: u32,
+    pub message: String,
+    pub data: String,
+    pub variable: String,
+    pub severity: Option<u8>,
+}
+
+/// A request stopped by a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interruption {
+    pub rule: u32,
+    pub status: u16,
+    pub location: Option<String>,
+}
+
+/// One request's run through a rule set.
+pub struct Transaction {
+    rules: Arc<RuleSet>,
+    pub input: RequestInput,
+    collections: HashMap<&'static str, HashMap<String, Vec<u8>>>,
+    /// The last rule link's matches: `MATCHED_VAR(S)` and their names.
+    matched: Vec<(String, Vec<u8>)>,
+    captures: Vec<Vec<u8>>,
+    removed_ids: Vec<(u32, u32)>,
+    removed_tags: Vec<String>,
+    removed_targets: Vec<(Vec<(u32, u32)>, TargetExclusion)>,
+    removed_targets_by_tag: Vec<(String, TargetExclusion)>,
+    engine: EngineMode,
+    body_processor: Option<BodyProcessor>,
+    body_access: bool,
+    allowed: bool,
+    pub matches: Vec<Match>,
+    pub interruption: Option<Interruption>,
+    /// An interruption the engine's `DetectionOnly` mode let through.
+    pub detected: Option<Interruption>,
+}
+
+impl Transaction {
+    pub fn new(rules: Arc<RuleSet>, input: RequestInput) -> Self {
+        let (engine, body_access) = (rules.engine.unwrap_or(EngineMode::On), rules.body_access);
+        Self {
+            rules,
+            input,
+            collections: HashMap::new(),
+            matched: Vec::new(),
+            captures: Vec::new(),
+            removed_ids: Vec::new(),
+            removed_tags: Vec::new(),
+            removed_targets: Vec::new(),
+            removed_targets_by_tag: Vec::new(),
+            engine,
+            body_processor: None,
+            body_access,
+            allowed: false,
+            matches: Vec::new(),
+            interruption: None,
+            detected: None,
+        }
+    }
+
+    /// Whether the body should be read and handed to [`Self::add_body`].
+    pub fn wants_body(&self) -> bool {
+        self.body_access && self.engine != EngineMode::Off && self.interruption.is_none() && !self.allowed
+    }
+
+    pub fn add_body(&mut self, body: Vec<u8>) {
+        self.input.add_body(body, self.body_processor);
+    }
+
+    /// Runs phase 1 or 2; stops at an interruption or an `allow`.
+    pub fn run_phase(&mut self, phase: u8) {
+        if self.engine == EngineMode::Off || self.interruption.is_some() || self.allowed {
+            return;
+        }
+        let rules = self.rules.clone();
+        let entries = &rules.phases[usize::from(phase - 1)];
+        let mut skip_to: Option<&str> = None;
+        let mut skip_count = 0usize;
+        for entry in entries {
+            let rule = match entry {
+                Entry::Marker(name) => {
+                    if skip_to == Some(name.as_str()) {
+                        skip_to = None;
+                    }
+                    continue;
+                }
+                Entry::Rule(rule) => rule,
+            };
+            if skip_to.is_some() {
+                continue;
+            }
+            if skip_count > 0 {
+                skip_count -= 1;
+                continue;
+            }
+            if self.is_removed(rule) {
+                continue;
+            }
+            if !self.chain_matches(rule) {
+                continue;
+            }
+            let outcome = self.act(rule);
+            if let Some(marker) = &rule.skip_after {
+                skip_to = Some(marker);
+            }
+            skip_count = rule.skip;
+            match outcome {
+                Flow::Continue => {}
+                Flow::StopPhase => return,
+                Flow::StopAll => {
+                    self.allowed = true;
+                    return;
+                }
+                Flow::Interrupt(interruption) => {
+                    if self.engine == EngineMode::DetectionOnly {
+                        self.detected.get_or_insert(interruption);
+                    } else {
+                        self.interruption = Some(interruption);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_removed(&self, rule: &Rule) -> bool {
+        in_ranges(&self.removed_ids, rule.id)
+            || self.removed_tags.iter().any(|tag| rule.tags.iter().any(|own| own.eq_ignore_ascii_case(tag)))
+    }
+
+    /// Whether the rule matches, and each of its chained links after it.
+    fn chain_matches(&mut self, rule: &Rule) -> bool {
+        self.matched.clear();
+        let mut link = Some(rule);
+        while let Some(current) = link {
+            if !self.rule_matches(rule.id, &rule.tags, current) {
+                return false;
+            }
+            link = current.chained.as_deref();
+        }
+        true
+    }
+
+    /// Reads one link's targets, transforms them, runs its operator; records what matched.
+    fn rule_matches(&mut self, id: u32, tags: &[String], rule: &Rule) -> bool {
+        let mut values: Vec<(String, Cow<'_, [u8]>)> = Vec::new();
+        {
+            let excluded = |variable: Variable, key: &str| {
+                rule.exclusions.iter().any(|exclusion| exclusion.excludes(variable, key))
+                    || self
+                        .removed_targets
+                        .iter()
+                        .any(|(ids, exclusion)| in_ranges(ids, id) && exclusion.excludes(variable, key))
+                    || self.removed_targets_by_tag.iter().any(|(tag, exclusion)| {
+                        tags.iter().any(|own| own.eq_ignore_ascii_case(tag)) && exclusion.excludes(variable, key)
+                    })
+            };
+            for target in &rule.targets {
+                self.collect(target, &excluded, &mut values);
+            }
+        }
+        let mut matched = Vec::new();
+        let mut captures = Vec::new();
+        for (name, value) in values {
+            let transformed = if rule.multi_match {
+                let mut stages = vec![value.clone()];
+                let mut current = value;
+                for transform in &rule.transforms {
+                    current = transform.apply(current);
+                    stages.push(current.clone());
+                }
+                stages
+            } else {
+                let mut current = value;
+                for transform in &rule.transforms {
+                    current = transform.apply(current);
+                }
+                vec![current]
+            };
+            for candidate in transformed {
+                let found = {
+                    let expand = |m: &Macro| self.expand(m);
+                    let wanted = if rule.capture && !rule.negated { Some(&mut captures) } else { None };
+                    rule.operator.matches(&candidate, &expand, wanted)
+                };
+                if found != rule.negated {
+                    matched.push((name.clone(), candidate.into_owned()));
+                    break;
+                }
+            }
+        }
+        if matched.is_empty() {
+            return false;
+        }
+        if rule.capture && !captures.is_empty() {
+            self.captures = captures;
+        }
+        self.matched = matched;
+        true
+    }
+
+    /// The values a target names (after exclusions), each with its full name (`ARGS:id`).
+    fn collect<'s>(
+        &'s self,
+        target: &Target,
+        excluded: &dyn Fn(Variable, &str) -> bool,
+        out: &mut Vec<(String, Cow<'s, [u8]>)>,
+    ) {
+        let input = &self.input;
+        let mut elements: Vec<(String, Cow<'s, [u8]>)> = Vec::new();
+        let prefix = variable_name(target.variable);
+        let from_list = |list: &'s [Element], names: bool, elements: &mut Vec<(String, Cow<'s, [u8]>)>| {
+            for (key, value) in list {
+                let selected = target.selector.as_ref().is_none_or(|selector| selector.selects(key));
+                if selected && !excluded(target.variable, key) {
+                    let value =
+                        if names { Cow::Owned(key.as_bytes().to_vec()) } else { Cow::Borrowed(value.as_slice()) };
+                    elements.push((format!("{prefix}:{key}"), value));
+                }
+            }
+        };
+        let scalar = |value: Cow<'s, [u8]>, elements: &mut Vec<(String, Cow<'s, [u8]>)>| {
+            if !excluded(target.variable, "") {
+                elements.push((prefix.to_owned(), value));
+            }
+        };
+        match target.variable {
+            Variable::Args => {
+                from_list(&input.args_get, false, &mut elements);
+                from_list(&input.args_post, false, &mut elements);
+            }
+            Variable::ArgsNames => {
+                from_list(&input.args_get, true, &mut elements);
+                from_list(&input.args_post, true, &mut elements);
+            }
+            Variable::ArgsGet => from_list(&input.args_get, false, &mut elements),
+            Variable::ArgsGetNames => from_list(&input.args_get, true, &mut elements),
+            Variable::ArgsPost => from_list(&input.args_post, false, &mut elements),
+            Variable::ArgsPostNames => from_list(&input.args_post, true, &mut elements),
+            Variable::ArgsCombinedSize => {
+                let size: usize =
+                    input.args_get.iter().chain(&input.args_post).map(|(name, value)| name.len() + value.len()).sum();
+                scalar(Cow::Owned(size.to_string().into_bytes()), &mut elements)
+            }
+            Variable::RequestHeaders => from_list(&input.headers, false, &mut elements),
+            Variable::RequestHeadersNames => from_list(&input.headers, true, &mut elements),
+            Variable::RequestCookies => from_list(&input.cookies, false, &mut elements),
+            Variable::RequestCookiesNames => from_list(&input.cookies, true, &mut elements),
+            Variable::RequestUri | Variable::RequestUriRaw => {
+                scalar(Cow::Borrowed(input.uri.as_bytes()), &mut elements)
+            }
+            Variable::RequestFilename => scalar(Cow::Borrowed(input.filename().as_bytes()), &mut elements),
+            Variable::RequestBasename => {
+                let filename = input.filename();
+                let base = filename.rsplit('/').next().unwrap_or(filename);
+                scalar(Cow::Borrowed(base.as_bytes()), &mut elements)
+            }
+            Variable::RequestBody => {
+                if input.body_processor != Some(BodyProcessor::Multipart) {
+                    scalar(Cow::Borrowed(input.body.as_slice()), &mut elements)
+                }
+            }
+            Variable::RequestBodyLength => scalar(Cow::Owned(input.body.len().to_string().into_bytes()), &mut elements),
+            Variable::RequestLine => scalar(
+                Cow::Owned(format!("{} {} {}", input.method, input.uri, input.protocol).into_bytes()),
+                &mut elements,
+            ),
+            Variable::RequestMethod => scalar(Cow::Borrowed(input.method.as_bytes()), &mut elements),
+            Variable::RequestProtocol => scalar(Cow::Borrowed(input.protocol.as_bytes()), &mut elements),
+            Variable::QueryString => scalar(Cow::Borrowed(input.query().as_bytes()), &mut elements),
+            Variable::FullRequest => {
+                let mut full = format!("{} {} {}\n", input.method, input.uri, input.protocol).into_bytes();
+                for (name, value) in &input.headers {
+                    full.extend_from_slice(name.as_bytes());
+                    full.extend_from_slice(b": ");
+                    full.extend_from_slice(value);
+                    full.push(b'\n');
+                }
+                full.push(b'\n');
+                full.extend_from_slice(&input.body);
+                scalar(Cow::Owned(full), &mut elements)
+            }
+            Variable::FullRequestLength => {
+                let length = input.uri.len()
+                    + input.headers.iter().map(|(name, value)| name.len() + value.len() + 4).sum::<usize>()
+                    + input.body.len();
+                scalar(Cow::Owned(length.to_string().into_bytes()), &mut elements)
+            }
+            Variable::Files => from_list(&input.files, false, &mut elements),
+            Variable::FilesNames => from_list(&input.files_names, false, &mut elements),
+            Variable::FilesSizes => from_list(&input.files_sizes, false, &mut elements),
+            Variable::FilesCombinedSize => {
+                let size: i64 = input.files_sizes.iter().map(|(_, size)| super::operators::as_number(size)).sum();
+                scalar(Cow::Owned(size.to_string().into_bytes()), &mut elements)
+            }
+            Variable::MultipartPartHeaders => from_list(&input.multipart_headers, false, &mut elements),
+            Variable::MultipartStrictError => {
+                scalar(Cow::Borrowed(if input.multipart_strict_error { b"1" } else { b"0" }), &mut elements)
+            }
+            Variable::MultipartUnmatchedBoundary => scalar(Cow::Borrowed(b"0"), &mut elements),
+            Variable::ReqbodyError => {
+                scalar(Cow::Borrowed(if input.body_error.is_some() { b"1" } else { b"0" }), &mut elements)
+            }
+            Variable::ReqbodyErrorMsg => {
+                scalar(Cow::Borrowed(input.body_error.as_deref().unwrap_or("").as_bytes()), &mut elements)
+            }
+            Variable::ReqbodyProcessor => {
+                if let Some(processor) = input.body_processor.or(self.body_processor) {
+                    scalar(Cow::Borrowed(processor.name().as_bytes()), &mut elements)
+                }
+            }
+            Variable::Xml => {
+                let attributes =
+                    matches!(&target.selector, Some(super::CompiledSelector::Name(path)) if path.contains('@'));
+                let list = if attributes { &input.xml_attributes } else { &input.xml_text };
+                if !excluded(Variable::Xml, "") {
+                    for (_, value) in list {
+                        elements.push(("XML".to_owned(), Cow::Borrowed(value.as_slice())));
+                    }
+                }
+            }
+            Variable::Tx
+            | Variable::Ip
+            | Variable::Global
+            | Variable::Session
+            | Variable::User
+            | Variable::Resource
+            | Variable::Geo
+            | Variable::Env => {
+                let name = target.variable.collection_name().expect("a collection");
+                if let Some(collection) = self.collections.get(name) {
+                    let mut keys: Vec<&String> = collection.keys().collect();
+                    keys.sort();
+                    for key in keys {
+                        let selected = target.selector.as_ref().is_none_or(|selector| selector.selects(key));
+                        if selected && !excluded(target.variable, key) {
+                            elements.push((format!("{prefix}:{key}"), Cow::Borrowed(collection[key].as_slice())));
+                        }
+                    }
+                }
+                if target.variable == Variable::Tx
+                    && let Some(super::CompiledSelector::Name(name)) = &target.selector
+                {
+                    // TX:0 to TX:9 are the captures.
+                    if let Ok(index) = name.parse::<usize>()
+                        && let Some(capture) = self.captures.get(index)
+                    {
+                        elements.push((format!("TX:{index}"), Cow::Borrowed(capture.as_slice())));
+                    }
+                }
+            }
+            Variable::MatchedVar => {
+                if let Some((_, value)) = self.matched.last() {
+                    scalar(Cow::Borrowed(value.as_slice()), &mut elements)
+                }
+            }
+            Variable::MatchedVarName => {
+                if let Some((name, _)) = self.matched.last() {
+                    scalar(Cow::Borrowed(name.as_bytes()), &mut elements)
+                }
+            }
+            Variable::MatchedVars => {
+                for (name, value) in &self.matched {
+                    if !excluded(Variable::MatchedVars, name) {
+                        elements.push((format!("MATCHED_VARS:{name}"), Cow::Borrowed(value.as_slice())));
+                    }
+                }
+            }
+            Variable::MatchedVarsNames => {
+                for (name, _) in &self.matched {
+                    elements.push((format!("MATCHED_VARS_NAMES:{name}"), Cow::Borrowed(name.as_bytes())));
+                }
+            }
+            Variable::RemoteAddr => scalar(Cow::Borrowed(input.remote_addr.as_bytes()), &mut elements),
+            Variable::ServerName => scalar(Cow::Borrowed(input.server_name.as_bytes()), &mut elements),
+            Variable::UniqueId => scalar(Cow::Borrowed(input.unique_id.as_bytes()), &mut elements),
+            Variable::RemotePort | Variable::ServerAddr | Variable::ServerPort | Variable::Duration => {
+                scalar(Cow::Borrowed(b"0"), &mut elements)
+            }
+            Variable::Response => {}
+        }
+        if target.count {
+            out.push((prefix.to_owned(), Cow::Owned(elements.len().to_string().into_bytes())));
+        } else {
+            out.extend(elements);
+        }
+    }
+
+    /// A macro's text for this request.
+    pub fn expand(&self, text: &Macro) -> Vec<u8> {
+        if let Some(literal) = text.literal() {
+            return literal.as_bytes().to_vec();
+        }
+        let mut out = Vec::new();
+        for part in text.parts() {
+            match part {
+                Part::Text(text) => out.extend_from_slice(text.as_bytes()),
+                Part::Reference { variable, key } => out.extend_from_slice(&self.reference(variable, key.as_deref())),
+            }
+        }
+        out
+    }
+
+    fn reference(&self, variable: &str, key: Option<&str>) -> Vec<u8> {
+        match (variable, key) {
+            ("TX", Some(key)) if key.len() == 1 && key.as_bytes()[0].is_ascii_digit() => {
+                self.captures.get(usize::from(key.as_bytes()[0] - b'0')).cloned().unwrap_or_default()
+            }
+            ("MATCHED_VAR", None) => self.matched.last().map(|(_, value)| value.clone()).unwrap_or_default(),
+            ("MATCHED_VAR_NAME", None) => {
+                self.matched.last().map(|(name, _)| name.clone().into_bytes()).unwrap_or_default()
+            }
+            ("REQUEST_HEADERS", Some(key)) => self.input.header(key).map(<[u8]>::to_vec).unwrap_or_default(),
+            ("REMOTE_ADDR", None) => self.input.remote_addr.clone().into_bytes(),
+            ("UNIQUE_ID", None) => self.input.unique_id.clone().into_bytes(),
+            ("REQUEST_LINE", None) => {
+                format!("{} {} {}", self.input.method, self.input.uri, self.input.protocol).into_bytes()
+            }
+            ("REQUEST_METHOD", None) => self.input.method.clone().into_bytes(),
+            ("REQUEST_URI", None) => self.input.uri.clone().into_bytes(),
+            ("REQUEST_FILENAME", None) => self.input.filename().as_bytes().to_vec(),
+            ("REQBODY_ERROR_MSG", None) => self.input.body_error.clone().unwrap_or_default().into_bytes(),
+            (collection, Some(key)) => {
+                let collection = collection.to_ascii_lowercase();
+                self.collections
+                    .get(collection.as_str())
+                    .and_then(|values| values.get(key))
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A TX (or other collection) value, as a number.
+    pub fn number(&self, collection: &str, key: &str) -> i64 {
+        self.collections
+            .get(collection)
+            .and_then(|values| values.get(key))
+            .map(|value| super::operators::as_number(value))
+            .unwrap_or(0)
+    }
+
+    pub fn value(&self, collection: &str, key: &str) -> Option<&[u8]> {
+        self.collections.get(collection).and_then(|values| values.get(key)).map(Vec::as_slice)
+    }
+
+    /// Runs a matched rule's actions (each link's, in order) and says what comes next.
+    fn act(&mut self, rule: &Rule) -> Flow {
+        let mut link = Some(rule);
+        while let Some(current) = link {
+            for setvar in &current.setvars {
+                self.setvar(setvar);
+            }
+            for ctl in &current.ctls {
+                self.ctl(ctl);
+            }
+            link = current.chained.as_deref();
+        }
+        if rule.log && rule.msg.is_some() {
+            let (variable, _) = self.matched.last().cloned().unwrap_or_default();
+            self.matches.push(Match {
+                id: rule.id,
+                message: String::from_utf8_lossy(&self.expand(rule.msg.as_ref().expect("checked"))).into_owned(),
+                data: rule
+                    .logdata
+                    .as_ref()
+                    .map(|data| {
+                        let mut text = String::from_utf8_lossy(&self.expand(data)).into_owned();
+                        text.truncate(text.floor_char_boundary(200));
+                        text
+                    })
+                    .unwrap_or_default(),
+                variable,
+                severity: rule.severity,
+            });
+        }
+        let defaults = &self.rules.defaults[usize::from(rule.phase.clamp(1, 5) - 1)];
+        let disruptive = match rule.disruptive {
+            Some(Disruptive::Block) => {
+                defaults.disruptive.filter(|d| *d != Disruptive::Block).unwrap_or(Disruptive::Pass)
+            }
+            Some(other) => other,
+            None => Disruptive::Pass,
+        };
+        let status = rule.status.or(defaults.status);
+        match disruptive {
+            Disruptive::Pass => Flow::Continue,
+            Disruptive::Allow { phase_only: true } => Flow::StopPhase,
+            Disruptive::Allow { phase_only: false } => Flow::StopAll,
+            Disruptive::Deny | Disruptive::Drop | Disruptive::Block => {
+                Flow::Interrupt(Interruption { rule: rule.id, status: status.unwrap_or(403), location: None })
+            }
+            Disruptive::Redirect => Flow::Interrupt(Interruption {
+                rule: rule.id,
+                status: status.filter(|s| (300..400).contains(s)).unwrap_or(302),
+                location: rule.redirect_to.clone(),
+            }),
+        }
+    }
+
+    fn collection(&mut self, name: &str) -> &mut HashMap<String, Vec<u8>> {
+        let key: &'static str = match name {
+            "tx" => "tx",
+            "ip" => "ip",
+            "global" => "global",
+            "session" => "session",
+            "user" => "user",
+            _ => "resource",
+        };
+        self.collections.entry(key).or_default()
+    }
+
+    fn setvar(&mut self, setvar: &SetVar) {
+        match setvar {
+            SetVar::Assign { collection, name, value } => {
+                let (name, value) = (self.expand_name(name), self.expand(value));
+                self.collection(collection).insert(name, value);
+            }
+            SetVar::Add { collection, name, value, subtract } => {
+                let name = self.expand_name(name);
+                let delta = super::operators::as_number(&self.expand(value));
+                let values = self.collection(collection);
+                let current = values.get(&name).map_or(0, |value| super::operators::as_number(value));
+                let updated = if *subtract { current.saturating_sub(delta) } else { current.saturating_add(delta) };
+                values.insert(name, updated.to_string().into_bytes());
+            }
+            SetVar::Delete { collection, name } => {
+                let name = self.expand_name(name);
+                self.collection(collection).remove(&name);
+            }
+        }
+    }
+
+    fn expand_name(&self, name: &Macro) -> String {
+        String::from_utf8_lossy(&self.expand(name)).to_ascii_lowercase()
+    }
+
+    fn ctl(&mut self, ctl: &Ctl) {
+        match ctl {
+            Ctl::RemoveById(ranges) => self.removed_ids.extend_from_slice(ranges),
+            Ctl::RemoveByTag(tag) => self.removed_tags.push(tag.clone()),
+            Ctl::RemoveTargetById(ranges, target) => self.removed_targets.push((ranges.clone(), target.clone())),
+            Ctl::RemoveTargetByTag(tag, target) => self.removed_targets_by_tag.push((tag.clone(), target.clone())),
+            Ctl::Engine(mode) => self.engine = *mode,
+            Ctl::BodyProcessor(processor) => self.body_processor = Some(*processor),
+            Ctl::BodyAccess(on) => self.body_access = *on,
+            Ctl::Ignored => {}
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    StopPhase,
+    StopAll,
+    Interrupt(Interruption),
+}
+
+fn variable_name(variable: Variable) -> &'static str {
+    match variable {
+        Variable::Args => "ARGS",
+        Variable::ArgsNames => "ARGS_NAMES",
+        Variable::ArgsGet => "ARGS_GET",
+        Variable::ArgsGetNames => "ARGS_GET_NAMES",
+        Variable::ArgsPost => "ARGS_POST",
+        Variable::ArgsPostNames => "ARGS_POST_NAMES",
+        Variable::ArgsCombinedSize => "ARGS_COMBINED_SIZE",
+        Variable::RequestHeaders => "REQUEST_HEADERS",
+        Variable::RequestHeadersNames => "REQUEST_HEADERS_NAMES",
+        Variable::RequestCookies => "REQUEST_COOKIES",
+        Variable::RequestCookiesNames => "REQUEST_COOKIES_NAMES",
+        Variable::RequestUri => "REQUEST_URI",
+        Variable::RequestUriRaw => "REQUEST_URI_RAW",
+        Variable::RequestFilename => "REQUEST_FILENAME",
+        Variable::RequestBasename => "REQUEST_BASENAME",
+        Variable::RequestBody => "REQUEST_BODY",
+        Variable::RequestBodyLength => "REQUEST_BODY_LENGTH",
+        Variable::RequestLine => "REQUEST_LINE",
+        Variable::RequestMethod => "REQUEST_METHOD",
+        Variable::RequestProtocol => "REQUEST_PROTOCOL",
+        Variable::QueryString => "QUERY_STRING",
+        Variable::FullRequest => "FULL_REQUEST",
+        Variable::FullRequestLength => "FULL_REQUEST_LENGTH",
+        Variable::Files => "FILES",
+        Variable::FilesNames => "FILES_NAMES",
+        Variable::FilesSizes => "FILES_SIZES",
+        Variable::FilesCombinedSize => "FILES_COMBINED_SIZE",
+        Variable::MultipartPartHeaders => "MULTIPART_PART_HEADERS",
+        Variable::MultipartStrictError => "MULTIPART_STRICT_ERROR",
+        Variable::MultipartUnmatchedBoundary => "MULTIPART_UNMATCHED_BOUNDARY",
+        Variable::ReqbodyError => "REQBODY_ERROR",
+        Variable::ReqbodyErrorMsg => "REQBODY_ERROR_MSG",
+        Variable::ReqbodyProcessor => "REQBODY_PROCESSOR",
+        Variable::Xml => "XML",
+        Variable::Tx => "TX",
+        Variable::Ip => "IP",
+        Variable::Global => "GLOBAL",
+        Variable::Session => "SESSION",
+        Variable::User => "USER",
+        Variable::Resource => "RESOURCE",
+        Variable::Geo => "GEO",
+        Variable::Env => "ENV",
+        Variable::MatchedVar => "MATCHED_VAR",
+        Variable::MatchedVarName => "MATCHED_VAR_NAME",
+        Variable::MatchedVars => "MATCHED_VARS",
+        Variable::MatchedVarsNames => "MATCHED_VARS_NAMES",
+        Variable::RemoteAddr => "REMOTE_ADDR",
+        Variable::RemotePort => "REMOTE_PORT",
+        Variable::ServerName => "SERVER_NAME",
+        Variable::ServerAddr => "SERVER_ADDR",
+        Variable::ServerPort => "SERVER_PORT",
+        Variable::UniqueId => "UNIQUE_ID",
+        Variable::Duration => "DURATION",
+        Variable::Response => "RESPONSE",
+    }
+}
