@@ -316,6 +316,11 @@ pub struct FilterEntry {
     /// Another plugin (or config) that runs beside this one on a copy of what it sees, whose
     /// decisions are compared and never applied.
     pub shadow: Option<ShadowEntry>,
+    /// Data files the filter reads (a WAF's rule sets): name to a file or folder, relative to
+    /// the configuration file; read when the configuration loads and handed to the filter with
+    /// its config (the sandbox has no file system).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 /// A shadow: another plugin deciding on a share of a filter's requests without effect.

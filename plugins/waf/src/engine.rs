@@ -41,6 +41,13 @@ pub struct Config {
     /// client is banned from the tenant's routes for `duration` (needs the tenant's
     /// `ban_max_duration` grant).
     pub ban: Option<sluice_sdk::client::BanPolicy>,
+    /// Run the built-in rules (on by default; with a `rule_set` they run beside it).
+    pub builtin_rules: bool,
+    /// A SecLang rule set (the OWASP CRS, exclusions written for ModSecurity) from the filter
+    /// entry's `files`.
+    pub rule_set: Option<crate::rule_set::RuleSetConfig>,
+    /// The filter entry's data files, added to the config by the host.
+    pub files: std::collections::BTreeMap<String, crate::rule_set::DataFiles>,
 }
 
 impl Default for Config {
@@ -71,6 +78,9 @@ impl Default for Config {
             rules: Vec::new(),
             score_header: None,
             ban: None,
+            builtin_rules: true,
+            rule_set: None,
+            files: Default::default(),
         }
     }
 }

@@ -75,3 +75,104 @@ async fn detect_mode_and_exclusions_let_requests_through() {
     let elsewhere = request(&proxy, "GET", "/blog?example=%3Cscript%3E", &[BROWSER]).await;
     assert_eq!(elsewhere.status, 403);
 }
+
+/// Debian's OWASP CRS (`modsecurity-crs`, installed by the README's test command).
+fn crs_rules() -> String {
+    let folder = std::env::var("SLUICE_CRS_RULES").unwrap_or_else(|_| "/usr/share/modsecurity-crs/rules".into());
+    assert!(std::path::Path::new(&folder).is_dir(), "{folder}: install Debian's modsecurity-crs (tests/run.sh does)");
+    folder
+}
+
+/// A route running the CRS alone (`/crs`) and one with an exclusion file written for
+/// ModSecurity, and a tenant whose filter has a pathological custom rule.
+fn crs_routes(exclusions: &std::path::Path) -> String {
+    let crs = crs_rules();
+    format!(
+        r#"
+[tenant.strict]
+cpu_ms_per_call = 20
+
+[[route]]
+path_prefix = "/excluded"
+upstream = "app"
+filters = [{{ plugin = "waf", files = {{ crs = "{crs}", exclusions = "{exclusions}" }}, config = {{ builtin_rules = false, rule_set = {{ load = ["crs", "exclusions"] }} }} }}]
+
+[[route]]
+path_prefix = "/slow"
+tenant = "strict"
+upstream = "app"
+filters = [{{ plugin = "waf", config = {{ builtin_rules = false, rule_set = {{ load = [], directives = ['SecRule ARGS "@rx ^((a|aa)+)\1c" "id:100001,phase:1,deny,msg:pathological"'] }} }} }}]
+
+[[route]]
+upstream = "app"
+filters = [{{ plugin = "waf", files = {{ crs = "{crs}" }}, config = {{ builtin_rules = false, rule_set = {{ load = ["crs"], paranoia_level = 1 }} }} }}]
+"#,
+        exclusions = exclusions.display()
+    )
+}
+
+/// An exclusion file as people write them for ModSecurity: a rule off for one path (a `ctl:` in
+/// phase 1, which takes effect for the phase 2 rules that follow) and rules off everywhere
+/// (`SecRuleRemoveById` after the CRS is loaded).
+const EXCLUSIONS: &str = r#"
+SecRule REQUEST_FILENAME "@beginsWith /excluded/search" \
+    "id:10001,phase:1,pass,nolog,ctl:ruleRemoveById=942100"
+SecRuleRemoveById 941100 941110 941160
+"#;
+
+/// A proxy with [`crs_routes`], its exclusion file written for this test.
+async fn crs_proxy(origin: &Origin, test: &str) -> sluice_tests::TestProxy {
+    let exclusions = std::env::temp_dir().join(format!("sluice-waf-exclusions-{}-{test}.conf", std::process::id()));
+    std::fs::write(&exclusions, EXCLUSIONS).expect("write the exclusion file");
+    proxy_with(origin, &["waf"], &crs_routes(&exclusions)).await
+}
+
+#[tokio::test]
+async fn the_owasp_crs_blocks_attacks_and_passes_ordinary_requests() {
+    let origin = Origin::echo("app").await;
+    let proxy = crs_proxy(&origin, "blocks").await;
+    let sqli =
+        request(&proxy, "GET", "/products?id=1%27%20OR%20%271%27%3D%271", &[BROWSER, ("x-request-id", "rid-crs")])
+            .await;
+    assert_eq!(sqli.status, 403);
+    assert!(sqli.text().contains("request rid-crs"), "{}", sqli.text());
+    let xss =
+        request(&proxy, "GET", "/comments?text=%3Cscript%3Ealert(document.cookie)%3C/script%3E", &[BROWSER]).await;
+    assert_eq!(xss.status, 403);
+    let ordinary = request(&proxy, "GET", "/products/42?sort=price&page=2", &[BROWSER, ("accept", "text/html")]).await;
+    assert_eq!(ordinary.status, 200, "{}", ordinary.text());
+}
+
+#[tokio::test]
+async fn exclusions_written_for_modsecurity_have_the_same_effect() {
+    let origin = Origin::echo("app").await;
+    let proxy = crs_proxy(&origin, "exclusions").await;
+    // At paranoia level 1 this payload trips only libinjection's SQL rule (942100), which the
+    // ctl: rule takes off under /excluded/search.
+    let payload = "q=1%27%20OR%20%271%27%3D%271";
+    let searched =
+        request(&proxy, "GET", &format!("/excluded/search?{payload}"), &[BROWSER, ("accept", "text/html")]).await;
+    assert_eq!(searched.status, 200, "942100 is removed on this path: {}", searched.text());
+    let elsewhere = request(&proxy, "GET", &format!("/excluded/other?{payload}"), &[BROWSER]).await;
+    assert_eq!(elsewhere.status, 403, "942100 still runs off the excluded path");
+    // A bare <script> tag trips 941100, 941110 and 941160 only: all removed on that route by
+    // SecRuleRemoveById, and still blocking on the route without the exclusion file.
+    let excluded_tag =
+        request(&proxy, "GET", "/excluded/page?c=%3Cscript%3E", &[BROWSER, ("accept", "text/html")]).await;
+    assert_eq!(excluded_tag.status, 200, "{}", excluded_tag.text());
+    let plain_tag = request(&proxy, "GET", "/page?c=%3Cscript%3E", &[BROWSER, ("accept", "text/html")]).await;
+    assert_eq!(plain_tag.status, 403);
+}
+
+#[tokio::test]
+async fn a_pathological_pattern_in_a_custom_rule_fails_only_its_request() {
+    let origin = Origin::echo("app").await;
+    let proxy = crs_proxy(&origin, "pathological").await;
+    let slow =
+        request(&proxy, "GET", &format!("/slow?x={}", "a".repeat(40)), &[BROWSER, ("x-request-id", "rid-slow")]).await;
+    assert!(slow.status.is_server_error(), "the CPU limit stops the call: {}", slow.status);
+    let next = request(&proxy, "GET", "/slow?x=hello", &[BROWSER]).await;
+    assert_eq!(next.status, 200, "the next request on the same route is served");
+    let other = request(&proxy, "GET", "/products/1", &[BROWSER, ("accept", "text/html")]).await;
+    assert_eq!(other.status, 200);
+}

@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// Most files, bytes and folder depth one filter's data files may have: they are copied into
+/// each of its instances.
+const DATA_FILES_MOST: usize = 4096;
+const DATA_BYTES_MOST: usize = 16 << 20;
+const DATA_FOLDER_DEPTH: usize = 8;
+
+#[derive(Default)]
+struct DataFileBudget {
+    files: usize,
+    bytes: usize,
+}
+
 impl Compiler<'_> {
     pub(super) fn compression(
         &self,
@@ -117,6 +129,11 @@ impl Compiler<'_> {
             self.spanned_error(entry, &format!("{filter_key}.config"), format!("plugin {}: {reason}", plugin.name))
         })?;
         let written = entry.get_ref();
+        let config = if written.files.is_empty() {
+            config
+        } else {
+            self.with_data_files(as_json, &written.files, entry, filter_key)?
+        };
         Ok(FilterSpec {
             route: version.route.clone(),
             name: plugin.name.clone(),
@@ -403,6 +420,122 @@ impl Compiler<'_> {
             usage,
             tenant,
         })
+    }
+
+    /// The filter's config with its data files added under `files`: `{ NAME: { root, files:
+    /// { RELATIVE_PATH: TEXT } } }`, each folder read whole (hidden files skipped). The files are
+    /// watched: a change reloads the configuration.
+    fn with_data_files(
+        &self,
+        config: serde_json::Value,
+        files: &std::collections::BTreeMap<String, Spanned<String>>,
+        entry: &Spanned<FilterEntry>,
+        filter_key: &str,
+    ) -> Result<String, ConfigError> {
+        let mut config = match config {
+            serde_json::Value::Null => serde_json::Map::new(),
+            serde_json::Value::Object(map) => map,
+            _ => {
+                return Err(self.spanned_error(
+                    entry,
+                    &format!("{filter_key}.config"),
+                    "a filter with `files` needs a table (or no) config: its files are added to it",
+                ));
+            }
+        };
+        if config.contains_key("files") {
+            return Err(self.spanned_error(
+                entry,
+                &format!("{filter_key}.config.files"),
+                "`files` is where the filter's data files go; name the config key otherwise",
+            ));
+        }
+        let mut budget = DataFileBudget::default();
+        let mut all = serde_json::Map::new();
+        for (name, written_path) in files {
+            let key = format!("{filter_key}.files.{name}");
+            if name.is_empty() || name.contains(['/', '\\']) {
+                return Err(self.spanned_error(written_path, &key, "a data file's name is one word, without slashes"));
+            }
+            let path = self.base_dir.join(written_path.get_ref());
+            let metadata = std::fs::metadata(&path).map_err(|err| {
+                self.spanned_error(written_path, &key, format!("cannot read {}: {err}", path.display()))
+            })?;
+            let mut read = serde_json::Map::new();
+            let root = if metadata.is_dir() {
+                self.read_data_folder(&path, "", &mut read, &mut budget, &key, written_path)?;
+                path.clone()
+            } else {
+                let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let text = self.read_data_file(&path, &mut budget, &key, written_path)?;
+                read.insert(file_name, serde_json::Value::String(text));
+                path.parent().map(Path::to_path_buf).unwrap_or_default()
+            };
+            let root = std::fs::canonicalize(&root).unwrap_or(root);
+            all.insert(
+                name.clone(),
+                serde_json::json!({ "root": root.to_string_lossy(), "files": serde_json::Value::Object(read) }),
+            );
+        }
+        config.insert("files".into(), serde_json::Value::Object(all));
+        Ok(serde_json::Value::Object(config).to_string())
+    }
+
+    fn read_data_folder(
+        &self,
+        folder: &Path,
+        prefix: &str,
+        read: &mut serde_json::Map<String, serde_json::Value>,
+        budget: &mut DataFileBudget,
+        key: &str,
+        written: &Spanned<String>,
+    ) -> Result<(), ConfigError> {
+        if prefix.matches('/').count() >= DATA_FOLDER_DEPTH {
+            return Err(self.spanned_error(written, key, format!("folders nested deeper than {DATA_FOLDER_DEPTH}")));
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(folder)
+            .and_then(|entries| entries.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| self.spanned_error(written, key, format!("cannot read {}: {err}", folder.display())))?;
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let relative = format!("{prefix}{name}");
+            let file_type = std::fs::metadata(&path)
+                .map_err(|err| self.spanned_error(written, key, format!("cannot read {}: {err}", path.display())))?;
+            if file_type.is_dir() {
+                self.read_data_folder(&path, &format!("{relative}/"), read, budget, key, written)?;
+            } else if file_type.is_file() {
+                let text = self.read_data_file(&path, budget, key, written)?;
+                read.insert(relative, serde_json::Value::String(text));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_data_file(
+        &self,
+        path: &Path,
+        budget: &mut DataFileBudget,
+        key: &str,
+        written: &Spanned<String>,
+    ) -> Result<String, ConfigError> {
+        budget.files += 1;
+        if budget.files > DATA_FILES_MOST {
+            return Err(self.spanned_error(written, key, format!("more than {DATA_FILES_MOST} files")));
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|err| self.spanned_error(written, key, format!("cannot read {}: {err}", path.display())))?;
+        budget.bytes += bytes.len();
+        if budget.bytes > DATA_BYTES_MOST {
+            return Err(self.spanned_error(written, key, format!("more than {} MiB of files", DATA_BYTES_MOST >> 20)));
+        }
+        self.watched_files.borrow_mut().push(path.to_path_buf());
+        String::from_utf8(bytes)
+            .map_err(|_| self.spanned_error(written, key, format!("{} is not UTF-8 text", path.display())))
     }
 
     /// Another version of a filter (a canary or a shadow): `plugin` with `config`, written at
