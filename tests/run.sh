@@ -37,6 +37,19 @@ if ! command -v redis-server >/dev/null && command -v apt-get >/dev/null; then
   $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
 
+# The WAF's rule-set tests load Debian's OWASP Core Rule Set (modsecurity-crs); its benchmark
+# runs the same rules in nginx with ModSecurity v3 (libnginx-mod-http-modsecurity) beside Sluice.
+if { [ ! -d /usr/share/modsecurity-crs/rules ] || [ ! -e /usr/share/nginx/modules-available/mod-http-modsecurity.conf ]; } \
+  && command -v apt-get >/dev/null; then
+  say "Installing modsecurity-crs and libnginx-mod-http-modsecurity (for the WAF's rule-set tests)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq modsecurity-crs libnginx-mod-http-modsecurity >/dev/null
+  # The module's package enables it in the system nginx; the tests and benches run their own.
+  $sudo systemctl disable --now nginx >/dev/null 2>&1 || $sudo service nginx stop >/dev/null 2>&1 || true
+fi
+
 # The dashboard's tests drive a real browser: Debian's Chromium, headless, through its
 # chromedriver (each test starts its own on a port chromedriver picks).
 if { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; } && command -v apt-get >/dev/null; then

@@ -80,7 +80,7 @@ fn cases() -> Vec<Case> {
         ));
     }
     order.push_str(r#"{"card": "4111 1111 1111 1111", "email": "jane@example.com"}]}"#);
-    vec![
+    let mut cases = vec![
         Case {
             name: "hello-filter",
             plugin: "examples/hello-filter",
@@ -214,7 +214,77 @@ fn cases() -> Vec<Case> {
             response_body: None,
             fresh: None,
         },
-    ]
+    ];
+    // The SecLang engine on Debian's OWASP CRS, beside the built-in rules' rows: a typical
+    // browser request (query, 8 headers) and a 4 KiB JSON body, for each rule set.
+    let json = Box::leak(json_body_of(4096).into_boxed_str());
+    for (label, config) in [
+        ("built-in", "null".to_owned()),
+        ("CRS PL1", crs_config(1, false)),
+        ("CRS PL2", crs_config(2, false)),
+        ("built-in + CRS PL1", crs_config(1, true)),
+    ] {
+        cases.push(Case {
+            name: Box::leak(format!("waf {label} (browser GET)").into_boxed_str()),
+            plugin: "plugins/waf",
+            config: config.clone(),
+            method: "GET",
+            path: "/search?q=O%27Reilly+books&page=2&sort=relevance",
+            headers: vec![],
+            request_body: None,
+            response_body: None,
+            fresh: None,
+        });
+        cases.push(Case {
+            name: Box::leak(format!("waf {label} (4 KiB JSON body)").into_boxed_str()),
+            plugin: "plugins/waf",
+            config,
+            method: "POST",
+            path: "/api/orders",
+            headers: vec![("content-type", "application/json".into()), ("content-length", json.len().to_string())],
+            request_body: Some(json),
+            response_body: None,
+            fresh: None,
+        });
+    }
+    cases
+}
+
+/// The waf's config for Debian's CRS at `paranoia`, with the rule files added as the host adds
+/// a filter entry's `files`.
+fn crs_config(paranoia: u8, builtin: bool) -> String {
+    let folder = std::env::var("SLUICE_CRS_RULES").unwrap_or_else(|_| "/usr/share/modsecurity-crs/rules".into());
+    let mut files = serde_json::Map::new();
+    for entry in std::fs::read_dir(&folder).unwrap_or_else(|err| panic!("{folder}: {err} (install modsecurity-crs)")) {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            files.insert(name, serde_json::Value::String(std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    serde_json::json!({
+        "builtin_rules": builtin,
+        "rule_set": { "load": ["crs"], "paranoia_level": paranoia },
+        "files": { "crs": { "root": folder, "files": files } },
+    })
+    .to_string()
+}
+
+/// An order-like JSON document of about `size` bytes: nested objects, strings, numbers.
+fn json_body_of(size: usize) -> String {
+    let mut items = Vec::new();
+    let mut index = 0;
+    while serde_json::to_string(&items).unwrap().len() < size - 120 {
+        items.push(serde_json::json!({
+            "sku": format!("SKU-{index:05}"),
+            "name": format!("Walnut desk organiser, model {index}"),
+            "quantity": index % 4 + 1,
+            "price": {"amount": 1999 + index * 10, "currency": "EUR"},
+            "note": "Leave at the front door if nobody answers",
+        }));
+        index += 1;
+    }
+    serde_json::json!({"customer": {"id": 1042, "email": "alice@example.com"}, "items": items}).to_string()
 }
 
 fn head(case: &Case) -> RequestHead {

@@ -258,3 +258,29 @@ fn plugin_inspect_on_a_filters_folder_builds_it_and_fetches_nothing() {
     assert_eq!(report["name"], "probe");
     assert!(report["capabilities"].as_array().is_some_and(|capabilities| !capabilities.is_empty()), "{report}");
 }
+
+#[test]
+fn check_names_the_rule_file_and_line_of_a_bad_waf_rule() {
+    let component = sluice_tests::plugin("plugins/waf");
+    let rules_dir = std::env::temp_dir().join(format!("sluice-cli-{}-waf-rules", std::process::id()));
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    std::fs::write(
+        rules_dir.join("local.conf"),
+        "# local rules\nSecRule ARGS \"@rx evil\" \"id:100001,phase:2,deny\"\n\nSecRule ARGS \"@rx x\" \\\n    \"id:100002,phase:2,explode\"\n",
+    )
+    .unwrap();
+    let path = write_config(
+        "waf-rules",
+        &format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[upstream.app]\nservers = [{{ addr = \"127.0.0.1:3000\" }}]\n\
+             [plugin.waf]\nsource = \"{}\"\n[[route]]\nupstream = \"app\"\n\
+             filters = [{{ plugin = \"waf\", files = {{ local = \"{}\" }}, config = {{ rule_set = {{ load = [\"local\"] }} }} }}]\n",
+            component.display(),
+            rules_dir.display()
+        ),
+    );
+    let output = sluice().args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("rule_set: local/local.conf:4: unsupported action explode"), "{stderr}");
+}

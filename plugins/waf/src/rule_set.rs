@@ -42,6 +42,25 @@ pub struct DataFiles {
     pub files: BTreeMap<String, String>,
 }
 
+impl DataFiles {
+    /// Reads a folder's files (not its subfolders) as the host hands them over, for native
+    /// tests and benchmarks.
+    #[cfg(not(target_family = "wasm"))]
+    pub fn read_folder(folder: &str) -> std::io::Result<Self> {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(folder)? {
+            let path = entry?.path();
+            if path.is_file() {
+                files.insert(
+                    path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&path)?,
+                );
+            }
+        }
+        Ok(Self { root: folder.to_owned(), files })
+    }
+}
+
 /// Loads the rule set: every error names the rule file and line (or the config key).
 pub fn compile(
     config: &RuleSetConfig,

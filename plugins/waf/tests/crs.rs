@@ -15,22 +15,10 @@ fn crs_folder() -> String {
     std::env::var("SLUICE_CRS_RULES").unwrap_or_else(|_| "/usr/share/modsecurity-crs/rules".into())
 }
 
-/// Reads a folder as the host does for a filter's `files`: every file under it, by path.
 fn read_into(files: &mut Files, name: &str, folder: &Path) {
-    let mut entries: Vec<_> = std::fs::read_dir(folder)
-        .unwrap_or_else(|err| panic!("{}: {err} (is Debian's modsecurity-crs installed?)", folder.display()))
-        .map(|entry| entry.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        let file_name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if path.is_dir() {
-            read_into(files, &format!("{name}/{file_name}"), &path);
-        } else {
-            files.add(format!("{name}/{file_name}"), std::fs::read_to_string(&path).unwrap());
-        }
-    }
-    files.add_root(name, folder.to_string_lossy());
+    files
+        .read_folder(name, folder)
+        .unwrap_or_else(|err| panic!("{}: {err} (is Debian's modsecurity-crs installed?)", folder.display()));
 }
 
 fn setup(paranoia: u8) -> String {
@@ -116,4 +104,135 @@ fn sql_injection_is_blocked() {
     let (blocked, matched) = run(&rules, "GET", "/products?id=1%27%20OR%20%271%27%3D%271", &[], None);
     assert_eq!(blocked, Some(949110), "{matched:?}");
     assert!(matched.contains(&942100), "{matched:?}");
+}
+
+/// One request of a family's test: method, URI, extra headers, body (content type, text).
+struct Case {
+    method: &'static str,
+    uri: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: Option<(&'static str, &'static str)>,
+}
+
+const fn get(uri: &'static str) -> Case {
+    Case { method: "GET", uri, headers: &[], body: None }
+}
+
+const fn post(uri: &'static str, content_type: &'static str, body: &'static str) -> Case {
+    Case { method: "POST", uri, headers: &[], body: Some((content_type, body)) }
+}
+
+/// Per CRS family: an attack of its kind (written for these tests) that the family's rules
+/// catch, and a benign twin close to it that must pass.
+fn families() -> Vec<(&'static str, u32, Case, Case)> {
+    let form = "application/x-www-form-urlencoded";
+    vec![
+        (
+            "911 method enforcement",
+            911100,
+            Case { method: "TRACK", ..get("/") },
+            Case { method: "OPTIONS", ..get("/") },
+        ),
+        (
+            "913 scanner detection",
+            913100,
+            Case { headers: &[("user-agent", "Mozilla/5.00 (Nikto/2.1.6) (Evasions:None) (Test:000001)")], ..get("/") },
+            Case {
+                headers: &[("user-agent", "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) Safari/605.1.15")],
+                ..get("/")
+            },
+        ),
+        (
+            "920 protocol enforcement",
+            920170,
+            Case { body: Some((form, "a=1")), ..get("/search") },
+            post("/search", form, "a=1"),
+        ),
+        (
+            "921 protocol attack",
+            921130,
+            get("/page?next=%0d%0aContent-Length:%200%0d%0a%0d%0aHTTP/1.1%20200%20OK"),
+            get("/page?next=%2Fhome%2Fhttp-guide"),
+        ),
+        (
+            "930 local file inclusion",
+            930100,
+            get("/download?file=..%2F..%2F..%2Fetc%2Fshadow"),
+            get("/download?file=reports%2F2026%2Fq3.pdf"),
+        ),
+        (
+            "931 remote file inclusion",
+            931100,
+            get("/include?template=http%3A%2F%2F203.0.113.9%2Fpayload.txt"),
+            get("/include?template=invoice-compact"),
+        ),
+        (
+            "932 remote command execution",
+            932100,
+            get("/ping?host=127.0.0.1%3B%20cat%20%2Fetc%2Fpasswd"),
+            get("/ping?host=db-replica-2.internal"),
+        ),
+        (
+            "933 PHP injection",
+            933100,
+            post("/comment", form, "text=%3C%3Fphp%20system(%24_GET%5Bc%5D)%3B%20%3F%3E"),
+            post("/comment", form, "text=PHP%20is%20a%20language%3B%20I%20use%20it"),
+        ),
+        (
+            "934 Node.js injection",
+            934100,
+            post("/eval", form, "profile=_%24%24ND_FUNC%24%24_function()%7Brequire('child_process').exec('id')%7D()"),
+            post("/eval", form, "code=requirements%20and%20processes%20documented"),
+        ),
+        (
+            "941 cross-site scripting",
+            941100,
+            get("/profile?name=%3Cimg%20src%3Dx%20onerror%3Dalert(document.domain)%3E"),
+            get("/profile?name=Alice%20%3E%20Bob"),
+        ),
+        (
+            "942 SQL injection",
+            942100,
+            get("/items?id=5%20UNION%20ALL%20SELECT%20username%2Cpassword%20FROM%20users--"),
+            get("/items?id=5&union=eu&select=all"),
+        ),
+        (
+            "943 session fixation",
+            943100,
+            get("/login?next=%3Cmeta%20http-equiv%3DSet-Cookie%20content%3D%22sid%3Dattacker%22%3E"),
+            get("/login?redirect=%2Faccount%2Fsessions"),
+        ),
+        (
+            "944 Java injection",
+            944100,
+            post("/api/import", form, "data=java.lang.Runtime.getRuntime().exec(%22id%22)"),
+            post("/api/import", form, "data=Runtime%20of%20the%20java%20job%20was%203%20minutes"),
+        ),
+    ]
+}
+
+fn run_case(rules: &std::sync::Arc<RuleSet>, case: &Case) -> (Option<u32>, Vec<u32>) {
+    run(rules, case.method, case.uri, case.headers, case.body)
+}
+
+#[test]
+fn each_family_catches_its_attacks_and_passes_their_benign_twins() {
+    let rules = crs(1);
+    let mut failures = Vec::new();
+    for (family, rule, attack, benign) in families() {
+        let (blocked, matched) = run_case(&rules, &attack);
+        if blocked.is_none() || !matched.iter().any(|id| id / 1000 == rule / 1000) {
+            failures.push(format!(
+                "{family}: attack {} {} not caught by a {}xxx rule: {blocked:?} {matched:?}",
+                attack.method,
+                attack.uri,
+                rule / 1000
+            ));
+        }
+        let (blocked, matched) = run_case(&rules, &benign);
+        if blocked.is_some() {
+            failures.push(format!("{family}: benign {} {} blocked: {matched:?}", benign.method, benign.uri));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -7,7 +7,7 @@
 //! default) rules only add to `TX:anomaly_score`, and the blocking evaluation rule denies.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::input::{BodyProcessor, Element, RequestInput};
@@ -36,7 +36,7 @@ pub struct Interruption {
 pub struct Transaction {
     rules: Arc<RuleSet>,
     pub input: RequestInput,
-    collections: HashMap<&'static str, HashMap<String, Vec<u8>>>,
+    collections: HashMap<&'static str, BTreeMap<String, Vec<u8>>>,
     /// The last rule link's matches: `MATCHED_VAR(S)` and their names.
     matched: Vec<(String, Vec<u8>)>,
     captures: Vec<Vec<u8>>,
@@ -48,6 +48,9 @@ pub struct Transaction {
     body_processor: Option<BodyProcessor>,
     body_access: bool,
     allowed: bool,
+    /// Transformed request values, by the value's place in the input and the transformation
+    /// chain: the CRS runs the same few chains over the same values rule after rule.
+    transformed: std::cell::RefCell<HashMap<(usize, usize, u32), Transformed>>,
     pub matches: Vec<Match>,
     pub interruption: Option<Interruption>,
     /// An interruption the engine's `DetectionOnly` mode let through.
@@ -71,6 +74,7 @@ impl Transaction {
             body_processor: None,
             body_access,
             allowed: false,
+            transformed: Default::default(),
             matches: Vec::new(),
             interruption: None,
             detected: None,
@@ -83,6 +87,8 @@ impl Transaction {
     }
 
     pub fn add_body(&mut self, body: Vec<u8>) {
+        // Cached values are keyed by where they sit in the input, which the body changes.
+        self.transformed.get_mut().clear();
         self.input.add_body(body, self.body_processor);
     }
 
@@ -162,7 +168,7 @@ impl Transaction {
 
     /// Reads one link's targets, transforms them, runs its operator; records what matched.
     fn rule_matches(&mut self, id: u32, tags: &[String], rule: &Rule) -> bool {
-        let mut values: Vec<(String, Cow<'_, [u8]>)> = Vec::new();
+        let mut values: Vec<(ValueName<'_>, Cow<'_, [u8]>)> = Vec::new();
         {
             let excluded = |variable: Variable, key: &str| {
                 rule.exclusions.iter().any(|exclusion| exclusion.excludes(variable, key))
@@ -180,31 +186,54 @@ impl Transaction {
         }
         let mut matched = Vec::new();
         let mut captures = Vec::new();
+        let expand = |m: &Macro| self.expand(m);
+        let wanted_captures = rule.capture && !rule.negated;
         for (name, value) in values {
-            let transformed = if rule.multi_match {
-                let mut stages = vec![value.clone()];
+            if rule.multi_match {
+                // The value before each transformation and after the last, until one matches.
                 let mut current = value;
-                for transform in &rule.transforms {
-                    current = transform.apply(current);
-                    stages.push(current.clone());
+                for stage in 0..=rule.transforms.len() {
+                    let wanted = if wanted_captures { Some(&mut captures) } else { None };
+                    if rule.operator.matches(&current, &expand, wanted) != rule.negated {
+                        matched.push((name.full(), current.into_owned()));
+                        break;
+                    }
+                    match rule.transforms.get(stage) {
+                        Some(transform) => current = transform.apply(current),
+                        None => break,
+                    }
                 }
-                stages
+            } else if name.from_input && !rule.transforms.is_empty() && matches!(value, Cow::Borrowed(_)) {
+                let key = (value.as_ptr() as usize, value.len(), rule.transform_chain);
+                let cached = self.transformed.borrow().get(&key).cloned();
+                let transformed = cached.unwrap_or_else(|| {
+                    let mut current = Cow::Borrowed(value.as_ref());
+                    for transform in &rule.transforms {
+                        current = transform.apply(current);
+                    }
+                    let entry = match current {
+                        Cow::Borrowed(_) => Transformed::Unchanged,
+                        Cow::Owned(changed) => Transformed::Changed(std::rc::Rc::from(changed)),
+                    };
+                    self.transformed.borrow_mut().insert(key, entry.clone());
+                    entry
+                });
+                let current: &[u8] = match &transformed {
+                    Transformed::Unchanged => &value,
+                    Transformed::Changed(changed) => changed,
+                };
+                let wanted = if wanted_captures { Some(&mut captures) } else { None };
+                if rule.operator.matches(current, &expand, wanted) != rule.negated {
+                    matched.push((name.full(), current.to_vec()));
+                }
             } else {
                 let mut current = value;
                 for transform in &rule.transforms {
                     current = transform.apply(current);
                 }
-                vec![current]
-            };
-            for candidate in transformed {
-                let found = {
-                    let expand = |m: &Macro| self.expand(m);
-                    let wanted = if rule.capture && !rule.negated { Some(&mut captures) } else { None };
-                    rule.operator.matches(&candidate, &expand, wanted)
-                };
-                if found != rule.negated {
-                    matched.push((name.clone(), candidate.into_owned()));
-                    break;
+                let wanted = if wanted_captures { Some(&mut captures) } else { None };
+                if rule.operator.matches(&current, &expand, wanted) != rule.negated {
+                    matched.push((name.full(), current.into_owned()));
                 }
             }
         }
@@ -223,24 +252,23 @@ impl Transaction {
         &'s self,
         target: &Target,
         excluded: &dyn Fn(Variable, &str) -> bool,
-        out: &mut Vec<(String, Cow<'s, [u8]>)>,
+        out: &mut Vec<(ValueName<'s>, Cow<'s, [u8]>)>,
     ) {
         let input = &self.input;
-        let mut elements: Vec<(String, Cow<'s, [u8]>)> = Vec::new();
+        let mut elements: Vec<(ValueName<'s>, Cow<'s, [u8]>)> = Vec::new();
         let prefix = variable_name(target.variable);
-        let from_list = |list: &'s [Element], names: bool, elements: &mut Vec<(String, Cow<'s, [u8]>)>| {
+        let from_list = |list: &'s [Element], names: bool, elements: &mut Vec<(ValueName<'s>, Cow<'s, [u8]>)>| {
             for (key, value) in list {
                 let selected = target.selector.as_ref().is_none_or(|selector| selector.selects(key));
                 if selected && !excluded(target.variable, key) {
-                    let value =
-                        if names { Cow::Owned(key.as_bytes().to_vec()) } else { Cow::Borrowed(value.as_slice()) };
-                    elements.push((format!("{prefix}:{key}"), value));
+                    let value = if names { Cow::Borrowed(key.as_bytes()) } else { Cow::Borrowed(value.as_slice()) };
+                    elements.push((ValueName::input(prefix, key), value));
                 }
             }
         };
-        let scalar = |value: Cow<'s, [u8]>, elements: &mut Vec<(String, Cow<'s, [u8]>)>| {
+        let scalar = |value: Cow<'s, [u8]>, elements: &mut Vec<(ValueName<'s>, Cow<'s, [u8]>)>| {
             if !excluded(target.variable, "") {
-                elements.push((prefix.to_owned(), value));
+                elements.push((ValueName::plain(prefix), value));
             }
         };
         match target.variable {
@@ -334,7 +362,7 @@ impl Transaction {
                 let list = if attributes { &input.xml_attributes } else { &input.xml_text };
                 if !excluded(Variable::Xml, "") {
                     for (_, value) in list {
-                        elements.push(("XML".to_owned(), Cow::Borrowed(value.as_slice())));
+                        elements.push((ValueName::plain("XML"), Cow::Borrowed(value.as_slice())));
                     }
                 }
             }
@@ -348,12 +376,22 @@ impl Transaction {
             | Variable::Env => {
                 let name = target.variable.collection_name().expect("a collection");
                 if let Some(collection) = self.collections.get(name) {
-                    let mut keys: Vec<&String> = collection.keys().collect();
-                    keys.sort();
-                    for key in keys {
-                        let selected = target.selector.as_ref().is_none_or(|selector| selector.selects(key));
-                        if selected && !excluded(target.variable, key) {
-                            elements.push((format!("{prefix}:{key}"), Cow::Borrowed(collection[key].as_slice())));
+                    match &target.selector {
+                        // Keys are kept in lower case: a name is one lookup.
+                        Some(super::CompiledSelector::Name(key)) => {
+                            if let Some((key, value)) = collection.get_key_value(key.as_str())
+                                && !excluded(target.variable, key)
+                            {
+                                elements.push((ValueName::keyed(prefix, key), Cow::Borrowed(value.as_slice())));
+                            }
+                        }
+                        selector => {
+                            for (key, value) in collection {
+                                let selected = selector.as_ref().is_none_or(|selector| selector.selects(key));
+                                if selected && !excluded(target.variable, key) {
+                                    elements.push((ValueName::keyed(prefix, key), Cow::Borrowed(value.as_slice())));
+                                }
+                            }
                         }
                     }
                 }
@@ -364,7 +402,7 @@ impl Transaction {
                     if let Ok(index) = name.parse::<usize>()
                         && let Some(capture) = self.captures.get(index)
                     {
-                        elements.push((format!("TX:{index}"), Cow::Borrowed(capture.as_slice())));
+                        elements.push((ValueName::owned("TX", index.to_string()), Cow::Borrowed(capture.as_slice())));
                     }
                 }
             }
@@ -381,13 +419,13 @@ impl Transaction {
             Variable::MatchedVars => {
                 for (name, value) in &self.matched {
                     if !excluded(Variable::MatchedVars, name) {
-                        elements.push((format!("MATCHED_VARS:{name}"), Cow::Borrowed(value.as_slice())));
+                        elements.push((ValueName::keyed("MATCHED_VARS", name), Cow::Borrowed(value.as_slice())));
                     }
                 }
             }
             Variable::MatchedVarsNames => {
                 for (name, _) in &self.matched {
-                    elements.push((format!("MATCHED_VARS_NAMES:{name}"), Cow::Borrowed(name.as_bytes())));
+                    elements.push((ValueName::keyed("MATCHED_VARS_NAMES", name), Cow::Borrowed(name.as_bytes())));
                 }
             }
             Variable::RemoteAddr => scalar(Cow::Borrowed(input.remote_addr.as_bytes()), &mut elements),
@@ -399,7 +437,7 @@ impl Transaction {
             Variable::Response => {}
         }
         if target.count {
-            out.push((prefix.to_owned(), Cow::Owned(elements.len().to_string().into_bytes())));
+            out.push((ValueName::plain(prefix), Cow::Owned(elements.len().to_string().into_bytes())));
         } else {
             out.extend(elements);
         }
@@ -518,7 +556,7 @@ impl Transaction {
         }
     }
 
-    fn collection(&mut self, name: &str) -> &mut HashMap<String, Vec<u8>> {
+    fn collection(&mut self, name: &str) -> &mut BTreeMap<String, Vec<u8>> {
         let key: &'static str = match name {
             "tx" => "tx",
             "ip" => "ip",
@@ -565,6 +603,46 @@ impl Transaction {
             Ctl::BodyProcessor(processor) => self.body_processor = Some(*processor),
             Ctl::BodyAccess(on) => self.body_access = *on,
             Ctl::Ignored => {}
+        }
+    }
+}
+
+/// A cached transformation's outcome.
+#[derive(Clone)]
+enum Transformed {
+    Unchanged,
+    Changed(std::rc::Rc<[u8]>),
+}
+
+/// A value's name (`ARGS:id`), put together only for the values a rule matches; and whether
+/// the value lies in the request input (so its place identifies it for the cache).
+struct ValueName<'s> {
+    variable: &'static str,
+    key: Option<Cow<'s, str>>,
+    from_input: bool,
+}
+
+impl<'s> ValueName<'s> {
+    fn plain(variable: &'static str) -> Self {
+        Self { variable, key: None, from_input: false }
+    }
+
+    fn keyed(variable: &'static str, key: &'s str) -> Self {
+        Self { variable, key: Some(Cow::Borrowed(key)), from_input: false }
+    }
+
+    fn owned(variable: &'static str, key: String) -> Self {
+        Self { variable, key: Some(Cow::Owned(key)), from_input: false }
+    }
+
+    fn input(variable: &'static str, key: &'s str) -> Self {
+        Self { variable, key: Some(Cow::Borrowed(key)), from_input: true }
+    }
+
+    fn full(&self) -> String {
+        match &self.key {
+            Some(key) => format!("{}:{key}", self.variable),
+            None => self.variable.to_owned(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod transforms;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use macros::Macro;
 use operators::{Comparison, Network, Operator, Pattern};
@@ -59,6 +60,32 @@ impl Files {
     /// Says that `name` was read from `disk_path`.
     pub fn add_root(&mut self, name: impl Into<String>, disk_path: impl Into<String>) {
         self.roots.push((name.into(), disk_path.into()));
+    }
+
+    /// Reads a folder from disk under `name`, as the host does for a filter's `files` (for
+    /// native tests and benchmarks; a filter instance has no file system).
+    #[cfg(not(target_family = "wasm"))]
+    pub fn read_folder(&mut self, name: &str, folder: &std::path::Path) -> std::io::Result<()> {
+        fn walk(files: &mut Files, prefix: &str, folder: &std::path::Path) -> std::io::Result<()> {
+            let mut entries: Vec<_> = std::fs::read_dir(folder)?.collect::<Result<Vec<_>, _>>()?;
+            entries.sort_by_key(|entry| entry.file_name());
+            for entry in entries {
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                if file_name.starts_with('.') {
+                    continue;
+                }
+                if path.is_dir() {
+                    walk(files, &format!("{prefix}/{file_name}"), &path)?;
+                } else {
+                    files.add(format!("{prefix}/{file_name}"), std::fs::read_to_string(&path)?);
+                }
+            }
+            Ok(())
+        }
+        walk(self, name, folder)?;
+        self.add_root(name, folder.to_string_lossy());
+        Ok(())
     }
 
     pub fn get(&self, path: &str) -> Option<&str> {
@@ -343,11 +370,11 @@ pub struct TargetExclusion {
     pub selector: Option<SelectorText>,
 }
 
-/// A selector kept as written, compiled again when used (exclusions are few).
+/// An exclusion's selector, compiled once (shared by the rules and `ctl:`s that use it).
 #[derive(Debug, Clone)]
 pub enum SelectorText {
     Name(String),
-    Pattern(String),
+    Pattern(Arc<Pattern>),
 }
 
 impl TargetExclusion {
@@ -356,9 +383,7 @@ impl TargetExclusion {
             && match &self.selector {
                 None => true,
                 Some(SelectorText::Name(name)) => key.eq_ignore_ascii_case(name),
-                Some(SelectorText::Pattern(pattern)) => {
-                    Pattern::compile(pattern).map(|pattern| pattern.matches(key.as_bytes(), None)).unwrap_or(false)
-                }
+                Some(SelectorText::Pattern(pattern)) => pattern.matches(key.as_bytes(), None),
             }
     }
 }
@@ -382,6 +407,9 @@ pub struct Rule {
     pub operator: Operator,
     pub negated: bool,
     pub transforms: Vec<Transform>,
+    /// The same number for every rule with the same transformations: what a transaction's
+    /// cache of transformed values is keyed by.
+    pub transform_chain: u32,
     pub multi_match: bool,
     pub capture: bool,
     pub disruptive: Option<Disruptive>,
@@ -501,6 +529,18 @@ impl RuleSet {
             });
         }
         Ok(set)
+    }
+
+    fn number_transform_chains(&mut self) {
+        let mut chains: std::collections::HashMap<Vec<Transform>, u32> = std::collections::HashMap::new();
+        for rule in self.rules_mut() {
+            let mut link = Some(rule);
+            while let Some(current) = link {
+                let next = chains.len() as u32;
+                current.transform_chain = *chains.entry(current.transforms.clone()).or_insert(next);
+                link = current.chained.as_deref_mut();
+            }
+        }
     }
 
     /// How many rules (chains counted once) run in the request phases.
@@ -798,6 +838,7 @@ impl Loader<'_> {
             operator: Operator::NoMatch,
             negated,
             transforms: Vec::new(),
+            transform_chain: 0,
             multi_match: false,
             capture: false,
             disruptive: None,
@@ -917,13 +958,12 @@ enum TargetOrExclusion {
 
 fn exclusion(spec: &VariableSpec) -> Result<TargetExclusion, String> {
     let variable = Variable::named(&spec.name).ok_or_else(|| format!("unknown variable {}", spec.name))?;
-    Ok(TargetExclusion {
-        variable,
-        selector: spec.selector.as_ref().map(|selector| match selector {
-            Selector::Name(name) => SelectorText::Name(name.clone()),
-            Selector::Pattern(pattern) => SelectorText::Pattern(pattern.clone()),
-        }),
-    })
+    let selector = match &spec.selector {
+        None => None,
+        Some(Selector::Name(name)) => Some(SelectorText::Name(name.clone())),
+        Some(Selector::Pattern(pattern)) => Some(SelectorText::Pattern(Arc::new(Pattern::compile(pattern)?))),
+    };
+    Ok(TargetExclusion { variable, selector })
 }
 
 fn compile_target(directive: &Directive, spec: &VariableSpec) -> Result<Target, LoadError> {
@@ -1071,6 +1111,7 @@ fn placeholder() -> Rule {
         operator: Operator::NoMatch,
         negated: false,
         transforms: Vec::new(),
+        transform_chain: 0,
         multi_match: false,
         capture: false,
         disruptive: None,

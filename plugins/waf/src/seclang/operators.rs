@@ -97,6 +97,8 @@ impl Pattern {
         match self {
             Self::Bytes(regex) => match captures {
                 None => regex.is_match(input),
+                // Most values do not match: the quick test first, the groups only for a match.
+                Some(_) if !regex.is_match(input) => false,
                 Some(out) => {
                     let mut found = regex.create_captures();
                     regex.captures(input, &mut found);
@@ -364,10 +366,10 @@ impl Operator {
                 None => false,
             },
             Self::DetectSqli => {
-                let result = libinjectionrs::detect_sqli(input);
-                if result.is_injection() {
-                    let fingerprint = result.fingerprint.map(|fp| fp.as_str().to_owned()).unwrap_or_default();
-                    captured(fingerprint.as_bytes());
+                // The fingerprint only for a detection: taking it costs a second pass.
+                let mut state = libinjectionrs::SqliState::new(input, libinjectionrs::SqliFlags::FLAG_NONE);
+                if state.detect() {
+                    captured(state.get_fingerprint().as_str().as_bytes());
                     true
                 } else {
                     false
