@@ -528,6 +528,7 @@ impl RuleSet {
                 message: "chain without a next rule".into(),
             });
         }
+        set.number_transform_chains();
         Ok(set)
     }
 
