@@ -50,7 +50,7 @@ pub struct Transaction {
     allowed: bool,
     /// Transformed request values, by the value's place in the input and the transformation
     /// chain: the CRS runs the same few chains over the same values rule after rule.
-    transformed: std::cell::RefCell<HashMap<(usize, usize, u32), Transformed>>,
+    transformed: std::cell::RefCell<HashMap<(usize, usize, u32), Transformed, PlaceHasher>>,
     pub matches: Vec<Match>,
     pub interruption: Option<Interruption>,
     /// An interruption the engine's `DetectionOnly` mode let through.
@@ -604,6 +604,45 @@ impl Transaction {
             Ctl::BodyAccess(on) => self.body_access = *on,
             Ctl::Ignored => {}
         }
+    }
+}
+
+/// The transformation cache's hasher: its keys are addresses and small numbers, made by this
+/// filter, not an attacker, so a multiply-and-fold spreads them well enough without SipHash.
+#[derive(Default, Clone, Copy)]
+struct PlaceHasher;
+
+impl std::hash::BuildHasher for PlaceHasher {
+    type Hasher = PlaceHash;
+
+    fn build_hasher(&self) -> PlaceHash {
+        PlaceHash(0)
+    }
+}
+
+struct PlaceHash(u64);
+
+impl std::hash::Hasher for PlaceHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
     }
 }
 
