@@ -107,6 +107,8 @@ say "Building the filter plugins the tests use (Sluice's filters in plugins/ and
 export SLUICE_PLUGIN_TARGET_DIR="$PWD/target/plugins"
 for plugin in examples/hello-filter tests/plugins/probe tests/plugins/hostile tests/plugins/wasi-probe tests/plugins/cpu-bound plugins/*/ \
   examples/js-sign-filter examples/go-header-policy tests/plugins/go-probe; do
+  # plugins/ may hold a target/ folder of its own (`cargo test --manifest-path plugins/Cargo.toml`).
+  [ -e "$plugin/Cargo.toml" ] || [ -e "$plugin/package.json" ] || [ -e "$plugin/go.mod" ] || continue
   target/debug/sluice plugin build "$plugin" >/dev/null
 done
 
