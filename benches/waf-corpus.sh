@@ -83,20 +83,25 @@ bind = "127.0.0.1:$sluice_port"
 servers = [{ addr = "127.0.0.1:$origin_port" }]
 [plugin.waf]
 source = "$PWD/plugins/waf"
+[tenant.waf]
+cpu_ms_per_call = 500
 [[route]]
 host = ["builtin.test"]
 upstream = "origin"
 filters = [{ plugin = "waf" }]
 [[route]]
 host = ["crs1.test"]
+tenant = "waf"
 upstream = "origin"
 filters = [$(waf false 1)]
 [[route]]
 host = ["crs2.test"]
+tenant = "waf"
 upstream = "origin"
 filters = [$(waf false 2)]
 [[route]]
 host = ["both.test"]
+tenant = "waf"
 upstream = "origin"
 filters = [$(waf true 1)]
 CONF

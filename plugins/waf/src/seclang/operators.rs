@@ -70,11 +70,14 @@ impl Pattern {
     pub fn compile(pattern: &str) -> Result<Self, String> {
         let translated = translate_pcre(pattern);
         // No literal prefilter: extracting one from the CRS's large alternations costs most of
-        // their compile time (4x), and the lazy DFA scans short inputs as fast without it.
+        // their compile time (4x), and the lazy DFA scans short inputs as fast without it. No
+        // full DFA either: built ahead for every small pattern, it was a sixth of the CRS's
+        // compile time (which an instance pays when it starts), and the lazy one matches as fast.
         let linear = meta::Builder::new()
             .configure(
                 meta::Config::new()
                     .auto_prefilter(false)
+                    .dfa(false)
                     .nfa_size_limit(Some(64 << 20))
                     .hybrid_cache_capacity(HYBRID_CACHE_BYTES),
             )
