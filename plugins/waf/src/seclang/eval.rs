@@ -514,11 +514,13 @@ impl Transaction {
             }
             link = current.chained.as_deref();
         }
-        if rule.log && rule.msg.is_some() {
+        if rule.log
+            && let Some(msg) = &rule.msg
+        {
             let (variable, _) = self.matched.last().cloned().unwrap_or_default();
             self.matches.push(Match {
                 id: rule.id,
-                message: String::from_utf8_lossy(&self.expand(rule.msg.as_ref().expect("checked"))).into_owned(),
+                message: String::from_utf8_lossy(&self.expand(msg)).into_owned(),
                 data: rule
                     .logdata
                     .as_ref()

@@ -316,7 +316,7 @@ fn xml_nodes(body: &[u8], text: &mut Vec<Element>, attributes: &mut Vec<Element>
             rest = &after[end + 3..];
         } else if let Some(after) = rest.strip_prefix("<![CDATA[") {
             let end = after.find("]]>").ok_or("unterminated CDATA section")?;
-            text.push(("XML".into(), after[..end].as_bytes().to_vec()));
+            text.push(("XML".into(), after.as_bytes()[..end].to_vec()));
             rest = &after[end + 3..];
         } else if rest.starts_with("<?") {
             let end = rest.find("?>").ok_or("unterminated processing instruction")?;
@@ -337,7 +337,7 @@ fn xml_nodes(body: &[u8], text: &mut Vec<Element>, attributes: &mut Vec<Element>
                 }
             }
             let end = end.ok_or("unterminated declaration")?;
-            text.push(("XML".into(), rest[..=end].as_bytes().to_vec()));
+            text.push(("XML".into(), rest.as_bytes()[..=end].to_vec()));
             rest = &rest[end + 1..];
         } else {
             let end = rest.find('>').ok_or("unterminated tag")?;

@@ -427,9 +427,43 @@ pub struct Rule {
     pub chained: Option<Box<Rule>>,
 }
 
+impl Rule {
+    /// A rule read at `file:line` that matches nothing and does nothing yet: its directive's
+    /// arguments fill it in.
+    fn new(file: String, line: usize, phase: u8) -> Self {
+        Self {
+            id: 0,
+            phase,
+            file,
+            line,
+            targets: Vec::new(),
+            exclusions: Vec::new(),
+            operator: Operator::NoMatch,
+            negated: false,
+            transforms: Vec::new(),
+            transform_chain: 0,
+            multi_match: false,
+            capture: false,
+            disruptive: None,
+            status: None,
+            redirect_to: None,
+            setvars: Vec::new(),
+            ctls: Vec::new(),
+            skip_after: None,
+            skip: 0,
+            log: true,
+            msg: None,
+            logdata: None,
+            severity: None,
+            tags: Vec::new(),
+            chained: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Entry {
-    Rule(Rule),
+    Rule(Box<Rule>),
     Marker(String),
 }
 
@@ -551,7 +585,7 @@ impl RuleSet {
 
     fn rules_mut(&mut self) -> impl Iterator<Item = &mut Rule> {
         self.phases.iter_mut().flatten().filter_map(|entry| match entry {
-            Entry::Rule(rule) => Some(rule),
+            Entry::Rule(rule) => Some(&mut **rule),
             Entry::Marker(_) => None,
         })
     }
@@ -807,7 +841,7 @@ impl Loader<'_> {
 
     fn finish(&mut self, rule: Rule) {
         let phase = usize::from(rule.phase.clamp(1, 5) - 1);
-        self.set.phases[phase].push(Entry::Rule(rule));
+        self.set.phases[phase].push(Entry::Rule(Box::new(rule)));
     }
 
     fn target_or_exclusion(&self, directive: &Directive, spec: &VariableSpec) -> Result<TargetOrExclusion, LoadError> {
@@ -829,33 +863,9 @@ impl Loader<'_> {
         let specs = parse::variables(variables).map_err(|message| directive.error(message))?;
         let (negated, operator_name, argument) = parse::operator(operator);
         let actions = parse::actions(actions).map_err(|message| directive.error(message))?;
-        let mut rule = Rule {
-            id: 0,
-            phase: self.pending_chain.as_ref().map_or(2, |(head, _)| head.phase),
-            file: directive.file.clone(),
-            line: directive.line,
-            targets: Vec::new(),
-            exclusions: Vec::new(),
-            operator: Operator::NoMatch,
-            negated,
-            transforms: Vec::new(),
-            transform_chain: 0,
-            multi_match: false,
-            capture: false,
-            disruptive: None,
-            status: None,
-            redirect_to: None,
-            setvars: Vec::new(),
-            ctls: Vec::new(),
-            skip_after: None,
-            skip: 0,
-            log: true,
-            msg: None,
-            logdata: None,
-            severity: None,
-            tags: Vec::new(),
-            chained: None,
-        };
+        let phase = self.pending_chain.as_ref().map_or(2, |(head, _)| head.phase);
+        let mut rule = Rule::new(directive.file.clone(), directive.line, phase);
+        rule.negated = negated;
         // The phase first: the phase's default transformations come before the rule's own.
         for (action, value) in &actions {
             if action == "phase" {
@@ -970,14 +980,11 @@ fn exclusion(spec: &VariableSpec) -> Result<TargetExclusion, String> {
 fn compile_target(directive: &Directive, spec: &VariableSpec) -> Result<Target, LoadError> {
     let variable =
         Variable::named(&spec.name).ok_or_else(|| directive.error(format!("unknown variable {}", spec.name)))?;
-    if variable == Variable::Xml {
-        if let Some(Selector::Name(path)) = &spec.selector
-            && !matches!(path.as_str(), "/*" | "//*" | "//@*" | "/@*")
-        {
-            return Err(
-                directive.error(format!("XML:{path}: only XML:/* (text) and XML://@* (attributes) are supported"))
-            );
-        }
+    if variable == Variable::Xml
+        && let Some(Selector::Name(path)) = &spec.selector
+        && !matches!(path.as_str(), "/*" | "//*" | "//@*" | "/@*")
+    {
+        return Err(directive.error(format!("XML:{path}: only XML:/* (text) and XML://@* (attributes) are supported")));
     }
     let selector = match &spec.selector {
         None => None,
@@ -1087,7 +1094,7 @@ fn apply_action(directive: &Directive, rule: &mut Rule, action: &str, value: &st
         | "xmlns" => {}
         "capture" => rule.capture = true,
         "multiMatch" => rule.multi_match = true,
-        "chain" => rule.chained = Some(Box::new(placeholder())),
+        "chain" => rule.chained = Some(Box::new(Rule::new(String::new(), 0, 0))),
         "status" => rule.status = Some(value.parse().map_err(|_| fail(format!("status:{value} is not a status")))?),
         "skipAfter" => rule.skip_after = Some(value.to_owned()),
         "skip" => rule.skip = value.parse().map_err(|_| fail(format!("skip:{value} is not a number")))?,
@@ -1099,36 +1106,6 @@ fn apply_action(directive: &Directive, rule: &mut Rule, action: &str, value: &st
         other => return Err(fail(format!("unsupported action {other}"))),
     }
     Ok(())
-}
-
-fn placeholder() -> Rule {
-    Rule {
-        id: 0,
-        phase: 0,
-        file: String::new(),
-        line: 0,
-        targets: Vec::new(),
-        exclusions: Vec::new(),
-        operator: Operator::NoMatch,
-        negated: false,
-        transforms: Vec::new(),
-        transform_chain: 0,
-        multi_match: false,
-        capture: false,
-        disruptive: None,
-        status: None,
-        redirect_to: None,
-        setvars: Vec::new(),
-        ctls: Vec::new(),
-        skip_after: None,
-        skip: 0,
-        log: false,
-        msg: None,
-        logdata: None,
-        severity: None,
-        tags: Vec::new(),
-        chained: None,
-    }
 }
 
 fn setvar(text: &str) -> Result<SetVar, String> {

@@ -357,7 +357,7 @@ impl Operator {
             Self::RxMacro(pattern) => {
                 let expanded = expand(pattern);
                 match Pattern::compile(&String::from_utf8_lossy(&expanded)) {
-                    Ok(pattern) => pattern.matches(input, captures.as_deref_mut()),
+                    Ok(pattern) => pattern.matches(input, captures),
                     Err(_) => false,
                 }
             }
