@@ -753,3 +753,62 @@ fn variable_name(variable: Variable) -> &'static str {
         Variable::Response => "RESPONSE",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seclang::Files;
+
+    fn run(rules: &str, uri: &str) -> Transaction {
+        let set = RuleSet::load(&Files::new(), &[("test.conf".into(), Some(rules.into()))]).unwrap();
+        let mut transaction = Transaction::new(Arc::new(set), RequestInput::from_head("GET", uri, Vec::new()));
+        transaction.run_phase(1);
+        transaction.run_phase(2);
+        transaction
+    }
+
+    fn matched(transaction: &Transaction) -> Vec<u32> {
+        transaction.matches.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn each_transformation_chain_sees_its_own_value() {
+        let rules = r#"
+SecRule ARGS "@streq ABC" "id:1,phase:1,pass,t:none,t:uppercase,msg:'upper'"
+SecRule ARGS "@streq abc" "id:2,phase:1,pass,t:none,t:lowercase,msg:'lower'"
+SecRule ARGS "@streq aBc" "id:3,phase:1,pass,t:none,msg:'as sent'"
+SecRule ARGS "@streq abc" "id:4,phase:2,pass,t:lowercase,msg:'lower again'"
+"#;
+        assert_eq!(matched(&run(rules, "/?x=aBc")), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn chains_skips_and_scores_follow_modsecurity() {
+        let rules = r#"
+SecRule ARGS:id "@rx ^\d+$" "id:10,phase:1,pass,nolog,chain"
+    SecRule ARGS:id "@gt 100" "setvar:'tx.score=+5'"
+SecRule ARGS:skip "@streq yes" "id:11,phase:1,pass,nolog,skipAfter:END"
+SecRule ARGS "@rx ." "id:12,phase:1,pass,msg:'skipped',setvar:'tx.score=+100'"
+SecMarker END
+SecRule TX:score "@ge 5" "id:13,phase:2,deny,status:406,msg:'score %{tx.score}'"
+"#;
+        let blocked = run(rules, "/?id=500&skip=yes");
+        assert_eq!(blocked.interruption.as_ref().map(|i| (i.rule, i.status)), Some((13, 406)));
+        assert_eq!(blocked.matches.last().map(|m| m.message.as_str()), Some("score 5"));
+        let small = run(rules, "/?id=50&skip=yes");
+        assert!(small.interruption.is_none(), "the chain's second link did not match");
+        let not_skipped = run(rules, "/?id=50&skip=no");
+        assert_eq!(not_skipped.number("tx", "score"), 100);
+    }
+
+    #[test]
+    fn ctl_takes_a_target_out_of_a_rule_for_the_rest_of_the_request() {
+        let rules = r#"
+SecRule REQUEST_FILENAME "@beginsWith /search" "id:20,phase:1,pass,nolog,ctl:ruleRemoveTargetById=21;ARGS:q"
+SecRule ARGS "@contains select" "id:21,phase:2,deny,msg:'sql word'"
+"#;
+        assert!(run(rules, "/search?q=select").interruption.is_none());
+        assert!(run(rules, "/search?other=select").interruption.is_some());
+        assert!(run(rules, "/list?q=select").interruption.is_some());
+    }
+}
