@@ -186,7 +186,6 @@ impl Transaction {
         }
         let mut matched = Vec::new();
         let mut captures = Vec::new();
-        let expand = |m: &Macro| self.expand(m);
         let wanted_captures = rule.capture && !rule.negated;
         for (name, value) in values {
             if rule.multi_match {
@@ -194,7 +193,7 @@ impl Transaction {
                 let mut current = value;
                 for stage in 0..=rule.transforms.len() {
                     let wanted = if wanted_captures { Some(&mut captures) } else { None };
-                    if rule.operator.matches(&current, &expand, wanted) != rule.negated {
+                    if rule.operator.matches(&current, self, wanted) != rule.negated {
                         matched.push((name.full(), current.into_owned()));
                         break;
                     }
@@ -223,7 +222,7 @@ impl Transaction {
                     Transformed::Changed(changed) => changed,
                 };
                 let wanted = if wanted_captures { Some(&mut captures) } else { None };
-                if rule.operator.matches(current, &expand, wanted) != rule.negated {
+                if rule.operator.matches(current, self, wanted) != rule.negated {
                     matched.push((name.full(), current.to_vec()));
                 }
             } else {
@@ -232,7 +231,7 @@ impl Transaction {
                     current = transform.apply(current);
                 }
                 let wanted = if wanted_captures { Some(&mut captures) } else { None };
-                if rule.operator.matches(&current, &expand, wanted) != rule.negated {
+                if rule.operator.matches(&current, self, wanted) != rule.negated {
                     matched.push((name.full(), current.into_owned()));
                 }
             }
@@ -444,9 +443,9 @@ impl Transaction {
     }
 
     /// A macro's text for this request.
-    pub fn expand(&self, text: &Macro) -> Vec<u8> {
+    pub fn expand<'m>(&self, text: &'m Macro) -> Cow<'m, [u8]> {
         if let Some(literal) = text.literal() {
-            return literal.as_bytes().to_vec();
+            return Cow::Borrowed(literal.as_bytes());
         }
         let mut out = Vec::new();
         for part in text.parts() {
@@ -455,7 +454,7 @@ impl Transaction {
                 Part::Reference { variable, key } => out.extend_from_slice(&self.reference(variable, key.as_deref())),
             }
         }
-        out
+        Cow::Owned(out)
     }
 
     fn reference(&self, variable: &str, key: Option<&str>) -> Vec<u8> {
@@ -573,7 +572,7 @@ impl Transaction {
     fn setvar(&mut self, setvar: &SetVar) {
         match setvar {
             SetVar::Assign { collection, name, value } => {
-                let (name, value) = (self.expand_name(name), self.expand(value));
+                let (name, value) = (self.expand_name(name), self.expand(value).into_owned());
                 self.collection(collection).insert(name, value);
             }
             SetVar::Add { collection, name, value, subtract } => {
@@ -685,6 +684,12 @@ impl<'s> ValueName<'s> {
             Some(key) => format!("{}:{key}", self.variable),
             None => self.variable.to_owned(),
         }
+    }
+}
+
+impl super::operators::Expand for Transaction {
+    fn expand<'m>(&self, text: &'m Macro) -> Cow<'m, [u8]> {
+        Transaction::expand(self, text)
     }
 }
 
