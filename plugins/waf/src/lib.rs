@@ -37,7 +37,7 @@ impl Filter for Waf {
         let files = std::mem::take(&mut config.files);
         let rule_set = match &config.rule_set {
             Some(rule_set) => {
-                Some(rule_set::compile(rule_set, &files, config.paranoia_level, config.anomaly_threshold)?)
+                Some(rule_set::compile(rule_set, files, config.paranoia_level, config.anomaly_threshold)?)
             }
             None if !files.is_empty() => return Err("files given but no rule_set loads them".into()),
             None => None,

@@ -35,7 +35,7 @@ fn yes() -> bool {
 }
 
 /// One `files` entry as the host hands it over: where it was read and its files by path.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataFiles {
     pub root: String,
@@ -61,19 +61,22 @@ impl DataFiles {
     }
 }
 
-/// Loads the rule set: every error names the rule file and line (or the config key).
+/// Loads the rule set: every error names the rule file and line (or the config key). The
+/// files' texts move into the rule set's file table (a whole CRS is a megabyte; an instance
+/// starting should not copy it).
 pub fn compile(
     config: &RuleSetConfig,
-    data: &BTreeMap<String, DataFiles>,
+    data: BTreeMap<String, DataFiles>,
     paranoia_level: u8,
     anomaly_threshold: u32,
 ) -> Result<Arc<RuleSet>, String> {
+    let names: Vec<String> = data.keys().cloned().collect();
     let mut files = Files::new();
     for (name, entry) in data {
-        for (path, text) in &entry.files {
-            files.add(format!("{name}/{path}"), text.clone());
+        for (path, text) in entry.files {
+            files.add(format!("{name}/{path}"), text);
         }
-        files.add_root(name.clone(), entry.root.clone());
+        files.add_root(name, entry.root);
     }
     let mut sources = Vec::new();
     if config.crs_setup {
@@ -85,8 +88,8 @@ pub fn compile(
         sources.push(("(rule_set setup)".to_owned(), Some(crs_setup(paranoia, threshold))));
     }
     for (index, name) in config.load.iter().enumerate() {
-        if !data.contains_key(name) {
-            let known: Vec<&str> = data.keys().map(String::as_str).collect();
+        if !names.contains(name) {
+            let known: Vec<&str> = names.iter().map(String::as_str).collect();
             return Err(format!(
                 "rule_set.load[{index}]: no files named {name:?} on this filter entry (its files: {})",
                 if known.is_empty() { "none".to_owned() } else { known.join(", ") }

@@ -120,7 +120,7 @@ fn crs_detection_and_false_positive_rates() {
             anomaly_threshold: None,
             crs_setup: true,
         };
-        let rule_set: Arc<_> = waf::rule_set::compile(&config, &data, paranoia, 5).unwrap();
+        let rule_set: Arc<_> = waf::rule_set::compile(&config, data.clone(), paranoia, 5).unwrap();
         let engine = Engine::new(Config { builtin_rules: builtin, ..Config::default() }).unwrap();
         let blocked = |case: &Case| {
             let head = Head {
