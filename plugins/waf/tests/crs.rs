@@ -236,3 +236,66 @@ fn each_family_catches_its_attacks_and_passes_their_benign_twins() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every string in the corpora (paths, decoded paths, bodies, header values), in the cases
+/// they are written in and folded both ways.
+fn corpus_values() -> Vec<Vec<u8>> {
+    let mut values = Vec::new();
+    for name in ["attacks.jsonl", "benign.jsonl"] {
+        let path = format!("{}/tests/corpus/{name}", env!("CARGO_MANIFEST_DIR"));
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let case: serde_json::Value = serde_json::from_str(line).unwrap();
+            let mut texts: Vec<String> = Vec::new();
+            for key in ["path", "body"] {
+                if let Some(text) = case[key].as_str() {
+                    texts.push(text.to_owned());
+                    texts.push(form_urlencoded::parse(text.as_bytes()).map(|(k, v)| format!("{k}={v}")).collect());
+                    let query = text.split_once('?').map_or(text, |(_, query)| query);
+                    texts.extend(form_urlencoded::parse(query.as_bytes()).map(|(_, value)| value.into_owned()));
+                }
+            }
+            if let Some(headers) = case["headers"].as_object() {
+                texts.extend(headers.values().filter_map(|value| value.as_str().map(str::to_owned)));
+            }
+            for text in texts {
+                values.push(text.to_ascii_lowercase().into_bytes());
+                values.push(text.to_ascii_uppercase().into_bytes());
+                values.push(text.into_bytes());
+            }
+        }
+    }
+    values
+}
+
+#[test]
+fn the_literal_prefilter_never_rules_out_a_value_its_pattern_matches() {
+    use waf::seclang::Entry;
+    use waf::seclang::operators::Operator;
+    let rules = crs(4);
+    let values = corpus_values();
+    let scans: Vec<_> = values.iter().map(|value| rules.prefilter.scan(value)).collect();
+    let (mut patterns, mut matches) = (0, 0);
+    for entry in rules.phases.iter().flatten() {
+        let Entry::Rule(rule) = entry else { continue };
+        let mut link = Some(&**rule);
+        while let Some(current) = link {
+            if let (Some(slot), Operator::Rx(pattern)) = (current.prefilter, &current.operator) {
+                patterns += 1;
+                for (value, hits) in values.iter().zip(&scans) {
+                    if pattern.matches(value, None) {
+                        matches += 1;
+                        assert!(
+                            hits.contains(slot),
+                            "rule {} matches {:?} but its literals were not found",
+                            rule.id,
+                            String::from_utf8_lossy(value)
+                        );
+                    }
+                }
+            }
+            link = current.chained.as_deref();
+        }
+    }
+    eprintln!("{patterns} prefiltered patterns, {matches} matches checked");
+    assert!(patterns > 150 && matches > 300, "{patterns} patterns, {matches} matches");
+}

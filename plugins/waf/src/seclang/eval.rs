@@ -51,6 +51,8 @@ pub struct Transaction {
     /// Transformed request values, by the value's place in the input and the transformation
     /// chain: the CRS runs the same few chains over the same values rule after rule.
     transformed: std::cell::RefCell<HashMap<(usize, usize, u32), Transformed, PlaceHasher>>,
+    /// The prefilter's findings for each value (original or transformed) scanned so far.
+    prefiltered: std::cell::RefCell<HashMap<(usize, usize), super::prefilter::Hits, PlaceHasher>>,
     pub matches: Vec<Match>,
     pub interruption: Option<Interruption>,
     /// An interruption the engine's `DetectionOnly` mode let through.
@@ -74,7 +76,9 @@ impl Transaction {
             body_processor: None,
             body_access,
             allowed: false,
-            transformed: Default::default(),
+            // Sized for a typical request's values under the CRS's chains: growing costs more.
+            transformed: std::cell::RefCell::new(HashMap::with_capacity_and_hasher(256, PlaceHasher)),
+            prefiltered: std::cell::RefCell::new(HashMap::with_capacity_and_hasher(64, PlaceHasher)),
             matches: Vec::new(),
             interruption: None,
             detected: None,
@@ -89,6 +93,7 @@ impl Transaction {
     pub fn add_body(&mut self, body: Vec<u8>) {
         // Cached values are keyed by where they sit in the input, which the body changes.
         self.transformed.get_mut().clear();
+        self.prefiltered.get_mut().clear();
         self.input.add_body(body, self.body_processor);
     }
 
@@ -168,71 +173,34 @@ impl Transaction {
 
     /// Reads one link's targets, transforms them, runs its operator; records what matched.
     fn rule_matches(&mut self, id: u32, tags: &[String], rule: &Rule) -> bool {
-        let mut values: Vec<(ValueName<'_>, Cow<'_, [u8]>)> = Vec::new();
+        let mut matched: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut captures = Vec::new();
         {
+            let unexcluded =
+                rule.exclusions.is_empty() && self.removed_targets.is_empty() && self.removed_targets_by_tag.is_empty();
             let excluded = |variable: Variable, key: &str| {
-                rule.exclusions.iter().any(|exclusion| exclusion.excludes(variable, key))
-                    || self
-                        .removed_targets
-                        .iter()
-                        .any(|(ids, exclusion)| in_ranges(ids, id) && exclusion.excludes(variable, key))
-                    || self.removed_targets_by_tag.iter().any(|(tag, exclusion)| {
-                        tags.iter().any(|own| own.eq_ignore_ascii_case(tag)) && exclusion.excludes(variable, key)
-                    })
+                !unexcluded
+                    && (rule.exclusions.iter().any(|exclusion| exclusion.excludes(variable, key))
+                        || self
+                            .removed_targets
+                            .iter()
+                            .any(|(ids, exclusion)| in_ranges(ids, id) && exclusion.excludes(variable, key))
+                        || self.removed_targets_by_tag.iter().any(|(tag, exclusion)| {
+                            tags.iter().any(|own| own.eq_ignore_ascii_case(tag)) && exclusion.excludes(variable, key)
+                        }))
+            };
+            let this = &*self;
+            let mut evaluate = |name: ValueName<'_>, value: Cow<'_, [u8]>| {
+                this.evaluate(rule, name, value, &mut matched, &mut captures);
             };
             for target in &rule.targets {
-                self.collect(target, &excluded, &mut values);
-            }
-        }
-        let mut matched = Vec::new();
-        let mut captures = Vec::new();
-        let wanted_captures = rule.capture && !rule.negated;
-        for (name, value) in values {
-            if rule.multi_match {
-                // The value before each transformation and after the last, until one matches.
-                let mut current = value;
-                for stage in 0..=rule.transforms.len() {
-                    let wanted = if wanted_captures { Some(&mut captures) } else { None };
-                    if rule.operator.matches(&current, self, wanted) != rule.negated {
-                        matched.push((name.full(), current.into_owned()));
-                        break;
-                    }
-                    match rule.transforms.get(stage) {
-                        Some(transform) => current = transform.apply(current),
-                        None => break,
-                    }
-                }
-            } else if name.from_input && !rule.transforms.is_empty() && matches!(value, Cow::Borrowed(_)) {
-                let key = (value.as_ptr() as usize, value.len(), rule.transform_chain);
-                let cached = self.transformed.borrow().get(&key).cloned();
-                let transformed = cached.unwrap_or_else(|| {
-                    let mut current = Cow::Borrowed(value.as_ref());
-                    for transform in &rule.transforms {
-                        current = transform.apply(current);
-                    }
-                    let entry = match current {
-                        Cow::Borrowed(_) => Transformed::Unchanged,
-                        Cow::Owned(changed) => Transformed::Changed(std::rc::Rc::from(changed)),
-                    };
-                    self.transformed.borrow_mut().insert(key, entry.clone());
-                    entry
-                });
-                let current: &[u8] = match &transformed {
-                    Transformed::Unchanged => &value,
-                    Transformed::Changed(changed) => changed,
-                };
-                let wanted = if wanted_captures { Some(&mut captures) } else { None };
-                if rule.operator.matches(current, self, wanted) != rule.negated {
-                    matched.push((name.full(), current.to_vec()));
-                }
-            } else {
-                let mut current = value;
-                for transform in &rule.transforms {
-                    current = transform.apply(current);
-                }
-                let wanted = if wanted_captures { Some(&mut captures) } else { None };
-                if rule.operator.matches(&current, self, wanted) != rule.negated {
-                    matched.push((name.full(), current.into_owned()));
+                if target.count {
+                    let mut count = 0usize;
+                    this.collect(target, &excluded, &mut |_, _| count += 1);
+                    let name = ValueName::plain(variable_name(target.variable));
+                    evaluate(name, Cow::Owned(count.to_string().into_bytes()));
+                } else {
+                    this.collect(target, &excluded, &mut evaluate);
                 }
             }
         }
@@ -246,74 +214,156 @@ impl Transaction {
         true
     }
 
+    /// Transforms one value and runs the link's operator on it; a match is added to `matched`.
+    fn evaluate(
+        &self,
+        rule: &Rule,
+        name: ValueName<'_>,
+        value: Cow<'_, [u8]>,
+        matched: &mut Vec<(String, Vec<u8>)>,
+        captures: &mut Vec<Vec<u8>>,
+    ) {
+        let wanted_captures = rule.capture && !rule.negated;
+        if rule.multi_match {
+            // The value before each transformation and after the last, until one matches.
+            let mut current = value;
+            for stage in 0..=rule.transforms.len() {
+                let wanted = if wanted_captures { Some(&mut *captures) } else { None };
+                if rule.operator.matches(&current, self, wanted) != rule.negated {
+                    matched.push((name.full(), current.into_owned()));
+                    return;
+                }
+                match rule.transforms.get(stage) {
+                    Some(transform) => current = transform.apply(current),
+                    None => return,
+                }
+            }
+        } else if name.from_input && matches!(value, Cow::Borrowed(_)) {
+            let cached;
+            let current: &[u8] = if rule.transforms.is_empty() {
+                &value
+            } else {
+                let key = (value.as_ptr() as usize, value.len(), rule.transform_chain);
+                let found = self.transformed.borrow().get(&key).cloned();
+                cached = found.unwrap_or_else(|| {
+                    let mut current = Cow::Borrowed(value.as_ref());
+                    for transform in &rule.transforms {
+                        current = transform.apply(current);
+                    }
+                    let entry = match current {
+                        Cow::Borrowed(_) => Transformed::Unchanged,
+                        Cow::Owned(changed) => Transformed::Changed(std::rc::Rc::from(changed)),
+                    };
+                    self.transformed.borrow_mut().insert(key, entry.clone());
+                    entry
+                });
+                match &cached {
+                    Transformed::Unchanged => &value,
+                    Transformed::Changed(changed) => changed,
+                }
+            };
+            if let Some(slot) = rule.prefilter
+                && !self.prefilter_hits(current, slot)
+            {
+                // None of the pattern's literals is in the value: the regex cannot match.
+                if rule.negated {
+                    matched.push((name.full(), current.to_vec()));
+                }
+                return;
+            }
+            let wanted = if wanted_captures { Some(&mut *captures) } else { None };
+            if rule.operator.matches(current, self, wanted) != rule.negated {
+                matched.push((name.full(), current.to_vec()));
+            }
+        } else {
+            let mut current = value;
+            for transform in &rule.transforms {
+                current = transform.apply(current);
+            }
+            let wanted = if wanted_captures { Some(&mut *captures) } else { None };
+            if rule.operator.matches(&current, self, wanted) != rule.negated {
+                matched.push((name.full(), current.into_owned()));
+            }
+        }
+    }
+
+    /// Whether the value holds one of the literals of the pattern in `slot`. The value lives
+    /// in the input or the transformation cache for the whole phase, so its place names it.
+    fn prefilter_hits(&self, value: &[u8], slot: u32) -> bool {
+        let key = (value.as_ptr() as usize, value.len());
+        if let Some(hits) = self.prefiltered.borrow().get(&key) {
+            return hits.contains(slot);
+        }
+        let hits = self.rules.prefilter.scan(value);
+        let found = hits.contains(slot);
+        self.prefiltered.borrow_mut().insert(key, hits);
+        found
+    }
+
     /// The values a target names (after exclusions), each with its full name (`ARGS:id`).
     fn collect<'s>(
         &'s self,
         target: &Target,
         excluded: &dyn Fn(Variable, &str) -> bool,
-        out: &mut Vec<(ValueName<'s>, Cow<'s, [u8]>)>,
+        out: &mut dyn FnMut(ValueName<'s>, Cow<'s, [u8]>),
     ) {
         let input = &self.input;
-        let mut elements: Vec<(ValueName<'s>, Cow<'s, [u8]>)> = Vec::new();
         let prefix = variable_name(target.variable);
-        let from_list = |list: &'s [Element], names: bool, elements: &mut Vec<(ValueName<'s>, Cow<'s, [u8]>)>| {
+        let from_list = |list: &'s [Element], names: bool, out: &mut dyn FnMut(ValueName<'s>, Cow<'s, [u8]>)| {
             for (key, value) in list {
                 let selected = target.selector.as_ref().is_none_or(|selector| selector.selects(key));
                 if selected && !excluded(target.variable, key) {
                     let value = if names { Cow::Borrowed(key.as_bytes()) } else { Cow::Borrowed(value.as_slice()) };
-                    elements.push((ValueName::input(prefix, key), value));
+                    out(ValueName::input(prefix, key), value);
                 }
             }
         };
-        let scalar = |value: Cow<'s, [u8]>, elements: &mut Vec<(ValueName<'s>, Cow<'s, [u8]>)>| {
+        let scalar = |value: Cow<'s, [u8]>, out: &mut dyn FnMut(ValueName<'s>, Cow<'s, [u8]>)| {
             if !excluded(target.variable, "") {
-                elements.push((ValueName::plain(prefix), value));
+                out(ValueName::plain(prefix), value);
             }
         };
         match target.variable {
             Variable::Args => {
-                from_list(&input.args_get, false, &mut elements);
-                from_list(&input.args_post, false, &mut elements);
+                from_list(&input.args_get, false, out);
+                from_list(&input.args_post, false, out);
             }
             Variable::ArgsNames => {
-                from_list(&input.args_get, true, &mut elements);
-                from_list(&input.args_post, true, &mut elements);
+                from_list(&input.args_get, true, out);
+                from_list(&input.args_post, true, out);
             }
-            Variable::ArgsGet => from_list(&input.args_get, false, &mut elements),
-            Variable::ArgsGetNames => from_list(&input.args_get, true, &mut elements),
-            Variable::ArgsPost => from_list(&input.args_post, false, &mut elements),
-            Variable::ArgsPostNames => from_list(&input.args_post, true, &mut elements),
+            Variable::ArgsGet => from_list(&input.args_get, false, out),
+            Variable::ArgsGetNames => from_list(&input.args_get, true, out),
+            Variable::ArgsPost => from_list(&input.args_post, false, out),
+            Variable::ArgsPostNames => from_list(&input.args_post, true, out),
             Variable::ArgsCombinedSize => {
                 let size: usize =
                     input.args_get.iter().chain(&input.args_post).map(|(name, value)| name.len() + value.len()).sum();
-                scalar(Cow::Owned(size.to_string().into_bytes()), &mut elements)
+                scalar(Cow::Owned(size.to_string().into_bytes()), out)
             }
-            Variable::RequestHeaders => from_list(&input.headers, false, &mut elements),
-            Variable::RequestHeadersNames => from_list(&input.headers, true, &mut elements),
-            Variable::RequestCookies => from_list(&input.cookies, false, &mut elements),
-            Variable::RequestCookiesNames => from_list(&input.cookies, true, &mut elements),
-            Variable::RequestUri | Variable::RequestUriRaw => {
-                scalar(Cow::Borrowed(input.uri.as_bytes()), &mut elements)
-            }
-            Variable::RequestFilename => scalar(Cow::Borrowed(input.filename().as_bytes()), &mut elements),
+            Variable::RequestHeaders => from_list(&input.headers, false, out),
+            Variable::RequestHeadersNames => from_list(&input.headers, true, out),
+            Variable::RequestCookies => from_list(&input.cookies, false, out),
+            Variable::RequestCookiesNames => from_list(&input.cookies, true, out),
+            Variable::RequestUri | Variable::RequestUriRaw => scalar(Cow::Borrowed(input.uri.as_bytes()), out),
+            Variable::RequestFilename => scalar(Cow::Borrowed(input.filename().as_bytes()), out),
             Variable::RequestBasename => {
                 let filename = input.filename();
                 let base = filename.rsplit('/').next().unwrap_or(filename);
-                scalar(Cow::Borrowed(base.as_bytes()), &mut elements)
+                scalar(Cow::Borrowed(base.as_bytes()), out)
             }
             Variable::RequestBody => {
                 if input.body_processor != Some(BodyProcessor::Multipart) {
-                    scalar(Cow::Borrowed(input.body.as_slice()), &mut elements)
+                    scalar(Cow::Borrowed(input.body.as_slice()), out)
                 }
             }
-            Variable::RequestBodyLength => scalar(Cow::Owned(input.body.len().to_string().into_bytes()), &mut elements),
-            Variable::RequestLine => scalar(
-                Cow::Owned(format!("{} {} {}", input.method, input.uri, input.protocol).into_bytes()),
-                &mut elements,
-            ),
-            Variable::RequestMethod => scalar(Cow::Borrowed(input.method.as_bytes()), &mut elements),
-            Variable::RequestProtocol => scalar(Cow::Borrowed(input.protocol.as_bytes()), &mut elements),
-            Variable::QueryString => scalar(Cow::Borrowed(input.query().as_bytes()), &mut elements),
+            Variable::RequestBodyLength => scalar(Cow::Owned(input.body.len().to_string().into_bytes()), out),
+            Variable::RequestLine => {
+                scalar(Cow::Owned(format!("{} {} {}", input.method, input.uri, input.protocol).into_bytes()), out)
+            }
+            Variable::RequestMethod => scalar(Cow::Borrowed(input.method.as_bytes()), out),
+            Variable::RequestProtocol => scalar(Cow::Borrowed(input.protocol.as_bytes()), out),
+            Variable::QueryString => scalar(Cow::Borrowed(input.query().as_bytes()), out),
             Variable::FullRequest => {
                 let mut full = format!("{} {} {}\n", input.method, input.uri, input.protocol).into_bytes();
                 for (name, value) in &input.headers {
@@ -324,35 +374,33 @@ impl Transaction {
                 }
                 full.push(b'\n');
                 full.extend_from_slice(&input.body);
-                scalar(Cow::Owned(full), &mut elements)
+                scalar(Cow::Owned(full), out)
             }
             Variable::FullRequestLength => {
                 let length = input.uri.len()
                     + input.headers.iter().map(|(name, value)| name.len() + value.len() + 4).sum::<usize>()
                     + input.body.len();
-                scalar(Cow::Owned(length.to_string().into_bytes()), &mut elements)
+                scalar(Cow::Owned(length.to_string().into_bytes()), out)
             }
-            Variable::Files => from_list(&input.files, false, &mut elements),
-            Variable::FilesNames => from_list(&input.files_names, false, &mut elements),
-            Variable::FilesSizes => from_list(&input.files_sizes, false, &mut elements),
+            Variable::Files => from_list(&input.files, false, out),
+            Variable::FilesNames => from_list(&input.files_names, false, out),
+            Variable::FilesSizes => from_list(&input.files_sizes, false, out),
             Variable::FilesCombinedSize => {
                 let size: i64 = input.files_sizes.iter().map(|(_, size)| super::operators::as_number(size)).sum();
-                scalar(Cow::Owned(size.to_string().into_bytes()), &mut elements)
+                scalar(Cow::Owned(size.to_string().into_bytes()), out)
             }
-            Variable::MultipartPartHeaders => from_list(&input.multipart_headers, false, &mut elements),
+            Variable::MultipartPartHeaders => from_list(&input.multipart_headers, false, out),
             Variable::MultipartStrictError => {
-                scalar(Cow::Borrowed(if input.multipart_strict_error { b"1" } else { b"0" }), &mut elements)
+                scalar(Cow::Borrowed(if input.multipart_strict_error { b"1" } else { b"0" }), out)
             }
-            Variable::MultipartUnmatchedBoundary => scalar(Cow::Borrowed(b"0"), &mut elements),
-            Variable::ReqbodyError => {
-                scalar(Cow::Borrowed(if input.body_error.is_some() { b"1" } else { b"0" }), &mut elements)
-            }
+            Variable::MultipartUnmatchedBoundary => scalar(Cow::Borrowed(b"0"), out),
+            Variable::ReqbodyError => scalar(Cow::Borrowed(if input.body_error.is_some() { b"1" } else { b"0" }), out),
             Variable::ReqbodyErrorMsg => {
-                scalar(Cow::Borrowed(input.body_error.as_deref().unwrap_or("").as_bytes()), &mut elements)
+                scalar(Cow::Borrowed(input.body_error.as_deref().unwrap_or("").as_bytes()), out)
             }
             Variable::ReqbodyProcessor => {
                 if let Some(processor) = input.body_processor.or(self.body_processor) {
-                    scalar(Cow::Borrowed(processor.name().as_bytes()), &mut elements)
+                    scalar(Cow::Borrowed(processor.name().as_bytes()), out)
                 }
             }
             Variable::Xml => {
@@ -361,7 +409,7 @@ impl Transaction {
                 let list = if attributes { &input.xml_attributes } else { &input.xml_text };
                 if !excluded(Variable::Xml, "") {
                     for (_, value) in list {
-                        elements.push((ValueName::plain("XML"), Cow::Borrowed(value.as_slice())));
+                        out(ValueName::plain("XML"), Cow::Borrowed(value.as_slice()));
                     }
                 }
             }
@@ -381,14 +429,14 @@ impl Transaction {
                             if let Some((key, value)) = collection.get_key_value(key.as_str())
                                 && !excluded(target.variable, key)
                             {
-                                elements.push((ValueName::keyed(prefix, key), Cow::Borrowed(value.as_slice())));
+                                out(ValueName::keyed(prefix, key), Cow::Borrowed(value.as_slice()));
                             }
                         }
                         selector => {
                             for (key, value) in collection {
                                 let selected = selector.as_ref().is_none_or(|selector| selector.selects(key));
                                 if selected && !excluded(target.variable, key) {
-                                    elements.push((ValueName::keyed(prefix, key), Cow::Borrowed(value.as_slice())));
+                                    out(ValueName::keyed(prefix, key), Cow::Borrowed(value.as_slice()));
                                 }
                             }
                         }
@@ -401,44 +449,39 @@ impl Transaction {
                     if let Ok(index) = name.parse::<usize>()
                         && let Some(capture) = self.captures.get(index)
                     {
-                        elements.push((ValueName::owned("TX", index.to_string()), Cow::Borrowed(capture.as_slice())));
+                        out(ValueName::owned("TX", index.to_string()), Cow::Borrowed(capture.as_slice()));
                     }
                 }
             }
             Variable::MatchedVar => {
                 if let Some((_, value)) = self.matched.last() {
-                    scalar(Cow::Borrowed(value.as_slice()), &mut elements)
+                    scalar(Cow::Borrowed(value.as_slice()), out)
                 }
             }
             Variable::MatchedVarName => {
                 if let Some((name, _)) = self.matched.last() {
-                    scalar(Cow::Borrowed(name.as_bytes()), &mut elements)
+                    scalar(Cow::Borrowed(name.as_bytes()), out)
                 }
             }
             Variable::MatchedVars => {
                 for (name, value) in &self.matched {
                     if !excluded(Variable::MatchedVars, name) {
-                        elements.push((ValueName::keyed("MATCHED_VARS", name), Cow::Borrowed(value.as_slice())));
+                        out(ValueName::keyed("MATCHED_VARS", name), Cow::Borrowed(value.as_slice()));
                     }
                 }
             }
             Variable::MatchedVarsNames => {
                 for (name, _) in &self.matched {
-                    elements.push((ValueName::keyed("MATCHED_VARS_NAMES", name), Cow::Borrowed(name.as_bytes())));
+                    out(ValueName::keyed("MATCHED_VARS_NAMES", name), Cow::Borrowed(name.as_bytes()));
                 }
             }
-            Variable::RemoteAddr => scalar(Cow::Borrowed(input.remote_addr.as_bytes()), &mut elements),
-            Variable::ServerName => scalar(Cow::Borrowed(input.server_name.as_bytes()), &mut elements),
-            Variable::UniqueId => scalar(Cow::Borrowed(input.unique_id.as_bytes()), &mut elements),
+            Variable::RemoteAddr => scalar(Cow::Borrowed(input.remote_addr.as_bytes()), out),
+            Variable::ServerName => scalar(Cow::Borrowed(input.server_name.as_bytes()), out),
+            Variable::UniqueId => scalar(Cow::Borrowed(input.unique_id.as_bytes()), out),
             Variable::RemotePort | Variable::ServerAddr | Variable::ServerPort | Variable::Duration => {
-                scalar(Cow::Borrowed(b"0"), &mut elements)
+                scalar(Cow::Borrowed(b"0"), out)
             }
             Variable::Response => {}
-        }
-        if target.count {
-            out.push((ValueName::plain(prefix), Cow::Owned(elements.len().to_string().into_bytes())));
-        } else {
-            out.extend(elements);
         }
     }
 
@@ -681,7 +724,13 @@ impl<'s> ValueName<'s> {
 
     fn full(&self) -> String {
         match &self.key {
-            Some(key) => format!("{}:{key}", self.variable),
+            Some(key) => {
+                let mut full = String::with_capacity(self.variable.len() + 1 + key.len());
+                full.push_str(self.variable);
+                full.push(':');
+                full.push_str(key);
+                full
+            }
             None => self.variable.to_owned(),
         }
     }

@@ -12,6 +12,7 @@ pub mod input;
 pub mod macros;
 pub mod operators;
 pub mod parse;
+pub mod prefilter;
 pub mod transforms;
 
 use std::collections::BTreeMap;
@@ -410,6 +411,8 @@ pub struct Rule {
     /// The same number for every rule with the same transformations: what a transaction's
     /// cache of transformed values is keyed by.
     pub transform_chain: u32,
+    /// The operator's slot in the rule set's literal prefilter, when its pattern has one.
+    pub prefilter: Option<u32>,
     pub multi_match: bool,
     pub capture: bool,
     pub disruptive: Option<Disruptive>,
@@ -442,6 +445,7 @@ impl Rule {
             negated: false,
             transforms: Vec::new(),
             transform_chain: 0,
+            prefilter: None,
             multi_match: false,
             capture: false,
             disruptive: None,
@@ -485,6 +489,7 @@ pub struct RuleSet {
     pub engine: Option<EngineMode>,
     pub body_access: bool,
     defaults: [Defaults; 5],
+    pub prefilter: prefilter::Prefilter,
 }
 
 /// Directives about ModSecurity's own logging and storage: nothing to do with what a request
@@ -536,7 +541,7 @@ impl RuleSet {
     /// in order into one rule set.
     pub fn load(files: &Files, sources: &[(String, Option<String>)]) -> Result<Self, LoadError> {
         let mut set = RuleSet { body_access: true, ..Self::default() };
-        let mut loader = Loader { files, set: &mut set, pending_chain: None, depth: 0 };
+        let mut loader = Loader { files, set: &mut set, pending_chain: None, depth: 0, prefilter: Default::default() };
         for (name, text) in sources {
             match text {
                 Some(text) => loader.text(name, text)?,
@@ -562,6 +567,8 @@ impl RuleSet {
                 message: "chain without a next rule".into(),
             });
         }
+        let prefilter = std::mem::take(&mut loader.prefilter);
+        set.prefilter = prefilter.build();
         set.number_transform_chains();
         Ok(set)
     }
@@ -597,6 +604,7 @@ struct Loader<'a> {
     /// A rule with `chain` whose links are still being read, and the last link's place.
     pending_chain: Option<(Rule, usize)>,
     depth: usize,
+    prefilter: prefilter::PrefilterBuilder,
 }
 
 impl Loader<'_> {
@@ -897,6 +905,11 @@ impl Loader<'_> {
             }
         }
         rule.operator = self.operator(directive, &operator_name, &argument)?;
+        if let Operator::Rx(pattern) = &rule.operator
+            && matches!(**pattern, Pattern::Bytes(_))
+        {
+            rule.prefilter = self.prefilter.add(&operators::translate_pcre(&argument), &operators::syntax_config());
+        }
         Ok(rule)
     }
 

@@ -87,7 +87,7 @@ impl Pattern {
                     .nfa_size_limit(Some(64 << 20))
                     .hybrid_cache_capacity(HYBRID_CACHE_BYTES),
             )
-            .syntax(syntax::Config::new().unicode(false).utf8(false).dot_matches_new_line(true))
+            .syntax(syntax_config())
             .build(&translated);
         if let Ok(regex) = linear {
             return Ok(Self::Bytes(regex));
@@ -139,6 +139,11 @@ impl Pattern {
             }
         }
     }
+}
+
+/// How patterns are read: bytes, ASCII classes and case folding, `.` matching newlines.
+pub fn syntax_config() -> syntax::Config {
+    syntax::Config::new().unicode(false).utf8(false).dot_matches_new_line(true)
 }
 
 /// PCRE spellings the Rust engines read differently: inside a character class PCRE takes `[`
