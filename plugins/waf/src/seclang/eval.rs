@@ -615,26 +615,47 @@ impl Transaction {
     fn setvar(&mut self, setvar: &SetVar) {
         match setvar {
             SetVar::Assign { collection, name, value } => {
-                let (name, value) = (self.expand_name(name), self.expand(value).into_owned());
-                self.collection(collection).insert(name, value);
+                let value = self.expand(value).into_owned();
+                let name = self.expand_name(name);
+                let values = self.collection(collection);
+                match values.get_mut(name.as_ref()) {
+                    Some(current) => *current = value,
+                    None => {
+                        values.insert(name.into_owned(), value);
+                    }
+                }
             }
             SetVar::Add { collection, name, value, subtract } => {
-                let name = self.expand_name(name);
                 let delta = super::operators::as_number(&self.expand(value));
+                let name = self.expand_name(name);
                 let values = self.collection(collection);
-                let current = values.get(&name).map_or(0, |value| super::operators::as_number(value));
-                let updated = if *subtract { current.saturating_sub(delta) } else { current.saturating_add(delta) };
-                values.insert(name, updated.to_string().into_bytes());
+                let add = |current: i64| {
+                    if *subtract { current.saturating_sub(delta) } else { current.saturating_add(delta) }
+                };
+                // The CRS adds to its scores rule after rule: the key is there, only its number changes.
+                match values.get_mut(name.as_ref()) {
+                    Some(current) => *current = add(super::operators::as_number(current)).to_string().into_bytes(),
+                    None => {
+                        values.insert(name.into_owned(), add(0).to_string().into_bytes());
+                    }
+                }
             }
             SetVar::Delete { collection, name } => {
                 let name = self.expand_name(name);
-                self.collection(collection).remove(&name);
+                self.collection(collection).remove(name.as_ref());
             }
         }
     }
 
-    fn expand_name(&self, name: &Macro) -> String {
-        String::from_utf8_lossy(&self.expand(name)).to_ascii_lowercase()
+    /// A collection key: lower case (keys are looked up without regard to case); a literal
+    /// name already in lower case is borrowed.
+    fn expand_name<'m>(&self, name: &'m Macro) -> Cow<'m, str> {
+        if let Some(literal) = name.literal()
+            && !literal.bytes().any(|byte| byte.is_ascii_uppercase())
+        {
+            return Cow::Borrowed(literal);
+        }
+        Cow::Owned(String::from_utf8_lossy(&self.expand(name)).to_ascii_lowercase())
     }
 
     fn ctl(&mut self, ctl: &Ctl) {

@@ -338,13 +338,32 @@ pub fn byte_ranges(text: &str) -> Result<Box<[bool; 256]>, String> {
 
 /// ModSecurity's number reading: leading digits (and sign), anything else is 0.
 pub fn as_number(text: &[u8]) -> i64 {
-    let text = std::str::from_utf8(text).unwrap_or("").trim();
-    let end = text
-        .char_indices()
-        .take_while(|(index, c)| c.is_ascii_digit() || (*index == 0 && (*c == '-' || *c == '+')))
-        .last()
-        .map_or(0, |(index, c)| index + c.len_utf8());
-    text[..end].parse().unwrap_or(0)
+    // As a parse of the text's leading sign and digits; not UTF-8 at all, or too large, is 0.
+    if !text.is_ascii() && std::str::from_utf8(text).is_err() {
+        return 0;
+    }
+    let text = text.trim_ascii();
+    let (negative, digits) = match text.first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let mut value: i64 = 0;
+    let mut any = false;
+    for byte in digits.iter().take_while(|byte| byte.is_ascii_digit()) {
+        any = true;
+        let digit = i64::from(byte - b'0');
+        // Built negative, so that i64::MIN parses too.
+        match value.checked_mul(10).and_then(|value| value.checked_sub(digit)) {
+            Some(next) => value = next,
+            None => return 0,
+        }
+    }
+    match (any, negative) {
+        (false, _) => 0,
+        (true, true) => value,
+        (true, false) => value.checked_neg().unwrap_or(0),
+    }
 }
 
 impl Operator {
@@ -476,6 +495,19 @@ impl Operator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_read_as_their_leading_sign_and_digits() {
+        assert_eq!(as_number(b"42"), 42);
+        assert_eq!(as_number(b" -7 "), -7);
+        assert_eq!(as_number(b"+3abc"), 3);
+        assert_eq!(as_number(b"12.5"), 12);
+        assert_eq!(as_number(b"-9223372036854775808"), i64::MIN);
+        assert_eq!(as_number(b"9223372036854775808"), 0);
+        for zero in [&b""[..], b"-", b"abc", b"\xff1"] {
+            assert_eq!(as_number(zero), 0, "{zero:?}");
+        }
+    }
 
     struct NoMacros;
 
