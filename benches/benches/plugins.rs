@@ -247,7 +247,32 @@ fn cases() -> Vec<Case> {
             fresh: None,
         });
     }
-    cases
+    with_baseline(cases)
+}
+
+/// With `SLUICE_BENCH_BASELINE=DIR` (another checkout of this repository, such as a worktree
+/// of the commit before a change), each case runs twice in a row: this checkout's filter, then
+/// the same case with DIR's build of the filter, named `... [baseline]`. Both are measured in
+/// the same run, which is what a change's figure should be compared with on a noisy machine.
+fn with_baseline(cases: Vec<Case>) -> Vec<Case> {
+    let Ok(baseline) = std::env::var("SLUICE_BENCH_BASELINE") else { return cases };
+    let mut paired = Vec::with_capacity(cases.len() * 2);
+    for case in cases {
+        let twin = Case {
+            name: Box::leak(format!("{} [baseline]", case.name).into_boxed_str()),
+            plugin: Box::leak(format!("{baseline}/{}", case.plugin).into_boxed_str()),
+            config: case.config.clone(),
+            method: case.method,
+            path: case.path,
+            headers: case.headers.clone(),
+            request_body: case.request_body,
+            response_body: case.response_body.clone(),
+            fresh: case.fresh,
+        };
+        paired.push(case);
+        paired.push(twin);
+    }
+    paired
 }
 
 /// The default tenant; for the CRS rows one whose calls may take 500 ms of CPU, as a route
